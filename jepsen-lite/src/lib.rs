@@ -1,0 +1,1 @@
+//! jepsen-lite: runs partition experiments against a real raftkv cluster and checks what clients saw.

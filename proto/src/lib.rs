@@ -1,0 +1,16 @@
+//! Generated gRPC types and services of raftkv: `kv` (client and admin API) and `peer` (Raft traffic between
+//! nodes). The only crate both `server` and `client` share; it holds no logic.
+
+/// The client-facing key-value and admin API (`raftkv.v1`).
+pub mod kv {
+    tonic::include_proto!("raftkv.v1");
+}
+
+/// The node-to-node API (`raftkv.peer.v1`).
+pub mod peer {
+    tonic::include_proto!("raftkv.peer.v1");
+}
+
+/// The encoded descriptor set of every service, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raftkv_descriptor.bin"));
