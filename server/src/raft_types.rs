@@ -1,0 +1,31 @@
+//! The openraft type configuration of raftkv, and short names for the openraft types the rest of the node
+//! uses, so that no other module spells out generic parameters.
+
+use std::io::Cursor;
+
+use crate::state_machine::{Request, Response};
+
+openraft::declare_raft_types!(
+    /// raftkv's Raft types: log entries carry a `state_machine::Request`; nodes are `BasicNode { addr }`,
+    /// where `addr` is the node's client-facing address (peers may be dialled elsewhere, see `--peer-route`).
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;

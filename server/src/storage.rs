@@ -1,0 +1,689 @@
+//! Durable storage of a node: the Raft log and vote in sled, snapshots in files, and the applied state.
+//!
+//! This is the only module that names sled. It implements openraft's v2 storage traits:
+//! `LogStore` (`RaftLogStorage` + `RaftLogReader`) and `StateMachineStore` (`RaftStateMachine` +
+//! `RaftSnapshotBuilder`).
+//!
+//! Order of duties (persist before you acknowledge):
+//! - `save_vote`, `truncate` and `purge` write and then flush before they return.
+//! - `append` writes entries (readable at once) and hands openraft's callback to the flusher thread, which
+//!   drains every callback queued so far, flushes once and only then completes them all: group commit, one
+//!   flush for a whole batch of appends.
+//! - The applied state lives in memory and is made durable by snapshots (written to a temporary file,
+//!   fsynced, renamed, directory fsynced) plus the log: on restart openraft re-applies the log from the
+//!   snapshot up to the persisted commit index.
+//!
+//! What a flush guarantees: sled's `flush` writes its buffered pages to its files and asks the kernel to
+//! sync the written range (`sync_file_range`), which survives a crash of the process (kill -9) and, on most
+//! file systems, of the machine; it is not a full `fsync` of the device cache, so an acknowledged write can be
+//! lost to a power failure on a disk that lies about its cache. See ARCHITECTURE.md, "Durability".
+
+use std::fmt::Debug;
+use std::fs;
+use std::io::{self, Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::raft_types::{
+    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+};
+use crate::state_machine::{Response, StateMachine};
+
+/// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
+/// openraft's own bound on in-flight appends keeps rare.
+const FLUSH_QUEUE_MAX: usize = 65_536;
+/// Bytes that open every snapshot file, naming its format.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP1";
+/// File name of the current snapshot inside the snapshot directory.
+const SNAPSHOT_FILE: &str = "current.snap";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_NODE_ID: &[u8] = b"node_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use data dir {dir}: {source}")]
+    Io { dir: PathBuf, source: io::Error },
+    #[error("cannot open the store in {dir}: {source}")]
+    Sled { dir: PathBuf, source: sled::Error },
+    #[error("data dir {dir} belongs to node {found}, not node {wanted}: pass --id {found} or use another --data-dir")]
+    WrongNode {
+        dir: PathBuf,
+        found: u64,
+        wanted: u64,
+    },
+    #[error("data dir {dir} belongs to cluster {found:?}, not {wanted:?}: pass --cluster-id {found} or use another --data-dir")]
+    WrongCluster {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("snapshot in {dir} is unreadable: {reason}")]
+    Snapshot { dir: PathBuf, reason: String },
+}
+
+/// Figures the storage exposes for metrics and status.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub flushes: AtomicU64,
+    pub flushed_entries: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+    pub snapshots_built: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
+}
+
+/// Opens (creating if needed) the store of node `node_id` of cluster `cluster_id` in `dir`.
+///
+/// A data dir remembers the node id and cluster id it was created for and refuses any other.
+pub fn open(
+    dir: &Path,
+    node_id: NodeId,
+    cluster_id: &str,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let io_error = |source| OpenError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let snapshot_dir = dir.join("snapshots");
+    fs::create_dir_all(&snapshot_dir).map_err(io_error)?;
+    let sled_error = |source| OpenError::Sled {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let db = sled::Config::new()
+        .path(dir.join("raft"))
+        .open()
+        .map_err(sled_error)?;
+    let log = db.open_tree("log").map_err(sled_error)?;
+    let meta = db.open_tree("meta").map_err(sled_error)?;
+
+    match meta.get(KEY_NODE_ID).map_err(sled_error)? {
+        Some(found) => {
+            let found = u64::from_be_bytes(found.as_ref().try_into().unwrap_or([0; 8]));
+            if found != node_id {
+                return Err(OpenError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    found,
+                    wanted: node_id,
+                });
+            }
+        }
+        None => {
+            meta.insert(KEY_NODE_ID, &node_id.to_be_bytes())
+                .map_err(sled_error)?;
+        }
+    }
+    match meta.get(KEY_CLUSTER_ID).map_err(sled_error)? {
+        Some(found) => {
+            let found = String::from_utf8_lossy(&found).into_owned();
+            if found != cluster_id {
+                return Err(OpenError::WrongCluster {
+                    dir: dir.to_path_buf(),
+                    found,
+                    wanted: cluster_id.to_string(),
+                });
+            }
+        }
+        None => {
+            meta.insert(KEY_CLUSTER_ID, cluster_id.as_bytes())
+                .map_err(sled_error)?;
+        }
+    }
+    db.flush().map_err(sled_error)?;
+
+    let stats = Arc::new(StorageStats::default());
+    let (flush_sender, flush_receiver) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
+    let flusher_stats = stats.clone();
+    std::thread::Builder::new()
+        .name(format!("raftkv-flush-{node_id}"))
+        .spawn(move || run_flusher(flush_receiver, flusher_stats))
+        .map_err(io_error)?;
+
+    let log_store = LogStore {
+        db: db.clone(),
+        log,
+        meta,
+        flush_sender,
+        stats: stats.clone(),
+    };
+    let current = read_snapshot_file(&snapshot_dir).map_err(|reason| OpenError::Snapshot {
+        dir: snapshot_dir.clone(),
+        reason,
+    })?;
+    let applied = match &current {
+        Some((meta, data)) => Applied {
+            state: StateMachine::decode(data).map_err(|reason| OpenError::Snapshot {
+                dir: snapshot_dir.clone(),
+                reason,
+            })?,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        },
+        None => Applied::default(),
+    };
+    let state_machine = StateMachineStore {
+        applied: Arc::new(RwLock::new(applied)),
+        snapshot_dir,
+        snapshot_counter: Arc::new(AtomicU64::new(0)),
+        stats,
+    };
+    Ok((log_store, state_machine))
+}
+
+/// One append waiting for its flush. It carries the database handle so that the idle flusher holds none:
+/// the store closes (and releases its lock) as soon as the last `LogStore` is dropped.
+struct FlushRequest {
+    db: sled::Db,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The flusher thread: waits for append callbacks, drains all that are queued, flushes once, completes them.
+/// It ends when every `LogStore` handle is gone.
+fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
+    while let Ok(FlushRequest {
+        db,
+        callback: first,
+    }) = receiver.recv()
+    {
+        let mut batch = vec![first];
+        while let Ok(next) = receiver.try_recv() {
+            batch.push(next.callback);
+        }
+        let started = Instant::now();
+        let result = db.flush().map(|_| ()).map_err(io::Error::other);
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .flushed_entries
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .flush_micros_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for callback in batch {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::other(error.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
+        drop(db);
+    }
+}
+
+fn write_error(
+    subject: ErrorSubject<NodeId>,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, ErrorVerb::Write, AnyError::new(&error)).into()
+}
+
+fn read_error(
+    subject: ErrorSubject<NodeId>,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, ErrorVerb::Read, AnyError::new(&error)).into()
+}
+
+fn decode_error(subject: ErrorSubject<NodeId>, error: postcard::Error) -> StorageError {
+    read_error(subject, error)
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The Raft log and vote. Cloning is cheap; clones share the same trees and flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flush_sender: SyncSender<FlushRequest>,
+    stats: Arc<StorageStats>,
+}
+
+impl LogStore {
+    /// Counters of flushes, for metrics.
+    pub fn stats(&self) -> Arc<StorageStats> {
+        self.stats.clone()
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Flushes everything written so far; used on shutdown.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map_err(|error| write_error(ErrorSubject::Store, error))?;
+        Ok(())
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .meta
+            .get(key)
+            .map_err(|error| read_error(subject.clone(), error))?
+        {
+            Some(bytes) => Ok(Some(
+                postcard::from_bytes(&bytes).map_err(|error| decode_error(subject, error))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
+        let bytes =
+            postcard::to_stdvec(value).map_err(|error| write_error(subject.clone(), error))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|error| write_error(subject, error))?;
+        Ok(())
+    }
+
+    fn flush_now(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map_err(|error| write_error(subject, error))?;
+        Ok(())
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self
+            .log
+            .last()
+            .map_err(|error| read_error(ErrorSubject::Logs, error))?
+        {
+            Some((_, bytes)) => {
+                let entry: Entry = postcard::from_bytes(&bytes)
+                    .map_err(|error| decode_error(ErrorSubject::Logs, error))?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            std::ops::Bound::Included(index) => *index,
+            std::ops::Bound::Excluded(index) => index.saturating_add(1),
+            std::ops::Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, bytes) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
+            let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0xff; 8]));
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = postcard::from_bytes(&bytes)
+                .map_err(|error| decode_error(ErrorSubject::Logs, error))?;
+            assert_eq!(
+                entry.log_id.index, index,
+                "log entry stored under another index"
+            );
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> =
+            self.read_meta(KEY_LAST_PURGED, ErrorSubject::Store)?;
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
+        self.flush_now(ErrorSubject::Vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: it rides on the next flush. A commit index that is lost or older on restart
+        // only means openraft re-learns it from the leader.
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> =
+            self.read_meta(KEY_COMMITTED, ErrorSubject::Store)?;
+        let committed = committed.flatten();
+        // Never claim a commit beyond what this log holds.
+        let last = self.last_log_id()?;
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Store)?;
+        let held = last.or(last_purged);
+        Ok(match (committed, held) {
+            (Some(committed), Some(held)) if committed.index <= held.index => Some(committed),
+            _ => None,
+        })
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = postcard::to_stdvec(&entry)
+                .map_err(|error| write_error(ErrorSubject::Log(entry.log_id), error))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
+        match self.flush_sender.try_send(FlushRequest {
+            db: self.db.clone(),
+            callback,
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(FlushRequest { callback, .. })) => {
+                // The flusher is far behind: flush here rather than queue without bound.
+                let result = self.db.flush().map(|_| ()).map_err(io::Error::other);
+                callback.log_io_completed(result);
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(write_error(
+                ErrorSubject::Logs,
+                io::Error::other("log flusher has stopped"),
+            )),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
+        self.flush_now(ErrorSubject::Logs)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first, so that a crash half way leaves no hole that is not accounted for.
+        self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
+        self.flush_now(ErrorSubject::Logs)
+    }
+}
+
+/// The applied state: what reads see.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: StateMachine,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// The state machine side of storage: applies entries to the in-memory state and keeps snapshots on disk.
+/// Clones share the same state; the node hands one to openraft and keeps one to serve reads.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    applied: Arc<RwLock<Applied>>,
+    snapshot_dir: PathBuf,
+    snapshot_counter: Arc<AtomicU64>,
+    stats: Arc<StorageStats>,
+}
+
+impl StateMachineStore {
+    /// Runs `read` on the applied state. Hold it briefly: apply waits while it runs.
+    pub fn read<T>(&self, read: impl FnOnce(&Applied) -> T) -> T {
+        let applied = self
+            .applied
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(&applied)
+    }
+}
+
+/// On-disk form of a snapshot's metadata.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    meta: SnapshotMeta,
+}
+
+fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<u64> {
+    let header =
+        postcard::to_stdvec(&SnapshotHeader { meta: meta.clone() }).map_err(io::Error::other)?;
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = fs::File::create(&temporary)?;
+    file.write_all(SNAPSHOT_MAGIC)?;
+    file.write_all(&(header.len() as u64).to_be_bytes())?;
+    file.write_all(&header)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok((SNAPSHOT_MAGIC.len() + 8 + header.len() + data.len()) as u64)
+}
+
+fn read_snapshot_file(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
+    let bytes = match fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    let header_start = SNAPSHOT_MAGIC.len() + 8;
+    if bytes.len() < header_start || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+        return Err("not a raftkv snapshot file".to_string());
+    }
+    let header_len = u64::from_be_bytes(
+        bytes[SNAPSHOT_MAGIC.len()..header_start]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let header_end = usize::try_from(header_len)
+        .ok()
+        .and_then(|len| header_start.checked_add(len))
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| "snapshot header is truncated".to_string())?;
+    let header: SnapshotHeader = postcard::from_bytes(&bytes[header_start..header_end])
+        .map_err(|error| format!("snapshot header: {error}"))?;
+    Ok(Some((header.meta, bytes[header_end..].to_vec())))
+}
+
+/// Builds a snapshot from the state captured when openraft asked for a builder.
+pub struct SnapshotBuilder {
+    data: Vec<u8>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_dir: PathBuf,
+    snapshot_id: String,
+    stats: Arc<StorageStats>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: self.snapshot_id.clone(),
+        };
+        let data = std::mem::take(&mut self.data);
+        let dir = self.snapshot_dir.clone();
+        let file_meta = meta.clone();
+        let (data, size) = tokio::task::spawn_blocking(move || {
+            let size = write_snapshot_file(&dir, &file_meta, &data);
+            (data, size)
+        })
+        .await
+        .map_err(|error| write_error(ErrorSubject::Snapshot(Some(meta.signature())), error))?;
+        let size = size
+            .map_err(|error| write_error(ErrorSubject::Snapshot(Some(meta.signature())), error))?;
+        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.read(|applied| (applied.last_applied, applied.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self
+            .applied
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut responses = Vec::new();
+        for entry in entries {
+            if let Some(last) = applied.last_applied {
+                assert!(
+                    entry.log_id.index > last.index,
+                    "entries applied out of order"
+                );
+            }
+            applied.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(request) => applied.state.apply(entry.log_id.index, &request),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Response::Empty
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
+        let (data, last_applied, membership) = self.read(|applied| {
+            (
+                applied.state.encode(),
+                applied.last_applied,
+                applied.membership.clone(),
+            )
+        });
+        let snapshot_id = match last_applied {
+            Some(log_id) => format!("{}-{}-{counter}", log_id.leader_id.term, log_id.index),
+            None => format!("0-0-{counter}"),
+        };
+        SnapshotBuilder {
+            data,
+            last_applied,
+            membership,
+            snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_id,
+            stats: self.stats.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let state = StateMachine::decode(&data)
+            .map_err(|reason| read_error(subject.clone(), io::Error::other(reason)))?;
+        let dir = self.snapshot_dir.clone();
+        let file_meta = meta.clone();
+        let size =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file_meta, &data))
+                .await
+                .map_err(|error| write_error(subject.clone(), error))?
+                .map_err(|error| write_error(subject, error))?;
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
+        let mut applied = self
+            .applied
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let dir = self.snapshot_dir.clone();
+        let current = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+            .await
+            .map_err(|error| read_error(ErrorSubject::Snapshot(None), error))?
+            .map_err(|reason| read_error(ErrorSubject::Snapshot(None), io::Error::other(reason)))?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
