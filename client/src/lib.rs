@@ -1,1 +1,13 @@
-//! raftkv client library: leader discovery, retries, sessions and typed errors over the gRPC API.
+//! raftkv client library: leader discovery, failover, retries with backoff under a deadline, exactly-once
+//! write sessions, typed errors, and reads that return their read envelope. The `raftkv` CLI is built on it.
+
+mod client;
+pub mod error;
+
+pub use client::{
+    CasResult, Client, ClientConfig, Consistency, Expected, GetResult, KeyValue, ReadEnvelope,
+    ReadOptions, ScanRange, ScanResult, Session, ATTEMPTS_MAX, BACKOFF_INITIAL, BACKOFF_MAX,
+    CONNECT_TIMEOUT_DEFAULT, OVERALL_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+};
+pub use error::ClientError;
+pub use raftkv_proto::kv::{Member, MembersResponse, Role, StatusResponse};

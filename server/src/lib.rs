@@ -1,6 +1,13 @@
 //! raftkv node: a Raft (openraft) replica of a key-value state machine, served over gRPC (tonic) and stored
 //! in sled. `node` wires the parts together; see ARCHITECTURE.md for the map and the invariants.
 
+pub mod api;
+pub mod config;
+pub mod network;
+pub mod node;
+pub mod peer_service;
 pub mod raft_types;
+pub mod read_index;
+pub mod reads;
 pub mod state_machine;
 pub mod storage;

@@ -21,7 +21,8 @@ pub const SCAN_LIMIT_MAX: usize = 10_000;
 pub const SCAN_LIMIT_DEFAULT: usize = 1_000;
 /// Client sessions remembered for duplicate suppression. At the limit the session used least recently (by
 /// revision, so deterministically on every node) is forgotten; a retry on a forgotten session is applied
-/// again, so clients must not keep more than this many sessions busy at once.
+/// again, so clients must not keep more than this many sessions busy at once. Each remembers its last
+/// response (a cas response holds the key's value), so the table holds at most this many values.
 pub const SESSIONS_MAX: usize = 10_000;
 
 /// A key's stored record.
@@ -102,7 +103,6 @@ pub struct Request {
 pub enum Response {
     Put {
         revision: u64,
-        previous: Option<KeyValue>,
     },
     Delete {
         revision: u64,
@@ -240,9 +240,8 @@ impl StateMachine {
     fn apply_command(&mut self, revision: u64, command: &Command) -> Response {
         match command {
             Command::Put { key, value } => {
-                let previous = self.kv.get(key).map(|record| KeyValue::new(key, record));
                 self.write(key, value, revision);
-                Response::Put { revision, previous }
+                Response::Put { revision }
             }
             Command::Delete { key } => Response::Delete {
                 revision,

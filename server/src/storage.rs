@@ -18,6 +18,9 @@
 //! file systems, of the machine; it is not a full `fsync` of the device cache, so an acknowledged write can be
 //! lost to a power failure on a disk that lies about its cache. See ARCHITECTURE.md, "Durability".
 
+// openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, Cursor, Write};

@@ -1,0 +1,744 @@
+//! `Client`: talks to a raftkv cluster through a list of endpoints, and `Session`: a serial writer and
+//! reader that carries exactly-once numbering and read-your-writes forward.
+//!
+//! The client finds the leader and caches it, follows leader hints, fails over to other endpoints, and
+//! retries with exponential backoff and jitter until an overall deadline. Every attempt has a connect deadline
+//! and a request deadline. Every write carries a session id and sequence number, so retrying it after a
+//! timeout or a lost connection applies it at most once; a write whose fate is unknown when the deadline
+//! passes is `ClientError::Indeterminate`, never reported as failed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv_proto::kv;
+use raftkv_proto::kv::admin_client::AdminClient;
+use raftkv_proto::kv::kv_client::KvClient;
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{classify, from_status, Attempt, ClientError};
+
+/// How long dialling a node may take.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(500);
+/// Deadline of one attempt.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// Deadline of a whole call, retries included.
+pub const OVERALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// First retry delay; it doubles up to `BACKOFF_MAX`, with up to 50% random jitter.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
+/// Longest delay between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Most attempts of one call, whatever the deadline.
+pub const ATTEMPTS_MAX: usize = 64;
+/// Largest response the client accepts (a big scan).
+pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// How a client connects and how long it tries.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub overall_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for the given endpoints (`HOST:PORT`).
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ClientConfig {
+            endpoints,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            overall_timeout: OVERALL_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// Consistency a read asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+/// Options of one read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    pub consistency: Consistency,
+    /// With `Stale`: refuse if the node has not heard from a leader within this bound.
+    pub max_staleness: Option<Duration>,
+    /// Wait until the node has applied at least this revision.
+    pub min_revision: u64,
+    /// Send the read to this endpoint only, with no failover.
+    pub endpoint: Option<String>,
+}
+
+/// What a cas compares against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Value(Vec<u8>),
+    Revision(u64),
+    Absent,
+}
+
+/// A key with its revisions.
+pub type KeyValue = kv::KeyValue;
+/// What a read got: who served it, how, how stale.
+pub type ReadEnvelope = kv::ReadEnvelope;
+
+/// A read of one key.
+#[derive(Clone, Debug)]
+pub struct GetResult {
+    pub kv: Option<KeyValue>,
+    pub envelope: ReadEnvelope,
+}
+
+/// A scan.
+#[derive(Clone, Debug)]
+pub struct ScanResult {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub envelope: ReadEnvelope,
+}
+
+/// The outcome of a cas.
+#[derive(Clone, Debug)]
+pub struct CasResult {
+    pub swapped: bool,
+    pub revision: u64,
+    pub current: Option<KeyValue>,
+}
+
+/// What a scan covers.
+#[derive(Clone, Debug)]
+pub enum ScanRange {
+    Prefix(Vec<u8>),
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+}
+
+/// A write as sent, kept so a retry sends exactly the same request.
+#[derive(Clone, Debug)]
+enum Write {
+    Put(kv::PutRequest),
+    Delete(kv::DeleteRequest),
+    Cas(kv::CasRequest),
+}
+
+/// A write's response.
+#[derive(Clone, Debug)]
+enum Written {
+    Put(kv::PutResponse),
+    Delete(kv::DeleteResponse),
+    Cas(kv::CasResponse),
+}
+
+struct Shared {
+    config: ClientConfig,
+    /// Known endpoints: the configured ones, plus leaders learned from hints.
+    endpoints: Mutex<Vec<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Index into `endpoints` of the node believed to be the leader.
+    leader: Mutex<Option<String>>,
+    /// Rotates the first endpoint tried when no leader is known.
+    next_endpoint: AtomicU64,
+}
+
+/// A handle to a cluster. Cheap to clone; clones share channels and the leader cache.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+fn random_session_id() -> u64 {
+    rand::rng().random_range(1..u64::MAX)
+}
+
+fn consistency(consistency: Consistency) -> kv::Consistency {
+    match consistency {
+        Consistency::Linearizable => kv::Consistency::Linearizable,
+        Consistency::Lease => kv::Consistency::Lease,
+        Consistency::Stale => kv::Consistency::Stale,
+    }
+}
+
+fn read_options(options: &ReadOptions) -> kv::ReadOptions {
+    kv::ReadOptions {
+        consistency: consistency(options.consistency) as i32,
+        max_staleness_ms: options
+            .max_staleness
+            .map_or(0, |bound| bound.as_millis().max(1) as u64),
+        min_revision: options.min_revision,
+    }
+}
+
+impl Client {
+    /// A client for the given configuration. Connects lazily: no node needs to be up yet.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no endpoints given".to_string(),
+            ));
+        }
+        for endpoint in &config.endpoints {
+            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|error| {
+                ClientError::InvalidArgument(format!("bad endpoint {endpoint:?}: {error}"))
+            })?;
+        }
+        Ok(Client {
+            shared: Arc::new(Shared {
+                endpoints: Mutex::new(config.endpoints.clone()),
+                config,
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                next_endpoint: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A client with default timeouts.
+    pub fn connect(endpoints: Vec<String>) -> Result<Self, ClientError> {
+        Client::new(ClientConfig::new(endpoints))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    /// A new session: a serial writer with its own exactly-once numbering and read-your-writes tracking.
+    pub fn session(&self) -> Session {
+        Session {
+            client: self.clone(),
+            client_id: random_session_id(),
+            sequence: 0,
+            min_revision: 0,
+        }
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, ClientError> {
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|error| {
+                ClientError::InvalidArgument(format!("bad endpoint {endpoint:?}: {error}"))
+            })?
+            .connect_timeout(self.shared.config.connect_timeout)
+            .timeout(self.shared.config.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn kv_client(&self, endpoint: &str) -> Result<KvClient<Channel>, ClientError> {
+        Ok(KvClient::new(self.channel(endpoint)?).max_decoding_message_size(RESPONSE_BYTES_MAX))
+    }
+
+    fn admin_client(&self, endpoint: &str) -> Result<AdminClient<Channel>, ClientError> {
+        Ok(AdminClient::new(self.channel(endpoint)?).max_decoding_message_size(RESPONSE_BYTES_MAX))
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.shared
+            .endpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The endpoint to try for attempt `attempt`: the cached leader if any, else the endpoints in turn.
+    fn pick(&self, prefer_leader: bool) -> String {
+        if prefer_leader {
+            if let Some(leader) = self
+                .shared
+                .leader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+            {
+                return leader;
+            }
+        }
+        let endpoints = self.endpoints();
+        let next = self.shared.next_endpoint.fetch_add(1, Ordering::Relaxed) as usize;
+        endpoints[next % endpoints.len()].clone()
+    }
+
+    fn set_leader(&self, leader: Option<String>) {
+        if let Some(addr) = &leader {
+            let mut endpoints = self
+                .shared
+                .endpoints
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !endpoints.contains(addr) {
+                endpoints.push(addr.clone());
+            }
+        }
+        *self
+            .shared
+            .leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = leader;
+    }
+
+    fn forget_leader(&self, endpoint: &str) {
+        let mut leader = self
+            .shared
+            .leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if leader.as_deref() == Some(endpoint) {
+            *leader = None;
+        }
+    }
+
+    fn request<T>(&self, message: T, deadline: Instant) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        request.set_timeout(
+            remaining
+                .min(self.shared.config.request_timeout)
+                .max(Duration::from_millis(1)),
+        );
+        request
+    }
+
+    /// Runs `call` against endpoints until it succeeds, fails for good, or the deadline passes.
+    /// `pinned` sends every attempt to one endpoint and does not retry transport failures.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        is_write: bool,
+        pinned: Option<&str>,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(String, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.shared.config.overall_timeout;
+        let mut backoff = BACKOFF_INITIAL;
+        let mut may_have_applied = false;
+        let mut last_error = String::new();
+        let mut hinted: Option<String> = None;
+        for _ in 0..ATTEMPTS_MAX {
+            let endpoint = match (pinned, hinted.take()) {
+                (Some(pinned), _) => pinned.to_string(),
+                (None, Some(hint)) => hint,
+                (None, None) => self.pick(true),
+            };
+            match call(endpoint.clone(), deadline).await {
+                Ok(value) => {
+                    if pinned.is_none() && is_write {
+                        self.set_leader(Some(endpoint));
+                    }
+                    return Ok(value);
+                }
+                Err(status) => {
+                    last_error = format!("{endpoint}: {}", status.message());
+                    match classify(&status, is_write) {
+                        Attempt::Fail => return Err(from_status(&status)),
+                        Attempt::Retry {
+                            leader_addr,
+                            may_have_applied: maybe,
+                        } => {
+                            may_have_applied |= maybe;
+                            if let Some(pinned) = pinned {
+                                if crate::error::kind(&status).is_none() {
+                                    return Err(ClientError::Connection {
+                                        endpoint: pinned.to_string(),
+                                        message: status.message().to_string(),
+                                    });
+                                }
+                                return Err(from_status(&status));
+                            }
+                            self.forget_leader(&endpoint);
+                            if let Some(leader) = leader_addr.filter(|leader| *leader != endpoint) {
+                                // Follow the hint at once: the request was not applied anywhere.
+                                self.set_leader(Some(leader.clone()));
+                                hinted = Some(leader);
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            let jitter = rand::rng().random_range(0.5..1.0);
+            let pause = backoff.mul_f64(jitter);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        if may_have_applied {
+            return Err(ClientError::Indeterminate {
+                message: last_error,
+            });
+        }
+        if is_write {
+            return Err(ClientError::Unavailable {
+                message: last_error,
+                endpoints: self.endpoints(),
+            });
+        }
+        Err(ClientError::DeadlineExceeded {
+            elapsed: started.elapsed(),
+            last_error,
+        })
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, ClientError> {
+        self.with_retries(true, None, |endpoint, deadline| {
+            let write = write.clone();
+            async move {
+                let mut client = self
+                    .kv_client(&endpoint)
+                    .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                match write {
+                    Write::Put(request) => client
+                        .put(self.request(request, deadline))
+                        .await
+                        .map(|r| Written::Put(r.into_inner())),
+                    Write::Delete(request) => client
+                        .delete(self.request(request, deadline))
+                        .await
+                        .map(|r| Written::Delete(r.into_inner())),
+                    Write::Cas(request) => client
+                        .cas(self.request(request, deadline))
+                        .await
+                        .map(|r| Written::Cas(r.into_inner())),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes `value` under `key` in a one-write session; returns the write's revision.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, ClientError> {
+        self.session().put(key, value).await
+    }
+
+    /// Deletes `key`; returns the revision and whether it existed.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<(u64, bool), ClientError> {
+        self.session().delete(key).await
+    }
+
+    /// Compare-and-swap.
+    pub async fn cas(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Expected,
+        new_value: impl Into<Vec<u8>>,
+    ) -> Result<CasResult, ClientError> {
+        self.session().cas(key, expected, new_value).await
+    }
+
+    /// Reads one key.
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: &ReadOptions,
+    ) -> Result<GetResult, ClientError> {
+        let key = key.into();
+        let prefer_leader = matches!(
+            options.consistency,
+            Consistency::Linearizable | Consistency::Lease
+        );
+        let request = kv::GetRequest {
+            key,
+            read: Some(read_options(options)),
+        };
+        self.with_retries(false, options.endpoint.as_deref(), |endpoint, deadline| {
+            let request = request.clone();
+            let endpoint = if options.endpoint.is_none() && !prefer_leader {
+                self.pick(false)
+            } else {
+                endpoint
+            };
+            async move {
+                let mut client = self
+                    .kv_client(&endpoint)
+                    .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                let response = client
+                    .get(self.request(request, deadline))
+                    .await?
+                    .into_inner();
+                Ok(GetResult {
+                    kv: response.kv,
+                    envelope: response.envelope.unwrap_or_default(),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Reads the keys in a range or with a prefix, at most `limit` (0: the server's default).
+    pub async fn scan(
+        &self,
+        range: ScanRange,
+        limit: u32,
+        options: &ReadOptions,
+    ) -> Result<ScanResult, ClientError> {
+        let (prefix, start, end) = match range {
+            ScanRange::Prefix(prefix) => (prefix, Vec::new(), Vec::new()),
+            ScanRange::Range { start, end } => (Vec::new(), start, end.unwrap_or_default()),
+        };
+        let request = kv::ScanRequest {
+            prefix,
+            start,
+            end,
+            limit,
+            read: Some(read_options(options)),
+        };
+        self.with_retries(false, options.endpoint.as_deref(), |endpoint, deadline| {
+            let request = request.clone();
+            async move {
+                let mut client = self
+                    .kv_client(&endpoint)
+                    .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                let response = client
+                    .scan(self.request(request, deadline))
+                    .await?
+                    .into_inner();
+                Ok(ScanResult {
+                    kvs: response.kvs,
+                    more: response.more,
+                    envelope: response.envelope.unwrap_or_default(),
+                })
+            }
+        })
+        .await
+    }
+
+    /// The status of one node, asked directly (no failover).
+    pub async fn status_of(&self, endpoint: &str) -> Result<kv::StatusResponse, ClientError> {
+        let mut client = self.admin_client(endpoint)?;
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        match client
+            .status(self.request(kv::StatusRequest {}, deadline))
+            .await
+        {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) if crate::error::kind(&status).is_none() => Err(ClientError::Connection {
+                endpoint: endpoint.to_string(),
+                message: status.message().to_string(),
+            }),
+            Err(status) => Err(from_status(&status)),
+        }
+    }
+
+    /// The status of every configured endpoint, each with its own result, asked concurrently.
+    pub async fn status_all(&self) -> Vec<(String, Result<kv::StatusResponse, ClientError>)> {
+        let endpoints = self.shared.config.endpoints.clone();
+        let calls = endpoints.iter().map(|endpoint| self.status_of(endpoint));
+        let results = futures::future::join_all(calls).await;
+        endpoints.into_iter().zip(results).collect()
+    }
+
+    async fn admin<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminClient<Channel>, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.with_retries(false, None, |endpoint, deadline| {
+            let client = self.admin_client(&endpoint);
+            let call = client.map(|client| call(client, deadline));
+            async move {
+                match call {
+                    Ok(call) => call.await,
+                    Err(error) => Err(tonic::Status::internal(error.to_string())),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The cluster's members, as the leader (or any node) sees them.
+    pub async fn members(&self) -> Result<kv::MembersResponse, ClientError> {
+        self.admin(|mut client, deadline| async move {
+            Ok(client
+                .list_members(self.request(kv::ListMembersRequest {}, deadline))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Adds a node as a learner; it catches up in the background.
+    pub async fn add_learner(
+        &self,
+        node_id: u64,
+        address: &str,
+    ) -> Result<kv::MembersResponse, ClientError> {
+        let request = kv::AddLearnerRequest {
+            node_id,
+            address: address.to_string(),
+        };
+        self.admin(|mut client, deadline| {
+            let request = request.clone();
+            async move {
+                Ok(client
+                    .add_learner(self.request(request, deadline))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, node_id: u64) -> Result<kv::MembersResponse, ClientError> {
+        self.admin(|mut client, deadline| async move {
+            Ok(client
+                .promote(self.request(kv::PromoteRequest { node_id }, deadline))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove_member(&self, node_id: u64) -> Result<kv::MembersResponse, ClientError> {
+        self.admin(|mut client, deadline| async move {
+            Ok(client
+                .remove_member(self.request(kv::RemoveMemberRequest { node_id }, deadline))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+}
+
+/// A serial client session: numbers its writes for exactly-once application and carries the highest revision
+/// it wrote or read into every later read (`min_revision`), giving read-your-writes and monotonic reads on any
+/// node. One write at a time (methods take `&mut self`).
+pub struct Session {
+    client: Client,
+    client_id: u64,
+    sequence: u64,
+    min_revision: u64,
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The highest revision this session has written or read.
+    pub fn min_revision(&self) -> u64 {
+        self.min_revision
+    }
+
+    fn next(&mut self) -> Option<kv::Session> {
+        self.sequence += 1;
+        Some(kv::Session {
+            client_id: self.client_id,
+            sequence: self.sequence,
+        })
+    }
+
+    fn saw(&mut self, revision: u64) {
+        self.min_revision = self.min_revision.max(revision);
+    }
+
+    /// Writes `value` under `key`; returns the revision.
+    pub async fn put(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, ClientError> {
+        let request = kv::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            session: self.next(),
+        };
+        match self.client.write(Write::Put(request)).await? {
+            Written::Put(response) => {
+                self.saw(response.revision);
+                Ok(response.revision)
+            }
+            other => Err(ClientError::Other(format!("put answered with {other:?}"))),
+        }
+    }
+
+    /// Deletes `key`; returns the revision and whether it existed.
+    pub async fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<(u64, bool), ClientError> {
+        let request = kv::DeleteRequest {
+            key: key.into(),
+            session: self.next(),
+        };
+        match self.client.write(Write::Delete(request)).await? {
+            Written::Delete(response) => {
+                self.saw(response.revision);
+                Ok((response.revision, response.deleted))
+            }
+            other => Err(ClientError::Other(format!(
+                "delete answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// Compare-and-swap.
+    pub async fn cas(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        expected: Expected,
+        new_value: impl Into<Vec<u8>>,
+    ) -> Result<CasResult, ClientError> {
+        let expected = Some(match expected {
+            Expected::Value(value) => kv::cas_request::Expected::ExpectedValue(value),
+            Expected::Revision(revision) => kv::cas_request::Expected::ExpectedRevision(revision),
+            Expected::Absent => kv::cas_request::Expected::ExpectedAbsent(true),
+        });
+        let request = kv::CasRequest {
+            key: key.into(),
+            new_value: new_value.into(),
+            expected,
+            session: self.next(),
+        };
+        match self.client.write(Write::Cas(request)).await? {
+            Written::Cas(response) => {
+                self.saw(response.revision);
+                Ok(CasResult {
+                    swapped: response.swapped,
+                    revision: response.revision,
+                    current: response.current,
+                })
+            }
+            other => Err(ClientError::Other(format!("cas answered with {other:?}"))),
+        }
+    }
+
+    /// Reads `key` at no older a revision than this session has seen.
+    pub async fn get(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        options: &ReadOptions,
+    ) -> Result<GetResult, ClientError> {
+        let mut options = options.clone();
+        options.min_revision = options.min_revision.max(self.min_revision);
+        let result = self.client.get(key, &options).await?;
+        self.saw(result.envelope.applied_index);
+        Ok(result)
+    }
+}

@@ -1,0 +1,136 @@
+//! The typed errors of the client library, and how a gRPC status from a node becomes one.
+//!
+//! The distinction that matters most: a write that definitely did not happen (`Unavailable` before it was
+//! sent anywhere, `InvalidArgument`, ...) versus one that may have happened (`Indeterminate`). The library
+//! never reports a write that might have been applied as failed.
+
+use std::time::Duration;
+
+/// Metadata key naming the kind of error (set by the server).
+pub const ERROR_KIND_KEY: &str = "raftkv-error";
+/// Metadata key of the leader's node id in a not-leader answer.
+pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
+/// Metadata key of the leader's client address in a not-leader answer.
+pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
+
+/// Everything a client call can fail with.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request is malformed or breaks a limit; nothing was written.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The request asks for more than a limit allows (e.g. a scan limit); nothing was written.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// No node could serve the request in time (no leader, no quorum, nodes down); a write was not applied.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        message: String,
+        endpoints: Vec<String>,
+    },
+    /// The write may or may not have been applied.
+    #[error("UNKNOWN: the write may have been applied ({message})")]
+    Indeterminate { message: String },
+    /// A stale read with a bound was refused: the node has not heard from a leader recently enough.
+    #[error("too stale: {0}")]
+    TooStale(String),
+    /// The node did not reach the requested revision in time.
+    #[error("revision not reached: {0}")]
+    RevisionTimeout(String),
+    /// The overall deadline passed while retrying a read or an admin call.
+    #[error("deadline exceeded after {elapsed:?}: {last_error}")]
+    DeadlineExceeded {
+        elapsed: Duration,
+        last_error: String,
+    },
+    /// The node is overloaded; nothing was written.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// A condition the request depends on does not hold (e.g. a membership change refused).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// Could not reach the one endpoint a call was pinned to.
+    #[error("cannot reach {endpoint}: {message}")]
+    Connection { endpoint: String, message: String },
+    /// Something the library did not expect.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How a failed attempt is to be treated by the retry loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// Not applied, and another node may do better: try again (following `leader_addr` if given).
+    Retry {
+        leader_addr: Option<String>,
+        may_have_applied: bool,
+    },
+    /// Final: return this error.
+    Fail,
+}
+
+/// The server's error kind, if the status came from a raftkv node.
+pub(crate) fn kind(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(ERROR_KIND_KEY)
+        .and_then(|value| value.to_str().ok())
+}
+
+/// Classifies a failed attempt.
+pub(crate) fn classify(status: &tonic::Status, is_write: bool) -> Attempt {
+    let leader_addr = status
+        .metadata()
+        .get(LEADER_ADDR_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    match kind(status) {
+        Some("not_leader") => Attempt::Retry {
+            leader_addr,
+            may_have_applied: false,
+        },
+        Some("no_leader" | "no_quorum" | "shutting_down" | "busy") => Attempt::Retry {
+            leader_addr: None,
+            may_have_applied: false,
+        },
+        Some("indeterminate") => Attempt::Retry {
+            leader_addr: None,
+            may_have_applied: true,
+        },
+        Some(_) => Attempt::Fail,
+        // No kind: the failure came from the transport (connection refused or broken, deadline). A write may
+        // have reached the leader before the connection broke.
+        None => match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => Attempt::Retry {
+                leader_addr: None,
+                may_have_applied: is_write,
+            },
+            _ => Attempt::Fail,
+        },
+    }
+}
+
+/// The error a final status stands for.
+pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
+    let message = status.message().to_string();
+    match kind(status) {
+        Some("too_stale") => ClientError::TooStale(message),
+        Some("revision_timeout") => ClientError::RevisionTimeout(message),
+        Some("indeterminate") => ClientError::Indeterminate { message },
+        Some("busy") => ClientError::Busy(message),
+        _ => match status.code() {
+            tonic::Code::InvalidArgument => ClientError::InvalidArgument(message),
+            tonic::Code::OutOfRange => ClientError::OutOfRange(message),
+            tonic::Code::ResourceExhausted => ClientError::Busy(message),
+            tonic::Code::FailedPrecondition => ClientError::FailedPrecondition(message),
+            tonic::Code::Unavailable => ClientError::Unavailable {
+                message,
+                endpoints: Vec::new(),
+            },
+            code => ClientError::Other(format!("{code:?}: {message}")),
+        },
+    }
+}

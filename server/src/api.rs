@@ -1,0 +1,634 @@
+//! The client and admin gRPC services, and the one place a domain error becomes a `tonic::Status`.
+//!
+//! Writes are proposed only on the leader; any other node answers `Unavailable` with the leader hint in
+//! metadata (`raftkv-leader-id`, `raftkv-leader-addr`), which the client library follows. A write that was
+//! proposed but whose outcome is not known by its deadline is reported as indeterminate, never as failed.
+//! Every status carries `raftkv-error`, a stable machine-readable kind (see `ApiError::kind`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use raftkv_proto::kv;
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use crate::raft_types::{Node, NodeId, Raft};
+use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
+use crate::state_machine::{self, Command, Expected, Rejection, Response, ScanRange, SessionRef};
+use crate::storage::LogStore;
+
+/// Metadata key naming the kind of error.
+pub const ERROR_KIND_KEY: &str = "raftkv-error";
+/// Metadata key of the leader's node id in a not-leader answer.
+pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
+/// Metadata key of the leader's client address in a not-leader answer.
+pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
+/// Longest a proposed write may take to commit and apply before it is reported indeterminate.
+pub const WRITE_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Proposals in flight on this node at once; beyond it writes are refused (`ResourceExhausted`) before they
+/// are proposed, so nothing is written.
+pub const PROPOSALS_PENDING_MAX: usize = 4_096;
+/// Longest a membership change may take.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything that can go wrong serving a client, before it becomes a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("this node is not the leader{}", leader_id.map(|id| format!("; the leader is node {id}")).unwrap_or_default())]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("no leader is known to this node")]
+    NoLeader,
+    #[error("cannot confirm this read with a quorum: {0}")]
+    NoQuorum(String),
+    #[error("node has not heard from a leader {}, over the bound of {bound_millis} ms", millis_since_leader.map(|millis| format!("for {millis} ms")).unwrap_or_else(|| "since it started".to_string()))]
+    TooStale {
+        millis_since_leader: Option<u64>,
+        bound_millis: u64,
+    },
+    #[error("node has applied up to revision {applied}, still short of {wanted} after {waited:?}")]
+    RevisionTimeout {
+        wanted: u64,
+        applied: u64,
+        waited: Duration,
+    },
+    #[error("the write was proposed but its outcome is unknown: it may have been applied ({0})")]
+    Indeterminate(String),
+    #[error("session sequence is older than the last one applied ({last_sequence})")]
+    SequenceTooOld { last_sequence: u64 },
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable name of the error kind, sent as `raftkv-error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::OutOfRange(_) => "out_of_range",
+            ApiError::Busy(_) => "busy",
+            ApiError::NotLeader { .. } => "not_leader",
+            ApiError::NoLeader => "no_leader",
+            ApiError::NoQuorum(_) => "no_quorum",
+            ApiError::TooStale { .. } => "too_stale",
+            ApiError::RevisionTimeout { .. } => "revision_timeout",
+            ApiError::Indeterminate(_) => "indeterminate",
+            ApiError::SequenceTooOld { .. } => "sequence_too_old",
+            ApiError::Membership(_) => "membership",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The one mapping from domain errors to gRPC statuses.
+pub fn to_status(error: ApiError) -> Status {
+    use tonic::Code;
+    let code = match &error {
+        ApiError::InvalidArgument(_) => Code::InvalidArgument,
+        ApiError::OutOfRange(_) => Code::OutOfRange,
+        ApiError::Busy(_) => Code::ResourceExhausted,
+        ApiError::NotLeader { .. }
+        | ApiError::NoLeader
+        | ApiError::NoQuorum(_)
+        | ApiError::ShuttingDown => Code::Unavailable,
+        ApiError::TooStale { .. } | ApiError::SequenceTooOld { .. } | ApiError::Membership(_) => {
+            Code::FailedPrecondition
+        }
+        ApiError::RevisionTimeout { .. } | ApiError::Indeterminate(_) => Code::DeadlineExceeded,
+        ApiError::Internal(_) => Code::Internal,
+    };
+    let mut status = Status::new(code, error.to_string());
+    let metadata = status.metadata_mut();
+    metadata.insert(ERROR_KIND_KEY, MetadataValue::from_static(error.kind()));
+    if let ApiError::NotLeader {
+        leader_id,
+        leader_addr,
+    } = &error
+    {
+        if let Some(id) = leader_id {
+            metadata.insert(LEADER_ID_KEY, MetadataValue::from(*id));
+        }
+        if let Some(addr) = leader_addr
+            .as_deref()
+            .and_then(|addr| MetadataValue::try_from(addr).ok())
+        {
+            metadata.insert(LEADER_ADDR_KEY, addr);
+        }
+    }
+    status
+}
+
+/// The client key-value service and the admin service of one node.
+#[derive(Clone)]
+pub struct Api {
+    pub node_id: NodeId,
+    pub address: String,
+    pub cluster_id: String,
+    pub raft: Raft,
+    pub reader: Reader,
+    pub log_store: LogStore,
+    pub proposals: Arc<Semaphore>,
+}
+
+fn session(session: Option<kv::Session>) -> Option<SessionRef> {
+    session
+        .filter(|session| session.client_id != 0)
+        .map(|session| SessionRef {
+            client_id: session.client_id,
+            sequence: session.sequence,
+        })
+}
+
+fn to_kv(kv: state_machine::KeyValue) -> kv::KeyValue {
+    kv::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+fn role(role: Role) -> kv::Role {
+    match role {
+        Role::Leader => kv::Role::Leader,
+        Role::Follower => kv::Role::Follower,
+        Role::Candidate => kv::Role::Candidate,
+        Role::Learner => kv::Role::Learner,
+        Role::Shutdown => kv::Role::Shutdown,
+    }
+}
+
+fn envelope(envelope: Envelope) -> kv::ReadEnvelope {
+    kv::ReadEnvelope {
+        node_id: envelope.node_id,
+        role: role(envelope.role) as i32,
+        consistency: match envelope.consistency {
+            Consistency::Linearizable => kv::Consistency::Linearizable,
+            Consistency::Lease => kv::Consistency::Lease,
+            Consistency::Stale => kv::Consistency::Stale,
+        } as i32,
+        applied_index: envelope.applied_index,
+        term: envelope.term,
+        leader_id: envelope.leader_id.unwrap_or(0),
+        millis_since_leader: envelope.millis_since_leader,
+    }
+}
+
+fn read_request(options: Option<kv::ReadOptions>) -> Result<ReadRequest, ApiError> {
+    let options = options.unwrap_or_default();
+    let consistency = match kv::Consistency::try_from(options.consistency) {
+        Ok(kv::Consistency::Unspecified | kv::Consistency::Linearizable) => {
+            Consistency::Linearizable
+        }
+        Ok(kv::Consistency::Lease) => Consistency::Lease,
+        Ok(kv::Consistency::Stale) => Consistency::Stale,
+        Err(_) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "unknown consistency {}",
+                options.consistency
+            )))
+        }
+    };
+    if options.max_staleness_ms > 0 && consistency != Consistency::Stale {
+        return Err(ApiError::InvalidArgument(
+            "max_staleness applies to stale reads only".to_string(),
+        ));
+    }
+    Ok(ReadRequest {
+        consistency,
+        max_staleness: (options.max_staleness_ms > 0)
+            .then(|| Duration::from_millis(options.max_staleness_ms)),
+        min_revision: options.min_revision,
+    })
+}
+
+impl Api {
+    fn not_leader(&self) -> ApiError {
+        let (leader_id, leader_addr) = self.reader.leader_hint();
+        ApiError::NotLeader {
+            leader_id,
+            leader_addr,
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), ApiError> {
+        let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
+        if is_leader {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    /// Proposes a write and waits for its response. Nothing is proposed unless the command is valid and this
+    /// node believes it is the leader.
+    async fn write(
+        &self,
+        session: Option<SessionRef>,
+        command: Command,
+    ) -> Result<Response, ApiError> {
+        command.validate().map_err(ApiError::InvalidArgument)?;
+        let _permit = self.proposals.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Busy(format!(
+                "{PROPOSALS_PENDING_MAX} proposals already pending on this node; retry later"
+            ))
+        })?;
+        self.ensure_leader()?;
+        let request = state_machine::Request { session, command };
+        let response =
+            match tokio::time::timeout(WRITE_COMMIT_TIMEOUT, self.raft.client_write(request)).await
+            {
+                Err(_) => {
+                    return Err(ApiError::Indeterminate(format!(
+                        "not committed within {WRITE_COMMIT_TIMEOUT:?}"
+                    )))
+                }
+                Ok(Ok(response)) => response.data,
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                    return Err(ApiError::NotLeader {
+                        leader_id: forward.leader_id,
+                        leader_addr: forward.leader_node.map(|node| node.addr),
+                    })
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+                    return Err(ApiError::Internal(error.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(error))) => {
+                    return Err(ApiError::Indeterminate(format!(
+                        "raft stopped while the write was pending: {error}"
+                    )))
+                }
+            };
+        match response {
+            Response::Rejected(Rejection::SequenceTooOld { last_sequence }) => {
+                Err(ApiError::SequenceTooOld { last_sequence })
+            }
+            Response::Rejected(Rejection::Invalid(reason)) => {
+                Err(ApiError::InvalidArgument(reason))
+            }
+            response => Ok(response),
+        }
+    }
+
+    fn members(&self) -> kv::MembersResponse {
+        let metrics = self.raft.metrics().borrow().clone();
+        let stored = &metrics.membership_config;
+        let voters: BTreeSet<NodeId> = stored.membership().voter_ids().collect();
+        let members = stored
+            .membership()
+            .nodes()
+            .map(|(id, node)| kv::Member {
+                node_id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        kv::MembersResponse {
+            members,
+            revision: stored.log_id().map_or(0, |log_id| log_id.index),
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Node>,
+    ) -> Result<kv::MembersResponse, ApiError> {
+        self.ensure_leader()?;
+        match tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Err(_) => Err(ApiError::Indeterminate(format!(
+                "membership change not done within {MEMBERSHIP_CHANGE_TIMEOUT:?}"
+            ))),
+            Ok(Ok(_)) => Ok(self.members()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(self.not_leader())
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+                Err(ApiError::Membership(error.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(error))) => Err(ApiError::Indeterminate(error.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl kv::kv_server::Kv for Api {
+    async fn put(
+        &self,
+        request: Request<kv::PutRequest>,
+    ) -> Result<GrpcResponse<kv::PutResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::Put {
+            key: request.key,
+            value: request.value,
+        };
+        match self
+            .write(session(request.session), command)
+            .await
+            .map_err(to_status)?
+        {
+            Response::Put { revision } => Ok(GrpcResponse::new(kv::PutResponse { revision })),
+            other => Err(to_status(ApiError::Internal(format!(
+                "put answered with {other:?}"
+            )))),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<kv::DeleteRequest>,
+    ) -> Result<GrpcResponse<kv::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        match self
+            .write(
+                session(request.session),
+                Command::Delete { key: request.key },
+            )
+            .await
+            .map_err(to_status)?
+        {
+            Response::Delete { revision, deleted } => {
+                Ok(GrpcResponse::new(kv::DeleteResponse { revision, deleted }))
+            }
+            other => Err(to_status(ApiError::Internal(format!(
+                "delete answered with {other:?}"
+            )))),
+        }
+    }
+
+    async fn cas(
+        &self,
+        request: Request<kv::CasRequest>,
+    ) -> Result<GrpcResponse<kv::CasResponse>, Status> {
+        let request = request.into_inner();
+        let expected = match request.expected {
+            Some(kv::cas_request::Expected::ExpectedValue(value)) => Expected::Value(value),
+            Some(kv::cas_request::Expected::ExpectedRevision(revision)) => {
+                Expected::Revision(revision)
+            }
+            Some(kv::cas_request::Expected::ExpectedAbsent(_)) => Expected::Absent,
+            None => return Err(to_status(ApiError::InvalidArgument(
+                "cas needs an expectation: expected_value, expected_revision or expected_absent"
+                    .to_string(),
+            ))),
+        };
+        let command = Command::Cas {
+            key: request.key,
+            expected,
+            value: request.new_value,
+        };
+        match self
+            .write(session(request.session), command)
+            .await
+            .map_err(to_status)?
+        {
+            Response::Cas {
+                revision,
+                swapped,
+                current,
+            } => Ok(GrpcResponse::new(kv::CasResponse {
+                swapped,
+                revision,
+                current: current.map(to_kv),
+            })),
+            other => Err(to_status(ApiError::Internal(format!(
+                "cas answered with {other:?}"
+            )))),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<kv::GetRequest>,
+    ) -> Result<GrpcResponse<kv::GetResponse>, Status> {
+        let request = request.into_inner();
+        state_machine::validate_key(&request.key)
+            .map_err(|reason| to_status(ApiError::InvalidArgument(reason)))?;
+        let read = read_request(request.read).map_err(to_status)?;
+        let key = request.key;
+        let (kv, env) = self
+            .reader
+            .serve(read, |applied| applied.state.get(&key))
+            .await
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::GetResponse {
+            kv: kv.map(to_kv),
+            envelope: Some(envelope(env)),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<kv::ScanRequest>,
+    ) -> Result<GrpcResponse<kv::ScanResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => state_machine::SCAN_LIMIT_DEFAULT,
+            limit if limit > state_machine::SCAN_LIMIT_MAX => {
+                return Err(to_status(ApiError::OutOfRange(format!(
+                    "scan limit {limit} is over the maximum of {}",
+                    state_machine::SCAN_LIMIT_MAX
+                ))))
+            }
+            limit => limit,
+        };
+        let range = if !request.prefix.is_empty() {
+            if !request.start.is_empty() || !request.end.is_empty() {
+                return Err(to_status(ApiError::InvalidArgument(
+                    "give a prefix or a range, not both".to_string(),
+                )));
+            }
+            ScanRange::Prefix(request.prefix)
+        } else {
+            if !request.end.is_empty() && request.end <= request.start {
+                return Err(to_status(ApiError::InvalidArgument(
+                    "scan range end must be after its start".to_string(),
+                )));
+            }
+            ScanRange::Range {
+                start: request.start,
+                end: (!request.end.is_empty()).then_some(request.end),
+            }
+        };
+        let read = read_request(request.read).map_err(to_status)?;
+        let (result, env) = self
+            .reader
+            .serve(read, |applied| applied.state.scan(&range, limit))
+            .await
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::ScanResponse {
+            kvs: result.kvs.into_iter().map(to_kv).collect(),
+            more: result.more,
+            envelope: Some(envelope(env)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl kv::admin_server::Admin for Api {
+    async fn status(
+        &self,
+        _request: Request<kv::StatusRequest>,
+    ) -> Result<GrpcResponse<kv::StatusResponse>, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader).map(|node| node.addr.clone()))
+            .unwrap_or_default();
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let role = match metrics.state {
+            ServerState::Leader => kv::Role::Leader,
+            ServerState::Candidate => kv::Role::Candidate,
+            ServerState::Learner => kv::Role::Learner,
+            ServerState::Shutdown => kv::Role::Shutdown,
+            ServerState::Follower if voters.contains(&self.node_id) => kv::Role::Follower,
+            ServerState::Follower => kv::Role::Learner,
+        };
+        let replication = metrics
+            .replication
+            .as_ref()
+            .map(|replication| {
+                replication
+                    .iter()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(id, matched)| {
+                        let matched_index = matched.map(|log_id| log_id.index);
+                        kv::ReplicationProgress {
+                            node_id: *id,
+                            matched_index,
+                            lag_entries: last_log_index.saturating_sub(matched_index.unwrap_or(0)),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let millis_since_leader = if metrics.state == ServerState::Leader {
+            metrics.millis_since_quorum_ack
+        } else {
+            self.reader
+                .leader_contact
+                .elapsed()
+                .map(|elapsed| elapsed.as_millis() as u64)
+        };
+        let commit_index = self
+            .raft
+            .with_raft_state(|state| state.committed.map_or(0, |log_id| log_id.index))
+            .await
+            .map_err(|_| to_status(ApiError::ShuttingDown))?;
+        Ok(GrpcResponse::new(kv::StatusResponse {
+            node_id: self.node_id,
+            address: self.address.clone(),
+            cluster_id: self.cluster_id.clone(),
+            role: role as i32,
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_address,
+            commit_index,
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            last_log_index,
+            snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+            millis_since_leader,
+            voters,
+            learners,
+            replication,
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        _request: Request<kv::ListMembersRequest>,
+    ) -> Result<GrpcResponse<kv::MembersResponse>, Status> {
+        Ok(GrpcResponse::new(self.members()))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<kv::AddLearnerRequest>,
+    ) -> Result<GrpcResponse<kv::MembersResponse>, Status> {
+        let request = request.into_inner();
+        if request.node_id == 0 || request.address.is_empty() {
+            return Err(to_status(ApiError::InvalidArgument(
+                "add-learner needs a node id above 0 and an address".to_string(),
+            )));
+        }
+        self.ensure_leader().map_err(to_status)?;
+        let node = Node {
+            addr: request.address,
+        };
+        // Not blocking: the learner catches up in the background; `status` shows its progress.
+        let result = tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            self.raft.add_learner(request.node_id, node, false),
+        )
+        .await;
+        match result {
+            Err(_) => Err(to_status(ApiError::Indeterminate(
+                "add-learner did not finish in time".to_string(),
+            ))),
+            Ok(Ok(_)) => Ok(GrpcResponse::new(self.members())),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(to_status(self.not_leader()))
+            }
+            Ok(Err(error)) => Err(to_status(ApiError::Membership(error.to_string()))),
+        }
+    }
+
+    async fn promote(
+        &self,
+        request: Request<kv::PromoteRequest>,
+    ) -> Result<GrpcResponse<kv::MembersResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let change = ChangeMembers::AddVoterIds([id].into());
+        Ok(GrpcResponse::new(
+            self.change_membership(change).await.map_err(to_status)?,
+        ))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<kv::RemoveMemberRequest>,
+    ) -> Result<GrpcResponse<kv::MembersResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let is_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        Ok(GrpcResponse::new(
+            self.change_membership(change).await.map_err(to_status)?,
+        ))
+    }
+}

@@ -1,0 +1,67 @@
+//! `raftkv-server`: parse flags, set up logging, run the node until SIGTERM or SIGINT, and map any error to
+//! one line and exit code 1 (2 for bad flags).
+
+use clap::Parser;
+use raftkv_server::config::{Args, LogFormat, NodeConfig};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return std::future::pending().await;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = match NodeConfig::from_args(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("raftkv-server: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("raftkv-server: cannot start the async runtime: {error}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let span = tracing::info_span!("node", id = config.id);
+    let result = runtime.block_on(tracing::Instrument::instrument(
+        raftkv_server::node::run(config, shutdown_signal()),
+        span,
+    ));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("raftkv-server: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The client side of the peer API: the only holder of peer channels.
+//!
+//! One tonic `Channel` per peer address, made lazily once and reused by every RPC to that peer (tonic
+//! reconnects it after a failure, so a restarted peer is reached again). Every call has a connect deadline and
+//! a request deadline. `--peer-route ID=ADDR` overrides where a peer is dialled, which is how the partition
+//! harness puts a proxy on each link without the node knowing.
+//!
+//! Raft messages travel as postcard-encoded openraft types inside a `RaftMessage` envelope that names the
+//! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use raftkv_proto::peer::peer_client::PeerClient;
+use raftkv_proto::peer::{RaftMessage, ReadIndexReply, ReadIndexRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft_types::{Node, NodeId, TypeConfig};
+
+/// Largest peer message sent or accepted. An AppendEntries batch is at most `max_payload_entries` entries of
+/// at most `state_machine::VALUE_BYTES_MAX` plus a key each, and a snapshot chunk is
+/// `SNAPSHOT_CHUNK_BYTES`; both stay well below this.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// How long dialling a peer may take before the RPC fails as unreachable.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Interval of HTTP/2 keep-alive pings on peer connections; a connection that stops answering is dropped and
+/// redialled instead of holding requests on a dead path.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a keep-alive ping may go unanswered.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where and how to reach peers; shared by every peer client and the follower read path.
+pub struct PeerChannels {
+    node_id: NodeId,
+    cluster_id: String,
+    /// Dial overrides from `--peer-route`.
+    routes: BTreeMap<NodeId, String>,
+    /// One channel per dialled address. A std mutex: it is held only to look up or insert, never across await.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    #[error("peer {target} at {addr} is unreachable: {message}")]
+    Unreachable {
+        target: NodeId,
+        addr: String,
+        message: String,
+    },
+    #[error("peer {target} refused: {status}")]
+    Refused {
+        target: NodeId,
+        status: tonic::Status,
+    },
+    #[error("peer {target} sent a malformed reply: {message}")]
+    Malformed { target: NodeId, message: String },
+}
+
+impl PeerChannels {
+    pub fn new(node_id: NodeId, cluster_id: String, routes: BTreeMap<NodeId, String>) -> Arc<Self> {
+        Arc::new(PeerChannels {
+            node_id,
+            cluster_id,
+            routes,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The address to dial for `target`, whose advertised address is `advertised`.
+    pub fn address_of(&self, target: NodeId, advertised: &str) -> String {
+        self.routes
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| advertised.to_string())
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn client(&self, target: NodeId, addr: &str) -> Result<PeerClient<Channel>, PeerCallError> {
+        let channel = self
+            .channel(addr)
+            .map_err(|error| PeerCallError::Unreachable {
+                target,
+                addr: addr.to_string(),
+                message: error.to_string(),
+            })?;
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+
+    fn envelope(&self, target: NodeId, payload: Vec<u8>) -> RaftMessage {
+        RaftMessage {
+            cluster_id: self.cluster_id.clone(),
+            from: self.node_id,
+            to: target,
+            payload,
+        }
+    }
+
+    /// Asks the leader `target` (advertised at `advertised`) for a read index: the follower half of a
+    /// linearizable read.
+    pub async fn read_index(
+        &self,
+        target: NodeId,
+        advertised: &str,
+        timeout: Duration,
+    ) -> Result<ReadIndexReply, PeerCallError> {
+        let addr = self.address_of(target, advertised);
+        let mut client = self.client(target, &addr)?;
+        let mut request = tonic::Request::new(ReadIndexRequest {
+            cluster_id: self.cluster_id.clone(),
+            from: self.node_id,
+            to: target,
+        });
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.read_index(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) if is_transport_failure(&status) => Err(PeerCallError::Unreachable {
+                target,
+                addr,
+                message: status.message().to_string(),
+            }),
+            Ok(Err(status)) => Err(PeerCallError::Refused { target, status }),
+            Err(_) => Err(PeerCallError::Unreachable {
+                target,
+                addr,
+                message: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+}
+
+/// True when a status means the request may never have reached the peer's application (as opposed to the
+/// peer answering with an error).
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) && status.metadata().get(crate::api::ERROR_KIND_KEY).is_none()
+}
+
+/// Makes openraft's per-peer clients; it never connects by itself.
+pub struct NetworkFactory {
+    peers: Arc<PeerChannels>,
+}
+
+impl NetworkFactory {
+    pub fn new(peers: Arc<PeerChannels>) -> Self {
+        NetworkFactory { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> RaftPeer {
+        let addr = self.peers.address_of(target, &node.addr);
+        RaftPeer {
+            target,
+            addr,
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's client for one peer.
+pub struct RaftPeer {
+    target: NodeId,
+    addr: String,
+    peers: Arc<PeerChannels>,
+}
+
+/// Which Raft RPC a call is.
+#[derive(Clone, Copy, Debug)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftPeer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: RaftRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = postcard::to_stdvec(request)
+            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let mut client = self
+            .peers
+            .client(self.target, &self.addr)
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let deadline = option.hard_ttl();
+        let mut message = tonic::Request::new(self.peers.envelope(self.target, payload));
+        message.set_timeout(deadline);
+        let call = async {
+            match rpc {
+                RaftRpc::AppendEntries => client.append_entries(message).await,
+                RaftRpc::Vote => client.vote(message).await,
+                RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
+            }
+        };
+        let reply = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) if is_transport_failure(&status) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(target_node = self.target, ?rpc, code = ?status.code(), message = status.message(), "peer refused a raft message");
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
+            Err(elapsed) => return Err(RPCError::Unreachable(Unreachable::new(&elapsed))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
+            .map_err(|error| {
+                tracing::warn!(target_node = self.target, ?rpc, %error, "malformed raft reply");
+                RPCError::Network(NetworkError::new(&error))
+            })?;
+        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(RaftRpc::AppendEntries, &request, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRpc::InstallSnapshot, &request, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(RaftRpc::Vote, &request, &option).await
+    }
+}

@@ -1,0 +1,167 @@
+//! The server side of the peer API: Raft messages from other nodes and the follower read-index call.
+//!
+//! Before anything is decoded, the envelope is checked: the cluster id must be ours, the message must be
+//! meant for this node, and the sender must be another node (and, for votes and read-index calls, a member).
+//! A message that fails a check, or whose payload does not decode, is refused with a status and a warn log;
+//! nothing a peer sends can panic the node.
+
+use std::sync::Arc;
+
+use openraft::raft::AppendEntriesResponse;
+use raftkv_proto::peer::peer_server::Peer;
+use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::api::{to_status, ApiError};
+use crate::raft_types::{NodeId, Raft};
+use crate::read_index::{ReadIndexBatcher, ReadIndexError};
+use crate::reads::LeaderContact;
+
+/// Serves the peer API for one node.
+#[derive(Clone)]
+pub struct PeerService {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub raft: Raft,
+    pub batcher: ReadIndexBatcher,
+    pub leader_contact: Arc<LeaderContact>,
+}
+
+impl PeerService {
+    /// Checks who a message is from and for; `members_only` also requires the sender to be a member.
+    fn check_envelope(
+        &self,
+        cluster_id: &str,
+        from: NodeId,
+        to: NodeId,
+        what: &str,
+        members_only: bool,
+    ) -> Result<(), Status> {
+        let refusal = if cluster_id != self.cluster_id {
+            Some(format!(
+                "{what} is for cluster {cluster_id:?}, this node is in cluster {:?}",
+                self.cluster_id
+            ))
+        } else if to != self.node_id {
+            Some(format!("{what} is for node {to}, this is node {}: check --peer-route and the member addresses", self.node_id))
+        } else if from == 0 || from == self.node_id {
+            Some(format!("{what} claims to be from node {from}"))
+        } else if members_only && !self.is_member(from) {
+            Some(format!("{what} is from node {from}, which is not a member"))
+        } else {
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(message) => {
+                tracing::warn!(from, to, cluster_id, "refused peer message: {message}");
+                Err(Status::failed_precondition(message))
+            }
+        }
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        // A node that has no membership yet (a new learner) cannot know its peers: accept.
+        membership.nodes().next().is_none() || membership.get_node(&id).is_some()
+    }
+
+    fn decode<T: DeserializeOwned>(&self, message: &RaftMessage, what: &str) -> Result<T, Status> {
+        postcard::from_bytes(&message.payload).map_err(|error| {
+            tracing::warn!(from = message.from, %error, "malformed {what} payload");
+            Status::invalid_argument(format!("malformed {what} payload: {error}"))
+        })
+    }
+
+    fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+        let payload = postcard::to_stdvec(result)
+            .map_err(|error| Status::internal(format!("cannot encode reply: {error}")))?;
+        Ok(Response::new(RaftReply { payload }))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let message = request.into_inner();
+        self.check_envelope(
+            &message.cluster_id,
+            message.from,
+            message.to,
+            "append-entries",
+            false,
+        )?;
+        let request = self.decode(&message, "append-entries")?;
+        let result = self.raft.append_entries(request).await;
+        if let Ok(response) = &result {
+            if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                self.leader_contact.touch();
+            }
+        }
+        Self::reply(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let message = request.into_inner();
+        self.check_envelope(&message.cluster_id, message.from, message.to, "vote", true)?;
+        let request = self.decode(&message, "vote")?;
+        Self::reply(&self.raft.vote(request).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let message = request.into_inner();
+        self.check_envelope(
+            &message.cluster_id,
+            message.from,
+            message.to,
+            "install-snapshot",
+            false,
+        )?;
+        let request = self.decode(&message, "install-snapshot")?;
+        let result = self.raft.install_snapshot(request).await;
+        if result.is_ok() {
+            self.leader_contact.touch();
+        }
+        Self::reply(&result)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let request = request.into_inner();
+        self.check_envelope(
+            &request.cluster_id,
+            request.from,
+            request.to,
+            "read-index",
+            true,
+        )?;
+        match self.batcher.read_index().await {
+            Ok(read_index) => Ok(Response::new(ReadIndexReply {
+                read_index: read_index.index,
+                term: read_index.term,
+                leader_id: read_index.leader_id,
+            })),
+            Err(ReadIndexError::NotLeader { leader_id }) => Err(to_status(ApiError::NotLeader {
+                leader_id,
+                leader_addr: None,
+            })),
+            Err(ReadIndexError::NoQuorum(reason)) => Err(to_status(ApiError::NoQuorum(reason))),
+            Err(ReadIndexError::Busy) => Err(to_status(ApiError::Busy(
+                "read-index queue is full".to_string(),
+            ))),
+            Err(ReadIndexError::ShuttingDown) => Err(to_status(ApiError::ShuttingDown)),
+        }
+    }
+}

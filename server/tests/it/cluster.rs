@@ -1,0 +1,186 @@
+//! Cluster tests over real gRPC between real `raftkv-server` processes on 127.0.0.1.
+
+use std::collections::BTreeMap;
+
+use raftkv_client::{ClientError, Consistency, ReadOptions};
+use raftkv_proto::peer::peer_client::PeerClient;
+use raftkv_proto::peer::RaftMessage;
+
+use crate::harness::{fast_timing, TestCluster};
+
+fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
+    ReadOptions {
+        consistency: Consistency::Stale,
+        min_revision,
+        endpoint: Some(endpoint.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Three nodes elect a leader and take writes through any node; the leader is SIGKILLed and a new one takes
+/// over; the old leader restarts and catches up; a fourth node added as a learner after the log was purged
+/// catches up by snapshot; every acknowledged write is then on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_leader_kill_and_learner_catches_up_by_snapshot() {
+    let mut args = fast_timing();
+    args.extend(["--snapshot-after-entries", "20", "--log-keep-entries", "0"].map(String::from));
+    let mut cluster = TestCluster::start(3, &args);
+    let (leader, term) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+
+    let mut acknowledged: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for i in 0..30u64 {
+        // Round-robin the entry node: followers answer with a leader hint the client follows.
+        let via = 1 + i % 3;
+        let key = format!("key-{i:03}");
+        let value = format!("value-{i}");
+        let revision = cluster
+            .client_of(via)
+            .put(key.clone(), value.clone())
+            .await
+            .expect("write before the kill");
+        acknowledged.insert(key, (value, revision));
+    }
+
+    cluster.kill(leader);
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (new_leader, new_term) = cluster.wait_for_leader(&survivors, term + 1).await;
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term);
+    let client = cluster.client();
+    for i in 30..60u64 {
+        let key = format!("key-{i:03}");
+        let value = format!("value-{i}");
+        let revision = client
+            .put(key.clone(), value.clone())
+            .await
+            .expect("write after the kill");
+        acknowledged.insert(key, (value, revision));
+    }
+
+    cluster.restart(leader);
+    let last_revision = acknowledged
+        .values()
+        .map(|(_, revision)| *revision)
+        .max()
+        .unwrap();
+    cluster.wait_applied(leader, last_revision).await;
+
+    // The log has been purged behind snapshots (every 20 entries, none kept): a new node must get a snapshot.
+    let learner_args: Vec<String> = fast_timing()
+        .into_iter()
+        .chain(["--snapshot-after-entries", "100000"].map(String::from))
+        .collect();
+    let learner_addr = cluster.add_node(4, &learner_args);
+    client
+        .add_learner(4, &learner_addr)
+        .await
+        .expect("add learner");
+    let learner_status = cluster.wait_applied(4, last_revision).await;
+    assert!(
+        learner_status.snapshot_index > 0,
+        "the learner caught up without a snapshot: {learner_status:?}"
+    );
+    let members = client.members().await.unwrap();
+    assert!(members
+        .members
+        .iter()
+        .any(|member| member.node_id == 4 && !member.voter));
+
+    for id in 1..=4u64 {
+        let endpoint = cluster.addr(id);
+        for (key, (value, revision)) in &acknowledged {
+            let read = client
+                .get(key.clone(), &stale_on(&endpoint, last_revision))
+                .await
+                .expect("stale read");
+            let kv = read
+                .kv
+                .unwrap_or_else(|| panic!("node {id} lost acknowledged {key}"));
+            assert_eq!(
+                kv.value,
+                value.as_bytes(),
+                "node {id} has another value for {key}"
+            );
+            assert_eq!(
+                kv.mod_revision, *revision,
+                "node {id} has another revision for {key}"
+            );
+            assert_eq!(read.envelope.node_id, id);
+        }
+    }
+}
+
+/// Bad input is refused with a clear status and changes nothing: empty key, key or value over the limit,
+/// a malformed peer message, a peer message for another cluster or another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    let revision = client.put("stable", "before").await.unwrap();
+    let before = cluster.wait_applied(leader, revision).await;
+
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("empty key", Vec::new(), b"v".to_vec()),
+        (
+            "key over limit",
+            vec![b'k'; raftkv_server::state_machine::KEY_BYTES_MAX + 1],
+            b"v".to_vec(),
+        ),
+        (
+            "value over limit",
+            b"k".to_vec(),
+            vec![b'v'; raftkv_server::state_machine::VALUE_BYTES_MAX + 1],
+        ),
+    ];
+    for (what, key, value) in cases {
+        match client.put(key, value).await {
+            Err(ClientError::InvalidArgument(message)) => assert!(!message.is_empty(), "{what}"),
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    let mut peer = PeerClient::connect(format!("http://{}", cluster.addr(leader)))
+        .await
+        .unwrap();
+    let garbage = RaftMessage {
+        cluster_id: "raftkv".into(),
+        from: 99,
+        to: leader,
+        payload: vec![0xff; 7],
+    };
+    let status = peer
+        .append_entries(garbage)
+        .await
+        .expect_err("malformed payload accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let foreign = RaftMessage {
+        cluster_id: "another-cluster".into(),
+        from: 2,
+        to: leader,
+        payload: Vec::new(),
+    };
+    let status = peer
+        .vote(foreign)
+        .await
+        .expect_err("message for another cluster accepted");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let misrouted = RaftMessage {
+        cluster_id: "raftkv".into(),
+        from: 2,
+        to: leader + 10,
+        payload: Vec::new(),
+    };
+    let status = peer
+        .append_entries(misrouted)
+        .await
+        .expect_err("message for another node accepted");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+
+    // Nothing changed: same term, no new log entry, the value is intact.
+    let after = cluster.status(leader).await.unwrap();
+    assert_eq!(after.term, before.term);
+    assert_eq!(after.last_log_index, before.last_log_index);
+    let read = client.get("stable", &ReadOptions::default()).await.unwrap();
+    assert_eq!(read.kv.unwrap().value, b"before");
+}

@@ -1,0 +1,232 @@
+//! Test harness: real `raftkv-server` processes on 127.0.0.1 with free ports and temporary data dirs, killed
+//! by pid when the cluster is dropped. Waits are condition polls with deadlines, never bare sleeps.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftkv_client::{Client, ClientConfig, Role, StatusResponse};
+use tempfile::TempDir;
+
+/// How often conditions are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Default bound for a condition to become true.
+pub const WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub nodes: BTreeMap<u64, TestNode>,
+    pub initial_cluster: String,
+    _dir: TempDir,
+}
+
+/// Flags that make elections quick in tests.
+pub fn fast_timing() -> Vec<String> {
+    [
+        "--heartbeat-interval-ms",
+        "50",
+        "--election-timeout-min-ms",
+        "300",
+        "--election-timeout-max-ms",
+        "600",
+        "--lease-drift-margin-ms",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl TestCluster {
+    /// Starts `size` nodes bootstrapped together, each with `extra_args`.
+    pub fn start(size: u64, extra_args: &[String]) -> TestCluster {
+        let dir = TempDir::new().unwrap();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=size {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let data_dir = dir.path().join(format!("node{id}"));
+            nodes.insert(
+                id,
+                TestNode {
+                    id,
+                    addr,
+                    data_dir,
+                    extra_args: extra_args.to_vec(),
+                    child: None,
+                },
+            );
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|node| format!("{}={}", node.id, node.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            nodes,
+            initial_cluster,
+            _dir: dir,
+        };
+        for id in 1..=size {
+            cluster.spawn(id, true);
+        }
+        cluster
+    }
+
+    /// Adds a node that is not part of the bootstrap (to be added as a learner).
+    pub fn add_node(&mut self, id: u64, extra_args: &[String]) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = self._dir.path().join(format!("node{id}"));
+        self.nodes.insert(
+            id,
+            TestNode {
+                id,
+                addr: addr.clone(),
+                data_dir,
+                extra_args: extra_args.to_vec(),
+                child: None,
+            },
+        );
+        self.spawn(id, false);
+        addr
+    }
+
+    fn spawn(&mut self, id: u64, bootstrap: bool) {
+        let initial_cluster = self.initial_cluster.clone();
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_raftkv-server"));
+        command
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &node.addr,
+                "--data-dir",
+            ])
+            .arg(&node.data_dir)
+            .args(&node.extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if bootstrap {
+            command.args(["--initial-cluster", &initial_cluster]);
+        }
+        node.child = Some(command.spawn().expect("start raftkv-server"));
+    }
+
+    /// SIGKILLs a node.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts a killed node again with its data dir (bootstrap flags as at first start).
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.nodes[&id].child.is_none(), "node {id} is running");
+        let bootstrap = self
+            .initial_cluster
+            .split(',')
+            .any(|member| member.starts_with(&format!("{id}=")));
+        self.spawn(id, bootstrap);
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes[&id].addr.clone()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|node| node.addr.clone()).collect()
+    }
+
+    /// A client of every node.
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig::new(self.endpoints())).unwrap()
+    }
+
+    /// A client of one node only (it still follows leader hints for writes).
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new(ClientConfig::new(vec![self.addr(id)])).unwrap()
+    }
+
+    pub async fn status(&self, id: u64) -> Option<StatusResponse> {
+        self.client_of(id).status_of(&self.addr(id)).await.ok()
+    }
+
+    /// Waits until one of `among` is leader in a term all of them that answer agree on; returns its id.
+    pub async fn wait_for_leader(&self, among: &[u64], min_term: u64) -> (u64, u64) {
+        wait_until("a leader is elected", WAIT_MAX, || async {
+            for id in among {
+                if let Some(status) = self.status(*id).await {
+                    if status.role == Role::Leader as i32 && status.term >= min_term {
+                        return Some((*id, status.term));
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) -> StatusResponse {
+        wait_until(
+            &format!("node {id} applies index {index}"),
+            WAIT_MAX,
+            || async {
+                self.status(id)
+                    .await
+                    .filter(|status| status.applied_index >= index)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most `bound`; panics naming `what` otherwise.
+pub async fn wait_until<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {bound:?} waiting until {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
