@@ -84,8 +84,10 @@ pub struct KeyResult {
     pub key: String,
     /// `invalid` or `unknown`.
     pub verdict: Verdict,
-    /// Operations searched (completed ones plus optional indeterminate writes and cas).
+    /// Operations of this key after dropping failed ops and indeterminate reads.
     pub operations: usize,
+    /// Indeterminate writes and cas left out of the search because no operation needs the value they write.
+    pub operations_pruned: usize,
     /// Entries visited.
     pub steps: u64,
     /// Why the verdict is unknown.
@@ -113,6 +115,8 @@ pub struct LinearizableReport {
     pub operations_indeterminate: usize,
     /// `info` or never-completed reads, dropped because they constrain nothing.
     pub reads_indeterminate_dropped: usize,
+    /// Indeterminate writes and cas left out because no operation reads or expects their value.
+    pub operations_indeterminate_pruned: usize,
     /// Entries visited over all keys.
     pub steps: u64,
     /// Every key whose verdict is invalid or unknown, in key order.
@@ -138,6 +142,7 @@ pub fn check_with_budget(
         operations_failed: 0,
         operations_indeterminate: 0,
         reads_indeterminate_dropped: 0,
+        operations_indeterminate_pruned: 0,
         steps: 0,
         anomalies: Vec::new(),
     };
@@ -148,6 +153,16 @@ pub fn check_with_budget(
                 line: operation.invoke_line,
                 f: operation.f,
                 model: "register",
+            });
+        }
+        if operation.f == Function::Cas && operation.cas_values().is_none() {
+            return Err(CheckError::BadOperation {
+                index: operation.index,
+                line: operation.invoke_line,
+                problem: format!(
+                    "a cas value must be [expected, new], found {}",
+                    operation.input
+                ),
             });
         }
         let operations = by_key.entry(operation.key.as_str()).or_default();
@@ -200,6 +215,7 @@ pub fn check_with_budget(
             KeyOutcome::NotChecked => report.keys_not_checked += 1,
             KeyOutcome::Checked(result) => {
                 report.steps += result.steps;
+                report.operations_indeterminate_pruned += result.operations_pruned;
                 report.verdict = report.verdict.merge(result.verdict);
                 if result.verdict != Verdict::Valid {
                     report.anomalies.push(result);
@@ -272,7 +288,7 @@ fn check_key(
     abort: &AtomicBool,
 ) -> KeyOutcome {
     let mut interner = Interner::new();
-    let mut steps = Vec::with_capacity(operations.len());
+    let mut all_steps = Vec::with_capacity(operations.len());
     for operation in operations {
         let step = match operation.f {
             Function::Read => {
@@ -282,27 +298,90 @@ fn check_key(
             Function::Cas => {
                 let (expected, new) = operation
                     .cas_values()
-                    .expect("the history parser checks cas values are pairs");
+                    .expect("cas values are checked before the search");
                 Step::Cas(interner.id(expected), interner.id(new))
             }
             Function::Add => unreachable!("add operations are rejected before the search"),
         };
-        steps.push(SearchOp {
-            step,
-            invoke_time: operation.invoke_time,
-            return_time: operation.complete_time.unwrap_or(u64::MAX),
-            optional: operation.complete_time.is_none(),
-        });
+        all_steps.push(step);
     }
-    let outcome = search(&steps, budget, abort);
+    // Values some operation needs the register to hold: read, or expected by a cas.
+    let mut needed = vec![false; interner.values.len()];
+    // Values some operation (even an indeterminate one) may put in the register.
+    let mut produced = vec![false; interner.values.len()];
+    produced[0] = true;
+    for step in &all_steps {
+        match *step {
+            Step::Read(value) => needed[value as usize] = true,
+            Step::Write(value) => produced[value as usize] = true,
+            Step::Cas(expected, new) => {
+                needed[expected as usize] = true;
+                produced[new as usize] = true;
+            }
+        }
+    }
     let mut result = KeyResult {
         key: key.to_string(),
         verdict: Verdict::Valid,
         operations: operations.len(),
-        steps: outcome.steps,
+        operations_pruned: 0,
+        steps: 0,
         reason: None,
         counterexample: None,
     };
+
+    // A completed read of a value nothing could have written is invalid whatever the order: say so directly
+    // rather than search every order first.
+    let phantom = operations.iter().zip(&all_steps).find(|(operation, step)| {
+        matches!(step, Step::Read(value) if !produced[*value as usize])
+            && operation.complete_time.is_some()
+    });
+    if let Some((read, _)) = phantom {
+        result.verdict = Verdict::Invalid;
+        result.counterexample = Some(Counterexample {
+            failed_op: read.index,
+            last_linearized_op: None,
+            partial_linearization: Vec::new(),
+            register_after: Value::Null,
+            explanation: format!(
+                "key {key:?} is not linearizable: {} read a value that no operation on this key wrote",
+                read.describe()
+            ),
+        });
+        return KeyOutcome::Checked(result);
+    }
+
+    // An indeterminate write or cas whose new value no operation needs can be left out: in any linearization
+    // that includes it, nothing between it and the next write depends on the state it leaves (no read of that
+    // value, no cas expecting it), so removing it leaves a linearization. Without this, every crashed write
+    // doubles the search space of an invalid history.
+    let mut positions = Vec::with_capacity(operations.len());
+    let mut steps = Vec::with_capacity(operations.len());
+    for (position, (operation, step)) in operations.iter().zip(&all_steps).enumerate() {
+        let optional = operation.complete_time.is_none();
+        let new_value = match *step {
+            Step::Read(_) => None,
+            Step::Write(value) | Step::Cas(_, value) => Some(value),
+        };
+        if optional && new_value.is_some_and(|value| !needed[value as usize]) {
+            result.operations_pruned += 1;
+            continue;
+        }
+        positions.push(position);
+        steps.push(SearchOp {
+            step: *step,
+            invoke_time: operation.invoke_time,
+            return_time: operation.complete_time.unwrap_or(u64::MAX),
+            optional,
+        });
+    }
+    let searched: Vec<&Operation> = positions
+        .iter()
+        .map(|&position| operations[position])
+        .collect();
+
+    let outcome = search(&steps, budget, abort);
+    result.steps = outcome.steps;
     match outcome.end {
         SearchEnd::Linearizable => {}
         SearchEnd::Exhausted(reason) => {
@@ -320,8 +399,8 @@ fn check_key(
                     .expect("a partial linearization is legal");
             }
             let register_after = interner.values[state as usize].clone();
-            let failed_op = operations[failed];
-            let last = longest.last().map(|&position| operations[position]);
+            let failed_op = searched[failed];
+            let last = longest.last().map(|&position| searched[position]);
             let explanation = format!(
                 "key {key:?} is not linearizable: {} cannot take effect anywhere before its response \
                  at t={}; the longest partial linearization places {} of {} operations{} and leaves the \
@@ -329,7 +408,7 @@ fn check_key(
                 failed_op.describe(),
                 failed_op.complete_time.unwrap_or(u64::MAX),
                 longest.len(),
-                operations.len(),
+                searched.len(),
                 last.map_or(String::new(), |op| format!(", ending with {}", op.describe())),
                 if register_after.is_null() { "absent".to_string() } else { format!("= {register_after}") },
             );
@@ -338,7 +417,7 @@ fn check_key(
                 last_linearized_op: last.map(|op| op.index),
                 partial_linearization: longest
                     .iter()
-                    .map(|&position| operations[position].index)
+                    .map(|&position| searched[position].index)
                     .collect(),
                 register_after,
                 explanation,
