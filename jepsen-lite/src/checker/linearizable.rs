@@ -14,6 +14,11 @@
 //! constrains nothing and is dropped. The register starts absent and a read of null means absent; writing null
 //! makes it absent again; a cas expecting null means "must be absent". Values compare as JSON values.
 //!
+//! The cache identifies a linearized set by a 128-bit fingerprint rather than the full bitset (Porcupine keeps the
+//! bitset): memory per state no longer grows with the history. Two distinct sets share a fingerprint with
+//! probability about n²/2^129 for n cached states; the only effect would be to skip a state not really explored,
+//! which can turn a valid verdict into invalid, never an invalid one into valid.
+//!
 //! The problem is NP-complete: every key gets a [`SearchBudget`], and running out of it gives
 //! [`Verdict::Unknown`], never `Valid`.
 
@@ -28,12 +33,14 @@ use serde_json::Value;
 use super::{CheckError, Verdict};
 use crate::history::{Function, History, Operation, Status};
 
-/// Search steps (entries visited) allowed per key before the verdict for that key is `unknown`. A well-formed
-/// history of a few clients per key needs a few steps per operation; ten million is seconds of work.
-pub const SEARCH_STEPS_MAX_PER_KEY: u64 = 10_000_000;
+/// Search steps (entries visited) allowed per key before the verdict for that key is `unknown`. A history of a
+/// few clients per key needs a few steps per operation; a hundred million steps is a few seconds of work in a
+/// release build.
+pub const SEARCH_STEPS_MAX_PER_KEY: u64 = 100_000_000;
 
-/// Memory the memoisation cache of one key may use before the verdict for that key is `unknown`.
-pub const CACHE_BYTES_MAX_PER_KEY: usize = 256 << 20;
+/// Memory the memoisation cache of one key may use before the verdict for that key is `unknown` (about ten
+/// million states; [`CHECK_THREADS_MAX`] keys may be searched at once).
+pub const CACHE_BYTES_MAX_PER_KEY: usize = 512 << 20;
 
 /// Keys checked at once, each on its own thread (fewer if the machine has fewer cores).
 pub const CHECK_THREADS_MAX: usize = 4;
@@ -41,7 +48,7 @@ pub const CHECK_THREADS_MAX: usize = 4;
 /// How often (in steps) a search looks whether another key already proved the history invalid.
 const ABORT_POLL_STEPS: u64 = 4096;
 
-/// Bookkeeping bytes per cache entry beyond its words (box pointer, length, hash table slot).
+/// Bookkeeping bytes per cache entry beyond the entry itself (hash table control byte, spare capacity).
 const CACHE_ENTRY_OVERHEAD_BYTES: usize = 24;
 
 /// How much work one key's search may do.
@@ -487,11 +494,14 @@ fn search(ops: &[SearchOp], budget: &SearchBudget, abort: &AtomicBool) -> Search
         last = entry;
     }
 
-    let words = count.div_ceil(64);
-    // The linearized set as a bitset, followed by one word holding the register state: the cache key.
-    let mut linearized = vec![0u64; words + 1];
-    let mut cache: HashSet<Box<[u64]>, BuildHasherDefault<WordHasher>> = HashSet::default();
-    let cache_entry_bytes = (words + 1) * 8 + CACHE_ENTRY_OVERHEAD_BYTES;
+    // The linearized set, as a 128-bit fingerprint: the XOR of a random pair per linearized operation. The cache
+    // key is (fingerprint, state); a few dozen bytes per entry instead of a bitset of the whole key's history.
+    let tokens: Vec<Fingerprint> = (0..count as u64)
+        .map(|op| Fingerprint(splitmix64(2 * op), splitmix64(2 * op + 1)))
+        .collect();
+    let mut linearized = Fingerprint(0, 0);
+    let mut cache: HashSet<(Fingerprint, u32), BuildHasherDefault<WordHasher>> = HashSet::default();
+    let cache_entry_bytes = std::mem::size_of::<(Fingerprint, u32)>() + CACHE_ENTRY_OVERHEAD_BYTES;
     let mut cache_bytes = 0usize;
     let mut stack: Vec<(usize, u32)> = Vec::new();
     let mut state = 0u32;
@@ -516,9 +526,8 @@ fn search(ops: &[SearchOp], budget: &SearchBudget, abort: &AtomicBool) -> Search
         if entry % 2 == 1 {
             // A call: try to linearize op here.
             if let Some(new_state) = ops[op].step.apply(state) {
-                linearized[op / 64] |= 1 << (op % 64);
-                linearized[words] = u64::from(new_state);
-                if !cache.contains(&linearized[..]) {
+                let candidate = linearized.toggle(tokens[op]);
+                if !cache.contains(&(candidate, new_state)) {
                     cache_bytes += cache_entry_bytes;
                     if cache_bytes > budget.cache_bytes_max {
                         let reason = format!(
@@ -527,15 +536,14 @@ fn search(ops: &[SearchOp], budget: &SearchBudget, abort: &AtomicBool) -> Search
                         );
                         return outcome(SearchEnd::Exhausted(reason), steps);
                     }
-                    cache.insert(linearized.clone().into_boxed_slice());
+                    cache.insert((candidate, new_state));
+                    linearized = candidate;
                     stack.push((entry, state));
                     state = new_state;
                     lift(&mut next, &mut prev, entry);
                     entry = next[HEAD];
                     continue;
                 }
-                linearized[op / 64] &= !(1 << (op % 64));
-                linearized[words] = u64::from(state);
             }
             entry = next[entry];
         } else {
@@ -557,9 +565,8 @@ fn search(ops: &[SearchOp], budget: &SearchBudget, abort: &AtomicBool) -> Search
             };
             let undone = (call - 1) / 2;
             debug_assert_eq!(call, call_entry(undone));
-            linearized[undone / 64] &= !(1 << (undone % 64));
+            linearized = linearized.toggle(tokens[undone]);
             state = old_state;
-            linearized[words] = u64::from(state);
             unlift(&mut next, &mut prev, call);
             entry = next[call];
         }
@@ -585,6 +592,25 @@ fn unlift(next: &mut [usize], prev: &mut [usize], call: usize) {
             prev[next[entry]] = entry;
         }
     }
+}
+
+/// A 128-bit fingerprint of a set of operations: XOR of per-operation random tokens, so adding and removing an
+/// operation are the same O(1) toggle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Fingerprint(u64, u64);
+
+impl Fingerprint {
+    fn toggle(self, token: Fingerprint) -> Fingerprint {
+        Fingerprint(self.0 ^ token.0, self.1 ^ token.1)
+    }
+}
+
+/// SplitMix64: a fixed, well-mixed sequence, so fingerprints (and step counts) are the same on every run.
+fn splitmix64(index: u64) -> u64 {
+    let mut z = index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A fast hasher for word slices (the cache keys), in the spirit of FxHash with a final avalanche.
@@ -614,6 +640,10 @@ impl Hasher for WordHasher {
 
     fn write_u64(&mut self, word: u64) {
         self.add(word);
+    }
+
+    fn write_u32(&mut self, word: u32) {
+        self.add(u64::from(word));
     }
 
     fn write_usize(&mut self, word: usize) {
