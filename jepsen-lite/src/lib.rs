@@ -1,1 +1,4 @@
 //! jepsen-lite: runs partition experiments against a real raftkv cluster and checks what clients saw.
+
+pub mod checker;
+pub mod history;
