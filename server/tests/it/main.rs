@@ -3,4 +3,5 @@
 
 mod cluster;
 mod harness;
+mod state_machine;
 mod storage;
