@@ -98,19 +98,39 @@ pub(crate) fn classify(status: &tonic::Status, is_write: bool) -> Attempt {
             may_have_applied: true,
         },
         Some(_) => Attempt::Fail,
-        // No kind: the failure came from the transport (connection refused or broken, deadline). A write may
-        // have reached the leader before the connection broke.
+        // No kind: the failure came from the transport. A connection that was never made carried nothing; a
+        // write on a connection that broke or timed out may have reached the leader.
         None => match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
             | tonic::Code::Unknown => Attempt::Retry {
                 leader_addr: None,
-                may_have_applied: is_write,
+                may_have_applied: is_write && !never_connected(status),
             },
             _ => Attempt::Fail,
         },
     }
+}
+
+/// True when the status says the connection was never established, so the request was not sent.
+pub(crate) fn never_connected(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable) {
+                return true;
+            }
+        }
+        // hyper-util names a failed dial "tcp connect error"; tonic's connect timeout is an `Elapsed` under the
+        // connector.
+        let text = error.to_string();
+        if text.contains("tcp connect error") || text.contains("connect timeout") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The error a final status stands for.

@@ -1,0 +1,36 @@
+//! `raftkv`: parse the command line, run one command against the cluster, print one clear line on failure
+//! and exit with the code DESIGN.md gives (0 ok, 1 failed, 2 usage/connection, 3 indeterminate).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { cli::EXIT_USAGE } else { cli::EXIT_OK });
+        }
+    };
+    if let cli::Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut cli::Cli::command(), "raftkv", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("raftkv: cannot start the async runtime: {error}");
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("raftkv: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

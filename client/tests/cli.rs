@@ -1,0 +1,229 @@
+//! CLI tests: run the `raftkv` binary against a real three-node cluster of `raftkv-server` processes and
+//! check every command in table and JSON form, the exit codes, and the error line when no node is reachable.
+//!
+//! The server binary is found next to the `raftkv` binary in the target directory (`cargo test --workspace`
+//! builds both); the client crate does not depend on the server crate.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WAIT_MAX: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn server_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_raftkv")).with_file_name("raftkv-server");
+    assert!(path.exists(), "{} is missing: run `cargo build -p raftkv-server` (cargo test --workspace does)", path.display());
+    path
+}
+
+struct Cluster {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::TempDir::new().unwrap();
+        let endpoints: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let initial = endpoints.iter().enumerate().map(|(i, addr)| format!("{}={addr}", i + 1)).collect::<Vec<_>>().join(",");
+        let children = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                Command::new(server_binary())
+                    .args(["--id", &(i + 1).to_string(), "--listen", addr, "--initial-cluster", &initial])
+                    .args(["--heartbeat-interval-ms", "50", "--election-timeout-min-ms", "300", "--election-timeout-max-ms", "600"])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("node{}", i + 1)))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let cluster = Cluster { children, endpoints, _dir: dir };
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    fn endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    fn raftkv(&self, args: &[&str]) -> Output {
+        raftkv(&self.endpoints(), args, None)
+    }
+
+    fn wait_for_leader(&self) {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let output = self.raftkv(&["-w", "json", "status"]);
+            let has_leader = String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+                serde_json::from_str::<Value>(line).is_ok_and(|row| row["role"] == "leader")
+            });
+            if has_leader {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT_MAX:?}");
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn raftkv(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let timeout: &[&str] = if args.contains(&"--timeout") { &[] } else { &["--timeout", "5s"] };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(["--endpoints", endpoints])
+        .args(timeout)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    stdout(output).lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect()
+}
+
+#[track_caller]
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(output), stderr(output));
+}
+
+/// Every command in simple, table and JSON form, with the exit codes of DESIGN.md.
+#[test]
+fn every_command_in_each_format_with_exit_codes() {
+    let cluster = Cluster::start();
+
+    let put = cluster.raftkv(&["put", "greeting", "hello"]);
+    assert_exit(&put, 0);
+    assert!(stdout(&put).starts_with("OK revision="), "{}", stdout(&put));
+    let put = cluster.raftkv(&["-w", "json", "put", "other", "x"]);
+    assert_exit(&put, 0);
+    let revision = json_lines(&put)[0]["revision"].as_u64().unwrap();
+    assert!(revision > 0);
+    assert_exit(&cluster.raftkv(&["-w", "table", "put", "third", "y"]), 0);
+    let from_stdin = raftkv(&cluster.endpoints(), &["put", "piped"], Some(b"from stdin"));
+    assert_exit(&from_stdin, 0);
+
+    let get = cluster.raftkv(&["get", "piped"]);
+    assert_exit(&get, 0);
+    assert_eq!(stdout(&get), "from stdin\n");
+    let get = cluster.raftkv(&["-w", "json", "get", "greeting"]);
+    assert_exit(&get, 0);
+    let row = &json_lines(&get)[0];
+    assert_eq!(row["kv"]["value"], "hello");
+    assert_eq!(row["envelope"]["consistency"], "linearizable");
+    assert!(row["envelope"]["applied_index"].as_u64().unwrap() >= revision);
+    let get = cluster.raftkv(&["-w", "table", "get", "greeting", "--consistency", "stale", "--endpoint", &cluster.endpoints[2]]);
+    assert_exit(&get, 0);
+    assert!(stdout(&get).contains("SERVED BY") && stdout(&get).contains("node 3"), "{}", stdout(&get));
+    assert_exit(&cluster.raftkv(&["get", "missing"]), 1);
+    let missing = cluster.raftkv(&["-w", "json", "get", "missing"]);
+    assert_exit(&missing, 1);
+    assert_eq!(json_lines(&missing)[0]["found"], false);
+
+    let cas = cluster.raftkv(&["cas", "greeting", "bye", "--expected", "wrong"]);
+    assert_exit(&cas, 1);
+    assert!(stdout(&cas).contains("NOT SWAPPED"), "{}", stdout(&cas));
+    let cas = cluster.raftkv(&["-w", "json", "cas", "greeting", "bye", "--expected", "hello"]);
+    assert_exit(&cas, 0);
+    assert_eq!(json_lines(&cas)[0]["swapped"], true);
+    assert_exit(&cluster.raftkv(&["-w", "table", "cas", "fresh", "1", "--absent"]), 0);
+    assert_exit(&cluster.raftkv(&["cas", "fresh", "2", "--expected-revision", "1"]), 1);
+    assert_exit(&cluster.raftkv(&["cas", "fresh", "2"]), 2);
+
+    let delete = cluster.raftkv(&["-w", "json", "delete", "other"]);
+    assert_exit(&delete, 0);
+    assert_eq!(json_lines(&delete)[0]["deleted"], true);
+    assert_exit(&cluster.raftkv(&["-w", "table", "delete", "other"]), 0);
+
+    let scan = cluster.raftkv(&["-w", "json", "scan", "--prefix", "g"]);
+    assert_exit(&scan, 0);
+    let rows = json_lines(&scan);
+    assert_eq!(rows[0]["kv"]["key"], "greeting");
+    assert_eq!(rows.last().unwrap()["count"], 1);
+    let scan = cluster.raftkv(&["-w", "table", "scan", "--start", "a", "--limit", "2"]);
+    assert_exit(&scan, 0);
+    assert!(stdout(&scan).contains("more keys in range"), "{}", stdout(&scan));
+    assert_exit(&cluster.raftkv(&["scan", "--limit", "1000000"]), 2);
+
+    let status = cluster.raftkv(&["-w", "table", "status"]);
+    assert_exit(&status, 0);
+    assert_eq!(stdout(&status).lines().count(), 4, "{}", stdout(&status));
+    assert_eq!(stdout(&status).matches("leader ").count() + stdout(&status).matches("leader\t").count(), 1, "{}", stdout(&status));
+    let status = cluster.raftkv(&["-w", "json", "status"]);
+    let rows = json_lines(&status);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.iter().filter(|row| row["role"] == "leader").count(), 1);
+
+    let members = cluster.raftkv(&["-w", "json", "members"]);
+    assert_exit(&members, 0);
+    assert_eq!(json_lines(&members).len(), 3);
+    assert_exit(&cluster.raftkv(&["-w", "table", "members", "list"]), 0);
+}
+
+/// With no node reachable: exit 2 and one line that says what to do; a read pinned to a dead node fails fast.
+#[test]
+fn unreachable_cluster_gives_one_clear_line_and_exit_2() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let output = raftkv(&dead, &["--timeout", "1s", "put", "a", "b"], None);
+    assert_exit(&output, 2);
+    let message = stderr(&output);
+    assert!(message.starts_with("raftkv: no leader reachable among"), "{message}");
+    assert!(message.contains("is the cluster up?"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+
+    let output = raftkv(&dead, &["get", "a", "--consistency", "stale", "--endpoint", &dead], None);
+    assert_exit(&output, 2);
+    assert!(stderr(&output).contains(&format!("cannot reach {dead}")), "{}", stderr(&output));
+    assert!(started.elapsed() < WAIT_MAX);
+
+    let status = raftkv(&dead, &["-w", "json", "status"], None);
+    assert_exit(&status, 2);
+    assert!(json_lines(&status)[0]["error"].as_str().is_some());
+}
+
+/// `completions` prints a script for the shell.
+#[test]
+fn completions_print_a_script() {
+    let output = raftkv("127.0.0.1:1", &["completions", "bash"], None);
+    assert_exit(&output, 0);
+    assert!(stdout(&output).contains("raftkv"));
+}
