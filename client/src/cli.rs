@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftkv_client::{
-    CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue, ReadEnvelope, ReadOptions,
-    Role, ScanRange, StatusResponse,
+    CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue,
+    ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse,
 };
 use serde_json::{json, Value};
 
@@ -144,9 +144,13 @@ pub struct ReadArgs {
 /// Parses `250ms`, `2s`, `1.5s`, `1m`, or a bare number of milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (try 500ms, 2s, 1m)"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 2s, 1m)"))?;
     let seconds = match unit {
         "" | "ms" => number / 1000.0,
         "s" => number,
@@ -206,8 +210,14 @@ fn envelope_text(envelope: &ReadEnvelope) -> String {
         consistency_name(envelope.consistency),
         envelope.applied_index,
         envelope.term,
-        if envelope.leader_id == 0 { "none".to_string() } else { envelope.leader_id.to_string() },
-        envelope.millis_since_leader.map_or("never".to_string(), |millis| format!("{millis}ms")),
+        if envelope.leader_id == 0 {
+            "none".to_string()
+        } else {
+            envelope.leader_id.to_string()
+        },
+        envelope
+            .millis_since_leader
+            .map_or("never".to_string(), |millis| format!("{millis}ms")),
     )
 }
 
@@ -220,7 +230,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|title| title.to_uppercase()).collect());
@@ -271,7 +285,10 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     let mut config = ClientConfig::new(cli.endpoints.clone());
     config.overall_timeout = cli.timeout;
     config.request_timeout = config.request_timeout.min(cli.timeout);
-    let client = Client::new(config).map_err(|error| Failure { message: error.to_string(), code: EXIT_USAGE })?;
+    let client = Client::new(config).map_err(|error| Failure {
+        message: error.to_string(),
+        code: EXIT_USAGE,
+    })?;
     let endpoints = cli.endpoints.clone();
     let fail = |error| failure(error, &endpoints);
     let output = cli.output;
@@ -284,14 +301,21 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                     std::io::stdin()
                         .take(STDIN_VALUE_BYTES_MAX)
                         .read_to_end(&mut buffer)
-                        .map_err(|error| Failure { message: format!("cannot read the value from stdin: {error}"), code: EXIT_USAGE })?;
+                        .map_err(|error| Failure {
+                            message: format!("cannot read the value from stdin: {error}"),
+                            code: EXIT_USAGE,
+                        })?;
                     buffer
                 }
             };
             let revision = client.put(key.clone(), value).await.map_err(fail)?;
             match output {
-                Output::Json => println!("{}", json!({"op": "put", "key": key, "revision": revision})),
-                Output::Table => print_table(&["key", "revision"], &[vec![key, revision.to_string()]]),
+                Output::Json => {
+                    println!("{}", json!({"op": "put", "key": key, "revision": revision}))
+                }
+                Output::Table => {
+                    print_table(&["key", "revision"], &[vec![key, revision.to_string()]])
+                }
                 Output::Simple => println!("OK revision={revision}"),
             }
             Ok(EXIT_OK)
@@ -299,25 +323,45 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Delete { key } => {
             let (revision, deleted) = client.delete(key.clone()).await.map_err(fail)?;
             match output {
-                Output::Json => println!("{}", json!({"op": "delete", "key": key, "revision": revision, "deleted": deleted})),
-                Output::Table => print_table(&["key", "deleted", "revision"], &[vec![key, deleted.to_string(), revision.to_string()]]),
-                Output::Simple => println!("{} revision={revision}", if deleted { "DELETED" } else { "NOT FOUND" }),
+                Output::Json => println!(
+                    "{}",
+                    json!({"op": "delete", "key": key, "revision": revision, "deleted": deleted})
+                ),
+                Output::Table => print_table(
+                    &["key", "deleted", "revision"],
+                    &[vec![key, deleted.to_string(), revision.to_string()]],
+                ),
+                Output::Simple => println!(
+                    "{} revision={revision}",
+                    if deleted { "DELETED" } else { "NOT FOUND" }
+                ),
             }
             Ok(EXIT_OK)
         }
-        Command::Cas { key, new, expected, expected_revision, absent } => {
+        Command::Cas {
+            key,
+            new,
+            expected,
+            expected_revision,
+            absent,
+        } => {
             let expectation = match (expected, expected_revision, absent) {
                 (Some(value), None, false) => Expected::Value(value.into_bytes()),
                 (None, Some(revision), false) => Expected::Revision(revision),
                 (None, None, true) => Expected::Absent,
                 _ => {
                     return Err(Failure {
-                        message: "cas needs one of --expected OLD, --expected-revision N or --absent".to_string(),
+                        message:
+                            "cas needs one of --expected OLD, --expected-revision N or --absent"
+                                .to_string(),
                         code: EXIT_USAGE,
                     })
                 }
             };
-            let result: CasResult = client.cas(key.clone(), expectation, new).await.map_err(fail)?;
+            let result: CasResult = client
+                .cas(key.clone(), expectation, new)
+                .await
+                .map_err(fail)?;
             let current = result.current.as_ref();
             match output {
                 Output::Json => println!(
@@ -327,18 +371,30 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                 ),
                 Output::Table => print_table(
                     &["key", "swapped", "revision", "current"],
-                    &[vec![key, result.swapped.to_string(), result.revision.to_string(), current.map_or("<absent>".into(), |kv| text(&kv.value))]],
+                    &[vec![
+                        key,
+                        result.swapped.to_string(),
+                        result.revision.to_string(),
+                        current.map_or("<absent>".into(), |kv| text(&kv.value)),
+                    ]],
                 ),
                 Output::Simple => match (result.swapped, current) {
                     (true, _) => println!("SWAPPED revision={}", result.revision),
-                    (false, Some(kv)) => println!("NOT SWAPPED: current value is {:?} (mod_revision={})", text(&kv.value), kv.mod_revision),
+                    (false, Some(kv)) => println!(
+                        "NOT SWAPPED: current value is {:?} (mod_revision={})",
+                        text(&kv.value),
+                        kv.mod_revision
+                    ),
                     (false, None) => println!("NOT SWAPPED: key does not exist"),
                 },
             }
             Ok(if result.swapped { EXIT_OK } else { EXIT_FAILED })
         }
         Command::Get { key, read } => {
-            let result: GetResult = client.get(key.clone(), &read_options(&read)).await.map_err(fail)?;
+            let result: GetResult = client
+                .get(key.clone(), &read_options(&read))
+                .await
+                .map_err(fail)?;
             let found = result.kv.is_some();
             match output {
                 Output::Json => println!(
@@ -348,8 +404,18 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                 ),
                 Output::Table => {
                     let row = match &result.kv {
-                        Some(kv) => vec![key, text(&kv.value), kv.mod_revision.to_string(), envelope_text(&result.envelope)],
-                        None => vec![key, "<absent>".into(), "-".into(), envelope_text(&result.envelope)],
+                        Some(kv) => vec![
+                            key,
+                            text(&kv.value),
+                            kv.mod_revision.to_string(),
+                            envelope_text(&result.envelope),
+                        ],
+                        None => vec![
+                            key,
+                            "<absent>".into(),
+                            "-".into(),
+                            envelope_text(&result.envelope),
+                        ],
                     };
                     print_table(&["key", "value", "mod_revision", "served by"], &[row]);
                 }
@@ -360,7 +426,13 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(if found { EXIT_OK } else { EXIT_FAILED })
         }
-        Command::Scan { prefix, start, end, limit, read } => {
+        Command::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            read,
+        } => {
             let range = match prefix {
                 Some(prefix) => ScanRange::Prefix(prefix.into_bytes()),
                 None => ScanRange::Range {
@@ -368,19 +440,32 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                     end: end.map(String::into_bytes),
                 },
             };
-            let result = client.scan(range, limit, &read_options(&read)).await.map_err(fail)?;
+            let result = client
+                .scan(range, limit, &read_options(&read))
+                .await
+                .map_err(fail)?;
             match output {
                 Output::Json => {
                     for kv in &result.kvs {
                         println!("{}", json!({"op": "scan", "kv": kv_json(kv)}));
                     }
-                    println!("{}", json!({"op": "scan-end", "count": result.kvs.len(), "more": result.more, "envelope": envelope_json(&result.envelope)}));
+                    println!(
+                        "{}",
+                        json!({"op": "scan-end", "count": result.kvs.len(), "more": result.more, "envelope": envelope_json(&result.envelope)})
+                    );
                 }
                 Output::Table => {
                     let rows: Vec<Vec<String>> = result
                         .kvs
                         .iter()
-                        .map(|kv| vec![text(&kv.key), text(&kv.value), kv.mod_revision.to_string(), kv.version.to_string()])
+                        .map(|kv| {
+                            vec![
+                                text(&kv.key),
+                                text(&kv.value),
+                                kv.mod_revision.to_string(),
+                                kv.version.to_string(),
+                            ]
+                        })
                         .collect();
                     print_table(&["key", "value", "mod_revision", "version"], &rows);
                     if result.more {
@@ -407,14 +492,23 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             match output {
                 Output::Json => {
                     for member in &members.members {
-                        println!("{}", json!({"node_id": member.node_id, "address": member.address, "voter": member.voter}));
+                        println!(
+                            "{}",
+                            json!({"node_id": member.node_id, "address": member.address, "voter": member.voter})
+                        );
                     }
                 }
                 Output::Table | Output::Simple => {
                     let rows: Vec<Vec<String>> = members
                         .members
                         .iter()
-                        .map(|member| vec![member.node_id.to_string(), member.address.clone(), if member.voter { "voter" } else { "learner" }.to_string()])
+                        .map(|member| {
+                            vec![
+                                member.node_id.to_string(),
+                                member.address.clone(),
+                                if member.voter { "voter" } else { "learner" }.to_string(),
+                            ]
+                        })
                         .collect();
                     print_table(&["id", "address", "kind"], &rows);
                 }
@@ -433,7 +527,9 @@ async fn print_status(client: &Client, output: Output) -> u8 {
         .filter_map(|(_, result)| result.as_ref().ok())
         .find(|status| status.role == Role::Leader as i32)
         .map(|status| status.last_log_index);
-    let lag = |status: &StatusResponse| leader_last_index.map(|last| last.saturating_sub(status.applied_index));
+    let lag = |status: &StatusResponse| {
+        leader_last_index.map(|last| last.saturating_sub(status.applied_index))
+    };
     match output {
         Output::Json => {
             for (endpoint, result) in &results {
@@ -460,11 +556,17 @@ async fn print_status(client: &Client, output: Output) -> u8 {
                         endpoint.clone(),
                         role_name(status.role).to_string(),
                         status.term.to_string(),
-                        if status.leader_id == 0 { "none".to_string() } else { status.leader_id.to_string() },
+                        if status.leader_id == 0 {
+                            "none".to_string()
+                        } else {
+                            status.leader_id.to_string()
+                        },
                         status.commit_index.to_string(),
                         status.applied_index.to_string(),
                         lag(status).map_or("?".to_string(), |lag| lag.to_string()),
-                        status.millis_since_leader.map_or("never".to_string(), |millis| millis.to_string()),
+                        status
+                            .millis_since_leader
+                            .map_or("never".to_string(), |millis| millis.to_string()),
                         String::new(),
                     ],
                     Err(error) => {
@@ -476,7 +578,18 @@ async fn print_status(client: &Client, output: Output) -> u8 {
                 })
                 .collect();
             print_table(
-                &["id", "address", "role", "term", "leader", "commit", "applied", "lag", "ms since leader", "error"],
+                &[
+                    "id",
+                    "address",
+                    "role",
+                    "term",
+                    "leader",
+                    "commit",
+                    "applied",
+                    "lag",
+                    "ms since leader",
+                    "error",
+                ],
                 &rows,
             );
         }

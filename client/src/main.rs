@@ -12,14 +12,26 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { cli::EXIT_USAGE } else { cli::EXIT_OK });
+            return ExitCode::from(if error.use_stderr() {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_OK
+            });
         }
     };
     if let cli::Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut cli::Cli::command(), "raftkv", &mut std::io::stdout());
+        clap_complete::generate(
+            shell,
+            &mut cli::Cli::command(),
+            "raftkv",
+            &mut std::io::stdout(),
+        );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("raftkv: cannot start the async runtime: {error}");

@@ -16,12 +16,20 @@ const WAIT_MAX: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn server_binary() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_raftkv")).with_file_name("raftkv-server");
-    assert!(path.exists(), "{} is missing: run `cargo build -p raftkv-server` (cargo test --workspace does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p raftkv-server` (cargo test --workspace does)",
+        path.display()
+    );
     path
 }
 
@@ -34,15 +42,36 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::TempDir::new().unwrap();
-        let endpoints: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let initial = endpoints.iter().enumerate().map(|(i, addr)| format!("{}={addr}", i + 1)).collect::<Vec<_>>().join(",");
+        let endpoints: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
         let children = endpoints
             .iter()
             .enumerate()
             .map(|(i, addr)| {
                 Command::new(server_binary())
-                    .args(["--id", &(i + 1).to_string(), "--listen", addr, "--initial-cluster", &initial])
-                    .args(["--heartbeat-interval-ms", "50", "--election-timeout-min-ms", "300", "--election-timeout-max-ms", "600"])
+                    .args([
+                        "--id",
+                        &(i + 1).to_string(),
+                        "--listen",
+                        addr,
+                        "--initial-cluster",
+                        &initial,
+                    ])
+                    .args([
+                        "--heartbeat-interval-ms",
+                        "50",
+                        "--election-timeout-min-ms",
+                        "300",
+                        "--election-timeout-max-ms",
+                        "600",
+                    ])
                     .arg("--data-dir")
                     .arg(dir.path().join(format!("node{}", i + 1)))
                     .stdout(Stdio::null())
@@ -51,7 +80,11 @@ impl Cluster {
                     .unwrap()
             })
             .collect();
-        let cluster = Cluster { children, endpoints, _dir: dir };
+        let cluster = Cluster {
+            children,
+            endpoints,
+            _dir: dir,
+        };
         cluster.wait_for_leader();
         cluster
     }
@@ -90,7 +123,11 @@ impl Drop for Cluster {
 }
 
 fn raftkv(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let timeout: &[&str] = if args.contains(&"--timeout") { &[] } else { &["--timeout", "5s"] };
+    let timeout: &[&str] = if args.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", "5s"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
         .args(["--endpoints", endpoints])
         .args(timeout)
@@ -117,12 +154,21 @@ fn stderr(output: &Output) -> String {
 }
 
 fn json_lines(output: &Output) -> Vec<Value> {
-    stdout(output).lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect()
+    stdout(output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
 }
 
 #[track_caller]
 fn assert_exit(output: &Output, code: i32) {
-    assert_eq!(output.status.code(), Some(code), "stdout: {}\nstderr: {}", stdout(output), stderr(output));
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(output),
+        stderr(output)
+    );
 }
 
 /// Every command in simple, table and JSON form, with the exit codes of DESIGN.md.
@@ -150,9 +196,22 @@ fn every_command_in_each_format_with_exit_codes() {
     assert_eq!(row["kv"]["value"], "hello");
     assert_eq!(row["envelope"]["consistency"], "linearizable");
     assert!(row["envelope"]["applied_index"].as_u64().unwrap() >= revision);
-    let get = cluster.raftkv(&["-w", "table", "get", "greeting", "--consistency", "stale", "--endpoint", &cluster.endpoints[2]]);
+    let get = cluster.raftkv(&[
+        "-w",
+        "table",
+        "get",
+        "greeting",
+        "--consistency",
+        "stale",
+        "--endpoint",
+        &cluster.endpoints[2],
+    ]);
     assert_exit(&get, 0);
-    assert!(stdout(&get).contains("SERVED BY") && stdout(&get).contains("node 3"), "{}", stdout(&get));
+    assert!(
+        stdout(&get).contains("SERVED BY") && stdout(&get).contains("node 3"),
+        "{}",
+        stdout(&get)
+    );
     assert_exit(&cluster.raftkv(&["get", "missing"]), 1);
     let missing = cluster.raftkv(&["-w", "json", "get", "missing"]);
     assert_exit(&missing, 1);
@@ -161,11 +220,25 @@ fn every_command_in_each_format_with_exit_codes() {
     let cas = cluster.raftkv(&["cas", "greeting", "bye", "--expected", "wrong"]);
     assert_exit(&cas, 1);
     assert!(stdout(&cas).contains("NOT SWAPPED"), "{}", stdout(&cas));
-    let cas = cluster.raftkv(&["-w", "json", "cas", "greeting", "bye", "--expected", "hello"]);
+    let cas = cluster.raftkv(&[
+        "-w",
+        "json",
+        "cas",
+        "greeting",
+        "bye",
+        "--expected",
+        "hello",
+    ]);
     assert_exit(&cas, 0);
     assert_eq!(json_lines(&cas)[0]["swapped"], true);
-    assert_exit(&cluster.raftkv(&["-w", "table", "cas", "fresh", "1", "--absent"]), 0);
-    assert_exit(&cluster.raftkv(&["cas", "fresh", "2", "--expected-revision", "1"]), 1);
+    assert_exit(
+        &cluster.raftkv(&["-w", "table", "cas", "fresh", "1", "--absent"]),
+        0,
+    );
+    assert_exit(
+        &cluster.raftkv(&["cas", "fresh", "2", "--expected-revision", "1"]),
+        1,
+    );
     assert_exit(&cluster.raftkv(&["cas", "fresh", "2"]), 2);
 
     let delete = cluster.raftkv(&["-w", "json", "delete", "other"]);
@@ -180,13 +253,22 @@ fn every_command_in_each_format_with_exit_codes() {
     assert_eq!(rows.last().unwrap()["count"], 1);
     let scan = cluster.raftkv(&["-w", "table", "scan", "--start", "a", "--limit", "2"]);
     assert_exit(&scan, 0);
-    assert!(stdout(&scan).contains("more keys in range"), "{}", stdout(&scan));
+    assert!(
+        stdout(&scan).contains("more keys in range"),
+        "{}",
+        stdout(&scan)
+    );
     assert_exit(&cluster.raftkv(&["scan", "--limit", "1000000"]), 2);
 
     let status = cluster.raftkv(&["-w", "table", "status"]);
     assert_exit(&status, 0);
     assert_eq!(stdout(&status).lines().count(), 4, "{}", stdout(&status));
-    assert_eq!(stdout(&status).matches("leader ").count() + stdout(&status).matches("leader\t").count(), 1, "{}", stdout(&status));
+    assert_eq!(
+        stdout(&status).matches("leader ").count() + stdout(&status).matches("leader\t").count(),
+        1,
+        "{}",
+        stdout(&status)
+    );
     let status = cluster.raftkv(&["-w", "json", "status"]);
     let rows = json_lines(&status);
     assert_eq!(rows.len(), 3);
@@ -206,13 +288,24 @@ fn unreachable_cluster_gives_one_clear_line_and_exit_2() {
     let output = raftkv(&dead, &["--timeout", "1s", "put", "a", "b"], None);
     assert_exit(&output, 2);
     let message = stderr(&output);
-    assert!(message.starts_with("raftkv: no leader reachable among"), "{message}");
+    assert!(
+        message.starts_with("raftkv: no leader reachable among"),
+        "{message}"
+    );
     assert!(message.contains("is the cluster up?"), "{message}");
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
 
-    let output = raftkv(&dead, &["get", "a", "--consistency", "stale", "--endpoint", &dead], None);
+    let output = raftkv(
+        &dead,
+        &["get", "a", "--consistency", "stale", "--endpoint", &dead],
+        None,
+    );
     assert_exit(&output, 2);
-    assert!(stderr(&output).contains(&format!("cannot reach {dead}")), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("cannot reach {dead}")),
+        "{}",
+        stderr(&output)
+    );
     assert!(started.elapsed() < WAIT_MAX);
 
     let status = raftkv(&dead, &["-w", "json", "status"], None);

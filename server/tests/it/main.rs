@@ -1,6 +1,7 @@
 //! The integration tests of raftkv-server, one binary: storage (openraft's suite and restarts), the state
 //! machine scripts under `testdata/`, and clusters of real nodes over gRPC on 127.0.0.1.
 
+mod client;
 mod cluster;
 mod harness;
 mod state_machine;

@@ -1,0 +1,122 @@
+//! Client library behaviour against a real cluster when the cluster misbehaves: a leader SIGKILLed under a
+//! write load, a leader frozen mid-request, a read pinned to a dead node.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use raftkv_client::{Client, ClientConfig, ClientError, Consistency, Expected, ReadOptions};
+
+use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
+
+/// One session increments a counter with cas (expected i-1, new i) while the leader is SIGKILLed. With a
+/// single writer, a cas that reports "not swapped" with the counter already at i could only be a retry of a
+/// write that had been applied (a duplicate); and the final value must equal the number of increments
+/// acknowledged (none lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_writes_through_leader_kill_apply_exactly_once() {
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    let mut session = client.session();
+    const INCREMENTS: u64 = 200;
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = 0u64;
+        for next in 1..=INCREMENTS {
+            let expected = if next == 1 {
+                Expected::Absent
+            } else {
+                Expected::Value((next - 1).to_string().into_bytes())
+            };
+            let result = session
+                .cas("counter", expected, next.to_string())
+                .await
+                .expect("cas through the failover");
+            assert!(
+                result.swapped,
+                "increment {next} was not swapped (duplicate apply?): {result:?}"
+            );
+            acknowledged += 1;
+        }
+        acknowledged
+    });
+    // Kill the leader once the writer is under way.
+    let reader = cluster.client();
+    wait_until("the writer has started", WAIT_MAX, || async {
+        let read = reader.get("counter", &ReadOptions::default()).await.ok()?;
+        read.kv.map(|_| ())
+    })
+    .await;
+    cluster.kill(leader);
+    assert!(
+        !writer.is_finished(),
+        "the writer finished before the leader was killed; raise INCREMENTS"
+    );
+    let acknowledged = writer.await.unwrap();
+    let read = client
+        .get("counter", &ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        read.kv.unwrap().value,
+        acknowledged.to_string().into_bytes()
+    );
+}
+
+/// A write whose leader freezes (SIGSTOP) after the request was sent is reported indeterminate, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_to_frozen_leader_is_indeterminate() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let mut config = ClientConfig::new(vec![cluster.addr(leader)]);
+    config.request_timeout = Duration::from_millis(500);
+    config.overall_timeout = Duration::from_millis(1500);
+    let client = Client::new(config).unwrap();
+    client
+        .put("warm", "up")
+        .await
+        .expect("write before the freeze");
+    let pid = cluster.nodes[&leader]
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let result = client.put("frozen", "maybe").await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    match result {
+        Err(ClientError::Indeterminate { .. }) => {}
+        other => panic!("expected an indeterminate outcome, got {other:?}"),
+    }
+}
+
+/// A read pinned to a node that is down fails fast with a connection error naming the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_pinned_to_dead_node_fails_fast() {
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    cluster.kill(3);
+    let dead = cluster.addr(3);
+    let options = ReadOptions {
+        consistency: Consistency::Stale,
+        endpoint: Some(dead.clone()),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    match cluster.client().get("any", &options).await {
+        Err(ClientError::Connection { endpoint, .. }) => assert_eq!(endpoint, dead),
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < raftkv_client::OVERALL_TIMEOUT_DEFAULT,
+        "the pinned read retried instead of failing"
+    );
+}
