@@ -88,6 +88,7 @@ async fn cluster_survives_leader_kill_and_learner_catches_up_by_snapshot() {
 
     for id in 1..=4u64 {
         let endpoint = cluster.addr(id);
+
         for (key, (value, revision)) in &acknowledged {
             let read = client
                 .get(key.clone(), &stale_on(&endpoint, last_revision))
@@ -107,6 +108,61 @@ async fn cluster_survives_leader_kill_and_learner_catches_up_by_snapshot() {
             );
             assert_eq!(read.envelope.node_id, id);
         }
+    }
+
+    // Membership through the admin API: promote the learner, then remove it again.
+    let members = client.promote(4).await.expect("promote");
+    assert!(
+        members
+            .members
+            .iter()
+            .any(|member| member.node_id == 4 && member.voter),
+        "{members:?}"
+    );
+    client
+        .put("after-promote", "x")
+        .await
+        .expect("write with four voters");
+    let members = client.remove_member(4).await.expect("remove");
+    assert!(
+        members.members.iter().all(|member| member.node_id != 4),
+        "{members:?}"
+    );
+    client
+        .put("after-remove", "x")
+        .await
+        .expect("write after removing a node");
+}
+
+/// SIGTERM shuts a node down gracefully (exit 0, in bounded time); restarted, it has every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_restart_keeps_data() {
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    let mut last = 0;
+    for i in 0..20 {
+        last = client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    cluster.wait_applied(2, last).await;
+    let child = cluster.nodes.get_mut(&2).unwrap().child.take().unwrap();
+    let status = crate::harness::terminate(child, std::time::Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "node exited with {status:?} after SIGTERM"
+    );
+    cluster.restart(2);
+    cluster.wait_applied(2, last).await;
+    let endpoint = cluster.addr(2);
+    for i in 0..20 {
+        let read = client
+            .get(format!("k{i}"), &stale_on(&endpoint, last))
+            .await
+            .unwrap();
+        assert_eq!(
+            read.kv.expect("acknowledged write lost").value,
+            format!("v{i}").into_bytes()
+        );
     }
 }
 

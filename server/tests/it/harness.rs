@@ -212,6 +212,27 @@ impl Drop for TestCluster {
     }
 }
 
+/// Sends SIGTERM to `child` and waits (bounded) for it to exit; SIGKILLs it if the bound passes.
+pub fn terminate(mut child: Child, bound: Duration) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            panic!("process {pid} did not exit within {bound:?} of SIGTERM");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Polls `check` until it returns `Some`, at most `bound`; panics naming `what` otherwise.
 pub async fn wait_until<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
 where
