@@ -1,1 +1,3 @@
 //! jepsen-lite: runs partition experiments against a real raftkv cluster and checks what clients saw.
+
+pub mod net;
