@@ -1,0 +1,303 @@
+//! Integration tests of the partition network over real sockets on 127.0.0.1, every port OS-assigned. Link
+//! behaviour is tested on an in-process mesh of two nodes whose "nodes" are listeners held by the test, so the
+//! test holds both ends of a proxied connection: node 1's end (`near`, dialled through link 1->2) and node 2's
+//! end (`far`, accepted by node 2's listener). Every wait has a deadline; "nothing arrives" is observed for a
+//! short bounded time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jepsen_lite::net::{LinkState, Mesh, PortLayout};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+
+/// Deadline for anything that must happen (bytes arriving, a connection closing, a process answering).
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a test watches for bytes that must not arrive.
+const QUIET: Duration = Duration::from_millis(300);
+/// Interval between polls of a condition.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A two-node mesh and one connection over link 1->2, both ends held by the test.
+struct Pair {
+    mesh: Mesh,
+    node1: TcpListener,
+    node2: TcpListener,
+    near: TcpStream,
+    far: TcpStream,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let node1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nodes: BTreeMap<u64, SocketAddr> = [
+            (1, node1.local_addr().unwrap()),
+            (2, node2.local_addr().unwrap()),
+        ]
+        .into();
+        let mesh = Mesh::start(nodes, PortLayout::OsAssigned).await.unwrap();
+        let (near, far) = connect(&mesh, 1, &node2).await;
+        Pair {
+            mesh,
+            node1,
+            node2,
+            near,
+            far,
+        }
+    }
+
+    fn state(&self, from: u64, to: u64) -> (LinkState, usize) {
+        let link = self
+            .mesh
+            .snapshot()
+            .into_iter()
+            .find(|link| (link.from, link.to) == (from, to))
+            .expect("link exists");
+        (link.state, link.connections)
+    }
+
+    /// Waits until link `from`->`to` holds `connections` connections.
+    async fn wait_for_connections(&self, from: u64, to: u64, connections: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, now) = self.state(from, to);
+            if now == connections {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "link {from}->{to} holds {now} connections, expected {connections}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Dials node `from`'s route to the node behind `target` and accepts the proxied connection there.
+async fn connect(mesh: &Mesh, from: u64, target: &TcpListener) -> (TcpStream, TcpStream) {
+    let target_address = target.local_addr().unwrap();
+    let to = *mesh
+        .nodes()
+        .iter()
+        .find(|(_, address)| **address == target_address)
+        .unwrap()
+        .0;
+    let via = route(mesh, from, to);
+    let near = timeout(WAIT, TcpStream::connect(via))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let (far, _) = timeout(WAIT, target.accept())
+        .await
+        .expect("the proxy dials the target in time")
+        .unwrap();
+    (near, far)
+}
+
+/// Stops the mesh within the deadline.
+async fn stop(mesh: Mesh) {
+    timeout(WAIT, mesh.shutdown())
+        .await
+        .expect("the mesh stops in time");
+}
+
+fn route(mesh: &Mesh, from: u64, to: u64) -> SocketAddr {
+    mesh.route_for(from)
+        .unwrap()
+        .into_iter()
+        .find(|(peer, _)| *peer == to)
+        .unwrap()
+        .1
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    timeout(WAIT, stream.write_all(bytes))
+        .await
+        .expect("write in time")
+        .expect("write");
+}
+
+/// Reads exactly `expected` within the deadline.
+async fn expect_bytes(stream: &mut TcpStream, expected: &[u8]) {
+    let mut buffer = vec![0u8; expected.len()];
+    timeout(WAIT, stream.read_exact(&mut buffer))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{:?} did not arrive in time",
+                String::from_utf8_lossy(expected)
+            )
+        })
+        .expect("read");
+    assert_eq!(buffer, expected);
+}
+
+/// Watches the stream for `QUIET`: nothing may arrive, and it must not close.
+async fn expect_silence(stream: &mut TcpStream, what: &str) {
+    let mut buffer = [0u8; 64];
+    match timeout(QUIET, stream.read(&mut buffer)).await {
+        Err(_elapsed) => {}
+        Ok(Ok(0)) => panic!("{what}: the connection closed"),
+        Ok(Ok(len)) => panic!(
+            "{what}: {:?} arrived",
+            String::from_utf8_lossy(&buffer[..len])
+        ),
+        Ok(Err(error)) => panic!("{what}: the connection failed: {error}"),
+    }
+}
+
+/// Reads until the stream ends (end of stream or an error such as a reset) within the deadline.
+async fn expect_closed(stream: &mut TcpStream, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    let mut buffer = [0u8; 1024];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timeout(remaining, stream.read(&mut buffer)).await {
+            Err(_elapsed) => panic!("{what}: still open after {WAIT:?}"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn cut_link_passes_nothing_either_way_keeps_the_connection_and_delivers_after_heal() {
+    // Over an established connection: cut, write both ways, see nothing arrive and nothing close; heal, see
+    // the held bytes arrive in order.
+    let mut pair = Pair::start().await;
+    send(&mut pair.near, b"request").await;
+    expect_bytes(&mut pair.far, b"request").await;
+    send(&mut pair.far, b"reply").await;
+    expect_bytes(&mut pair.near, b"reply").await;
+
+    pair.mesh.set_link(1, 2, LinkState::Cut).unwrap();
+    send(&mut pair.near, b"held-request-1 ").await;
+    send(&mut pair.near, b"held-request-2").await;
+    send(&mut pair.far, b"held-reply").await;
+    expect_silence(&mut pair.far, "toward node 2 over a cut link").await;
+    expect_silence(&mut pair.near, "toward node 1 over a cut link").await;
+    assert_eq!(pair.state(1, 2), (LinkState::Cut, 1));
+
+    pair.mesh.heal();
+    expect_bytes(&mut pair.far, b"held-request-1 held-request-2").await;
+    expect_bytes(&mut pair.near, b"held-reply").await;
+    send(&mut pair.near, b"after").await;
+    expect_bytes(&mut pair.far, b"after").await;
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
+async fn new_connection_over_a_cut_link_reaches_the_target_only_after_heal() {
+    // The proxy accepts, but does not dial node 2 while the link is cut; after heal the bytes get through.
+    let pair = Pair::start().await;
+    pair.mesh.set_link(1, 2, LinkState::Cut).unwrap();
+    let mut late = TcpStream::connect(route(&pair.mesh, 1, 2)).await.unwrap();
+    send(&mut late, b"hello").await;
+    assert!(
+        timeout(QUIET, pair.node2.accept()).await.is_err(),
+        "node 2 was dialled over a cut link"
+    );
+
+    pair.mesh.heal();
+    let (mut far, _) = timeout(WAIT, pair.node2.accept()).await.unwrap().unwrap();
+    expect_bytes(&mut far, b"hello").await;
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
+async fn reset_closes_existing_connections_and_new_ones_until_heal() {
+    // Reset an established connection (both ends see it end), then dial again: closed at once, node 2 never
+    // dialled. After heal a new connection carries bytes.
+    let mut pair = Pair::start().await;
+    send(&mut pair.near, b"x").await;
+    expect_bytes(&mut pair.far, b"x").await;
+
+    pair.mesh.set_link(1, 2, LinkState::Reset).unwrap();
+    expect_closed(&mut pair.near, "node 1's end after reset").await;
+    expect_closed(&mut pair.far, "node 2's end after reset").await;
+    pair.wait_for_connections(1, 2, 0).await;
+
+    // A refused connect is as good as one that is closed straight after the handshake.
+    if let Ok(mut again) = TcpStream::connect(route(&pair.mesh, 1, 2)).await {
+        let _ = again.write_all(b"ignored").await;
+        expect_closed(&mut again, "a new connection over a reset link").await;
+    }
+    assert!(
+        timeout(QUIET, pair.node2.accept()).await.is_err(),
+        "node 2 was dialled over a reset link"
+    );
+
+    pair.mesh.heal();
+    let (mut near, mut far) = connect(&pair.mesh, 1, &pair.node2).await;
+    send(&mut near, b"back").await;
+    expect_bytes(&mut far, b"back").await;
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
+async fn delay_adds_at_least_the_configured_latency_each_way() {
+    // Delay an established connection and time one round trip: each direction adds the delay, so the round
+    // trip takes at least twice the delay. Several writes arrive in order.
+    let delay = Duration::from_millis(150);
+    let mut pair = Pair::start().await;
+    pair.mesh.set_link(1, 2, LinkState::Delay(delay)).unwrap();
+
+    let start = Instant::now();
+    send(&mut pair.near, b"one ").await;
+    send(&mut pair.near, b"two ").await;
+    send(&mut pair.near, b"three").await;
+    expect_bytes(&mut pair.far, b"one two three").await;
+    let forward = start.elapsed();
+    send(&mut pair.far, b"reply").await;
+    expect_bytes(&mut pair.near, b"reply").await;
+    let round_trip = start.elapsed();
+
+    assert!(
+        forward >= delay,
+        "one way took {forward:?}, delay {delay:?}"
+    );
+    assert!(
+        round_trip >= 2 * delay,
+        "round trip took {round_trip:?}, delay {delay:?} each way"
+    );
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
+async fn one_way_cut_holds_requests_but_passes_replies_and_leaves_the_reverse_link_alone() {
+    // One-way cut 1->2: node 1's bytes do not reach node 2, node 2's replies reach node 1; a connection over
+    // link 2->1 still works both ways; after heal the held request arrives.
+    let mut pair = Pair::start().await;
+    pair.mesh.one_way(1, 2).unwrap();
+    assert_eq!(pair.state(1, 2).0, LinkState::OneWay);
+    assert_eq!(pair.state(2, 1).0, LinkState::Pass);
+
+    send(&mut pair.near, b"request").await;
+    send(&mut pair.far, b"reply").await;
+    expect_bytes(&mut pair.near, b"reply").await;
+    expect_silence(&mut pair.far, "toward node 2 over a one-way cut").await;
+
+    let (mut reverse_near, mut reverse_far) = connect(&pair.mesh, 2, &pair.node1).await;
+    send(&mut reverse_near, b"2 to 1").await;
+    expect_bytes(&mut reverse_far, b"2 to 1").await;
+    send(&mut reverse_far, b"1 to 2").await;
+    expect_bytes(&mut reverse_near, b"1 to 2").await;
+
+    pair.mesh.heal();
+    expect_bytes(&mut pair.far, b"request").await;
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_proxied_connection() {
+    // Stopping the mesh ends its connections rather than leaving them half alive.
+    let mut pair = Pair::start().await;
+    send(&mut pair.near, b"x").await;
+    expect_bytes(&mut pair.far, b"x").await;
+    stop(pair.mesh).await;
+    expect_closed(&mut pair.near, "node 1's end after shutdown").await;
+    expect_closed(&mut pair.far, "node 2's end after shutdown").await;
+}
