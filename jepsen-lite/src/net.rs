@@ -1,18 +1,25 @@
 //! The partition network: a userspace TCP proxy mesh with one proxy per directed link i->j, inserted between
 //! raftkv nodes with `--peer-route`, so faults can be injected without the nodes knowing. Each link can pass,
 //! be cut (bytes held, connections open), be reset (connections closed, new ones reset), be delayed, or be cut
-//! one way. Whole topologies (partitions, isolation, majorities ring, bridge) are set at once.
+//! one way. Whole topologies (partitions, isolation, majorities ring, bridge) are set at once, and a small
+//! line protocol lets another process (`jepsen-lite net ...`) drive a long-lived mesh.
 //!
 //! Code map: `link` is one proxy and the meaning of each [`LinkState`]; `topology` is the pure connectivity
-//! matrix and the group-spec parser; `mesh` owns the links, the port layout and the route map. Invariant: only `link` touches proxied bytes, and `topology`
+//! matrix and the group-spec parser; `mesh` owns the links, the port layout and the route map; `control` is the
+//! control protocol, its server and its client. Invariant: only `link` touches proxied bytes, and `topology`
 //! does no I/O.
 
+mod control;
 mod link;
 mod mesh;
 mod topology;
 
 use std::net::SocketAddr;
 
+pub use control::{
+    parse_link, request, serve_control, Command, ControlError, Response, RoutesFile,
+    CONTROL_REQUEST_BYTES_MAX, CONTROL_RESPONSE_BYTES_MAX, CONTROL_TIMEOUT,
+};
 pub use link::{
     format_duration, parse_duration, Direction, LinkState, ACCEPT_ERROR_BACKOFF, CHUNK_BYTES_MAX,
     CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, QUEUE_SEGMENTS_MAX,

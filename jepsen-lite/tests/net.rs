@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jepsen_lite::net::{LinkState, Mesh, PortLayout};
+use jepsen_lite::net::{
+    request, serve_control, Command, ControlError, LinkState, Mesh, PortLayout,
+    CONTROL_REQUEST_BYTES_MAX,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -300,4 +303,66 @@ async fn shutdown_closes_every_proxied_connection() {
     stop(pair.mesh).await;
     expect_closed(&mut pair.near, "node 1's end after shutdown").await;
     expect_closed(&mut pair.far, "node 2's end after shutdown").await;
+}
+
+#[tokio::test]
+async fn control_requests_change_links_and_bad_ones_are_refused() {
+    // A control server over a real socket: a partition request changes the links and answers with all of
+    // them; a partition that names an unknown node, a garbled line and an oversized line are refused and
+    // change nothing.
+    let nodes: BTreeMap<u64, SocketAddr> = (1..=3)
+        .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 1))))
+        .collect();
+    let mesh = Mesh::start(nodes, PortLayout::OsAssigned).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = serve_control(listener, &mesh);
+    let client = async {
+        let links = request(&address, &Command::Partition(vec![vec![1, 2], vec![3]]))
+            .await
+            .unwrap();
+        let cut: Vec<(u64, u64)> = links
+            .iter()
+            .filter(|link| link.state == LinkState::Cut)
+            .map(|link| (link.from, link.to))
+            .collect();
+        assert_eq!(cut, vec![(1, 3), (2, 3), (3, 1), (3, 2)]);
+
+        let refused = request(&address, &Command::Partition(vec![vec![1], vec![4]]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, ControlError::Refused(reason) if reason.contains("node 4 is not in the mesh")),
+            "{refused}"
+        );
+
+        for line in [
+            "explode\n".to_string(),
+            "x".repeat(CONTROL_REQUEST_BYTES_MAX + 1),
+        ] {
+            let mut stream = TcpStream::connect(&address).await.unwrap();
+            send(&mut stream, line.as_bytes()).await;
+            let mut answer = String::new();
+            timeout(WAIT, stream.read_to_string(&mut answer))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(answer.starts_with("{\"ok\":false"), "{answer}");
+        }
+
+        let links = request(&address, &Command::Status).await.unwrap();
+        assert_eq!(links.len(), 6);
+        assert_eq!(
+            links
+                .iter()
+                .filter(|link| link.state == LinkState::Cut)
+                .count(),
+            4
+        );
+    };
+    tokio::select! {
+        () = server => panic!("the control server stopped"),
+        () = client => {}
+    }
+    stop(mesh).await;
 }
