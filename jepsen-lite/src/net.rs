@@ -33,7 +33,7 @@ pub use topology::{majority, parse_groups, Connectivity};
 /// Everything that can go wrong building or driving the mesh, or reading its input.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot listen on {address}: {source} (is the port free? try another --base-port)")]
+    #[error("cannot listen on {address} (is the port free? try another --base-port)")]
     Bind {
         address: SocketAddr,
         source: std::io::Error,

@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use jepsen_lite::net::{
-    request, serve_control, Command, ControlError, LinkState, Mesh, PortLayout,
-    CONTROL_REQUEST_BYTES_MAX,
+    request, serve_control, Command, ControlError, LinkState, LinkStatus, Mesh, PortLayout,
+    RoutesFile, CONTROL_REQUEST_BYTES_MAX,
 };
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Child;
 use tokio::time::{timeout, Instant};
 
 /// Deadline for anything that must happen (bytes arriving, a connection closing, a process answering).
@@ -365,4 +367,178 @@ async fn control_requests_change_links_and_bad_ones_are_refused() {
         () = client => {}
     }
     stop(mesh).await;
+}
+
+/// The `jepsen-lite` binary Cargo built for these tests.
+const BINARY: &str = env!("CARGO_BIN_EXE_jepsen-lite");
+
+/// Runs `jepsen-lite ARGS` to completion within the deadline; returns (exit code, stdout, stderr).
+async fn jepsen_lite(args: &[&str]) -> (i32, String, String) {
+    let output = timeout(
+        WAIT,
+        tokio::process::Command::new(BINARY)
+            .args(args)
+            .env_remove("JEPSEN_LITE_CONTROL")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("jepsen-lite {args:?} did not finish in time"))
+    .expect("run jepsen-lite");
+    (
+        output.status.code().expect("exited, not killed"),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Reads `net serve` output up to its `ready` line; returns the route lines and the control address.
+async fn read_until_ready(serve: &mut Child) -> (Vec<String>, String) {
+    let stdout = serve.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut routes = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line = timeout(remaining, lines.next_line())
+            .await
+            .expect("net serve printed `ready` in time")
+            .unwrap()
+            .expect("net serve exited before `ready`");
+        match line.strip_prefix("ready control=") {
+            Some(control) => return (routes, control.to_string()),
+            None => routes.push(line),
+        }
+    }
+}
+
+#[tokio::test]
+async fn net_serve_process_is_driven_by_the_client_commands_and_stops_on_sigterm() {
+    // The real binary: serve a 3-node mesh on OS-assigned ports, check the printed routes and the routes file,
+    // partition 1,2/3 through `net partition`, read it back with `net status --json`, see bytes pass within the
+    // majority and not across, refuse bad input with one line and exit 2, and stop cleanly on SIGTERM.
+    let node_listeners = [
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let nodes = node_listeners
+        .iter()
+        .enumerate()
+        .map(|(index, listener)| format!("{}={}", index + 1, listener.local_addr().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let routes_file =
+        std::env::temp_dir().join(format!("jepsen-lite-net-test-{}.json", std::process::id()));
+    let mut serve = tokio::process::Command::new(BINARY)
+        .args([
+            "net",
+            "serve",
+            "--nodes",
+            &nodes,
+            "--control",
+            "127.0.0.1:0",
+            "--routes-file",
+        ])
+        .arg(&routes_file)
+        .env_remove("JEPSEN_LITE_CONTROL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start net serve");
+    let (route_lines, control) = read_until_ready(&mut serve).await;
+
+    assert_eq!(route_lines.len(), 3, "{route_lines:?}");
+    assert!(
+        route_lines[0].starts_with("node 1 --peer-route 2=127.0.0.1:"),
+        "{route_lines:?}"
+    );
+    let file: RoutesFile =
+        serde_json::from_str(&std::fs::read_to_string(&routes_file).unwrap()).unwrap();
+    std::fs::remove_file(&routes_file).unwrap();
+    assert_eq!(file.control.to_string(), control);
+    for (node, line) in file.nodes.iter().zip(&route_lines) {
+        assert_eq!(
+            *line,
+            format!("node {} {}", node.id, node.peer_route_args().join(" "))
+        );
+    }
+    let via = |from: u64, to: u64| {
+        file.nodes[from as usize - 1]
+            .peer_routes
+            .iter()
+            .find(|route| route.peer == to)
+            .unwrap()
+            .via
+    };
+
+    let (code, _, stderr) =
+        jepsen_lite(&["net", "partition", "1,2/3", "--control", &control]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        jepsen_lite(&["net", "status", "--json", "--control", &control]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let links: Vec<LinkStatus> = serde_json::from_str(&stdout).unwrap();
+    let states: Vec<(u64, u64, LinkState)> = links
+        .iter()
+        .map(|link| (link.from, link.to, link.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (1, 2, LinkState::Pass),
+            (1, 3, LinkState::Cut),
+            (2, 1, LinkState::Pass),
+            (2, 3, LinkState::Cut),
+            (3, 1, LinkState::Cut),
+            (3, 2, LinkState::Cut),
+        ]
+    );
+
+    // Bytes from node 1 reach node 2 but not node 3.
+    let mut to_two = TcpStream::connect(via(1, 2)).await.unwrap();
+    send(&mut to_two, b"majority").await;
+    let (mut at_two, _) = timeout(WAIT, node_listeners[1].accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_bytes(&mut at_two, b"majority").await;
+    let mut to_three = TcpStream::connect(via(1, 3)).await.unwrap();
+    send(&mut to_three, b"minority").await;
+    assert!(
+        timeout(QUIET, node_listeners[2].accept()).await.is_err(),
+        "node 3 was reached across the partition"
+    );
+
+    for bad in [
+        vec!["net", "partition", "1,2/9", "--control", &control],
+        vec!["net", "partition", "1,2", "--control", &control],
+        vec!["net", "isolate", "two", "--control", &control],
+        vec!["net", "delay", "fast", "--control", &control],
+    ] {
+        let (code, stdout, stderr) = jepsen_lite(&bad).await;
+        assert_eq!(code, 2, "{bad:?}: {stdout}{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{bad:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{bad:?}: {stderr}");
+    }
+
+    let (code, _, stderr) = jepsen_lite(&["net", "heal", "--control", &control]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let pid = serve.id().expect("net serve is running").to_string();
+    let kill = timeout(
+        WAIT,
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status(),
+    )
+    .await
+    .expect("kill finishes in time")
+    .unwrap();
+    assert!(kill.success(), "kill -TERM {pid} failed");
+    let status = timeout(WAIT, serve.wait())
+        .await
+        .expect("net serve stops in time after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "net serve exited with {status}");
 }

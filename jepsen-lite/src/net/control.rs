@@ -263,15 +263,15 @@ async fn answer(stream: TcpStream, mesh: &Mesh) -> io::Result<()> {
 /// Why a control request did not get an answer, or got a refusal.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot reach the mesh control address {address}: {source} (is `jepsen-lite net serve` running there?)")]
+    #[error("cannot reach the mesh control address {address} (is `jepsen-lite net serve` running there?)")]
     Connect { address: String, source: io::Error },
-    #[error("control request to {address} failed: {source}")]
+    #[error("control request to {address} failed")]
     Io { address: String, source: io::Error },
     #[error("control request to {address} got no answer within {timeout:?}")]
     Timeout { address: String, timeout: Duration },
     #[error("control response from {address} is longer than {CONTROL_RESPONSE_BYTES_MAX} bytes")]
     ResponseTooLarge { address: String },
-    #[error("control response from {address} is not valid: {source}")]
+    #[error("control response from {address} is not valid JSON")]
     InvalidResponse {
         address: String,
         source: serde_json::Error,
