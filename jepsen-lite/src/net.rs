@@ -22,7 +22,7 @@ pub use control::{
 };
 pub use link::{
     format_duration, parse_duration, Direction, LinkState, ACCEPT_ERROR_BACKOFF, CHUNK_BYTES_MAX,
-    CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, QUEUE_SEGMENTS_MAX,
+    CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, EARLY_BYTES_MAX, QUEUE_SEGMENTS_MAX,
 };
 pub use mesh::{
     link_port, parse_nodes, LinkStatus, Mesh, NodeRoutes, PeerRoute, PortLayout,

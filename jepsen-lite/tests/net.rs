@@ -213,6 +213,28 @@ async fn new_connection_over_a_cut_link_reaches_the_target_only_after_heal() {
 }
 
 #[tokio::test]
+async fn connection_attempts_abandoned_over_a_cut_link_are_released() {
+    // Clients that give up while the link is cut must not pile up in the proxy: the count goes back to the one
+    // established connection, and node 2 never hears of them.
+    let pair = Pair::start().await;
+    pair.mesh.set_link(1, 2, LinkState::Cut).unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let mut attempt = TcpStream::connect(route(&pair.mesh, 1, 2)).await.unwrap();
+        send(&mut attempt, b"preface").await;
+        attempts.push(attempt);
+    }
+    pair.wait_for_connections(1, 2, 4).await;
+    drop(attempts);
+    pair.wait_for_connections(1, 2, 1).await;
+    assert!(
+        timeout(QUIET, pair.node2.accept()).await.is_err(),
+        "node 2 was dialled over a cut link"
+    );
+    stop(pair.mesh).await;
+}
+
+#[tokio::test]
 async fn reset_closes_existing_connections_and_new_ones_until_heal() {
     // Reset an established connection (both ends see it end), then dial again: closed at once, node 2 never
     // dialled. After heal a new connection carries bytes.

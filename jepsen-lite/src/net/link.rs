@@ -42,7 +42,12 @@ pub const QUEUE_SEGMENTS_MAX: usize = 64;
 /// a raftkv node keeps one connection per peer, so reaching this means something leaks connections.
 pub const CONNECTIONS_PER_LINK_MAX: usize = 64;
 
-/// How long the proxy waits to dial the target node before it resets the accepted connection.
+/// Bytes kept from a new connection while its target cannot be dialled yet (the link is cut); beyond this the
+/// proxy stops reading from it until the link passes.
+pub const EARLY_BYTES_MAX: usize = 64 * 1024;
+
+/// How long the proxy waits to dial the target node (and hand it the bytes kept meanwhile) before it resets
+/// the accepted connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -288,14 +293,21 @@ async fn proxy_connection(
     target: SocketAddr,
     mut state: watch::Receiver<LinkState>,
 ) {
-    // The target is dialled only once bytes may travel toward it: a handshake does not cross a cut.
-    match wait_deliverable(&mut state, Direction::Forward, Instant::now()).await {
+    // The target is dialled only once bytes may travel toward it: a handshake does not cross a cut. Until
+    // then what the client sends is kept, and a client that gives up is forgotten, so connection attempts
+    // abandoned during a long cut do not pile up.
+    let mut early = Vec::new();
+    match wait_to_dial(&mut client, &mut state, &mut early).await {
         Ok(()) => {}
-        Err(Abort::MeshStopped) => return,
+        Err(Abort::MeshStopped | Abort::PeerReset) => return,
         Err(_) => return reset(client),
     }
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-    {
+    let dial = async {
+        let mut upstream = TcpStream::connect(target).await?;
+        upstream.write_all(&early).await?;
+        Ok::<_, io::Error>(upstream)
+    };
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             debug!(%error, %target, "cannot reach target node; resetting connection");
@@ -340,6 +352,28 @@ async fn proxy_connection(
             debug!(%error, %target, "proxied connection failed");
             reset(client);
             reset(upstream);
+        }
+    }
+}
+
+/// Waits until the link lets bytes toward the target, keeping what the client sends meanwhile in `early`
+/// (up to `EARLY_BYTES_MAX`, then it stops reading). `PeerReset` if the client closes or fails first.
+async fn wait_to_dial(
+    client: &mut TcpStream,
+    state: &mut watch::Receiver<LinkState>,
+    early: &mut Vec<u8>,
+) -> Result<(), Abort> {
+    let mut buffer = vec![0u8; CHUNK_BYTES_MAX];
+    loop {
+        let room = EARLY_BYTES_MAX
+            .saturating_sub(early.len())
+            .min(CHUNK_BYTES_MAX);
+        tokio::select! {
+            ready = wait_deliverable(state, Direction::Forward, Instant::now()) => return ready,
+            read = client.read(&mut buffer[..room]), if room > 0 => match read {
+                Ok(0) | Err(_) => return Err(Abort::PeerReset),
+                Ok(len) => early.extend_from_slice(&buffer[..len]),
+            },
         }
     }
 }
