@@ -2,3 +2,4 @@
 
 pub mod checker;
 pub mod history;
+pub mod net;
