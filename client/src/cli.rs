@@ -262,12 +262,15 @@ pub struct Failure {
     pub code: u8,
 }
 
-fn failure(error: ClientError, endpoints: &[String]) -> Failure {
+fn failure(error: ClientError, endpoints: &[String], pinned: Option<&str>) -> Failure {
     let code = match &error {
         ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
         _ => EXIT_USAGE,
     };
     let message = match &error {
+        _ if pinned.is_some() && !matches!(error, ClientError::Connection { .. }) => {
+            format!("{} refused the read: {error}", pinned.unwrap_or_default())
+        }
         ClientError::Unavailable { .. } | ClientError::DeadlineExceeded { .. } => format!(
             "no leader reachable among {}: is the cluster up? `scripts/cluster.sh status` ({error})",
             endpoints.join(",")
@@ -290,7 +293,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         code: EXIT_USAGE,
     })?;
     let endpoints = cli.endpoints.clone();
-    let fail = |error| failure(error, &endpoints);
+    let fail = |error| failure(error, &endpoints, None);
     let output = cli.output;
     match cli.command {
         Command::Put { key, value } => {
@@ -522,10 +525,12 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
 /// Prints one row per endpoint; an unreachable node is a row with its error. Exit 2 if no node answered.
 async fn print_status(client: &Client, output: Output) -> u8 {
     let results = client.status_all().await;
+    // The leader of the highest term: a deposed leader cut off from the rest may still think it leads.
     let leader_last_index = results
         .iter()
         .filter_map(|(_, result)| result.as_ref().ok())
-        .find(|status| status.role == Role::Leader as i32)
+        .filter(|status| status.role == Role::Leader as i32)
+        .max_by_key(|status| status.term)
         .map(|status| status.last_log_index);
     let lag = |status: &StatusResponse| {
         leader_last_index.map(|last| last.saturating_sub(status.applied_index))

@@ -5,7 +5,7 @@
 //! it as `jepsen-lite check` would; the `stale` rows corrupt the last read to return the key's first written
 //! value, which forces the search to rule out every order before declaring the history invalid.
 
-#[path = "../tests/checker/simulation.rs"]
+#[path = "../tests/it/checker/simulation.rs"]
 mod simulation;
 
 use std::time::Instant;

@@ -6,7 +6,6 @@
 //! `valid-*` (every checker valid), `invalid-<checker>-*` (that checker, and so the report, invalid),
 //! `unknown-*` (the report unknown, nothing invalid) or `malformed-*` (rejected with an error naming a line).
 
-#[path = "checker/simulation.rs"]
 mod simulation;
 
 use std::path::{Path, PathBuf};
