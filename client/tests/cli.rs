@@ -313,6 +313,40 @@ fn unreachable_cluster_gives_one_clear_line_and_exit_2() {
     assert!(json_lines(&status)[0]["error"].as_str().is_some());
 }
 
+/// A write whose only reachable node freezes (SIGSTOP) after the request was sent exits 3 with the UNKNOWN line.
+#[test]
+fn write_to_frozen_leader_exits_3() {
+    let cluster = Cluster::start();
+    let status = cluster.raftkv(&["-w", "json", "status"]);
+    let leader = json_lines(&status)
+        .into_iter()
+        .find(|row| row["role"] == "leader")
+        .expect("a leader");
+    let index = leader["id"].as_u64().unwrap() as usize - 1;
+    let pid = cluster.children[index].id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = raftkv(
+        &cluster.endpoints[index],
+        &["--timeout", "1500ms", "put", "frozen", "maybe"],
+        None,
+    );
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_exit(&output, 3);
+    assert!(
+        stderr(&output).starts_with("raftkv: UNKNOWN: the write may have been applied"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// `completions` prints a script for the shell.
 #[test]
 fn completions_print_a_script() {
