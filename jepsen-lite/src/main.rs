@@ -1,7 +1,8 @@
 //! The `jepsen-lite` binary. `main` parses the command line, runs one subcommand family and turns an error into
 //! one line on stderr and exit code 2 (the harness itself failed). Each family lives in its own module and owns
-//! its arguments: `net_command` for `jepsen-lite net ...`.
+//! its arguments: `net_command` for `jepsen-lite net ...`, `check_command` for `jepsen-lite check`.
 
+mod check_command;
 mod net_command;
 
 use std::io::IsTerminal as _;
@@ -26,6 +27,8 @@ enum Command {
     /// Run the partition proxy mesh, or change and inspect a running one
     #[command(subcommand)]
     Net(net_command::NetCommand),
+    /// Re-check a history file (exit 0 valid, 1 anomaly, 2 unknown or unreadable)
+    Check(check_command::CheckCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,5 +80,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Net(command) => runtime.block_on(net_command::run(command)),
+        Command::Check(command) => check_command::run(command),
     }
 }

@@ -539,3 +539,48 @@ fn model_mismatch_is_an_error_not_a_verdict() {
     let register = testdata("register").join("valid-concurrent-writes-reads-and-cas.jsonl");
     assert!(check_file(&register, Model::Set).is_err());
 }
+
+/// `jepsen-lite check` exits 0 on a valid history, 1 on an anomaly, 2 on a malformed one, and prints the
+/// report as JSON.
+#[test]
+fn check_command_exit_codes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/histories/register");
+    let pick = |prefix: &str| -> PathBuf {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(prefix)
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no {prefix}* history"))
+    };
+    for (prefix, code, verdict) in [
+        ("valid-", 0, Some("valid")),
+        ("invalid-", 1, Some("invalid")),
+        ("malformed-", 2, None),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_jepsen-lite"))
+            .args(["check", "--model", "register"])
+            .arg(pick(prefix))
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{prefix}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if let Some(verdict) = verdict {
+            let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(report["verdict"], verdict);
+        }
+    }
+}
