@@ -5,7 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -19,15 +19,6 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let cli::Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut cli::Cli::command(),
-            "raftkv",
-            &mut std::io::stdout(),
-        );
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

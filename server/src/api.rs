@@ -19,7 +19,6 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::raft_types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
 use crate::state_machine::{self, Command, Expected, Rejection, Response, ScanRange, SessionRef};
-use crate::storage::LogStore;
 
 /// Metadata key naming the kind of error.
 pub const ERROR_KIND_KEY: &str = "raftkv-error";
@@ -143,7 +142,6 @@ pub struct Api {
     pub cluster_id: String,
     pub raft: Raft,
     pub reader: Reader,
-    pub log_store: LogStore,
     pub proposals: Arc<Semaphore>,
 }
 

@@ -116,7 +116,6 @@ impl Node {
             cluster_id: config.cluster_id.clone(),
             raft: raft.clone(),
             reader,
-            log_store: log_store.clone(),
             proposals: Arc::new(Semaphore::new(PROPOSALS_PENDING_MAX)),
         };
         let peer = PeerService {
