@@ -547,6 +547,26 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Str
     Ok(Some((header.meta, bytes[header_end..].to_vec())))
 }
 
+/// Writes a snapshot file off the async threads; gives the data back with the file's size.
+async fn persist_snapshot(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    data: Vec<u8>,
+    stats: &StorageStats,
+) -> Result<(Vec<u8>, u64), StorageError> {
+    let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+    let (dir, file_meta) = (dir.to_path_buf(), meta.clone());
+    let (data, size) = tokio::task::spawn_blocking(move || {
+        let size = write_snapshot_file(&dir, &file_meta, &data);
+        (data, size)
+    })
+    .await
+    .map_err(|error| write_error(subject.clone(), error))?;
+    let size = size.map_err(|error| write_error(subject, error))?;
+    stats.snapshot_bytes.store(size, Ordering::Relaxed);
+    Ok((data, size))
+}
+
 /// Builds a snapshot from the state captured when openraft asked for a builder.
 pub struct SnapshotBuilder {
     data: Vec<u8>,
@@ -565,18 +585,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: self.snapshot_id.clone(),
         };
         let data = std::mem::take(&mut self.data);
-        let dir = self.snapshot_dir.clone();
-        let file_meta = meta.clone();
-        let (data, size) = tokio::task::spawn_blocking(move || {
-            let size = write_snapshot_file(&dir, &file_meta, &data);
-            (data, size)
-        })
-        .await
-        .map_err(|error| write_error(ErrorSubject::Snapshot(Some(meta.signature())), error))?;
-        let size = size
-            .map_err(|error| write_error(ErrorSubject::Snapshot(Some(meta.signature())), error))?;
+        let (data, size) = persist_snapshot(&self.snapshot_dir, &meta, data, &self.stats).await?;
         self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot built");
         Ok(Snapshot {
             meta,
@@ -659,14 +669,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state = StateMachine::decode(&data)
             .map_err(|reason| read_error(subject.clone(), io::Error::other(reason)))?;
-        let dir = self.snapshot_dir.clone();
-        let file_meta = meta.clone();
-        let size =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file_meta, &data))
-                .await
-                .map_err(|error| write_error(subject.clone(), error))?
-                .map_err(|error| write_error(subject, error))?;
-        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
+        let (_, size) = persist_snapshot(&self.snapshot_dir, meta, data, &self.stats).await?;
         let mut applied = self
             .applied
             .write()
