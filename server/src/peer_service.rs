@@ -77,6 +77,24 @@ impl PeerService {
         })
     }
 
+    /// Checks a Raft message's envelope and decodes its payload.
+    fn open<T: DeserializeOwned>(
+        &self,
+        request: Request<RaftMessage>,
+        what: &str,
+        members_only: bool,
+    ) -> Result<T, Status> {
+        let message = request.into_inner();
+        self.check_envelope(
+            &message.cluster_id,
+            message.from,
+            message.to,
+            what,
+            members_only,
+        )?;
+        self.decode(&message, what)
+    }
+
     fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
         let payload = postcard::to_stdvec(result)
             .map_err(|error| Status::internal(format!("cannot encode reply: {error}")))?;
@@ -90,15 +108,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let message = request.into_inner();
-        self.check_envelope(
-            &message.cluster_id,
-            message.from,
-            message.to,
-            "append-entries",
-            false,
-        )?;
-        let request = self.decode(&message, "append-entries")?;
+        let request = self.open(request, "append-entries", false)?;
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
@@ -109,9 +119,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let message = request.into_inner();
-        self.check_envelope(&message.cluster_id, message.from, message.to, "vote", true)?;
-        let request = self.decode(&message, "vote")?;
+        let request = self.open(request, "vote", true)?;
         Self::reply(&self.raft.vote(request).await)
     }
 
@@ -119,15 +127,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let message = request.into_inner();
-        self.check_envelope(
-            &message.cluster_id,
-            message.from,
-            message.to,
-            "install-snapshot",
-            false,
-        )?;
-        let request = self.decode(&message, "install-snapshot")?;
+        let request = self.open(request, "install-snapshot", false)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
             self.leader_contact.touch();
