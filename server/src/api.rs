@@ -554,6 +554,7 @@ impl kv::admin_server::Admin for Api {
             voters,
             learners,
             replication,
+            read_index_rounds: self.reader.batcher.rounds(),
         }))
     }
 

@@ -11,6 +11,7 @@
 //! timeout has passed without hearing from the leader. The lease therefore holds until
 //! `t + election_timeout_min - drift_margin`; `drift_margin` covers the clock-rate difference between nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ type Waiter = oneshot::Sender<Result<ReadIndex, ReadIndexError>>;
 pub struct ReadIndexBatcher {
     sender: mpsc::Sender<Waiter>,
     lease: Arc<Lease>,
+    /// Rounds run since start: how many quorum rounds the reads actually cost.
+    rounds: Arc<AtomicU64>,
 }
 
 /// When the current lease ends, if any. A std mutex: held for a copy, never across await.
@@ -115,8 +118,16 @@ impl ReadIndexBatcher {
             until: Mutex::new(None),
             duration: lease_duration,
         });
-        let task = run(raft, node_id, receiver, lease.clone());
-        (ReadIndexBatcher { sender, lease }, task)
+        let rounds = Arc::new(AtomicU64::new(0));
+        let task = run(raft, node_id, receiver, lease.clone(), rounds.clone());
+        (
+            ReadIndexBatcher {
+                sender,
+                lease,
+                rounds,
+            },
+            task,
+        )
     }
 
     /// Waits for the next round to finish and returns its read index.
@@ -129,19 +140,31 @@ impl ReadIndexBatcher {
         receiver.await.unwrap_or(Err(ReadIndexError::ShuttingDown))
     }
 
+    /// Quorum rounds run since start.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
     /// The leader lease.
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 }
 
-async fn run(raft: Raft, node_id: NodeId, mut receiver: mpsc::Receiver<Waiter>, lease: Arc<Lease>) {
+async fn run(
+    raft: Raft,
+    node_id: NodeId,
+    mut receiver: mpsc::Receiver<Waiter>,
+    lease: Arc<Lease>,
+    rounds: Arc<AtomicU64>,
+) {
     while let Some(first) = receiver.recv().await {
         let mut waiters = vec![first];
         while let Ok(next) = receiver.try_recv() {
             waiters.push(next);
         }
         let started = Instant::now();
+        rounds.fetch_add(1, Ordering::Relaxed);
         let result =
             match tokio::time::timeout(READ_INDEX_ROUND_TIMEOUT, raft.get_read_log_id()).await {
                 Ok(Ok((read_log_id, _applied))) => {

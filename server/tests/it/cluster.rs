@@ -240,3 +240,29 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let read = client.get("stable", &ReadOptions::default()).await.unwrap();
     assert_eq!(read.kv.unwrap().value, b"before");
 }
+
+/// Concurrent linearizable reads on the leader share read-index rounds: 200 reads in flight at once cost far
+/// fewer than 200 quorum rounds (one round per read would fail this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_quorum_rounds() {
+    const READS: u64 = 200;
+    let cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    client.put("shared", "x").await.unwrap();
+    let before = cluster.status(leader).await.unwrap().read_index_rounds;
+    let options = ReadOptions {
+        endpoint: Some(cluster.addr(leader)),
+        ..Default::default()
+    };
+    let reads = (0..READS).map(|_| client.get("shared", &options));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.expect("linearizable read").kv.unwrap().value, b"x");
+    }
+    let rounds = cluster.status(leader).await.unwrap().read_index_rounds - before;
+    assert!(rounds >= 1, "no read-index round ran");
+    assert!(
+        rounds < READS / 2,
+        "{READS} concurrent reads took {rounds} rounds: they are not sharing"
+    );
+}
