@@ -20,6 +20,8 @@ use crate::net::{Mesh, PortLayout};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Deadline of a status call to one node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most nodes a cluster may have (node ids 1..=NODES_MAX, as the proxy port layout allows).
+pub const NODES_MAX: u64 = crate::net::BASE_LAYOUT_NODE_ID_MAX;
 /// Longest a node may take to exit after SIGTERM before it is SIGKILLed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,8 +92,8 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 impl Cluster {
     /// Starts the mesh and every node, bootstrapped together. Does not wait for a leader.
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Cluster> {
-        if config.nodes == 0 || config.nodes > 9 {
-            bail!("a cluster has 1 to 9 nodes, not {}", config.nodes);
+        if config.nodes == 0 || config.nodes > NODES_MAX {
+            bail!("a cluster has 1 to {NODES_MAX} nodes, not {}", config.nodes);
         }
         std::fs::create_dir_all(&config.data_root)
             .with_context(|| format!("cannot create {}", config.data_root.display()))?;

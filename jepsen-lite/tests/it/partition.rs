@@ -70,7 +70,7 @@ async fn isolated_leader_is_replaced_and_converges_after_heal() {
         .into_iter()
         .filter(|id| *id != old_leader)
         .collect();
-    let (new_leader, new_term) = cluster
+    let (_, new_term) = cluster
         .wait_for_leader(&majority, old_term + 1, WAIT_MAX)
         .await
         .unwrap();
@@ -145,7 +145,6 @@ async fn isolated_leader_is_replaced_and_converges_after_heal() {
             "node {id} applied the write the isolated leader never committed"
         );
     }
-    let _ = new_leader;
     cluster.shutdown().await;
 }
 
