@@ -13,14 +13,20 @@
 //!   fsynced, renamed, directory fsynced) plus the log: on restart openraft re-applies the log from the
 //!   snapshot up to the persisted commit index.
 //!
-//! What a flush guarantees: sled's `flush` writes its buffered pages to its files and asks the kernel to
-//! sync the written range (`sync_file_range`), which survives a crash of the process (kill -9) and, on most
-//! file systems, of the machine; it is not a full `fsync` of the device cache, so an acknowledged write can be
-//! lost to a power failure on a disk that lies about its cache. See ARCHITECTURE.md, "Durability".
+//! What a flush guarantees. sled 0.34.7's `flush` writes its buffers with `pwrite` and then calls
+//! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the written range of its one data file: the pages
+//! reach the device, but neither the file's metadata (its size, newly allocated extents) nor the device's
+//! volatile write cache is flushed, and values spilled to blob files (`blobs/`, any page over a quarter of a
+//! segment) are written with no sync at all. That survives a crash of the process (kill -9), not a power
+//! failure. So every durable flush here is sled's flush followed by `SledFiles::sync`: `fdatasync` of the
+//! data file, of every new blob file, and `fsync` of the directories whose listing changed. Only then is
+//! anything acknowledged. See ARCHITECTURE.md, "Durability".
 
 // openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, Cursor, Write};
@@ -28,7 +34,7 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
@@ -56,6 +62,18 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_NODE_ID: &[u8] = b"node_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// How far a flush goes before anything is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// sled's flush, then `fdatasync` of the files it wrote and `fsync` of changed directories: an
+    /// acknowledged write survives a power failure on a device that honours cache flushes. What nodes use.
+    #[default]
+    Device,
+    /// sled's flush alone (`pwrite` + `sync_file_range`): survives kill -9, not a power failure. Only for
+    /// measuring what `Device` costs (`cargo run --release -p raftkv-server --example log_append`).
+    FlushOnly,
+}
 
 /// Why a data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +116,16 @@ pub fn open(
     node_id: NodeId,
     cluster_id: &str,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
+    open_with(dir, node_id, cluster_id, SyncMode::Device)
+}
+
+/// `open` with an explicit `SyncMode`; nodes always use `SyncMode::Device`.
+pub fn open_with(
+    dir: &Path,
+    node_id: NodeId,
+    cluster_id: &str,
+    sync_mode: SyncMode,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
     let io_error = |source| OpenError::Io {
         dir: dir.to_path_buf(),
         source,
@@ -109,10 +137,12 @@ pub fn open(
         dir: dir.to_path_buf(),
         source,
     };
+    let sled_dir = dir.join("raft");
     let db = sled::Config::new()
-        .path(dir.join("raft"))
+        .path(&sled_dir)
         .open()
         .map_err(sled_error)?;
+    let files = SledFiles::open(&sled_dir, sync_mode).map_err(io_error)?;
     let log = db.open_tree("log").map_err(sled_error)?;
     let meta = db.open_tree("meta").map_err(sled_error)?;
 
@@ -148,20 +178,29 @@ pub fn open(
                 .map_err(sled_error)?;
         }
     }
-    db.flush().map_err(sled_error)?;
+    let files = Arc::new(Mutex::new(files));
+    flush_durably(&db, &files).map_err(io_error)?;
+    if sync_mode == SyncMode::Device {
+        // The entries `raft` and `snapshots` of a new data dir.
+        fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error)?;
+    }
 
     let stats = Arc::new(StorageStats::default());
     let (flush_sender, flush_receiver) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
     let flusher_stats = stats.clone();
+    let flusher_files = files.clone();
     std::thread::Builder::new()
         .name(format!("raftkv-flush-{node_id}"))
-        .spawn(move || run_flusher(flush_receiver, flusher_stats))
+        .spawn(move || run_flusher(flush_receiver, flusher_files, flusher_stats))
         .map_err(io_error)?;
 
     let log_store = LogStore {
         db: db.clone(),
         log,
         meta,
+        files,
         flush_sender,
         stats: stats.clone(),
     };
@@ -189,6 +228,81 @@ pub fn open(
     Ok((log_store, state_machine))
 }
 
+/// The files sled writes, kept open to be synced after sled's own flush (see the module docs).
+///
+/// sled 0.34.7 keeps one data file (`db`), spills large pages to `blobs/<lsn>` (written, never synced) and
+/// rewrites its page-table snapshot (`snap.<lsn>`, renamed into place with no directory sync).
+struct SledFiles {
+    mode: SyncMode,
+    /// sled's directory (`<data-dir>/raft`).
+    dir: PathBuf,
+    /// sled's data file, opened read-only: `fdatasync` on any descriptor of a file syncs the file.
+    data: fs::File,
+    /// Names in `dir` when it was last synced: a change (a new `snap.*`) means the directory needs an fsync.
+    dir_names: BTreeSet<OsString>,
+    /// Blob files already synced (blob files never change once written; sled deletes them when obsolete).
+    blobs_synced: BTreeSet<OsString>,
+}
+
+impl SledFiles {
+    fn open(dir: &Path, mode: SyncMode) -> io::Result<SledFiles> {
+        Ok(SledFiles {
+            mode,
+            dir: dir.to_path_buf(),
+            data: fs::File::open(dir.join("db"))?,
+            dir_names: BTreeSet::new(),
+            blobs_synced: BTreeSet::new(),
+        })
+    }
+
+    /// Makes what sled's flush wrote durable on the device: `fdatasync` of the data file and every new blob
+    /// file, `fsync` of a directory whose listing changed.
+    fn sync(&mut self) -> io::Result<()> {
+        if self.mode == SyncMode::FlushOnly {
+            return Ok(());
+        }
+        self.data.sync_data()?;
+        let blob_dir = self.dir.join("blobs");
+        let mut blobs = BTreeSet::new();
+        let mut new_blob = false;
+        for entry in fs::read_dir(&blob_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.blobs_synced.contains(&name) {
+                match fs::File::open(entry.path()) {
+                    Ok(file) => file.sync_data()?,
+                    // Removed by sled since the listing: obsolete, nothing to keep.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+                new_blob = true;
+            }
+            blobs.insert(name);
+        }
+        if new_blob || blobs.len() != self.blobs_synced.len() {
+            fs::File::open(&blob_dir)?.sync_all()?;
+        }
+        self.blobs_synced = blobs;
+        let names = fs::read_dir(&self.dir)?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<io::Result<BTreeSet<_>>>()?;
+        if names != self.dir_names {
+            fs::File::open(&self.dir)?.sync_all()?;
+            self.dir_names = names;
+        }
+        Ok(())
+    }
+}
+
+/// sled's flush followed by the device sync of `SledFiles`: the only way this module makes writes durable.
+fn flush_durably(db: &sled::Db, files: &Mutex<SledFiles>) -> io::Result<()> {
+    db.flush().map_err(io::Error::other)?;
+    files
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .sync()
+}
+
 /// One append waiting for its flush. It carries the database handle so that the idle flusher holds none:
 /// the store closes (and releases its lock) as soon as the last `LogStore` is dropped.
 struct FlushRequest {
@@ -198,7 +312,11 @@ struct FlushRequest {
 
 /// The flusher thread: waits for append callbacks, drains all that are queued, flushes once, completes them.
 /// It ends when every `LogStore` handle is gone.
-fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
+fn run_flusher(
+    receiver: Receiver<FlushRequest>,
+    files: Arc<Mutex<SledFiles>>,
+    stats: Arc<StorageStats>,
+) {
     while let Ok(FlushRequest {
         db,
         callback: first,
@@ -209,7 +327,7 @@ fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
             batch.push(next.callback);
         }
         let started = Instant::now();
-        let result = db.flush().map(|_| ()).map_err(io::Error::other);
+        let result = flush_durably(&db, &files);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .flushed_entries
@@ -256,6 +374,7 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    files: Arc<Mutex<SledFiles>>,
     flush_sender: SyncSender<FlushRequest>,
     stats: Arc<StorageStats>,
 }
@@ -273,10 +392,7 @@ impl LogStore {
 
     /// Flushes everything written so far; used on shutdown.
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db
-            .flush()
-            .map_err(|error| write_error(ErrorSubject::Store, error))?;
-        Ok(())
+        self.flush_now(ErrorSubject::Store)
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(
@@ -311,10 +427,7 @@ impl LogStore {
     }
 
     fn flush_now(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.db
-            .flush()
-            .map_err(|error| write_error(subject, error))?;
-        Ok(())
+        flush_durably(&self.db, &self.files).map_err(|error| write_error(subject, error))
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -433,7 +546,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(FlushRequest { callback, .. })) => {
                 // The flusher is far behind: flush here rather than queue without bound.
-                let result = self.db.flush().map(|_| ()).map_err(io::Error::other);
+                let result = flush_durably(&self.db, &self.files);
                 callback.log_io_completed(result);
                 Ok(())
             }
