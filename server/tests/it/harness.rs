@@ -139,6 +139,21 @@ impl TestCluster {
         }
     }
 
+    /// SIGKILLs every running node at once: every signal is sent before any node is reaped, so no node
+    /// outlives another by more than the time it takes to send the next signal.
+    pub fn kill_all(&mut self) {
+        let mut killed = Vec::new();
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                child.kill().unwrap();
+                killed.push(child);
+            }
+        }
+        for mut child in killed {
+            child.wait().unwrap();
+        }
+    }
+
     /// Starts a killed node again with its data dir (bootstrap flags as at first start).
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes[&id].child.is_none(), "node {id} is running");

@@ -1,8 +1,10 @@
-//! The integration tests of raftkv-server, one binary: storage (openraft's suite and restarts), the state
+//! The integration tests of raftkv-server, one binary: storage (openraft's suite and restarts), crash safety
+//! (every node SIGKILLed at once under load), the state
 //! machine scripts under `testdata/`, and clusters of real nodes over gRPC on 127.0.0.1.
 
 mod client;
 mod cluster;
+mod crash;
 mod harness;
 mod state_machine;
 mod storage;
