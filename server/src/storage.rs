@@ -197,6 +197,7 @@ pub fn open_with(
         .map_err(io_error)?;
 
     let log_store = LogStore {
+        node_id,
         db: db.clone(),
         log,
         meta,
@@ -371,6 +372,8 @@ fn index_key(index: u64) -> [u8; 8] {
 /// The Raft log and vote. Cloning is cheap; clones share the same trees and flusher.
 #[derive(Clone)]
 pub struct LogStore {
+    /// This node: a committed vote for it is read back uncommitted (see `read_vote`).
+    node_id: NodeId,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -498,7 +501,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+        let vote: Option<Vote> = self.read_meta(KEY_VOTE, ErrorSubject::Vote)?;
+        // openraft 0.9 restarts a node whose stored vote is its own committed vote as leader of the same
+        // term, without a new election and without a new blank entry. Such a leader does not know which of
+        // its entries were committed before the crash (the persisted commit index may lag), so its read index
+        // can be older than writes it acknowledged: a linearizable read after restart misses them (the crash
+        // test caught it). Worse, entries committed by its followers but not yet flushed by it are gone from
+        // its log, and it would propose other entries under the same log ids. Handing openraft the same vote
+        // uncommitted makes the node start as a follower and campaign in a higher term like any Raft node;
+        // the new leader commits a blank entry of its own term before serving. Who voted for whom in which
+        // term is unchanged, so election safety holds.
+        Ok(vote.map(|vote| match vote.leader_id().voted_for() {
+            Some(leader) if vote.is_committed() && leader == self.node_id => {
+                Vote::new(vote.leader_id().get_term(), leader)
+            }
+            _ => vote,
+        }))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {

@@ -141,3 +141,28 @@ fn data_dir_refuses_other_node_or_cluster() {
         other => panic!("expected WrongCluster, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A node's own committed vote (it was leader) is read back uncommitted, so openraft restarts it as a
+/// follower that campaigns in a new term instead of resuming leadership in the old one; a committed vote for
+/// another node and an uncommitted vote read back unchanged.
+#[tokio::test]
+async fn own_committed_vote_is_read_back_uncommitted() {
+    let cases = [
+        (Vote::new_committed(4, 1), Vote::new(4, 1)),
+        (Vote::new_committed(4, 2), Vote::new_committed(4, 2)),
+        (Vote::new(5, 1), Vote::new(5, 1)),
+    ];
+    for (saved, expected) in cases {
+        let dir = TempDir::new().unwrap();
+        {
+            let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+            log.save_vote(&saved).await.unwrap();
+        }
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(expected),
+            "saved {saved}"
+        );
+    }
+}
