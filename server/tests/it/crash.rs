@@ -161,8 +161,10 @@ fn check_writer(writer: usize, log: &mut WriterLog, kvs: &[KeyValue]) -> Result<
         .map_or(0, |last| last + 1);
     if count < acknowledged {
         return Err(format!(
-            "writer {writer}: acknowledged key {} is lost ({count} keys survived)",
-            key(writer, count)
+            "writer {writer}: acknowledged key {} (revision {}) is lost ({count} keys survived, the last at revision {})",
+            key(writer, count),
+            log.acknowledged.get(&count).copied().unwrap_or(0),
+            survivors.values().next_back().map_or(0, |kv| kv.mod_revision),
         ));
     }
     if count > acknowledged + 1
@@ -303,7 +305,12 @@ async fn crash_rounds(size: u64) {
             let kvs = read_writer_keys(&client, writer).await;
             let mut logs = logs.lock().unwrap();
             if let Err(violation) = check_writer(writer, &mut logs[writer], &kvs) {
-                panic!("round {round} (killed after {kill_after} acknowledged writes): {violation} ({rerun})");
+                drop(logs);
+                let mut statuses = Vec::new();
+                for id in &members {
+                    statuses.push(cluster.status(*id).await);
+                }
+                panic!("round {round} (killed after {kill_after} acknowledged writes): {violation} ({rerun}); node status: {statuses:?}");
             }
         }
         if let Err(violation) = check_replicas_agree(&cluster, &client).await {
