@@ -40,7 +40,8 @@ pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Entries per AppendEntries: with values of at most `VALUE_BYTES_MAX` a batch stays below
 /// `PEER_MESSAGE_BYTES_MAX`, and it is large enough that a busy leader sends few, large messages.
 pub const APPEND_ENTRIES_BATCH_MAX: u64 = 256;
-/// Bytes per snapshot chunk sent to a lagging follower.
+/// Bytes per snapshot chunk sent to a lagging follower; a received chunk over it is refused
+/// (`InvalidArgument`, see `peer_service`).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Deadline for one snapshot chunk to be received and stored.
 pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,6 +125,7 @@ impl Node {
             raft: raft.clone(),
             batcher,
             leader_contact,
+            snapshot_received: Arc::default(),
         };
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()

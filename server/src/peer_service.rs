@@ -3,11 +3,14 @@
 //! Before anything is decoded, the envelope is checked: the cluster id must be ours, the message must be
 //! meant for this node, and the sender must be another node (and, for votes and read-index calls, a member).
 //! A message that fails a check, or whose payload does not decode, is refused with a status and a warn log;
-//! nothing a peer sends can panic the node.
+//! nothing a peer sends can panic the node. Snapshot chunks are also checked before openraft writes them
+//! into the in-memory snapshot buffer (which seeks to a chunk's offset and fills any gap): a chunk holds at
+//! most `SNAPSHOT_CHUNK_BYTES` and starts at 0 or within what was already received of the same snapshot, so
+//! a bogus offset cannot make the node allocate an arbitrary amount of memory.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
@@ -15,7 +18,8 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::api::{to_status, ApiError};
-use crate::raft_types::{NodeId, Raft};
+use crate::node::SNAPSHOT_CHUNK_BYTES;
+use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
 
@@ -27,9 +31,52 @@ pub struct PeerService {
     pub raft: Raft,
     pub batcher: ReadIndexBatcher,
     pub leader_contact: Arc<LeaderContact>,
+    /// The snapshot being received (its id) and the end of the bytes received of it so far.
+    pub snapshot_received: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 impl PeerService {
+    /// Refuses a snapshot chunk larger than `SNAPSHOT_CHUNK_BYTES` or one that would leave a gap in the
+    /// snapshot being received; records how far the snapshot got.
+    fn check_snapshot_chunk(
+        &self,
+        from: NodeId,
+        request: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), Status> {
+        let length = request.data.len() as u64;
+        let mut received = self
+            .snapshot_received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let snapshot_id = &request.meta.snapshot_id;
+        let refusal = if length > SNAPSHOT_CHUNK_BYTES {
+            Some(format!(
+                "snapshot chunk of {length} bytes is over the limit of {SNAPSHOT_CHUNK_BYTES}"
+            ))
+        } else {
+            match received.as_ref() {
+                _ if request.offset == 0 => None,
+                Some((id, end)) if id == snapshot_id && request.offset <= *end => None,
+                _ => Some(format!(
+                    "snapshot chunk at offset {} of snapshot {snapshot_id} leaves a gap after the bytes received",
+                    request.offset
+                )),
+            }
+        };
+        if let Some(message) = refusal {
+            tracing::warn!(from, "refused peer message: {message}");
+            return Err(Status::invalid_argument(message));
+        }
+        let end = request.offset + length;
+        match received.as_mut() {
+            Some((id, received_end)) if id == snapshot_id => {
+                *received_end = (*received_end).max(end)
+            }
+            _ => *received = Some((snapshot_id.clone(), end)),
+        }
+        Ok(())
+    }
+
     /// Checks who a message is from and for; `members_only` also requires the sender to be a member.
     fn check_envelope(
         &self,
@@ -127,7 +174,10 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = self.open(request, "install-snapshot", false)?;
+        let from = request.get_ref().from;
+        let request: InstallSnapshotRequest<TypeConfig> =
+            self.open(request, "install-snapshot", false)?;
+        self.check_snapshot_chunk(from, &request)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
             self.leader_contact.touch();

@@ -1,10 +1,11 @@
-//! The integration tests of raftkv-server, one binary: storage (openraft's suite and restarts), crash safety
-//! (every node SIGKILLed at once under load), the state
-//! machine scripts under `testdata/`, and clusters of real nodes over gRPC on 127.0.0.1.
+//! The integration tests of raftkv-server, one binary: storage (openraft's suite and restarts), the state
+//! machine scripts under `testdata/`, and clusters of real nodes over gRPC on 127.0.0.1: behaviour, crash
+//! safety (every node SIGKILLed at once under load) and every limit at its edge.
 
 mod client;
 mod cluster;
 mod crash;
 mod harness;
+mod limits;
 mod state_machine;
 mod storage;
