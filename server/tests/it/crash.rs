@@ -303,9 +303,8 @@ async fn crash_rounds(size: u64) {
         let client = cluster.client();
         for writer in 0..WRITERS {
             let kvs = read_writer_keys(&client, writer).await;
-            let mut logs = logs.lock().unwrap();
-            if let Err(violation) = check_writer(writer, &mut logs[writer], &kvs) {
-                drop(logs);
+            let checked = check_writer(writer, &mut logs.lock().unwrap()[writer], &kvs);
+            if let Err(violation) = checked {
                 let mut statuses = Vec::new();
                 for id in &members {
                     statuses.push(cluster.status(*id).await);
