@@ -23,6 +23,13 @@ use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
 
+/// Decodes the payload of a peer message (`what` names it in the error): `InvalidArgument` if it does not
+/// decode, never a panic, whatever the bytes.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], what: &str) -> Result<T, Status> {
+    postcard::from_bytes(payload)
+        .map_err(|error| Status::invalid_argument(format!("malformed {what} payload: {error}")))
+}
+
 /// Serves the peer API for one node.
 #[derive(Clone)]
 pub struct PeerService {
@@ -118,9 +125,12 @@ impl PeerService {
     }
 
     fn decode<T: DeserializeOwned>(&self, message: &RaftMessage, what: &str) -> Result<T, Status> {
-        postcard::from_bytes(&message.payload).map_err(|error| {
-            tracing::warn!(from = message.from, %error, "malformed {what} payload");
-            Status::invalid_argument(format!("malformed {what} payload: {error}"))
+        decode_payload(&message.payload, what).inspect_err(|status| {
+            tracing::warn!(
+                from = message.from,
+                error = status.message(),
+                "malformed peer message"
+            );
         })
     }
 

@@ -5,6 +5,7 @@
 mod client;
 mod cluster;
 mod crash;
+mod fuzz;
 mod harness;
 mod limits;
 mod state_machine;
