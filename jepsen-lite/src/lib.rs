@@ -1,6 +1,12 @@
 //! jepsen-lite: runs partition experiments against a real raftkv cluster and checks what clients saw.
 
+pub mod availability;
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod net;
+pub mod observer;
+pub mod recorder;
+pub mod runner;
+pub mod workload;
