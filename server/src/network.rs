@@ -9,7 +9,7 @@
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::raft_types::{Node, NodeId, TypeConfig};
+use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
 
 /// Largest peer message sent or accepted. An AppendEntries batch is at most `max_payload_entries` entries of
 /// at most `state_machine::VALUE_BYTES_MAX` plus a key each, and a snapshot chunk is
@@ -48,6 +48,9 @@ pub struct PeerChannels {
     routes: BTreeMap<NodeId, String>,
     /// One channel per dialled address. A std mutex: it is held only to look up or insert, never across await.
     channels: Mutex<HashMap<String, Channel>>,
+    /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
+    /// last acknowledged it (`leader_quorum_age_ms`).
+    metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
 }
 
 /// Why a peer call failed.
@@ -75,7 +78,22 @@ impl PeerChannels {
             cluster_id,
             routes,
             channels: Mutex::new(HashMap::new()),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later).
+    pub fn set_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// While leader: milliseconds since a quorum last acknowledged this node.
+    fn leader_quorum_age_ms(&self) -> Option<u64> {
+        let metrics = self.metrics.get()?.borrow();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        metrics.millis_since_quorum_ack
     }
 
     /// The address to dial for `target`, whose advertised address is `advertised`.
@@ -124,6 +142,7 @@ impl PeerChannels {
             from: self.node_id,
             to: target,
             payload,
+            leader_quorum_age_ms: self.leader_quorum_age_ms(),
         }
     }
 

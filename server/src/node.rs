@@ -96,6 +96,7 @@ impl Node {
         )
         .await
         .context("cannot start raft")?;
+        peers.set_metrics(raft.metrics());
 
         let mut tasks = JoinSet::new();
         let (batcher, batcher_task) =

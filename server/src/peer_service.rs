@@ -108,11 +108,12 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
         let request = self.open(request, "append-entries", false)?;
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.leader_contact.touch();
+                self.leader_contact.touch(quorum_age);
             }
         }
         Self::reply(&result)
@@ -127,10 +128,11 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
         let request = self.open(request, "install-snapshot", false)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
-            self.leader_contact.touch();
+            self.leader_contact.touch(quorum_age);
         }
         Self::reply(&result)
     }
