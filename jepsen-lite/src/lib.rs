@@ -3,6 +3,7 @@
 pub mod availability;
 pub mod checker;
 pub mod cluster;
+pub mod demo;
 pub mod history;
 pub mod nemesis;
 pub mod net;

@@ -1,9 +1,10 @@
 //! The `jepsen-lite` binary. `main` parses the command line, runs one subcommand family and turns an error into
 //! one line on stderr and exit code 2 (the harness itself failed). Each family lives in its own module and owns
 //! its arguments: `run_command` for `jepsen-lite run`, `check_command` for `jepsen-lite check`, `net_command` for
-//! `jepsen-lite net ...`.
+//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`.
 
 mod check_command;
+mod demo_command;
 mod net_command;
 mod run_command;
 
@@ -29,6 +30,9 @@ enum Command {
     /// Run a partition experiment: a real cluster, concurrent clients, faults; check the history and report
     /// (exit 0 valid, 1 anomaly, 2 unknown or harness failure)
     Run(run_command::RunCommand),
+    /// Guided demonstrations on a real cluster
+    #[command(subcommand)]
+    Demo(demo_command::DemoCommand),
     /// Run the partition proxy mesh, or change and inspect a running one
     #[command(subcommand)]
     Net(net_command::NetCommand),
@@ -87,5 +91,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Net(command) => runtime.block_on(net_command::run(command)),
         Command::Check(command) => check_command::run(command),
         Command::Run(command) => runtime.block_on(run_command::run(command)),
+        Command::Demo(command) => runtime.block_on(demo_command::run(command)),
     }
 }
