@@ -4,3 +4,4 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod net;
+pub mod report;

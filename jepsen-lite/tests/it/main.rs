@@ -1,6 +1,7 @@
 //! The integration tests of jepsen-lite, one binary: the history checkers on histories with known verdicts,
-//! the proxy mesh on real sockets, and partitions of real raftkv clusters.
+//! the proxy mesh on real sockets, partitions of real raftkv clusters, and the HTML report.
 
 mod checker;
 mod net;
 mod partition;
+mod report;
