@@ -448,7 +448,7 @@ fn fault_table(page: &mut String, windows: &[FaultWindow]) {
             window.description.clone().unwrap_or_default(),
             seconds_text(window.start_ns),
             end,
-            seconds_text(window.end_ns - window.start_ns),
+            seconds_text(window.end_ns.saturating_sub(window.start_ns)),
         ]);
     }
     page.push_str(&table.finish());

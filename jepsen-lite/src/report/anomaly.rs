@@ -28,6 +28,8 @@ pub const ANOMALY_OPERATIONS_MAX: usize = 24;
 pub const ANOMALY_KEYS_DRAWN_MAX: usize = 8;
 /// Longest operation label on a bar, in characters.
 pub const OPERATION_LABEL_CHARS_MAX: usize = 48;
+/// Longest explanation or reason shown, in characters (the checker writes a sentence or two).
+pub const EXPLANATION_CHARS_MAX: usize = 4_000;
 /// Height of one process lane.
 pub const LANE_HEIGHT_PX: u32 = 40;
 
@@ -211,7 +213,7 @@ pub fn anomaly_sections(history: &History, results: &Value) -> anyhow::Result<St
             escape(verdict)
         ));
         if let Some(reason) = anomaly.get("reason") {
-            markup.push_str(&format!("<p>{}</p>\n", escape(&value_text(reason))));
+            markup.push_str(&format!("<p>{}</p>\n", escape(&long_text(reason))));
         }
         let Some(counterexample) = anomaly.get("counterexample") else {
             continue;
@@ -219,7 +221,7 @@ pub fn anomaly_sections(history: &History, results: &Value) -> anyhow::Result<St
         if let Some(explanation) = counterexample.get("explanation") {
             markup.push_str(&format!(
                 "<p class=\"explanation\">{}</p>\n",
-                escape(&value_text(explanation))
+                escape(&long_text(explanation))
             ));
         }
         let Some(involved) = involved(history, counterexample) else {
@@ -244,6 +246,14 @@ pub fn anomaly_sections(history: &History, results: &Value) -> anyhow::Result<St
         ));
     }
     Ok(markup)
+}
+
+/// A prose field: strings whole up to [`EXPLANATION_CHARS_MAX`], anything else as compact JSON.
+fn long_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => truncate(text, EXPLANATION_CHARS_MAX),
+        other => value_text(other),
+    }
 }
 
 fn operations_table(involved: &Involved<'_>) -> String {
@@ -295,7 +305,7 @@ fn anomaly_chart(involved: &Involved<'_>) -> anyhow::Result<Chart> {
         .map(|(op, _)| op.invoke_time)
         .min()
         .unwrap_or(0);
-    let milliseconds = |nanos: u64| (nanos - start_ns) as f64 / 1e6;
+    let milliseconds = |nanos: u64| nanos.saturating_sub(start_ns) as f64 / 1e6;
     let last_ms = operations
         .iter()
         .map(|(op, _)| milliseconds(interval_end(op).unwrap_or(op.invoke_time)))
@@ -397,4 +407,116 @@ fn anomaly_chart(involved: &Involved<'_>) -> anyhow::Result<Chart> {
         ));
     }
     Ok(Chart { caption, svg })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Write 1 (op 0), then `concurrent` overlapping writes (one of them failed, one never returned), then the
+    /// failed read of op `concurrent + 1`, on key `k`; plus an overlapping op on another key.
+    fn history(concurrent: u64) -> History {
+        let mut lines = vec![
+            json!({"process": 0, "type": "invoke", "f": "write", "key": "k", "value": 1, "time": 0}),
+            json!({"process": 0, "type": "ok", "f": "write", "key": "k", "value": 1, "time": 10}),
+        ];
+        for process in 1..=concurrent {
+            let value = 100 + process;
+            lines.push(json!({"process": process, "type": "invoke", "f": "write", "key": "k", "value": value,
+                "time": 20 + process}));
+            let kind = match process {
+                1 => "fail",
+                2 => "info",
+                _ => "ok",
+            };
+            lines.push(
+                json!({"process": process, "type": kind, "f": "write", "key": "k", "value": value,
+                "time": 500 + process}),
+            );
+        }
+        let reader = concurrent + 1;
+        lines.push(
+            json!({"process": reader, "type": "invoke", "f": "read", "key": "k", "time": 100}),
+        );
+        lines.push(
+            json!({"process": 999, "type": "invoke", "f": "read", "key": "other", "time": 101}),
+        );
+        lines.push(json!({"process": reader, "type": "ok", "f": "read", "key": "k", "value": 7, "time": 200}));
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        History::parse(&text.join("\n")).unwrap()
+    }
+
+    fn failed_read_index(history: &History) -> usize {
+        history
+            .operations
+            .iter()
+            .find(|op| op.f == Function::Read && op.key == "k")
+            .unwrap()
+            .index
+    }
+
+    #[test]
+    fn chooses_the_counterexample_and_the_operations_overlapping_the_failed_one() {
+        // Op 0 linearized, the failed read, and the overlapping writes on k except the failed one.
+        let history = history(3);
+        let failed = failed_read_index(&history);
+        let counterexample = json!({"failed_op": failed, "last_linearized_op": 0,
+            "partial_linearization": [0], "explanation": "x"});
+        let involved = involved(&history, &counterexample).unwrap();
+        let chosen: Vec<(usize, Involvement)> = involved
+            .operations
+            .iter()
+            .map(|(op, involvement)| (op.index, *involvement))
+            .collect();
+        let write = |process: u64| {
+            history
+                .operations
+                .iter()
+                .find(|op| op.process == process)
+                .unwrap()
+                .index
+        };
+        assert_eq!(
+            chosen,
+            vec![
+                (0, Involvement::LastLinearized(1)),
+                (write(2), Involvement::Concurrent),
+                (write(3), Involvement::Concurrent),
+                (failed, Involvement::Failed),
+            ]
+        );
+        assert_eq!(involved.left_out, 0);
+        // The write that never returned is drawn open-ended.
+        assert_eq!(interval_end(involved.operations[1].0), None);
+        assert!(anomaly_chart(&involved).unwrap().svg.contains("✗ op"));
+    }
+
+    #[test]
+    fn caps_the_operations_drawn_and_keeps_the_failed_one() {
+        // Many overlapping writes: at most ANOMALY_OPERATIONS_MAX drawn, the rest counted.
+        let overlapping = ANOMALY_OPERATIONS_MAX as u64 + 10;
+        let history = history(overlapping);
+        let failed = failed_read_index(&history);
+        let counterexample = json!({"failed_op": failed, "last_linearized_op": 0,
+            "partial_linearization": [0]});
+        let involved = involved(&history, &counterexample).unwrap();
+        assert_eq!(involved.operations.len(), ANOMALY_OPERATIONS_MAX);
+        // overlapping writes minus the failed one, plus op 0 and the read, minus what was drawn.
+        let candidates = overlapping as usize - 1 + 2;
+        assert_eq!(involved.left_out, candidates - ANOMALY_OPERATIONS_MAX);
+        assert!(involved
+            .operations
+            .iter()
+            .any(|(op, involvement)| op.index == failed && *involvement == Involvement::Failed));
+        assert!(involved.operations.iter().any(|(op, _)| op.index == 0));
+    }
+
+    #[test]
+    fn a_counterexample_naming_unknown_operations_is_not_drawn() {
+        // A results.json from another history: no drawing rather than a wrong one.
+        let history = history(1);
+        assert!(involved(&history, &json!({"failed_op": 12345})).is_none());
+        assert!(involved(&history, &json!({"failed_op": "x"})).is_none());
+    }
 }

@@ -231,6 +231,15 @@ impl Outcome {
     /// Every outcome, in drawing order (the rarer, more telling ones on top).
     pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Info, Outcome::Fail];
 
+    /// Position in [`Outcome::ALL`].
+    pub fn slot(self) -> usize {
+        match self {
+            Self::Ok => 0,
+            Self::Info => 1,
+            Self::Fail => 2,
+        }
+    }
+
     /// The outcome of an operation that completed; `None` for one that never did.
     pub fn of(operation: &Operation) -> Option<Self> {
         match operation.status {
@@ -279,26 +288,27 @@ pub fn latency_charts(
         Function::Cas,
         Function::Add,
     ];
+    // Exhaustive, so a new function cannot be left without a chart.
+    let kind_slot = |f: Function| match f {
+        Function::Read => 0,
+        Function::Write => 1,
+        Function::Cas => 2,
+        Function::Add => 3,
+    };
     // series[kind][outcome] = points
     let mut series: Vec<Vec<Vec<LatencyPoint>>> = vec![vec![Vec::new(); 3]; kinds.len()];
     let mut never_completed = vec![0usize; kinds.len()];
     let mut present = vec![false; kinds.len()];
     for operation in &history.operations {
-        let kind = kinds
-            .iter()
-            .position(|&kind| kind == operation.f)
-            .expect("every function has a latency chart");
+        let kind = kind_slot(operation.f);
         present[kind] = true;
         let (Some(outcome), Some(end)) = (Outcome::of(operation), operation.end_time) else {
             never_completed[kind] += 1;
             continue;
         };
-        let latency_ms = ((end - operation.invoke_time) as f64 / 1e6).max(LATENCY_MS_FLOOR);
-        let slot = Outcome::ALL
-            .iter()
-            .position(|&candidate| candidate == outcome)
-            .expect("every outcome is listed");
-        series[kind][slot].push((seconds(operation.invoke_time), latency_ms));
+        let latency_ms =
+            (end.saturating_sub(operation.invoke_time) as f64 / 1e6).max(LATENCY_MS_FLOOR);
+        series[kind][outcome.slot()].push((seconds(operation.invoke_time), latency_ms));
     }
     let sizes: Vec<usize> = series.iter().flatten().map(Vec::len).collect();
     let mut shares = fair_shares(&sizes, LATENCY_POINTS_MAX).into_iter();
@@ -411,12 +421,8 @@ pub fn throughput_chart(
         let (Some(outcome), Some(end)) = (Outcome::of(operation), operation.end_time) else {
             continue;
         };
-        let slot = Outcome::ALL
-            .iter()
-            .position(|&candidate| candidate == outcome)
-            .expect("every outcome is listed");
         let bucket = ((end / bucket_ns) as usize).min(buckets - 1);
-        counts[slot][bucket] += 1;
+        counts[outcome.slot()][bucket] += 1;
     }
     let bucket_s = seconds(bucket_ns);
     let x_end = axis.range_s().end;
@@ -586,6 +592,14 @@ mod tests {
         assert_eq!(fair_shares(&[], 100), Vec::<usize>::new());
         let shares = fair_shares(&[7, 7, 7], 10);
         assert!(shares.iter().sum::<usize>() <= 10, "{shares:?}");
+    }
+
+    #[test]
+    fn outcome_slots_follow_the_drawing_order() {
+        // Series are indexed by slot and drawn in ALL order: the two must agree.
+        for (position, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(outcome.slot(), position, "{}", outcome.name());
+        }
     }
 
     #[test]

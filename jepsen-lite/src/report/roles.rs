@@ -132,7 +132,7 @@ fn segments_of(polls: &[Poll], history_end_ns: u64) -> Vec<RoleSegment> {
     let mut open: Option<(RoleSegment, u64)> = None;
     for poll in polls {
         if let Some((mut segment, last_seen)) = open.take() {
-            let silent_too_long = poll.time - last_seen > OBSERVATION_HOLD_MAX_NS;
+            let silent_too_long = poll.time.saturating_sub(last_seen) > OBSERVATION_HOLD_MAX_NS;
             let same = segment.role == poll.role && segment.term == poll.term;
             if same && !silent_too_long {
                 open = Some((segment, poll.time));

@@ -8,6 +8,7 @@
 use jepsen_lite::checker::{check_history, Model, Report};
 use jepsen_lite::history::History;
 use jepsen_lite::report::charts::{INFO_COLOR, LATENCY_POINTS_MAX};
+use jepsen_lite::report::html::escape;
 use jepsen_lite::report::render_html;
 use plotters::style::RGBColor;
 use serde_json::{json, Value};
@@ -376,7 +377,11 @@ fn synthetic_run_renders_verdicts_faults_timeline_and_anomaly() {
         anomaly.contains(&format!("✗ op {failed_op} read → 1")),
         "failed op not drawn"
     );
-    assert!(anomaly.contains("class=\"explanation\""));
+    let explanation = &anomalies[0].counterexample.as_ref().unwrap().explanation;
+    assert!(anomaly.contains(&format!(
+        "<p class=\"explanation\">{}</p>",
+        escape(explanation)
+    )));
     assert!(page.contains("<td>62.0%</td>"), "availability window table");
     assert!(page.contains("Staleness of reads"));
 }
