@@ -33,6 +33,11 @@ pub const THROUGHPUT_CHART_HEIGHT_PX: u32 = 240;
 /// Points drawn over all latency charts together; above it each series is thinned evenly, small series first
 /// kept whole (fail and info points are usually few and the interesting ones). About 90 bytes of SVG each.
 pub const LATENCY_POINTS_MAX: usize = 20_000;
+/// On the log latency axis, data above this share of the top decade gets one more decade above it, so the
+/// fault names at the top do not cover points.
+pub const LABEL_HEADROOM_DECADE_SHARE: f64 = 0.3;
+/// On linear axes, the top of the chart is this multiple of the largest value, for the same reason.
+pub const LABEL_HEADROOM_FACTOR: f64 = 1.25;
 /// Latencies below this are drawn at it: the y axis is logarithmic and cannot show zero.
 pub const LATENCY_MS_FLOOR: f64 = 0.001;
 /// Throughput bucket width unless the run is so long that it would need more than [`THROUGHPUT_BUCKETS_MAX`].
@@ -354,20 +359,24 @@ fn latency_chart(
     windows: &[FaultWindow],
 ) -> anyhow::Result<String> {
     let latencies = series.iter().flatten().map(|&(_, latency)| latency);
-    let (low, high) = latencies.fold((f64::INFINITY, 0.0f64), |(low, high), latency| {
+    let (low, top_latency) = latencies.fold((f64::INFINITY, 0.0f64), |(low, high), latency| {
         (low.min(latency), high.max(latency))
     });
     // Whole decades around the data, so the log axis labels are round numbers.
     let (mut low, mut high) = if low.is_finite() {
         (
             10f64.powf(low.log10().floor()),
-            10f64.powf(high.log10().ceil()),
+            10f64.powf(top_latency.log10().ceil()),
         )
     } else {
         (1.0, 1000.0)
     };
     if high <= low {
         high = low * 10.0;
+    }
+    // The fault names sit at the top: keep the top of the chart clear of points.
+    if top_latency > high * LABEL_HEADROOM_DECADE_SHARE {
+        high *= 10.0;
     }
     low = low.max(LATENCY_MS_FLOOR);
     let seconds_text = seconds_label(axis);
@@ -436,7 +445,7 @@ pub fn throughput_chart(
         .flat_map(|outcome_counts| outcome_counts.iter().enumerate())
         .map(|(bucket, &count)| count as f64 / bucket_covered_s(bucket))
         .fold(0.0, f64::max);
-    let y_top = (rate_max * 1.1).max(1.0);
+    let y_top = (rate_max * LABEL_HEADROOM_FACTOR).max(1.0);
     let seconds_text = seconds_label(axis);
     let svg = render_svg((CHART_WIDTH_PX, THROUGHPUT_CHART_HEIGHT_PX), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -518,7 +527,9 @@ pub fn staleness_chart(
         return Ok(None);
     }
     let kept = thin_evenly(&points, STALENESS_POINTS_MAX);
-    let y_top = (points.iter().map(|&(_, millis)| millis).fold(0.0, f64::max) * 1.1).max(10.0);
+    let y_top = (points.iter().map(|&(_, millis)| millis).fold(0.0, f64::max)
+        * LABEL_HEADROOM_FACTOR)
+        .max(10.0);
     let seconds_text = seconds_label(axis);
     let svg = render_svg((CHART_WIDTH_PX, STALENESS_CHART_HEIGHT_PX), |root| {
         let mut chart = ChartBuilder::on(root)
