@@ -9,5 +9,6 @@ pub mod nemesis;
 pub mod net;
 pub mod observer;
 pub mod recorder;
+pub mod report;
 pub mod runner;
 pub mod workload;

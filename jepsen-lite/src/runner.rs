@@ -617,7 +617,8 @@ fn write_outputs(results: &Results, history: &History) -> anyhow::Result<(PathBu
         &serde_json::to_string_pretty(&json).context("cannot serialize the results")?,
     )?;
     let report_path = out.join("report.html");
-    let _ = history;
+    let html = crate::report::render_html(history, &json)?;
+    write_file(&report_path, &html)?;
     Ok((results_path, report_path))
 }
 

@@ -92,6 +92,10 @@ async fn register_run_with_linearizable_reads_passes_under_partitions_kills_and_
             .any(|event| event.value.get("f").and_then(|f| f.as_str()) == Some("start")),
         "no nemesis event in the history"
     );
+    let report = std::fs::read_to_string(&outcome.report_path).unwrap();
+    assert!(
+        report.contains("partition-leader") || report.contains("kill") || report.contains("pause")
+    );
     assert_eq!(results_json(&outcome)["verdict"], "valid");
 }
 
