@@ -26,7 +26,7 @@ BIN="target/$PROFILE/jepsen-lite"
 
 mkdir -p "$OUT"
 failures=0
-printf '%-6s %-18s %-13s %-9s %-12s %-6s %s\n' nodes nemesis reads exit verdict ops linearizable/set · split-brain · liveness
+printf '%-6s %-18s %-13s %-9s %-12s %-6s %s\n' nodes nemesis reads exit verdict ops "linearizable/set · split-brain · liveness"
 row() {
   local nodes=$1 nemesis=$2 reads=$3 dir=$4 code=$5
   python3 - "$dir/results.json" "$nodes" "$nemesis" "$reads" "$code" <<'EOF'
