@@ -78,7 +78,6 @@ impl Observer {
             membership_log_id: first.membership_config.log_id().as_ref().copied(),
             vote_term: first.vote.leader_id.get_term(),
         };
-        gauge!(names::NODE_INFO, "node_id" => self.node_id.to_string(), "cluster_id" => self.cluster_id.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         counter!(names::ELECTIONS_STARTED).absolute(0);
         let mut tick = tokio::time::interval(OBSERVE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -117,6 +116,7 @@ impl Observer {
             .ok()?;
         self.log_changes(seen, &metrics);
 
+        gauge!(names::NODE_INFO, "node_id" => self.node_id.to_string(), "cluster_id" => self.cluster_id.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let applied_index = metrics.last_applied.map_or(0, |log_id| log_id.index);
         let last_log_index = metrics.last_log_index.unwrap_or(0);
         gauge!(names::TERM).set(metrics.current_term as f64);

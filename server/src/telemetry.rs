@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -64,34 +63,33 @@ pub const SCRAPE_CONNECTIONS_MAX: usize = 16;
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use. The `metrics` facade has one global recorder per
 /// process: nodes started in the same process (tests) share it.
 pub fn recorder() -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = RECORDER.get() {
-        return Ok(handle.clone());
-    }
+    RECORDER
+        .get_or_init(install)
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn install() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(CLIENT_OPERATION_SECONDS.to_string()),
             CLIENT_LATENCY_BUCKETS_SECONDS,
         )
-        .context("invalid latency buckets")?
+        .map_err(|error| format!("invalid latency buckets: {error}"))?
         .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
         .build_recorder();
     let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
-            describe();
-            Ok(RECORDER.get_or_init(|| handle).clone())
-        }
-        // Another thread installed ours first.
-        Err(_) => RECORDER
-            .get()
-            .cloned()
-            .context("another metrics recorder is installed in this process"),
-    }
+    metrics::set_global_recorder(recorder).map_err(|_| {
+        "another metrics recorder is installed in this process; start the node without it"
+            .to_string()
+    })?;
+    describe();
+    Ok(handle)
 }
 
 fn describe() {

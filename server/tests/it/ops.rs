@@ -286,6 +286,10 @@ async fn metrics_follow_writes_and_a_leader_change() {
         new_leader as f64
     );
     assert!(new_leader_scrape.value("raftkv_elections_started_total") >= 1.0);
+    assert_eq!(
+        new_leader_scrape.get("raftkv_node_info", &[("node_id", &new_leader.to_string())]),
+        Some(1.0)
+    );
     let mut elections_after = 0.0;
     for follower in &followers {
         elections_after += scrape(&cluster, *follower)
