@@ -9,7 +9,7 @@
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::raft_types::{Node, NodeId, TypeConfig};
+use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
 
 /// Largest peer message sent or accepted. An AppendEntries batch is at most `max_payload_entries` entries of
 /// at most `state_machine::VALUE_BYTES_MAX` plus a key each, and a snapshot chunk is
@@ -53,6 +53,9 @@ pub struct PeerChannels {
     unreachable: Mutex<BTreeSet<NodeId>>,
     /// The node's span: openraft calls the network from tasks of its own, outside it.
     span: tracing::Span,
+    /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
+    /// last acknowledged it (`leader_quorum_age_ms`).
+    metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
 }
 
 /// Why a peer call failed.
@@ -83,6 +86,7 @@ impl PeerChannels {
             channels: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(BTreeSet::new()),
             span: tracing::Span::current(),
+            metrics: OnceLock::new(),
         })
     }
 
@@ -109,6 +113,20 @@ impl PeerChannels {
                 }
             }
         }
+    }
+
+    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later).
+    pub fn set_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// While leader: milliseconds since a quorum last acknowledged this node.
+    fn leader_quorum_age_ms(&self) -> Option<u64> {
+        let metrics = self.metrics.get()?.borrow();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        metrics.millis_since_quorum_ack
     }
 
     /// The address to dial for `target`, whose advertised address is `advertised`.
@@ -157,6 +175,7 @@ impl PeerChannels {
             from: self.node_id,
             to: target,
             payload,
+            leader_quorum_age_ms: self.leader_quorum_age_ms(),
         }
     }
 

@@ -160,6 +160,7 @@ impl Node {
         )
         .await
         .context("cannot start raft")?;
+        peers.set_metrics(raft.metrics());
 
         let mut tasks = JoinSet::new();
         let (stopping, stopped) = watch::channel(false);

@@ -108,13 +108,14 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
         let request: AppendEntriesRequest<TypeConfig> =
             self.open(request, "append-entries", false)?;
         let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.leader_contact.touch();
+                self.leader_contact.touch(quorum_age);
                 self.leader_contact.record_leader_commit(leader_commit);
             }
         }
@@ -130,10 +131,11 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
         let request = self.open(request, "install-snapshot", false)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
-            self.leader_contact.touch();
+            self.leader_contact.touch(quorum_age);
         }
         Self::reply(&result)
     }

@@ -92,10 +92,20 @@ impl LeaderContact {
         self.leader_commit.load(Ordering::Relaxed)
     }
 
-    /// Records contact now.
-    pub fn touch(&self) {
-        let micros = self.origin.elapsed().as_micros() as u64;
-        self.last_micros.fetch_max(micros.max(1), Ordering::Relaxed);
+    /// Records a message accepted from a leader now. The leader said a quorum last acknowledged it
+    /// `quorum_age_ms` ago, so the contact counts as that long ago: what a follower serves is only as fresh as its
+    /// leader's last proof of leadership. A leader that did not say (it has no quorum acknowledgement yet) does
+    /// not count as contact.
+    pub fn touch(&self, quorum_age_ms: Option<u64>) {
+        let Some(age_ms) = quorum_age_ms else {
+            return;
+        };
+        let at = self
+            .origin
+            .elapsed()
+            .saturating_sub(Duration::from_millis(age_ms));
+        self.last_micros
+            .fetch_max((at.as_micros() as u64).max(1), Ordering::Relaxed);
     }
 
     /// Time since the last contact, if any.
