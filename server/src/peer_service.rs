@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::api::{to_status, ApiError};
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
 
@@ -109,11 +109,14 @@ impl Peer for PeerService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
         let quorum_age = request.get_ref().leader_quorum_age_ms;
-        let request = self.open(request, "append-entries", false)?;
+        let request: AppendEntriesRequest<TypeConfig> =
+            self.open(request, "append-entries", false)?;
+        let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
                 self.leader_contact.touch(quorum_age);
+                self.leader_contact.record_leader_commit(leader_commit);
             }
         }
         Self::reply(&result)

@@ -69,6 +69,8 @@ pub struct Envelope {
 pub struct LeaderContact {
     origin: Instant,
     last_micros: AtomicU64,
+    /// Highest commit index a leader has sent this node (health compares the applied index with it).
+    leader_commit: AtomicU64,
 }
 
 impl LeaderContact {
@@ -76,7 +78,18 @@ impl LeaderContact {
         Arc::new(LeaderContact {
             origin: Instant::now(),
             last_micros: AtomicU64::new(0),
+            leader_commit: AtomicU64::new(0),
         })
+    }
+
+    /// Records the commit index an accepted AppendEntries carried.
+    pub fn record_leader_commit(&self, index: u64) {
+        self.leader_commit.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// The highest commit index a leader has sent, 0 if none.
+    pub fn leader_commit(&self) -> u64 {
+        self.leader_commit.load(Ordering::Relaxed)
     }
 
     /// Records a message accepted from a leader now. The leader said a quorum last acknowledged it

@@ -4,5 +4,6 @@
 mod client;
 mod cluster;
 mod harness;
+mod ops;
 mod state_machine;
 mod storage;
