@@ -13,7 +13,8 @@
 #   scripts/cluster.sh logs ID [-f]    show (or follow) node ID's log
 #
 # Node i listens on 127.0.0.1:$((RAFTKV_BASE_PORT + i)) (default base 7000). The proxy for the link i->j
-# listens on BASE+100 + 10*i + j; its control port is BASE+99. Processes are tracked by pid files in
+# listens on BASE+100 + 10*i + j; its control port is BASE+99. Node i serves Prometheus metrics on
+# 127.0.0.1:BASE+200+i (/metrics). Processes are tracked by pid files in
 # .cluster/, never by name.
 set -euo pipefail
 
@@ -52,7 +53,7 @@ start_node() {
     [ "$j" = "$i" ] || routes+=(--peer-route "$j=127.0.0.1:$((PROXY_BASE + 10 * i + j))")
   done
   "$BIN/raftkv-server" --id "$i" --listen "127.0.0.1:$((BASE + i))" --data-dir "$STATE/node$i" \
-    --initial-cluster "$(IFS=,; echo "${initial[*]}")" "${routes[@]}" >>"$STATE/node$i.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$((BASE + 200 + i))" --initial-cluster "$(IFS=,; echo "${initial[*]}")" "${routes[@]}" >>"$STATE/node$i.log" 2>&1 &
   echo $! >"$STATE/node$i.pid"
 }
 
@@ -99,6 +100,7 @@ Try:
   export PATH="$BIN:\$PATH" RAFTKV_ENDPOINTS=$(endpoints)
   raftkv put greeting hello && raftkv get greeting -w json
   raftkv status -w table
+  curl -s 127.0.0.1:$((BASE + 201))/metrics | grep raftkv_   # node 1's metrics
   scripts/cluster.sh isolate 1      # then: raftkv get greeting --endpoint 127.0.0.1:$((BASE + 1)) --consistency stale
   scripts/cluster.sh heal
   scripts/cluster.sh down

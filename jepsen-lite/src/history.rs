@@ -170,6 +170,8 @@ pub struct Operation {
     /// When the client saw the `ok` or `fail`; `None` for indeterminate operations (`info` or never completed),
     /// whose effect may come at any time after the invoke.
     pub complete_time: Option<u64>,
+    /// When the client saw any completion, `info` included: what latency plots use. `None` if never completed.
+    pub end_time: Option<u64>,
     /// How it ended.
     pub status: Status,
     /// 1-based line of the invoke.
@@ -379,6 +381,7 @@ impl History {
                 output: None,
                 invoke_time: event.time,
                 complete_time: None,
+                end_time: None,
                 status: Status::Pending,
                 invoke_line: line,
                 complete_line: None,
@@ -422,6 +425,7 @@ impl History {
             });
         }
         operation.complete_line = Some(line);
+        operation.end_time = Some(event.time);
         operation.extra.extend(event.extra);
         match event.kind {
             EventType::Ok => {

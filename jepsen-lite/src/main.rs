@@ -1,9 +1,12 @@
 //! The `jepsen-lite` binary. `main` parses the command line, runs one subcommand family and turns an error into
 //! one line on stderr and exit code 2 (the harness itself failed). Each family lives in its own module and owns
-//! its arguments: `net_command` for `jepsen-lite net ...`, `check_command` for `jepsen-lite check`.
+//! its arguments: `run_command` for `jepsen-lite run`, `check_command` for `jepsen-lite check`, `net_command` for
+//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`.
 
 mod check_command;
+mod demo_command;
 mod net_command;
+mod run_command;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -24,6 +27,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a partition experiment: a real cluster, concurrent clients, faults; check the history and report
+    /// (exit 0 valid, 1 anomaly, 2 unknown or harness failure)
+    Run(run_command::RunCommand),
+    /// Guided demonstrations on a real cluster
+    #[command(subcommand)]
+    Demo(demo_command::DemoCommand),
     /// Run the partition proxy mesh, or change and inspect a running one
     #[command(subcommand)]
     Net(net_command::NetCommand),
@@ -81,5 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Net(command) => runtime.block_on(net_command::run(command)),
         Command::Check(command) => check_command::run(command),
+        Command::Run(command) => runtime.block_on(run_command::run(command)),
+        Command::Demo(command) => runtime.block_on(demo_command::run(command)),
     }
 }

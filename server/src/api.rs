@@ -6,8 +6,9 @@
 //! Every status carries `raftkv-error`, a stable machine-readable kind (see `ApiError::kind`).
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -19,6 +20,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::raft_types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
 use crate::state_machine::{self, Command, Expected, Rejection, Response, ScanRange, SessionRef};
+use crate::telemetry;
 
 /// Metadata key naming the kind of error.
 pub const ERROR_KIND_KEY: &str = "raftkv-error";
@@ -218,6 +220,39 @@ fn read_request(options: Option<kv::ReadOptions>) -> Result<ReadRequest, ApiErro
     })
 }
 
+/// The consistency label of a read's metrics: what it asked for.
+fn consistency_label(options: Option<&kv::ReadOptions>) -> &'static str {
+    match options.map(|options| kv::Consistency::try_from(options.consistency)) {
+        None | Some(Ok(kv::Consistency::Unspecified | kv::Consistency::Linearizable)) => {
+            "linearizable"
+        }
+        Some(Ok(kv::Consistency::Lease)) => "lease",
+        Some(Ok(kv::Consistency::Stale)) => "stale",
+        Some(Err(_)) => "invalid",
+    }
+}
+
+/// Runs one client operation, counting it and recording its latency by kind, consistency and outcome (`ok`
+/// or the `raftkv-error` kind of the status).
+async fn observed<T>(
+    kind: &'static str,
+    consistency: &'static str,
+    operation: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = operation.await;
+    let outcome = match &result {
+        Ok(_) => telemetry::OUTCOME_OK,
+        Err(status) => status
+            .metadata()
+            .get(ERROR_KIND_KEY)
+            .and_then(|kind| kind.to_str().ok())
+            .unwrap_or("transport"),
+    };
+    telemetry::record_client_operation(kind, consistency, outcome, started.elapsed());
+    result
+}
+
 impl Api {
     fn not_leader(&self) -> ApiError {
         let (leader_id, leader_addr) = self.reader.leader_hint();
@@ -337,150 +372,167 @@ impl kv::kv_server::Kv for Api {
         &self,
         request: Request<kv::PutRequest>,
     ) -> Result<GrpcResponse<kv::PutResponse>, Status> {
-        let request = request.into_inner();
-        let command = Command::Put {
-            key: request.key,
-            value: request.value,
-        };
-        match self
-            .write(session(request.session), command)
-            .await
-            .map_err(to_status)?
-        {
-            Response::Put { revision } => Ok(GrpcResponse::new(kv::PutResponse { revision })),
-            other => Err(to_status(ApiError::Internal(format!(
-                "put answered with {other:?}"
-            )))),
-        }
+        observed("put", telemetry::CONSISTENCY_NONE, async move {
+            let request = request.into_inner();
+            let command = Command::Put {
+                key: request.key,
+                value: request.value,
+            };
+            match self
+                .write(session(request.session), command)
+                .await
+                .map_err(to_status)?
+            {
+                Response::Put { revision } => Ok(GrpcResponse::new(kv::PutResponse { revision })),
+                other => Err(to_status(ApiError::Internal(format!(
+                    "put answered with {other:?}"
+                )))),
+            }
+        })
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<kv::DeleteRequest>,
     ) -> Result<GrpcResponse<kv::DeleteResponse>, Status> {
-        let request = request.into_inner();
-        match self
-            .write(
-                session(request.session),
-                Command::Delete { key: request.key },
-            )
-            .await
-            .map_err(to_status)?
-        {
-            Response::Delete { revision, deleted } => {
-                Ok(GrpcResponse::new(kv::DeleteResponse { revision, deleted }))
+        observed("delete", telemetry::CONSISTENCY_NONE, async move {
+            let request = request.into_inner();
+            match self
+                .write(
+                    session(request.session),
+                    Command::Delete { key: request.key },
+                )
+                .await
+                .map_err(to_status)?
+            {
+                Response::Delete { revision, deleted } => {
+                    Ok(GrpcResponse::new(kv::DeleteResponse { revision, deleted }))
+                }
+                other => Err(to_status(ApiError::Internal(format!(
+                    "delete answered with {other:?}"
+                )))),
             }
-            other => Err(to_status(ApiError::Internal(format!(
-                "delete answered with {other:?}"
-            )))),
-        }
+        })
+        .await
     }
 
     async fn cas(
         &self,
         request: Request<kv::CasRequest>,
     ) -> Result<GrpcResponse<kv::CasResponse>, Status> {
-        let request = request.into_inner();
-        let expected = match request.expected {
-            Some(kv::cas_request::Expected::ExpectedValue(value)) => Expected::Value(value),
-            Some(kv::cas_request::Expected::ExpectedRevision(revision)) => {
-                Expected::Revision(revision)
+        observed("cas", telemetry::CONSISTENCY_NONE, async move {
+            let request = request.into_inner();
+            let expected = match request.expected {
+                Some(kv::cas_request::Expected::ExpectedValue(value)) => Expected::Value(value),
+                Some(kv::cas_request::Expected::ExpectedRevision(revision)) => {
+                    Expected::Revision(revision)
+                }
+                Some(kv::cas_request::Expected::ExpectedAbsent(_)) => Expected::Absent,
+                None => return Err(to_status(ApiError::InvalidArgument(
+                    "cas needs an expectation: expected_value, expected_revision or expected_absent"
+                        .to_string(),
+                ))),
+            };
+            let command = Command::Cas {
+                key: request.key,
+                expected,
+                value: request.new_value,
+            };
+            match self
+                .write(session(request.session), command)
+                .await
+                .map_err(to_status)?
+            {
+                Response::Cas {
+                    revision,
+                    swapped,
+                    current,
+                } => Ok(GrpcResponse::new(kv::CasResponse {
+                    swapped,
+                    revision,
+                    current: current.map(to_kv),
+                })),
+                other => Err(to_status(ApiError::Internal(format!(
+                    "cas answered with {other:?}"
+                )))),
             }
-            Some(kv::cas_request::Expected::ExpectedAbsent(_)) => Expected::Absent,
-            None => return Err(to_status(ApiError::InvalidArgument(
-                "cas needs an expectation: expected_value, expected_revision or expected_absent"
-                    .to_string(),
-            ))),
-        };
-        let command = Command::Cas {
-            key: request.key,
-            expected,
-            value: request.new_value,
-        };
-        match self
-            .write(session(request.session), command)
-            .await
-            .map_err(to_status)?
-        {
-            Response::Cas {
-                revision,
-                swapped,
-                current,
-            } => Ok(GrpcResponse::new(kv::CasResponse {
-                swapped,
-                revision,
-                current: current.map(to_kv),
-            })),
-            other => Err(to_status(ApiError::Internal(format!(
-                "cas answered with {other:?}"
-            )))),
-        }
+        })
+        .await
     }
 
     async fn get(
         &self,
         request: Request<kv::GetRequest>,
     ) -> Result<GrpcResponse<kv::GetResponse>, Status> {
-        let request = request.into_inner();
-        state_machine::validate_key(&request.key)
-            .map_err(|reason| to_status(ApiError::InvalidArgument(reason)))?;
-        let read = read_request(request.read).map_err(to_status)?;
-        let key = request.key;
-        let (kv, env) = self
-            .reader
-            .serve(read, |applied| applied.state.get(&key))
-            .await
-            .map_err(to_status)?;
-        Ok(GrpcResponse::new(kv::GetResponse {
-            kv: kv.map(to_kv),
-            envelope: Some(envelope(env)),
-        }))
+        let consistency = consistency_label(request.get_ref().read.as_ref());
+        observed("get", consistency, async move {
+            let request = request.into_inner();
+            state_machine::validate_key(&request.key)
+                .map_err(|reason| to_status(ApiError::InvalidArgument(reason)))?;
+            let read = read_request(request.read).map_err(to_status)?;
+            let key = request.key;
+            let (kv, env) = self
+                .reader
+                .serve(read, |applied| applied.state.get(&key))
+                .await
+                .map_err(to_status)?;
+            Ok(GrpcResponse::new(kv::GetResponse {
+                kv: kv.map(to_kv),
+                envelope: Some(envelope(env)),
+            }))
+        })
+        .await
     }
 
     async fn scan(
         &self,
         request: Request<kv::ScanRequest>,
     ) -> Result<GrpcResponse<kv::ScanResponse>, Status> {
-        let request = request.into_inner();
-        let limit = match request.limit as usize {
-            0 => state_machine::SCAN_LIMIT_DEFAULT,
-            limit if limit > state_machine::SCAN_LIMIT_MAX => {
-                return Err(to_status(ApiError::OutOfRange(format!(
-                    "scan limit {limit} is over the maximum of {}",
-                    state_machine::SCAN_LIMIT_MAX
-                ))))
-            }
-            limit => limit,
-        };
-        let range = if !request.prefix.is_empty() {
-            if !request.start.is_empty() || !request.end.is_empty() {
-                return Err(to_status(ApiError::InvalidArgument(
-                    "give a prefix or a range, not both".to_string(),
-                )));
-            }
-            ScanRange::Prefix(request.prefix)
-        } else {
-            if !request.end.is_empty() && request.end <= request.start {
-                return Err(to_status(ApiError::InvalidArgument(
-                    "scan range end must be after its start".to_string(),
-                )));
-            }
-            ScanRange::Range {
-                start: request.start,
-                end: (!request.end.is_empty()).then_some(request.end),
-            }
-        };
-        let read = read_request(request.read).map_err(to_status)?;
-        let (result, env) = self
-            .reader
-            .serve(read, |applied| applied.state.scan(&range, limit))
-            .await
-            .map_err(to_status)?;
-        Ok(GrpcResponse::new(kv::ScanResponse {
-            kvs: result.kvs.into_iter().map(to_kv).collect(),
-            more: result.more,
-            envelope: Some(envelope(env)),
-        }))
+        let consistency = consistency_label(request.get_ref().read.as_ref());
+        observed("scan", consistency, async move {
+            let request = request.into_inner();
+            let limit = match request.limit as usize {
+                0 => state_machine::SCAN_LIMIT_DEFAULT,
+                limit if limit > state_machine::SCAN_LIMIT_MAX => {
+                    return Err(to_status(ApiError::OutOfRange(format!(
+                        "scan limit {limit} is over the maximum of {}",
+                        state_machine::SCAN_LIMIT_MAX
+                    ))))
+                }
+                limit => limit,
+            };
+            let range = if !request.prefix.is_empty() {
+                if !request.start.is_empty() || !request.end.is_empty() {
+                    return Err(to_status(ApiError::InvalidArgument(
+                        "give a prefix or a range, not both".to_string(),
+                    )));
+                }
+                ScanRange::Prefix(request.prefix)
+            } else {
+                if !request.end.is_empty() && request.end <= request.start {
+                    return Err(to_status(ApiError::InvalidArgument(
+                        "scan range end must be after its start".to_string(),
+                    )));
+                }
+                ScanRange::Range {
+                    start: request.start,
+                    end: (!request.end.is_empty()).then_some(request.end),
+                }
+            };
+            let read = read_request(request.read).map_err(to_status)?;
+            let (result, env) = self
+                .reader
+                .serve(read, |applied| applied.state.scan(&range, limit))
+                .await
+                .map_err(to_status)?;
+            Ok(GrpcResponse::new(kv::ScanResponse {
+                kvs: result.kvs.into_iter().map(to_kv).collect(),
+                more: result.more,
+                envelope: Some(envelope(env)),
+            }))
+        })
+        .await
     }
 }
 

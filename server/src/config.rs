@@ -68,9 +68,12 @@ pub struct Args {
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up from the log.
     #[arg(long, default_value_t = 1_000)]
     pub log_keep_entries: u64,
-    /// Log output format.
+    /// Log output format. `RUST_LOG` chooses what is logged (see README, "Logs").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (off unless given).
+    #[arg(long, env = "RAFTKV_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A validated node configuration.
@@ -90,6 +93,12 @@ pub struct NodeConfig {
     pub lease_duration: Duration,
     pub snapshot_after_entries: u64,
     pub log_keep_entries: u64,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// True when two listen addresses would compete for the same port.
+fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -174,21 +183,31 @@ impl NodeConfig {
         if args.heartbeat_interval_ms == 0 {
             return Err("--heartbeat-interval-ms must be above 0".to_string());
         }
-        if args.election_timeout_min_ms <= args.heartbeat_interval_ms * 2 {
-            return Err(
-                "--election-timeout-min-ms must be more than twice --heartbeat-interval-ms"
-                    .to_string(),
-            );
+        if args.election_timeout_min_ms <= args.heartbeat_interval_ms.saturating_mul(2) {
+            return Err(format!(
+                "--election-timeout-min-ms ({}) must be more than twice --heartbeat-interval-ms ({}); raise the one or lower the other",
+                args.election_timeout_min_ms, args.heartbeat_interval_ms
+            ));
         }
         if args.election_timeout_max_ms <= args.election_timeout_min_ms {
-            return Err(
-                "--election-timeout-max-ms must be above --election-timeout-min-ms".to_string(),
-            );
+            return Err(format!(
+                "--election-timeout-max-ms ({}) must be above --election-timeout-min-ms ({})",
+                args.election_timeout_max_ms, args.election_timeout_min_ms
+            ));
         }
         if args.lease_drift_margin_ms >= args.election_timeout_min_ms {
-            return Err(
-                "--lease-drift-margin-ms must be below --election-timeout-min-ms".to_string(),
-            );
+            return Err(format!(
+                "--lease-drift-margin-ms ({}) must be below --election-timeout-min-ms ({})",
+                args.lease_drift_margin_ms, args.election_timeout_min_ms
+            ));
+        }
+        if let Some(metrics_listen) = args.metrics_listen {
+            if addresses_overlap(metrics_listen, args.listen) {
+                return Err(format!(
+                    "--metrics-listen {metrics_listen} overlaps --listen {}; give metrics a port of their own",
+                    args.listen
+                ));
+            }
         }
         if args.snapshot_after_entries == 0 {
             return Err("--snapshot-after-entries must be above 0".to_string());
@@ -209,6 +228,7 @@ impl NodeConfig {
             lease_duration,
             snapshot_after_entries: args.snapshot_after_entries,
             log_keep_entries: args.log_keep_entries,
+            metrics_listen: args.metrics_listen,
         })
     }
 }

@@ -3,11 +3,14 @@
 
 pub mod api;
 pub mod config;
+pub mod health;
 pub mod network;
 pub mod node;
+pub mod observer;
 pub mod peer_service;
 pub mod raft_types;
 pub mod read_index;
 pub mod reads;
 pub mod state_machine;
 pub mod storage;
+pub mod telemetry;

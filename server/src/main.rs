@@ -1,13 +1,20 @@
 //! `raftkv-server`: parse flags, set up logging, run the node until SIGTERM or SIGINT, and map any error to
-//! one line and exit code 1 (2 for bad flags).
+//! one line on stderr and a non-zero exit code (2 for bad flags, 1 for anything else).
 
 use clap::Parser;
 use raftkv_server::config::{Args, LogFormat, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
+/// What is logged when `RUST_LOG` is not set: raftkv at info, openraft at warn, except openraft's
+/// replication modules, which log every failed attempt to reach an unreachable peer (several lines per
+/// heartbeat interval during a partition). raftkv logs peer trouble itself, once when a peer becomes
+/// unreachable and once when it is back (`network`). `RUST_LOG` replaces this filter entirely.
+pub const LOG_FILTER_DEFAULT: &str =
+    "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 fn init_logging(format: LogFormat) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -52,11 +59,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let span = tracing::info_span!("node", id = config.id);
-    let result = runtime.block_on(tracing::Instrument::instrument(
-        raftkv_server::node::run(config, shutdown_signal()),
-        span,
-    ));
+    let result = runtime.block_on(raftkv_server::node::run(config, shutdown_signal()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -8,8 +8,8 @@
 //! Raft messages travel as postcard-encoded openraft types inside a `RaftMessage` envelope that names the
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::raft_types::{Node, NodeId, TypeConfig};
+use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
 
 /// Largest peer message sent or accepted. An AppendEntries batch is at most `max_payload_entries` entries of
 /// at most `state_machine::VALUE_BYTES_MAX` plus a key each, and a snapshot chunk is
@@ -48,6 +48,14 @@ pub struct PeerChannels {
     routes: BTreeMap<NodeId, String>,
     /// One channel per dialled address. A std mutex: it is held only to look up or insert, never across await.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Peers whose last Raft call did not reach them: trouble is logged at warn once when it starts and at
+    /// info once when it ends, not on every retry. A std mutex, held only to update the set.
+    unreachable: Mutex<BTreeSet<NodeId>>,
+    /// The node's span: openraft calls the network from tasks of its own, outside it.
+    span: tracing::Span,
+    /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
+    /// last acknowledged it (`leader_quorum_age_ms`).
+    metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
 }
 
 /// Why a peer call failed.
@@ -69,13 +77,56 @@ pub enum PeerCallError {
 }
 
 impl PeerChannels {
+    /// Made inside the node's span, which it keeps for its own log lines.
     pub fn new(node_id: NodeId, cluster_id: String, routes: BTreeMap<NodeId, String>) -> Arc<Self> {
         Arc::new(PeerChannels {
             node_id,
             cluster_id,
             routes,
             channels: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(BTreeSet::new()),
+            span: tracing::Span::current(),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// Records whether the last Raft call reached `target`; logs only a change.
+    fn record_reachability(
+        &self,
+        target: NodeId,
+        addr: &str,
+        failure: Option<&dyn std::fmt::Display>,
+    ) {
+        let mut unreachable = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match failure {
+            Some(error) => {
+                if unreachable.insert(target) {
+                    tracing::warn!(parent: &self.span, peer = target, addr, %error, "peer unreachable; retrying in the background");
+                }
+            }
+            None => {
+                if unreachable.remove(&target) {
+                    tracing::info!(parent: &self.span, peer = target, addr, "peer reachable again");
+                }
+            }
+        }
+    }
+
+    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later).
+    pub fn set_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// While leader: milliseconds since a quorum last acknowledged this node.
+    fn leader_quorum_age_ms(&self) -> Option<u64> {
+        let metrics = self.metrics.get()?.borrow();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        metrics.millis_since_quorum_ack
     }
 
     /// The address to dial for `target`, whose advertised address is `advertised`.
@@ -124,6 +175,7 @@ impl PeerChannels {
             from: self.node_id,
             to: target,
             payload,
+            leader_quorum_age_ms: self.leader_quorum_age_ms(),
         }
     }
 
@@ -237,19 +289,31 @@ impl RaftPeer {
             }
         };
         let reply = match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => {
+                self.peers
+                    .record_reachability(self.target, &self.addr, None);
+                reply.into_inner()
+            }
             Ok(Err(status)) if is_transport_failure(&status) => {
+                let error = format!("{:?}: {}", status.code(), status.message());
+                self.peers
+                    .record_reachability(self.target, &self.addr, Some(&error));
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
             Ok(Err(status)) => {
-                tracing::warn!(target_node = self.target, ?rpc, code = ?status.code(), message = status.message(), "peer refused a raft message");
+                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, code = ?status.code(), message = status.message(), "peer refused a raft message");
                 return Err(RPCError::Network(NetworkError::new(&status)));
             }
-            Err(elapsed) => return Err(RPCError::Unreachable(Unreachable::new(&elapsed))),
+            Err(elapsed) => {
+                let error = format!("no answer within {deadline:?}");
+                self.peers
+                    .record_reachability(self.target, &self.addr, Some(&error));
+                return Err(RPCError::Unreachable(Unreachable::new(&elapsed)));
+            }
         };
         let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
             .map_err(|error| {
-                tracing::warn!(target_node = self.target, ?rpc, %error, "malformed raft reply");
+                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, %error, "malformed raft reply");
                 RPCError::Network(NetworkError::new(&error))
             })?;
         result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))

@@ -1,15 +1,24 @@
 //! Wiring of one node: the only place that builds the `Raft`, spawns long-lived tasks and knows the
 //! shutdown order.
 //!
-//! Start: open storage (refusing a data dir of another node or cluster), build openraft, bind the port, serve
-//! peer + client + admin gRPC on it, then bootstrap if `--initial-cluster` names this node (idempotent: an
-//! initialized node ignores it).
+//! Start: bind the gRPC port and the metrics port (a taken port fails before anything touches the disk), check
+//! the data dir is writable, open storage (refusing a data dir of another node or cluster), build openraft,
+//! serve peer + client + admin + health + reflection gRPC on the one port, start the observer (gauges,
+//! lifecycle logs, health) and the `/metrics` endpoint, then bootstrap if `--initial-cluster` names this node
+//! (idempotent: an initialized node ignores it). Everything runs in the span `node{node_id}`; every RPC in a
+//! child span `rpc{method, remote}`.
 //!
-//! Shutdown, in this order and bounded by `SHUTDOWN_TIMEOUT`: stop accepting requests (in-flight ones finish
-//! or hit their own deadlines), stop Raft, flush storage, join every task.
+//! Shutdown, in this order and bounded by `SHUTDOWN_TIMEOUT` as a whole:
+//! 1. health reports NOT_SERVING, so balancers and probes stop sending work here;
+//! 2. stop accepting gRPC requests and let those in flight finish (bounded by `DRAIN_TIMEOUT`; a write in
+//!    flight can still commit, because replication to peers goes over this node's outgoing connections);
+//! 3. stop Raft (no more appends, votes or applies);
+//! 4. flush storage (everything appended, the vote and the commit index reach the disk);
+//! 5. stop and join the remaining tasks (observer, read-index batcher, metrics endpoint).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,18 +28,24 @@ use raftkv_proto::kv::admin_server::AdminServer;
 use raftkv_proto::kv::kv_server::KvServer;
 use raftkv_proto::peer::peer_server::PeerServer;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::transport::server::TcpConnectInfo;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument;
 
 use crate::api::{Api, PROPOSALS_PENDING_MAX};
 use crate::config::NodeConfig;
+use crate::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
+use crate::observer::Observer;
 use crate::peer_service::PeerService;
 use crate::raft_types::{Node as RaftNode, Raft};
 use crate::read_index::ReadIndexBatcher;
 use crate::reads::{LeaderContact, Reader};
 use crate::state_machine::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use crate::storage::{self, LogStore};
+use crate::storage::{self, LogStore, OpenError};
+use crate::telemetry;
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
@@ -49,14 +64,48 @@ pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the whole shutdown may take.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest shutdown waits for requests in flight once it stops accepting new ones: a write proposed just
+/// before gets up to its own commit deadline; past this bound the gRPC server is dropped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
+/// Name of the file written and removed at start to prove the data dir is writable.
+const WRITE_PROBE_FILE: &str = ".raftkv-write-probe";
+
+/// The sockets a node serves on, bound before anything else starts.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `--listen` and, if given, `--metrics-listen`; says what to do when a port is taken.
+    pub async fn bind(config: &NodeConfig) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(config.listen).await.map_err(|error| {
+            anyhow::anyhow!(
+                "cannot listen on {} (--listen): {error}; stop the process using the port or pick another address",
+                config.listen
+            )
+        })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(telemetry::bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, metrics })
+    }
+}
 
 /// A running node.
 pub struct Node {
     pub raft: Raft,
     pub address: String,
     log_store: LogStore,
+    health: HealthReporter,
     stop_serving: oneshot::Sender<()>,
+    /// The gRPC server, awaited apart from `tasks`: shutdown drains it before Raft stops.
+    server_task: JoinHandle<()>,
+    /// Turns true to stop the observer and the metrics endpoint.
+    stopping: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    span: tracing::Span,
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -79,10 +128,25 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 }
 
 impl Node {
-    /// Opens storage, starts Raft and the gRPC server on an already bound listener, and bootstraps.
-    pub async fn start_on(config: NodeConfig, listener: TcpListener) -> anyhow::Result<Node> {
+    /// Starts a node on already bound listeners: checks the data dir, opens storage, starts Raft, the gRPC
+    /// server, the observer and the metrics endpoint, and bootstraps.
+    pub async fn start_on(config: NodeConfig, listeners: Listeners) -> anyhow::Result<Node> {
+        let span = tracing::info_span!("node", node_id = config.id);
+        Node::start_in_span(config, listeners, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn start_in_span(
+        config: NodeConfig,
+        listeners: Listeners,
+        span: tracing::Span,
+    ) -> anyhow::Result<Node> {
+        let recorder = telemetry::recorder()?;
+        check_data_dir(&config.data_dir)?;
         let (log_store, state_machine) =
-            storage::open(&config.data_dir, config.id, &config.cluster_id)?;
+            storage::open(&config.data_dir, config.id, &config.cluster_id)
+                .map_err(explain_open_error)?;
         let peers = PeerChannels::new(
             config.id,
             config.cluster_id.clone(),
@@ -97,12 +161,15 @@ impl Node {
         )
         .await
         .context("cannot start raft")?;
+        peers.set_metrics(raft.metrics());
 
         let mut tasks = JoinSet::new();
+        let (stopping, stopped) = watch::channel(false);
         let (batcher, batcher_task) =
             ReadIndexBatcher::start(raft.clone(), config.id, config.lease_duration);
-        tasks.spawn(batcher_task);
+        tasks.spawn(batcher_task.instrument(span.clone()));
         let leader_contact = LeaderContact::new();
+        let proposals = Arc::new(Semaphore::new(PROPOSALS_PENDING_MAX));
         let reader = Reader {
             node_id: config.id,
             raft: raft.clone(),
@@ -117,20 +184,45 @@ impl Node {
             cluster_id: config.cluster_id.clone(),
             raft: raft.clone(),
             reader,
-            proposals: Arc::new(Semaphore::new(PROPOSALS_PENDING_MAX)),
+            proposals: proposals.clone(),
         };
         let peer = PeerService {
             node_id: config.id,
             cluster_id: config.cluster_id.clone(),
             raft: raft.clone(),
             batcher,
-            leader_contact,
+            leader_contact: leader_contact.clone(),
             snapshot_received: Arc::default(),
         };
-        let (stop_serving, stopped) = oneshot::channel::<()>();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health = HealthPublisher::new(health_reporter.clone()).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the grpc reflection service")?;
+        // grpcurl and older tools still ask the v1alpha service.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("cannot build the grpc reflection service")?;
+
+        let (stop_serving, stop_signal) = oneshot::channel::<()>();
+        let rpc_parent = span.clone();
         let server = tonic::transport::Server::builder()
             .timeout(SERVER_REQUEST_TIMEOUT)
             .tcp_nodelay(true)
+            .trace_fn(move |request| {
+                let remote = request
+                    .extensions()
+                    .get::<TcpConnectInfo>()
+                    .and_then(TcpConnectInfo::remote_addr);
+                tracing::info_span!(parent: &rpc_parent, "rpc", method = request.uri().path(), remote = ?remote)
+            })
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 PeerServer::new(peer)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -143,66 +235,147 @@ impl Node {
             )
             .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
                 async {
-                    let _ = stopped.await;
+                    let _ = stop_signal.await;
                 },
             );
-        let node_id = config.id;
-        tasks.spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(node_id, %error, "grpc server failed");
+        let server_task = tokio::spawn(
+            async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "grpc server failed");
+                }
             }
-        });
-        tracing::info!(node_id, listen = %config.listen, advertise = %config.advertise, "listening");
+            .instrument(span.clone()),
+        );
+        tracing::info!(listen = %config.listen, advertise = %config.advertise, "listening");
 
-        if let Some(members) = &config.initial_cluster {
-            bootstrap(&raft, members).await?;
+        let observer = Observer {
+            node_id: config.id,
+            cluster_id: config.cluster_id.clone(),
+            raft: raft.clone(),
+            log_store: log_store.clone(),
+            storage_stats: log_store.stats(),
+            proposals,
+            leader_contact,
+            health,
+            leader_silence_max: config.election_timeout_max,
+            recorder: recorder.clone(),
+        };
+        tasks.spawn(observer.run(stopped.clone()).instrument(span.clone()));
+        if let Some(listener) = listeners.metrics {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            tasks.spawn(telemetry::serve(listener, recorder, stopped).instrument(span.clone()));
         }
-        Ok(Node {
+
+        let node = Node {
             raft,
             address: config.advertise,
             log_store,
+            health: health_reporter,
             stop_serving,
+            server_task,
+            stopping,
             tasks,
-        })
-    }
-
-    /// Binds `config.listen` and starts the node.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| {
-            format!(
-                "cannot listen on {}: is another process using the port?",
-                config.listen
-            )
-        })?;
-        Node::start_on(config, listener).await
-    }
-
-    /// Shuts the node down in order: stop serving, stop Raft, flush storage, join tasks.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let steps = async {
-            tracing::info!("shutdown: stop accepting requests");
-            let _ = self.stop_serving.send(());
-            tracing::info!("shutdown: stop raft");
-            if let Err(error) = self.raft.shutdown().await {
-                tracing::warn!(%error, "raft did not stop cleanly");
-            }
-            tracing::info!("shutdown: flush storage");
-            self.log_store.flush().context("final flush failed")?;
-            tracing::info!("shutdown: join tasks");
-            drop(self.raft);
-            while let Some(result) = self.tasks.join_next().await {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "a task ended badly");
-                }
-            }
-            tracing::info!("shutdown: done");
-            anyhow::Ok(())
+            span,
         };
-        tokio::time::timeout(SHUTDOWN_TIMEOUT, steps)
+        if let Some(members) = &config.initial_cluster {
+            if let Err(error) = bootstrap(&node.raft, members).await {
+                // Stop what was started, so the caller gets the error and a clean exit.
+                if let Err(shutdown_error) = node.shutdown().await {
+                    tracing::warn!(error = %shutdown_error, "shutdown after a failed bootstrap");
+                }
+                return Err(error);
+            }
+        }
+        Ok(node)
+    }
+
+    /// Binds the listeners of `config` and starts the node.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let listeners = Listeners::bind(&config).await?;
+        Node::start_on(config, listeners).await
+    }
+
+    /// Shuts the node down in the order of the module documentation, within `SHUTDOWN_TIMEOUT`.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let span = self.span.clone();
+        tokio::time::timeout(SHUTDOWN_TIMEOUT, self.shutdown_steps().instrument(span))
             .await
-            .with_context(|| format!("shutdown took longer than {SHUTDOWN_TIMEOUT:?}"))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "shutdown took longer than {SHUTDOWN_TIMEOUT:?}; the log was flushed only if the step \"flush storage\" was logged"
+                )
+            })?
+    }
+
+    async fn shutdown_steps(mut self) -> anyhow::Result<()> {
+        tracing::info!("shutdown: report not serving");
+        for service in HEALTH_SERVICES {
+            self.health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutdown: stop accepting requests, drain those in flight");
+        let _ = self.stop_serving.send(());
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "grpc server task ended badly"),
+            Err(_) => {
+                tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; dropping them");
+                self.server_task.abort();
+            }
+        }
+        tracing::info!("shutdown: stop raft");
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not stop cleanly");
+        }
+        tracing::info!("shutdown: flush storage");
+        self.log_store.flush().context("final flush failed")?;
+        tracing::info!("shutdown: join tasks");
+        let _ = self.stopping.send(true);
+        drop(self.raft);
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = result {
+                tracing::warn!(%error, "a task ended badly");
+            }
+        }
+        tracing::info!("shutdown: done");
+        Ok(())
+    }
+}
+
+/// Proves `dir` can hold this node's data: creates it if needed, then writes and removes a probe file.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let fix = "pass a --data-dir this user can create and write";
+    std::fs::create_dir_all(dir).map_err(|error| {
+        anyhow::anyhow!("cannot create data dir {}: {error}; {fix}", dir.display())
+    })?;
+    let probe = dir.join(WRITE_PROBE_FILE);
+    std::fs::write(&probe, b"raftkv")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|error| {
+            anyhow::anyhow!("data dir {} is not writable: {error}; {fix}", dir.display())
+        })
+}
+
+/// Adds what to do to a storage error that does not say it already.
+fn explain_open_error(error: OpenError) -> anyhow::Error {
+    let fix = match &error {
+        OpenError::WrongNode { .. } | OpenError::WrongCluster { .. } => None,
+        OpenError::Io { .. } => Some("pass a --data-dir this user can create and write"),
+        OpenError::Sled { .. } => Some(
+            "if another raftkv-server uses this --data-dir stop it first; otherwise move the damaged dir away and let the node catch up from the leader",
+        ),
+        OpenError::Snapshot { .. } => Some(
+            "move the data dir away and let the node catch up from the leader, or restore it from a backup",
+        ),
+    };
+    match fix {
+        Some(fix) => anyhow::anyhow!("{error}; {fix}"),
+        None => anyhow::anyhow!(error),
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
@@ -165,11 +165,15 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = self.open(request, "append-entries", false)?;
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
+        let request: AppendEntriesRequest<TypeConfig> =
+            self.open(request, "append-entries", false)?;
+        let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.leader_contact.touch();
+                self.leader_contact.touch(quorum_age);
+                self.leader_contact.record_leader_commit(leader_commit);
             }
         }
         Self::reply(&result)
@@ -184,13 +188,14 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
+        let quorum_age = request.get_ref().leader_quorum_age_ms;
         let from = request.get_ref().from;
         let request: InstallSnapshotRequest<TypeConfig> =
             self.open(request, "install-snapshot", false)?;
         self.check_snapshot_chunk(from, &request)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {
-            self.leader_contact.touch();
+            self.leader_contact.touch(quorum_age);
         }
         Self::reply(&result)
     }

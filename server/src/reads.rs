@@ -69,6 +69,8 @@ pub struct Envelope {
 pub struct LeaderContact {
     origin: Instant,
     last_micros: AtomicU64,
+    /// Highest commit index a leader has sent this node (health compares the applied index with it).
+    leader_commit: AtomicU64,
 }
 
 impl LeaderContact {
@@ -76,13 +78,34 @@ impl LeaderContact {
         Arc::new(LeaderContact {
             origin: Instant::now(),
             last_micros: AtomicU64::new(0),
+            leader_commit: AtomicU64::new(0),
         })
     }
 
-    /// Records contact now.
-    pub fn touch(&self) {
-        let micros = self.origin.elapsed().as_micros() as u64;
-        self.last_micros.fetch_max(micros.max(1), Ordering::Relaxed);
+    /// Records the commit index an accepted AppendEntries carried.
+    pub fn record_leader_commit(&self, index: u64) {
+        self.leader_commit.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// The highest commit index a leader has sent, 0 if none.
+    pub fn leader_commit(&self) -> u64 {
+        self.leader_commit.load(Ordering::Relaxed)
+    }
+
+    /// Records a message accepted from a leader now. The leader said a quorum last acknowledged it
+    /// `quorum_age_ms` ago, so the contact counts as that long ago: what a follower serves is only as fresh as its
+    /// leader's last proof of leadership. A leader that did not say (it has no quorum acknowledgement yet) does
+    /// not count as contact.
+    pub fn touch(&self, quorum_age_ms: Option<u64>) {
+        let Some(age_ms) = quorum_age_ms else {
+            return;
+        };
+        let at = self
+            .origin
+            .elapsed()
+            .saturating_sub(Duration::from_millis(age_ms));
+        self.last_micros
+            .fetch_max((at.as_micros() as u64).max(1), Ordering::Relaxed);
     }
 
     /// Time since the last contact, if any.

@@ -105,6 +105,7 @@ pub struct StorageStats {
     pub flushed_entries: AtomicU64,
     pub flush_micros_total: AtomicU64,
     pub snapshots_built: AtomicU64,
+    pub snapshots_installed: AtomicU64,
     pub snapshot_bytes: AtomicU64,
 }
 
@@ -808,6 +809,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        self.stats
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot installed");
         Ok(())
     }

@@ -410,10 +410,11 @@ fn check_key(
             let last = longest.last().map(|&position| searched[position]);
             let explanation = format!(
                 "key {key:?} is not linearizable: {} cannot take effect anywhere before its response \
-                 at t={}; the longest partial linearization places {} of {} operations{} and leaves the \
-                 register {}",
+                 at t={} ns ({:.3} s into the history); the longest partial linearization places {} of {} \
+                 operations{} and leaves the register {}",
                 failed_op.describe(),
                 failed_op.complete_time.unwrap_or(u64::MAX),
+                failed_op.complete_time.unwrap_or(u64::MAX) as f64 / 1e9,
                 longest.len(),
                 searched.len(),
                 last.map_or(String::new(), |op| format!(", ending with {}", op.describe())),

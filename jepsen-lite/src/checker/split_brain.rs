@@ -11,18 +11,26 @@
 //! fields are allowed. [`Observation`] writes exactly this shape. Only events with `"type": "observation"` are
 //! read; other non-client events (nemesis) are ignored.
 //!
-//! The rule: for every term, at most one distinct node is ever observed with role `leader`. The `leader` field
-//! of followers is reported in the timeline but not used here, because a follower's leader hint can lag its term
-//! by one poll and would raise false alarms. A history without observations is valid vacuously; the report's
-//! `observations` count says so.
+//! The rules:
+//!
+//! - **One leader per term**: for every term, at most one distinct node is ever observed with role `leader`. The
+//!   `leader` field of followers is reported in the timeline but not used here, because a follower's leader hint
+//!   can lag its term by one poll and would raise false alarms. Without observations this rule holds vacuously;
+//!   the report's `observations` count says so.
+//! - **No write acknowledged without a quorum**: a revision is the log index of the entry that carried the write,
+//!   and a committed index holds one entry forever. So two different acknowledged writes (`ok` write, cas or add
+//!   with a `"revision"` extra field) with the same revision mean one of them was acknowledged by a leader whose
+//!   entry a quorum never kept: it was later overwritten. This catches a leader acknowledging without a quorum
+//!   even when the lost write is later hidden by overwrites the register checker cannot tell apart.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::session::revision;
 use super::{CheckError, Verdict};
-use crate::history::History;
+use crate::history::{Function, History, Status};
 
 /// The `process` of observation events.
 pub const OBSERVER_PROCESS: &str = "observer";
@@ -116,6 +124,47 @@ pub struct SplitBrainReport {
     pub max_term: u64,
     /// Every term with more than one leader, ascending.
     pub conflicts: Vec<TermConflict>,
+    /// Acknowledged writes that carried a revision.
+    pub acknowledged_writes_with_revision: usize,
+    /// Revisions claimed by more than one acknowledged write, ascending (at most `REPORTED_CONFLICTS_MAX`).
+    pub revision_conflicts: Vec<RevisionConflict>,
+}
+
+/// Revision conflicts listed in the report.
+pub const REPORTED_CONFLICTS_MAX: usize = 100;
+
+/// Two or more acknowledged writes that claim the same revision (log index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RevisionConflict {
+    pub revision: u64,
+    /// The operations (indexes into the history's operations), ascending.
+    pub ops: Vec<usize>,
+}
+
+/// Every revision claimed by more than one acknowledged write.
+fn revision_conflicts(history: &History) -> (usize, Vec<RevisionConflict>) {
+    let mut by_revision: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let mut acknowledged = 0;
+    for operation in &history.operations {
+        let is_write = matches!(operation.f, Function::Write | Function::Cas | Function::Add);
+        if !is_write || operation.status != Status::Ok {
+            continue;
+        }
+        if let Some(revision) = revision(operation) {
+            acknowledged += 1;
+            by_revision
+                .entry(revision)
+                .or_default()
+                .push(operation.index);
+        }
+    }
+    let conflicts = by_revision
+        .into_iter()
+        .filter(|(_, ops)| ops.len() > 1)
+        .map(|(revision, ops)| RevisionConflict { revision, ops })
+        .take(REPORTED_CONFLICTS_MAX)
+        .collect();
+    (acknowledged, conflicts)
 }
 
 /// Checks the observation events of `history`.
@@ -147,8 +196,9 @@ pub fn check(history: &History) -> Result<SplitBrainReport, CheckError> {
             lines: nodes.values().copied().collect(),
         })
         .collect();
+    let (acknowledged_writes_with_revision, revision_conflicts) = revision_conflicts(history);
     Ok(SplitBrainReport {
-        verdict: if conflicts.is_empty() {
+        verdict: if conflicts.is_empty() && revision_conflicts.is_empty() {
             Verdict::Valid
         } else {
             Verdict::Invalid
@@ -157,6 +207,8 @@ pub fn check(history: &History) -> Result<SplitBrainReport, CheckError> {
         terms_with_leader: leaders.len(),
         max_term,
         conflicts,
+        acknowledged_writes_with_revision,
+        revision_conflicts,
     })
 }
 
@@ -179,6 +231,39 @@ mod tests {
         assert_eq!(
             Observation::from_event(event.line, &event.value).unwrap(),
             Some(observation)
+        );
+    }
+
+    #[test]
+    fn two_acknowledged_writes_with_one_revision_are_split_brain() {
+        // Two ok writes claiming revision 5: one was acknowledged by a leader without a quorum. A failed cas with
+        // the same revision (it reports the current revision) and distinct revisions are fine.
+        let text = [
+            r#"{"process":0,"type":"invoke","f":"write","key":"a","value":1,"time":1}"#,
+            r#"{"process":0,"type":"ok","f":"write","key":"a","value":1,"time":2,"revision":5}"#,
+            r#"{"process":1,"type":"invoke","f":"cas","key":"a","value":[2,3],"time":3}"#,
+            r#"{"process":1,"type":"fail","f":"cas","key":"a","value":[2,3],"time":4,"revision":5}"#,
+            r#"{"process":2,"type":"invoke","f":"write","key":"b","value":1,"time":5}"#,
+            r#"{"process":2,"type":"ok","f":"write","key":"b","value":1,"time":6,"revision":6}"#,
+        ];
+        let valid = History::parse(&text.join("\n")).unwrap();
+        let report = check(&valid).unwrap();
+        assert_eq!(report.verdict, Verdict::Valid);
+        assert_eq!(report.acknowledged_writes_with_revision, 2);
+        let conflicting = format!(
+            "{}\n{}\n{}",
+            text.join("\n"),
+            r#"{"process":3,"type":"invoke","f":"write","key":"c","value":9,"time":7}"#,
+            r#"{"process":3,"type":"ok","f":"write","key":"c","value":9,"time":8,"revision":5}"#
+        );
+        let report = check(&History::parse(&conflicting).unwrap()).unwrap();
+        assert_eq!(report.verdict, Verdict::Invalid);
+        assert_eq!(
+            report.revision_conflicts,
+            vec![RevisionConflict {
+                revision: 5,
+                ops: vec![0, 3]
+            }]
         );
     }
 

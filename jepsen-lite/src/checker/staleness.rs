@@ -6,6 +6,14 @@
 //! proves was committed by then), minus the read's applied index (zero if not behind). A read with an extra field
 //! `"max_staleness_ms": B` asked for a bound; serving it with `millis_since_leader > B` breaks the bound and makes
 //! the verdict invalid. The distributions are figures for the report, not verdicts.
+//!
+//! **Honest envelopes.** A read is exactly as stale as its envelope says when the value it returned is the key's
+//! value as of the applied index it reports. With the read's `"value_revision": V` (the revision of the value
+//! returned; absent for a missing key) and applied index `A`: V must not exceed A, and no acknowledged write to
+//! the same key may have a revision R with V < R <= A (the node claims to have applied R but returned an older
+//! value). Either is a misreported envelope and makes the verdict invalid.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -72,6 +80,90 @@ pub struct StalenessReport {
     pub bounded_reads_exceeded: usize,
     /// Up to [`REPORTED_EXCEEDED_MAX`] of them.
     pub exceeded: Vec<BoundExceeded>,
+    /// Reads whose envelope could be checked against the writes (an applied index and a known value revision).
+    pub envelopes_checked: usize,
+    /// Reads whose value was not the key's value at the applied index they reported.
+    pub envelopes_misreported: usize,
+    /// Up to [`REPORTED_EXCEEDED_MAX`] of them.
+    pub misreported: Vec<MisreportedEnvelope>,
+}
+
+/// A read whose value is not the key's value at the applied index its envelope reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MisreportedEnvelope {
+    pub read_op: usize,
+    pub applied_index: u64,
+    /// The revision of the value returned (`None`: the key was absent).
+    pub value_revision: Option<u64>,
+    /// An acknowledged write to the key that the node should have shown (`None` when the value revision itself
+    /// is beyond the applied index).
+    pub hidden_write_op: Option<usize>,
+    pub hidden_write_revision: Option<u64>,
+}
+
+/// Checks every `ok` read with an applied index against the acknowledged writes to its key.
+fn check_envelopes(history: &History, report: &mut StalenessReport) {
+    // key -> sorted (revision, op) of acknowledged writes
+    let mut writes: HashMap<&str, Vec<(u64, usize)>> = HashMap::new();
+    for op in history
+        .operations
+        .iter()
+        .filter(|op| op.status == Status::Ok && op.f != Function::Read)
+    {
+        if let Some(revision) = revision(op) {
+            writes
+                .entry(op.key.as_str())
+                .or_default()
+                .push((revision, op.index));
+        }
+    }
+    for list in writes.values_mut() {
+        list.sort_unstable();
+    }
+    for read in history
+        .operations
+        .iter()
+        .filter(|op| op.status == Status::Ok && op.f == Function::Read)
+    {
+        let Some(applied) = applied_index(read) else {
+            continue;
+        };
+        let value_revision = read.extra.get("value_revision").and_then(Value::as_u64);
+        if value_revision.is_none() && !read.output.as_ref().is_some_and(Value::is_null) {
+            // A value without its revision cannot be placed.
+            continue;
+        }
+        report.envelopes_checked += 1;
+        let floor = value_revision.unwrap_or(0);
+        let hidden = writes.get(read.key.as_str()).and_then(|list| {
+            list.iter()
+                .find(|&&(revision, _)| floor < revision && revision <= applied)
+                .copied()
+        });
+        let misreported = if floor > applied {
+            Some(MisreportedEnvelope {
+                read_op: read.index,
+                applied_index: applied,
+                value_revision,
+                hidden_write_op: None,
+                hidden_write_revision: None,
+            })
+        } else {
+            hidden.map(|(revision, op)| MisreportedEnvelope {
+                read_op: read.index,
+                applied_index: applied,
+                value_revision,
+                hidden_write_op: Some(op),
+                hidden_write_revision: Some(revision),
+            })
+        };
+        if let Some(misreported) = misreported {
+            report.envelopes_misreported += 1;
+            if report.misreported.len() < REPORTED_EXCEEDED_MAX {
+                report.misreported.push(misreported);
+            }
+        }
+    }
 }
 
 fn millis_since_leader(operation: &Operation) -> Option<u64> {
@@ -114,7 +206,11 @@ pub fn check(history: &History) -> StalenessReport {
         bounded_reads: 0,
         bounded_reads_exceeded: 0,
         exceeded: Vec::new(),
+        envelopes_checked: 0,
+        envelopes_misreported: 0,
+        misreported: Vec::new(),
     };
+    check_envelopes(history, &mut report);
     for read in history
         .operations
         .iter()
@@ -145,7 +241,7 @@ pub fn check(history: &History) -> StalenessReport {
     report.reads_measured = millis.len();
     report.millis_since_leader = Distribution::of(millis);
     report.revisions_behind = Distribution::of(behind);
-    if report.bounded_reads_exceeded > 0 {
+    if report.bounded_reads_exceeded > 0 || report.envelopes_misreported > 0 {
         report.verdict = Verdict::Invalid;
     }
     report
@@ -154,6 +250,52 @@ pub fn check(history: &History) -> StalenessReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn history(lines: &[&str]) -> History {
+        History::parse(&lines.join("\n")).unwrap()
+    }
+
+    const WRITE_3_AT_10: [&str; 2] = [
+        r#"{"process":0,"type":"invoke","f":"write","key":"a","value":3,"time":1}"#,
+        r#"{"process":0,"type":"ok","f":"write","key":"a","value":3,"time":2,"revision":10}"#,
+    ];
+
+    #[test]
+    fn a_stale_read_that_says_so_is_honest() {
+        // Applied index 9 < the write's revision 10: the absent value is what the node had; stale but honest.
+        let mut lines = WRITE_3_AT_10.to_vec();
+        lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"applied_index":9,"millis_since_leader":400}}"#);
+        let report = check(&history(&lines));
+        assert_eq!(report.verdict, Verdict::Valid);
+        assert_eq!(report.envelopes_checked, 1);
+        assert_eq!(report.revisions_behind.unwrap().max, 1);
+    }
+
+    #[test]
+    fn a_read_hiding_a_write_it_claims_to_have_applied_is_misreported() {
+        // Applied index 12 >= revision 10, yet the read returned the absent value: the envelope lies.
+        let mut lines = WRITE_3_AT_10.to_vec();
+        lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"applied_index":12,"millis_since_leader":0}}"#);
+        let report = check(&history(&lines));
+        assert_eq!(report.verdict, Verdict::Invalid);
+        assert_eq!(
+            report.misreported,
+            vec![MisreportedEnvelope {
+                read_op: 1,
+                applied_index: 12,
+                value_revision: None,
+                hidden_write_op: Some(0),
+                hidden_write_revision: Some(10),
+            }]
+        );
+        // A value newer than the applied index is misreported too.
+        let mut lines = WRITE_3_AT_10.to_vec();
+        lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":3,"time":4,"value_revision":10,"envelope":{"applied_index":8,"millis_since_leader":0}}"#);
+        assert_eq!(check(&history(&lines)).envelopes_misreported, 1);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

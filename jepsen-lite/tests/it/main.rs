@@ -1,6 +1,9 @@
 //! The integration tests of jepsen-lite, one binary: the history checkers on histories with known verdicts,
-//! the proxy mesh on real sockets, and partitions of real raftkv clusters.
+//! the proxy mesh on real sockets, partitions of real raftkv clusters, short `jepsen-lite run`s and the demo,
+//! and the HTML report.
 
 mod checker;
 mod net;
 mod partition;
+mod report;
+mod run;

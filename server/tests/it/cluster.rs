@@ -204,6 +204,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         from: 99,
         to: leader,
         payload: vec![0xff; 7],
+        ..Default::default()
     };
     let status = peer
         .append_entries(garbage)
@@ -215,6 +216,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         from: 2,
         to: leader,
         payload: Vec::new(),
+        ..Default::default()
     };
     let status = peer
         .vote(foreign)
@@ -226,6 +228,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         from: 2,
         to: leader + 10,
         payload: Vec::new(),
+        ..Default::default()
     };
     let status = peer
         .append_entries(misrouted)

@@ -382,6 +382,7 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
         prop_oneof![Just(CLUSTER_ID.to_string()), Just("other".to_string())],
         0..4u64,
         prop_oneof![4 => Just(1u64), 1 => 0..4u64],
+        prop::option::of(any::<u64>()),
     );
     let payload = prop_oneof![
         message_bytes(append_entries()).prop_map(|bytes| (0u8, bytes)),
@@ -393,12 +394,13 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
     runner
         .run(
             &(envelope, payload),
-            |((cluster_id, from, to), (rpc, payload))| {
+            |((cluster_id, from, to, leader_quorum_age_ms), (rpc, payload))| {
                 let message = tonic::Request::new(RaftMessage {
                     cluster_id,
                     from,
                     to,
                     payload,
+                    leader_quorum_age_ms,
                 });
                 let result = runtime.block_on(async {
                     match rpc {

@@ -27,6 +27,8 @@ pub fn free_port() -> u16 {
 pub struct TestNode {
     pub id: u64,
     pub addr: String,
+    /// `--metrics-listen` address, if the node serves metrics.
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     pub extra_args: Vec<String>,
     pub child: Option<Child>,
@@ -58,16 +60,27 @@ pub fn fast_timing() -> Vec<String> {
 impl TestCluster {
     /// Starts `size` nodes bootstrapped together, each with `extra_args`.
     pub fn start(size: u64, extra_args: &[String]) -> TestCluster {
+        TestCluster::start_nodes(size, extra_args, false)
+    }
+
+    /// Like `start`, and every node also serves metrics on a port of its own (`TestNode::metrics_addr`).
+    pub fn start_with_metrics(size: u64, extra_args: &[String]) -> TestCluster {
+        TestCluster::start_nodes(size, extra_args, true)
+    }
+
+    fn start_nodes(size: u64, extra_args: &[String], metrics: bool) -> TestCluster {
         let dir = TempDir::new().unwrap();
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
             let addr = format!("127.0.0.1:{}", free_port());
+            let metrics_addr = metrics.then(|| format!("127.0.0.1:{}", free_port()));
             let data_dir = dir.path().join(format!("node{id}"));
             nodes.insert(
                 id,
                 TestNode {
                     id,
                     addr,
+                    metrics_addr,
                     data_dir,
                     extra_args: extra_args.to_vec(),
                     child: None,
@@ -99,6 +112,7 @@ impl TestCluster {
             TestNode {
                 id,
                 addr: addr.clone(),
+                metrics_addr: None,
                 data_dir,
                 extra_args: extra_args.to_vec(),
                 child: None,
@@ -127,6 +141,9 @@ impl TestCluster {
             .stderr(Stdio::null());
         if bootstrap {
             command.args(["--initial-cluster", &initial_cluster]);
+        }
+        if let Some(metrics_addr) = &node.metrics_addr {
+            command.args(["--metrics-listen", metrics_addr]);
         }
         node.child = Some(command.spawn().expect("start raftkv-server"));
     }
@@ -166,6 +183,14 @@ impl TestCluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.nodes[&id].addr.clone()
+    }
+
+    /// The `--metrics-listen` address of node `id` (started with `start_with_metrics`).
+    pub fn metrics_addr(&self, id: u64) -> String {
+        self.nodes[&id]
+            .metrics_addr
+            .clone()
+            .expect("node started without --metrics-listen")
     }
 
     pub fn endpoints(&self) -> Vec<String> {

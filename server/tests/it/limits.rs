@@ -189,6 +189,7 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
         from,
         to: leader,
         payload,
+        leader_quorum_age_ms: None,
     };
     assert_refused(
         "a peer message over the peer message limit",

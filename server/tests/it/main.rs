@@ -8,5 +8,6 @@ mod crash;
 mod fuzz;
 mod harness;
 mod limits;
+mod ops;
 mod state_machine;
 mod storage;

@@ -1,0 +1,293 @@
+//! Availability: service-level indicators per fault window, computed from the history alone, and judged against
+//! a service-level objective. These are figures about how the cluster served clients under each fault, not
+//! safety verdicts: a CP store is expected to refuse some operations during a partition.
+//!
+//! A fault window is a nemesis `start` event and the next `stop` of the same fault (a start without a stop lasts
+//! to the end of the history). For each window:
+//! - `ok_fraction`: of the operations invoked in the window, the fraction that completed `ok`;
+//! - `longest_unavailability_ms`: the longest stretch of the window in which no operation completed `ok`;
+//! - `recovery_ms`: from the window's end (the heal) to the first `ok` completion of a write (write, cas or add)
+//!   invoked after it: how long the cluster took to accept writes again;
+//! - `slo_met`: `ok_fraction >= slo.ok_fraction_min` and `recovery_ms <= slo.recovery_ms_max`.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::history::{Function, History, Status};
+use crate::recorder::NEMESIS_PROCESS;
+
+/// What a run promises its clients under faults.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Slo {
+    /// Least fraction of operations invoked in a fault window that must complete `ok`.
+    pub ok_fraction_min: f64,
+    /// Longest time from a heal until writes succeed again.
+    pub recovery_ms_max: u64,
+}
+
+/// One fault window, as found in the history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultWindow {
+    pub fault: String,
+    /// What the fault hit (`1,2 | 3,4,5`, `killed node 2`).
+    pub description: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// False when the history ends before the fault's `stop`.
+    pub healed: bool,
+}
+
+/// The indicators of one fault window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WindowIndicators {
+    pub fault: String,
+    pub description: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub operations: usize,
+    pub ok: usize,
+    pub ok_fraction: f64,
+    pub longest_unavailability_ms: u64,
+    /// `None` when no write succeeded after the heal.
+    pub recovery_ms: Option<u64>,
+    pub slo_met: bool,
+}
+
+/// The availability part of `results.json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AvailabilityReport {
+    pub slo: Slo,
+    /// True when every window met the SLO.
+    pub slo_met: bool,
+    /// Operations invoked outside every fault window, and the fraction of them that completed `ok`.
+    pub calm_operations: usize,
+    pub calm_ok_fraction: Option<f64>,
+    pub windows: Vec<WindowIndicators>,
+}
+
+/// The fault windows of a history, in time order.
+pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
+    let history_end = history
+        .operations
+        .iter()
+        .map(|op| op.end_time.unwrap_or(op.invoke_time))
+        .chain(
+            history
+                .other_events
+                .iter()
+                .filter_map(|event| event.value.get("time").and_then(Value::as_u64)),
+        )
+        .max()
+        .unwrap_or(0);
+    let mut windows: Vec<FaultWindow> = Vec::new();
+    for event in &history.other_events {
+        let value = &event.value;
+        if value.get("process").and_then(Value::as_str) != Some(NEMESIS_PROCESS) {
+            continue;
+        }
+        let (Some(f), Some(fault), Some(time)) = (
+            value.get("f").and_then(Value::as_str),
+            value.get("fault").and_then(Value::as_str),
+            value.get("time").and_then(Value::as_u64),
+        ) else {
+            continue;
+        };
+        match f {
+            "start" => windows.push(FaultWindow {
+                fault: fault.to_string(),
+                description: value
+                    .get("value")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                start_ns: time,
+                end_ns: history_end,
+                healed: false,
+            }),
+            "stop" => {
+                if let Some(open) = windows
+                    .iter_mut()
+                    .rev()
+                    .find(|window| window.fault == fault && !window.healed)
+                {
+                    open.end_ns = time;
+                    open.healed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    windows
+}
+
+/// Computes the indicators of every fault window of `history` and judges them against `slo`.
+pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
+    let windows = fault_windows(history);
+    let mut ok_times: Vec<u64> = history
+        .operations
+        .iter()
+        .filter(|op| op.status == Status::Ok)
+        .filter_map(|op| op.complete_time)
+        .collect();
+    ok_times.sort_unstable();
+    let in_any_window = |time: u64| {
+        windows
+            .iter()
+            .any(|window| window.start_ns <= time && time < window.end_ns)
+    };
+    let calm: Vec<_> = history
+        .operations
+        .iter()
+        .filter(|op| !in_any_window(op.invoke_time))
+        .collect();
+    let calm_ok = calm.iter().filter(|op| op.status == Status::Ok).count();
+    let indicators: Vec<WindowIndicators> = windows
+        .iter()
+        .map(|window| {
+            let invoked: Vec<_> = history
+                .operations
+                .iter()
+                .filter(|op| window.start_ns <= op.invoke_time && op.invoke_time < window.end_ns)
+                .collect();
+            let ok = invoked.iter().filter(|op| op.status == Status::Ok).count();
+            let ok_fraction = if invoked.is_empty() {
+                1.0
+            } else {
+                ok as f64 / invoked.len() as f64
+            };
+            let mut longest = 0;
+            let mut previous = window.start_ns;
+            for &time in ok_times
+                .iter()
+                .filter(|&&time| window.start_ns <= time && time <= window.end_ns)
+            {
+                longest = longest.max(time - previous);
+                previous = time;
+            }
+            longest = longest.max(window.end_ns - previous);
+            let recovery_ns = history
+                .operations
+                .iter()
+                .filter(|op| {
+                    matches!(op.f, Function::Write | Function::Cas | Function::Add)
+                        && op.status == Status::Ok
+                        && op.invoke_time >= window.end_ns
+                })
+                .filter_map(|op| op.complete_time)
+                .min()
+                .map(|time| time - window.end_ns);
+            let recovery_ms = recovery_ns.map(|ns| ns / 1_000_000);
+            let slo_met = ok_fraction >= slo.ok_fraction_min
+                && recovery_ms.is_some_and(|ms| ms <= slo.recovery_ms_max);
+            WindowIndicators {
+                fault: window.fault.clone(),
+                description: window.description.clone(),
+                start_ns: window.start_ns,
+                end_ns: window.end_ns,
+                operations: invoked.len(),
+                ok,
+                ok_fraction,
+                longest_unavailability_ms: longest / 1_000_000,
+                recovery_ms,
+                slo_met,
+            }
+        })
+        .collect();
+    AvailabilityReport {
+        slo,
+        slo_met: indicators.iter().all(|window| window.slo_met),
+        calm_operations: calm.len(),
+        calm_ok_fraction: (!calm.is_empty()).then(|| calm_ok as f64 / calm.len() as f64),
+        windows: indicators,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn history(lines: &[String]) -> History {
+        History::parse(&lines.join("\n")).unwrap()
+    }
+
+    fn op(process: u64, f: &str, kind: &str, value: &str, time_ms: u64) -> String {
+        format!(
+            r#"{{"process":{process},"type":"{kind}","f":"{f}","key":"a","value":{value},"time":{}}}"#,
+            time_ms * MS
+        )
+    }
+
+    fn nemesis(f: &str, time_ms: u64) -> String {
+        format!(
+            r#"{{"process":"nemesis","type":"info","f":"{f}","fault":"kill","value":"killed node 1","time":{}}}"#,
+            time_ms * MS
+        )
+    }
+
+    #[test]
+    fn window_indicators_follow_the_history() {
+        // A window 100..300 ms: two ops in it (one ok at 150, one fail), a write after the heal completing at 340.
+        let lines = vec![
+            op(0, "write", "invoke", "1", 10),
+            op(0, "write", "ok", "1", 20),
+            nemesis("start", 100),
+            op(0, "read", "invoke", "null", 140),
+            op(0, "read", "ok", "1", 150),
+            op(1, "write", "invoke", "2", 160),
+            op(1, "write", "fail", "2", 290),
+            nemesis("stop", 300),
+            op(1, "write", "invoke", "3", 310),
+            op(1, "write", "ok", "3", 340),
+        ];
+        let slo = Slo {
+            ok_fraction_min: 0.5,
+            recovery_ms_max: 100,
+        };
+        let report = check(&history(&lines), slo);
+        assert_eq!(report.windows.len(), 1);
+        let window = &report.windows[0];
+        assert_eq!(window.fault, "kill");
+        assert_eq!(window.description, "killed node 1");
+        assert_eq!(window.operations, 2);
+        assert_eq!(window.ok_fraction, 0.5);
+        // No ok completion from 150 ms to the heal at 300 ms.
+        assert_eq!(window.longest_unavailability_ms, 150);
+        assert_eq!(window.recovery_ms, Some(40));
+        assert!(window.slo_met);
+        assert!(report.slo_met);
+        assert_eq!(report.calm_operations, 2);
+        let strict = check(
+            &history(&lines),
+            Slo {
+                ok_fraction_min: 0.9,
+                recovery_ms_max: 100,
+            },
+        );
+        assert!(!strict.slo_met);
+    }
+
+    #[test]
+    fn a_window_never_stopped_lasts_to_the_end() {
+        let lines = vec![
+            nemesis("start", 100),
+            op(0, "write", "invoke", "1", 110),
+            op(0, "write", "info", "1", 500),
+        ];
+        let windows = fault_windows(&history(&lines));
+        assert_eq!(windows.len(), 1);
+        assert!(!windows[0].healed);
+        assert_eq!(windows[0].end_ns, 500 * MS);
+        let report = check(
+            &history(&lines),
+            Slo {
+                ok_fraction_min: 0.0,
+                recovery_ms_max: 1000,
+            },
+        );
+        // Nothing recovered after a heal that never came.
+        assert_eq!(report.windows[0].recovery_ms, None);
+        assert!(!report.slo_met);
+    }
+}

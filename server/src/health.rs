@@ -1,0 +1,112 @@
+//! gRPC health (`grpc.health.v1`): when a node reports SERVING, and the publisher that keeps the overall
+//! service `""` and `raftkv.v1.Kv` in step with that decision.
+//!
+//! A node is SERVING while all of these hold: it knows a leader (or is one); it heard from that leader within
+//! the silence bound (a follower: an accepted AppendEntries or snapshot chunk; a leader: a quorum
+//! acknowledgement), so a leader cut off from its majority stops serving even though openraft 0.9 keeps it
+//! leader; and its applied index is within `HEALTH_APPLY_LAG_MAX` entries of the leader's commit index.
+//! Otherwise NOT_SERVING, which is also the state from start-up until the first check and from the first step
+//! of shutdown on. The decision is a pure function of what the observer saw, so it is the same wherever it is
+//! evaluated.
+
+use std::time::Duration;
+
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::raft_types::NodeId;
+
+/// Entries the applied index may trail the leader's commit index while the node still reports SERVING: a
+/// node catching up after a restart or a partition reports NOT_SERVING until it is this close.
+pub const HEALTH_APPLY_LAG_MAX: u64 = 1_000;
+/// gRPC service names whose status the publisher sets: the whole server and the key-value API.
+pub const HEALTH_SERVICES: [&str; 2] = ["", "raftkv.v1.Kv"];
+
+/// What the health decision looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthInputs {
+    pub leader_id: Option<NodeId>,
+    /// A follower: time since it last accepted a leader message; a leader: since its last quorum ack.
+    pub since_leader: Option<Duration>,
+    pub applied_index: u64,
+    /// The leader's commit index as far as this node knows it.
+    pub leader_commit_index: u64,
+}
+
+/// The decision, with the reason when not serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Serving,
+    NotServing(String),
+}
+
+/// Decides health; `silence_max` is how long without hearing from the leader is still healthy.
+pub fn assess(inputs: &HealthInputs, silence_max: Duration) -> Health {
+    if inputs.leader_id.is_none() {
+        return Health::NotServing("no leader known".to_string());
+    }
+    match inputs.since_leader {
+        None => return Health::NotServing("no contact with the leader yet".to_string()),
+        Some(since) if since > silence_max => {
+            return Health::NotServing(format!(
+                "no contact with the leader for {} ms, over the bound of {} ms",
+                since.as_millis(),
+                silence_max.as_millis()
+            ))
+        }
+        Some(_) => {}
+    }
+    let behind = inputs
+        .leader_commit_index
+        .saturating_sub(inputs.applied_index);
+    if behind > HEALTH_APPLY_LAG_MAX {
+        return Health::NotServing(format!(
+            "applied index {} is {behind} entries behind the leader's commit index {}, over the bound of {HEALTH_APPLY_LAG_MAX}",
+            inputs.applied_index, inputs.leader_commit_index
+        ));
+    }
+    Health::Serving
+}
+
+/// Publishes the decision to the health service, logging each change of status.
+pub struct HealthPublisher {
+    reporter: HealthReporter,
+    current: Option<bool>,
+}
+
+impl HealthPublisher {
+    /// Wraps `reporter` and reports NOT_SERVING until the first `publish`.
+    pub async fn new(reporter: HealthReporter) -> Self {
+        let mut publisher = HealthPublisher {
+            reporter,
+            current: None,
+        };
+        publisher
+            .publish(&Health::NotServing("starting".to_string()))
+            .await;
+        publisher
+    }
+
+    /// Sets every health service to `health`; logs when the status changes.
+    pub async fn publish(&mut self, health: &Health) {
+        let serving = *health == Health::Serving;
+        // Set on every call, not only on change: idle gauges leave the scrape (`GAUGE_IDLE_TIMEOUT`).
+        metrics::gauge!(crate::telemetry::HEALTH_SERVING).set(if serving { 1.0 } else { 0.0 });
+        if self.current == Some(serving) {
+            return;
+        }
+        match health {
+            Health::Serving => tracing::info!("health: serving"),
+            Health::NotServing(reason) => tracing::info!(reason = %reason, "health: not serving"),
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in HEALTH_SERVICES {
+            self.reporter.set_service_status(service, status).await;
+        }
+        self.current = Some(serving);
+    }
+}
