@@ -247,8 +247,14 @@ async fn metrics_follow_writes_and_a_leader_change() {
     );
     assert!(gets >= 1.0, "the linearizable get was not counted");
     for follower in &followers {
+        // A follower that led briefly earlier (an election race at start) keeps its per-follower lag gauges
+        // until they idle out (GAUGE_IDLE_TIMEOUT), so wait for them to go as well.
         let scrape = wait_scrape(&cluster, *follower, "applies every write", |scrape| {
             scrape.value("raftkv_applied_index") >= last as f64
+                && scrape
+                    .matching("raftkv_replication_lag_entries", &[])
+                    .next()
+                    .is_none()
         })
         .await;
         assert_eq!(scrape.value("raftkv_leader_id"), leader as f64);
