@@ -587,7 +587,7 @@ async fn check_every_write(
 
 /// Runs `raftkv-server` with `args` (and the default log filter), which must refuse to start: checks the
 /// exit code and that stderr is one line containing every piece of `expected`.
-fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
+pub fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv-server"))
         .args(args)
         .env_remove("RUST_LOG")
@@ -626,7 +626,7 @@ fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
 }
 
 /// Arguments of a node with id `id` listening on a free port with its data in `data_dir`.
-fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
+pub fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--id".into(),
         id.to_string(),
@@ -639,7 +639,7 @@ fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
     args
 }
 
-fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|arg| arg.to_string()));
     args
 }
