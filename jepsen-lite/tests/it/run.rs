@@ -41,6 +41,7 @@ fn short_config(dir: &TempDir, nodes: u64, workload: WorkloadKind, nemesis: &str
             recovery_ms_max: 30_000,
         },
         keep_data: false,
+        tls: false,
     }
 }
 
