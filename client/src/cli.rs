@@ -60,11 +60,16 @@ pub struct Cli {
     #[arg(long, env = "RAFTKV_CA", global = true)]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) to present, for nodes started with --tls-require-client-cert; needs --key.
-    #[arg(long, env = "RAFTKV_CERT", global = true, requires = "key")]
-    pub cert: Option<PathBuf>,
+    #[arg(
+        long = "cert",
+        env = "RAFTKV_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, env = "RAFTKV_KEY", global = true, requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[arg(long = "key", env = "RAFTKV_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -304,10 +309,10 @@ fn tls_config(cli: &Cli) -> Result<Option<TlsConfig>, Failure> {
         code: EXIT_USAGE,
     };
     match &cli.ca {
-        Some(ca) => TlsConfig::from_files(ca, cli.cert.as_deref(), cli.key.as_deref())
+        Some(ca) => TlsConfig::from_files(ca, cli.tls_cert.as_deref(), cli.tls_key.as_deref())
             .map(Some)
             .map_err(|error| usage(error.to_string())),
-        None if cli.cert.is_some() => Err(usage(
+        None if cli.tls_cert.is_some() => Err(usage(
             "--cert and --key need --ca: pass the cluster's CA certificate too".to_string(),
         )),
         None => Ok(None),
