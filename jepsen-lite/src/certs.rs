@@ -121,9 +121,13 @@ pub fn generate(dir: &Path, nodes: u64, extra_names: &[String]) -> anyhow::Resul
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    // The creation time tells two throwaway CAs apart (in a client's "not trusted" error, for one).
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "raftkv throwaway CA");
+        .push(DnType::CommonName, format!("raftkv throwaway CA {created}"));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
