@@ -224,7 +224,6 @@ impl Node {
         let rpc_parent = span.clone();
         let server = tonic::transport::Server::builder()
             .timeout(SERVER_REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             .trace_fn(move |request| {
                 let extensions = request.extensions();
                 let remote = extensions
@@ -257,10 +256,11 @@ impl Node {
         };
         let server_task = match &tls {
             None => {
-                let server = server.serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-                    stopped_serving,
-                );
+                // `Server::tcp_nodelay` does not apply to an incoming stream of our own: set it here, or
+                // small responses wait for the client's delayed ACK (Nagle).
+                let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true));
+                let server = server.serve_with_incoming_shutdown(incoming, stopped_serving);
                 tokio::spawn(
                     async move {
                         if let Err(error) = server.await {
