@@ -2,7 +2,9 @@
 # cluster.sh: run a local raftkv cluster on 127.0.0.1, with every peer link going through the partition
 # proxy so that you can cut the network by hand. Thin wrapper over raftkv-server, raftkv and jepsen-lite.
 #
-#   scripts/cluster.sh up [N]          build if needed, start N nodes (default 3), wait for a leader
+#   scripts/cluster.sh up [N] [--tls]  build if needed, start N nodes (default 3), wait for a leader; --tls:
+#                                      throwaway CA and node certificates in .cluster/tls/, mutual TLS
+#                                      between nodes, clients need --ca .cluster/tls/ca.pem (or RAFTKV_CA)
 #   scripts/cluster.sh down            stop everything it started (data is kept in .cluster/)
 #   scripts/cluster.sh status          processes and `raftkv status`
 #   scripts/cluster.sh kill ID         SIGKILL node ID          restart ID   start it again
@@ -14,12 +16,14 @@
 #
 # Node i listens on 127.0.0.1:$((RAFTKV_BASE_PORT + i)) (default base 7000). The proxy for the link i->j
 # listens on BASE+100 + 10*i + j; its control port is BASE+99. Node i serves Prometheus metrics on
-# 127.0.0.1:BASE+200+i (/metrics). Processes are tracked by pid files in
-# .cluster/, never by name.
+# 127.0.0.1:BASE+200+i (/metrics). Processes are tracked by pid files in .cluster/, never by name. With
+# --tls, the proxies relay the TLS bytes unchanged (peers verify the name raftkv-node, not the proxy address
+# they dial).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="$ROOT/.cluster"
+TLS_DIR="$STATE/tls"
 BASE="${RAFTKV_BASE_PORT:-7000}"
 PROXY_BASE=$((BASE + 100))
 CONTROL="127.0.0.1:$((BASE + 99))"
@@ -33,6 +37,14 @@ die() { echo "cluster.sh: $*" >&2; exit 2; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 node_count() { cat "$STATE/size" 2>/dev/null || echo 0; }
+
+# The cluster runs with TLS when its CA is there (`up --tls` makes it, `up` without it removes it).
+tls_on() { [ -f "$TLS_DIR/ca.pem" ]; }
+
+# raftkv with the cluster's CA when it runs with TLS.
+raftkv_cli() {
+  if tls_on; then "$BIN/raftkv" --ca "$TLS_DIR/ca.pem" "$@"; else "$BIN/raftkv" "$@"; fi
+}
 
 endpoints() {
   local n; n=$(node_count); local list=()
@@ -52,15 +64,17 @@ start_node() {
     initial+=("$j=127.0.0.1:$((BASE + j))")
     [ "$j" = "$i" ] || routes+=(--peer-route "$j=127.0.0.1:$((PROXY_BASE + 10 * i + j))")
   done
+  local tls=()
+  tls_on && tls=(--tls-cert "$TLS_DIR/node$i.pem" --tls-key "$TLS_DIR/node$i-key.pem" --tls-ca "$TLS_DIR/ca.pem")
   "$BIN/raftkv-server" --id "$i" --listen "127.0.0.1:$((BASE + i))" --data-dir "$STATE/node$i" \
-    --metrics-listen "127.0.0.1:$((BASE + 200 + i))" --initial-cluster "$(IFS=,; echo "${initial[*]}")" "${routes[@]}" >>"$STATE/node$i.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$((BASE + 200 + i))" --initial-cluster "$(IFS=,; echo "${initial[*]}")" "${routes[@]}" "${tls[@]}" >>"$STATE/node$i.log" 2>&1 &
   echo $! >"$STATE/node$i.pid"
 }
 
 wait_for_leader() {
   local deadline=$((SECONDS + LEADER_WAIT_SECONDS))
   while [ $SECONDS -lt $deadline ]; do
-    if "$BIN/raftkv" --endpoints "$(endpoints)" --timeout 1s -w json status 2>/dev/null | grep -q '"role":"leader"'; then
+    if raftkv_cli --endpoints "$(endpoints)" --timeout 1s -w json status 2>/dev/null | grep -q '"role":"leader"'; then
       return 0
     fi
     sleep 0.2
@@ -69,8 +83,14 @@ wait_for_leader() {
 }
 
 cmd_up() {
-  local n=${1:-3}
-  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le $NODES_MAX ] || die "up takes a node count from 1 to $NODES_MAX"
+  local n=3 tls=no
+  for arg in "$@"; do
+    case "$arg" in
+      --tls) tls=yes ;;
+      *) n=$arg ;;
+    esac
+  done
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le $NODES_MAX ] || die "up takes a node count from 1 to $NODES_MAX (and --tls)"
   mkdir -p "$STATE"
   for pidfile in "$STATE"/*.pid; do
     if alive "$pidfile"; then
@@ -83,6 +103,15 @@ cmd_up() {
   fi
   build
   echo "$n" >"$STATE/size"
+  if [ "$tls" = yes ]; then
+    # Reuse the certificates of an earlier `up --tls` of this size, so clients keep trusting the same CA.
+    if ! tls_on || [ ! -f "$TLS_DIR/node$n.pem" ]; then
+      rm -rf "$TLS_DIR"
+      "$BIN/jepsen-lite" certs --out "$TLS_DIR" --nodes "$n" >/dev/null
+    fi
+  else
+    rm -rf "$TLS_DIR"
+  fi
   local nodes=()
   for i in $(seq 1 "$n"); do nodes+=("$i=127.0.0.1:$((BASE + i))"); done
   "$BIN/jepsen-lite" net serve --nodes "$(IFS=,; echo "${nodes[*]}")" --base-port "$PROXY_BASE" \
@@ -93,11 +122,16 @@ cmd_up() {
     echo "no leader after ${LEADER_WAIT_SECONDS}s; see 'scripts/cluster.sh logs 1'" >&2
     exit 1
   fi
+  local ca_env="" mode="plaintext"
+  if tls_on; then
+    ca_env=" RAFTKV_CA=$TLS_DIR/ca.pem"
+    mode="mutual TLS between nodes; clients trust $TLS_DIR/ca.pem (raftkv --ca FILE or RAFTKV_CA)"
+  fi
   cat <<EOF
-raftkv cluster up: $n nodes, endpoints $(endpoints)
+raftkv cluster up: $n nodes, endpoints $(endpoints), $mode
 
 Try:
-  export PATH="$BIN:\$PATH" RAFTKV_ENDPOINTS=$(endpoints)
+  export PATH="$BIN:\$PATH" RAFTKV_ENDPOINTS=$(endpoints)$ca_env
   raftkv put greeting hello && raftkv get greeting -w json
   raftkv status -w table
   curl -s 127.0.0.1:$((BASE + 201))/metrics | grep raftkv_   # node 1's metrics
@@ -144,7 +178,7 @@ cmd_status() {
   done
   alive "$STATE/proxy.pid" && echo "proxy: running (pid $(cat "$STATE/proxy.pid"))" || echo "proxy: stopped"
   echo
-  "$BIN/raftkv" --endpoints "$(endpoints)" --timeout 2s -w table status || true
+  raftkv_cli --endpoints "$(endpoints)" --timeout 2s -w table status || true
 }
 
 net() { "$BIN/jepsen-lite" net "$@" --control "$CONTROL"; }
@@ -166,6 +200,6 @@ case "${1:-}" in
   logs)
     check_id "${2:-}"
     if [ "${3:-}" = "-f" ]; then tail -f "$STATE/node$2.log"; else tail -n 100 "$STATE/node$2.log"; fi ;;
-  ""|-h|--help|help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help|help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1'; see 'scripts/cluster.sh help'" ;;
 esac

@@ -5,12 +5,13 @@
 //! error; 3 indeterminate (the write may have been applied).
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftkv_client::{
     CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue,
-    ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse,
+    ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse, TlsConfig,
 };
 use serde_json::{json, Value};
 
@@ -55,6 +56,20 @@ pub struct Cli {
     /// Overall deadline of the command, retries included (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Connect over TLS, trusting this CA certificate (PEM): the cluster's CA.
+    #[arg(long, env = "RAFTKV_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present, for nodes started with --tls-require-client-cert; needs --key.
+    #[arg(
+        long = "cert",
+        env = "RAFTKV_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long = "key", env = "RAFTKV_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -268,6 +283,10 @@ fn failure(error: ClientError, endpoints: &[String], pinned: Option<&str>) -> Fa
         _ => EXIT_USAGE,
     };
     let message = match &error {
+        // Configuration problems: the same on every node, and the message says what to change.
+        ClientError::Tls { .. } | ClientError::TlsConfig(_) | ClientError::Unauthenticated(_) => {
+            error.to_string()
+        }
         _ if pinned.is_some() && !matches!(error, ClientError::Connection { .. }) => {
             format!("{} refused the read: {error}", pinned.unwrap_or_default())
         }
@@ -283,6 +302,23 @@ fn failure(error: ClientError, endpoints: &[String], pinned: Option<&str>) -> Fa
     Failure { message, code }
 }
 
+/// The TLS settings of `--ca`, `--cert` and `--key`; `None` without `--ca`.
+fn tls_config(cli: &Cli) -> Result<Option<TlsConfig>, Failure> {
+    let usage = |message: String| Failure {
+        message,
+        code: EXIT_USAGE,
+    };
+    match &cli.ca {
+        Some(ca) => TlsConfig::from_files(ca, cli.tls_cert.as_deref(), cli.tls_key.as_deref())
+            .map(Some)
+            .map_err(|error| usage(error.to_string())),
+        None if cli.tls_cert.is_some() => Err(usage(
+            "--cert and --key need --ca: pass the cluster's CA certificate too".to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Runs the parsed command; returns the exit code or a failure to report.
 pub async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Completions { shell } = cli.command {
@@ -295,6 +331,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         return Ok(EXIT_OK);
     }
     let mut config = ClientConfig::new(cli.endpoints.clone());
+    config.tls = tls_config(&cli)?;
     config.overall_timeout = cli.timeout;
     config.request_timeout = config.request_timeout.min(cli.timeout);
     let client = Client::new(config).map_err(|error| Failure {

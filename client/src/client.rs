@@ -19,6 +19,7 @@ use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{classify, from_status, Attempt, ClientError};
+use crate::tls::{handshake_failure, TlsConfig};
 
 /// How long dialling a node may take.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(500);
@@ -42,6 +43,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub overall_timeout: Duration,
+    /// Dial nodes over TLS, trusting this CA (and presenting a certificate if it has one); plaintext when
+    /// `None`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ClientConfig {
@@ -52,6 +56,7 @@ impl ClientConfig {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             overall_timeout: OVERALL_TIMEOUT_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -156,6 +161,24 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
+/// The tonic endpoint for `endpoint` (`HOST:PORT`): `https` with the configured TLS, else `http`.
+fn endpoint_for(config: &ClientConfig, endpoint: &str) -> Result<Endpoint, ClientError> {
+    let bad = |error: tonic::transport::Error| {
+        ClientError::InvalidArgument(format!("bad endpoint {endpoint:?}: {error}"))
+    };
+    match &config.tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{endpoint}"))
+            .map_err(bad)?
+            .tls_config(tls.tonic())
+            .map_err(|error| {
+                ClientError::TlsConfig(format!(
+                    "cannot use the TLS settings for {endpoint}: {error}"
+                ))
+            }),
+        None => Endpoint::from_shared(format!("http://{endpoint}")).map_err(bad),
+    }
+}
+
 fn random_session_id() -> u64 {
     rand::rng().random_range(1..u64::MAX)
 }
@@ -187,9 +210,7 @@ impl Client {
             ));
         }
         for endpoint in &config.endpoints {
-            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|error| {
-                ClientError::InvalidArgument(format!("bad endpoint {endpoint:?}: {error}"))
-            })?;
+            endpoint_for(&config, endpoint)?;
         }
         Ok(Client {
             shared: Arc::new(Shared {
@@ -231,10 +252,7 @@ impl Client {
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|error| {
-                ClientError::InvalidArgument(format!("bad endpoint {endpoint:?}: {error}"))
-            })?
+        let channel = endpoint_for(&self.shared.config, endpoint)?
             .connect_timeout(self.shared.config.connect_timeout)
             .timeout(self.shared.config.request_timeout)
             .tcp_nodelay(true)
@@ -349,6 +367,9 @@ impl Client {
                     return Ok(value);
                 }
                 Err(status) => {
+                    if let Some(error) = handshake_failure(&status, &endpoint) {
+                        return Err(error);
+                    }
                     last_error = format!("{endpoint}: {}", status.message());
                     match classify(&status, is_write) {
                         Attempt::Fail => return Err(from_status(&status)),
@@ -538,10 +559,18 @@ impl Client {
             .await
         {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) if crate::error::kind(&status).is_none() => Err(ClientError::Connection {
-                endpoint: endpoint.to_string(),
-                message: status.message().to_string(),
-            }),
+            Err(status) if crate::error::kind(&status).is_none() => Err(handshake_failure(
+                &status, endpoint,
+            )
+            .unwrap_or_else(|| match status.code() {
+                tonic::Code::Unauthenticated => {
+                    ClientError::Unauthenticated(status.message().to_string())
+                }
+                _ => ClientError::Connection {
+                    endpoint: endpoint.to_string(),
+                    message: status.message().to_string(),
+                },
+            })),
             Err(status) => Err(from_status(&status)),
         }
     }

@@ -49,6 +49,16 @@ pub enum ClientError {
     /// A condition the request depends on does not hold (e.g. a membership change refused).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The TLS files cannot be used (unreadable, not PEM, a key that does not fit its certificate).
+    #[error("tls: {0}")]
+    TlsConfig(String),
+    /// The TLS handshake with a node failed: the node's certificate is not trusted, or the node refused this
+    /// client's. Not retried; nothing was sent.
+    #[error("{message}")]
+    Tls { endpoint: String, message: String },
+    /// A node refused the call because the client did not authenticate (e.g. plaintext to a TLS node).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// Could not reach the one endpoint a call was pinned to.
     #[error("cannot reach {endpoint}: {message}")]
     Connection { endpoint: String, message: String },
@@ -149,6 +159,7 @@ pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
             tonic::Code::OutOfRange => ClientError::OutOfRange(message),
             tonic::Code::ResourceExhausted => ClientError::Busy(message),
             tonic::Code::FailedPrecondition => ClientError::FailedPrecondition(message),
+            tonic::Code::Unauthenticated => ClientError::Unauthenticated(message),
             tonic::Code::Unavailable => ClientError::Unavailable {
                 message,
                 endpoints: Vec::new(),

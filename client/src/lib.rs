@@ -3,6 +3,7 @@
 
 mod client;
 pub mod error;
+mod tls;
 
 pub use client::{
     CasResult, Client, ClientConfig, Consistency, Expected, GetResult, KeyValue, ReadEnvelope,
@@ -11,3 +12,4 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use raftkv_proto::kv::{Member, MembersResponse, Role, StatusResponse};
+pub use tls::{TlsConfig, TLS_HANDSHAKE_TIMEOUT};

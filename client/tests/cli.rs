@@ -1,5 +1,6 @@
 //! CLI tests: run the `raftkv` binary against a real three-node cluster of `raftkv-server` processes and
-//! check every command in table and JSON form, the exit codes, and the error line when no node is reachable.
+//! check every command in table and JSON form, the exit codes, the error line when no node is reachable, and
+//! `--ca` against a TLS node (certificates made in the test with rcgen).
 //!
 //! The server binary is found next to the `raftkv` binary in the target directory (`cargo test --workspace`
 //! builds both); the client crate does not depend on the server crate.
@@ -36,13 +37,24 @@ fn server_binary() -> PathBuf {
 struct Cluster {
     children: Vec<Child>,
     endpoints: Vec<String>,
+    /// Flags every `raftkv` call of the cluster gets (e.g. `--ca`).
+    cli_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(3, |_| Vec::new(), Vec::new())
+    }
+
+    /// Starts `size` nodes, node `i` (from 0) with `node_args(i)`; `raftkv` calls get `cli_args`.
+    fn start_with(
+        size: usize,
+        node_args: impl Fn(usize) -> Vec<String>,
+        cli_args: Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::TempDir::new().unwrap();
-        let endpoints: Vec<String> = (0..3)
+        let endpoints: Vec<String> = (0..size)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
         let initial = endpoints
@@ -72,6 +84,7 @@ impl Cluster {
                         "--election-timeout-max-ms",
                         "600",
                     ])
+                    .args(node_args(i))
                     .arg("--data-dir")
                     .arg(dir.path().join(format!("node{}", i + 1)))
                     .stdout(Stdio::null())
@@ -83,6 +96,7 @@ impl Cluster {
         let cluster = Cluster {
             children,
             endpoints,
+            cli_args,
             _dir: dir,
         };
         cluster.wait_for_leader();
@@ -94,7 +108,13 @@ impl Cluster {
     }
 
     fn raftkv(&self, args: &[&str]) -> Output {
-        raftkv(&self.endpoints(), args, None)
+        let args: Vec<&str> = self
+            .cli_args
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        raftkv(&self.endpoints(), &args, None)
     }
 
     fn wait_for_leader(&self) {
@@ -353,4 +373,122 @@ fn completions_print_a_script() {
     let output = raftkv("127.0.0.1:1", &["completions", "bash"], None);
     assert_exit(&output, 0);
     assert!(stdout(&output).contains("raftkv"));
+}
+
+/// A CA and a node certificate (the peer name and 127.0.0.1) for one TLS node; returns (ca, cert, key).
+fn tls_files(dir: &std::path::Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params =
+        CertificateParams::new(vec!["raftkv-node".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("node-key.pem"),
+    );
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+/// Against a TLS node: `--ca` (or `RAFTKV_CA`) works for writes, reads and status; without it, or with
+/// another CA, or with an unreadable CA file, the CLI exits 2 with one line that says to pass the right CA.
+#[test]
+fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
+    let pki = tempfile::TempDir::new().unwrap();
+    let (ca, cert, key) = tls_files(&pki.path().join("cluster"), "cluster CA");
+    let ca_arg = ca.display().to_string();
+    let node_tls = vec![
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+        "--tls-ca".to_string(),
+        ca_arg.clone(),
+    ];
+    let cluster = Cluster::start_with(
+        1,
+        |_| node_tls.clone(),
+        vec!["--ca".to_string(), ca_arg.clone()],
+    );
+
+    assert_exit(&cluster.raftkv(&["put", "greeting", "hello"]), 0);
+    let get = cluster.raftkv(&["-w", "json", "get", "greeting"]);
+    assert_exit(&get, 0);
+    assert_eq!(json_lines(&get)[0]["kv"]["value"], "hello");
+    let status = cluster.raftkv(&["-w", "json", "status"]);
+    assert_exit(&status, 0);
+    assert_eq!(json_lines(&status)[0]["role"], "leader");
+
+    let from_env = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(["--endpoints", &cluster.endpoints(), "get", "greeting"])
+        .env("RAFTKV_CA", &ca)
+        .output()
+        .unwrap();
+    assert_exit(&from_env, 0);
+    assert_eq!(stdout(&from_env), "hello\n");
+
+    let one_line = |output: &Output, needles: &[&str]| {
+        assert_exit(output, 2);
+        let message = stderr(output);
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+        for needle in needles {
+            assert!(message.contains(needle), "{needle:?} not in {message}");
+        }
+    };
+    let started = Instant::now();
+    one_line(
+        &raftkv(&cluster.endpoints(), &["put", "greeting", "plain"], None),
+        &["TLS", "--ca"],
+    );
+    let (other_ca, _, _) = tls_files(&pki.path().join("other"), "another CA");
+    one_line(
+        &raftkv(
+            &cluster.endpoints(),
+            &[
+                "--ca",
+                &other_ca.display().to_string(),
+                "put",
+                "greeting",
+                "untrusted",
+            ],
+            None,
+        ),
+        &["not trusted", "--ca"],
+    );
+    // Refusals are immediate, not retried until the deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let missing = pki.path().join("missing.pem");
+    one_line(
+        &raftkv(
+            &cluster.endpoints(),
+            &["--ca", &missing.display().to_string(), "get", "greeting"],
+            None,
+        ),
+        &["cannot read the CA file", "missing.pem"],
+    );
+    let get = cluster.raftkv(&["get", "greeting"]);
+    assert_exit(&get, 0);
+    assert_eq!(stdout(&get), "hello\n", "a refused write was applied");
 }

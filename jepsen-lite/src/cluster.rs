@@ -3,7 +3,9 @@
 //!
 //! Every node listens on a free 127.0.0.1 port and dials its peers through the mesh (`--peer-route`), so a
 //! partition is made by the mesh alone: the nodes have no fault flag. Processes are tracked by pid (the
-//! `Child`) and killed when the cluster is dropped.
+//! `Child`) and killed when the cluster is dropped. With `tls`, the cluster gets a throwaway CA and node
+//! certificates (`certs`) under its data root; peer traffic is then mutual TLS carried unchanged through the
+//! TCP-level mesh, and every client of the cluster trusts the CA (`client_config`).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -12,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use raftkv_client::{Client, ClientConfig, Role, StatusResponse};
+use raftkv_client::{Client, ClientConfig, Role, StatusResponse, TlsConfig};
+
+use crate::certs::{self, CertFiles};
 
 use crate::net::{Mesh, PortLayout};
 
@@ -35,6 +39,8 @@ pub struct ClusterConfig {
     pub data_root: PathBuf,
     /// Extra flags for every node (timing, snapshots).
     pub extra_args: Vec<String>,
+    /// Run the nodes with TLS (mutual TLS between peers), with certificates made for this cluster.
+    pub tls: bool,
 }
 
 /// Election and lease timing that keeps experiments short.
@@ -83,6 +89,10 @@ pub struct Cluster {
     /// Always `Some` until `shutdown` takes it.
     mesh: Option<Mesh>,
     nodes: BTreeMap<u64, NodeProcess>,
+    /// The certificates of a TLS cluster.
+    certs: Option<CertFiles>,
+    /// What clients of a TLS cluster trust.
+    client_tls: Option<TlsConfig>,
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -101,6 +111,15 @@ impl Cluster {
         for id in 1..=config.nodes {
             addrs.insert(id, free_addr()?);
         }
+        let certs = match config.tls {
+            true => Some(certs::generate(
+                &config.data_root.join("tls"),
+                config.nodes,
+                &[],
+            )?),
+            false => None,
+        };
+        let client_tls = certs.as_ref().map(CertFiles::client_tls).transpose()?;
         let mesh = Mesh::start(addrs.clone(), PortLayout::OsAssigned).await?;
         let initial = addrs
             .iter()
@@ -127,6 +146,9 @@ impl Cluster {
                 args.push("--peer-route".to_string());
                 args.push(format!("{to}={route}"));
             }
+            if let Some(certs) = &certs {
+                args.extend(certs.server_args(id)?);
+            }
             args.extend(config.extra_args.iter().cloned());
             nodes.insert(
                 id,
@@ -142,6 +164,8 @@ impl Cluster {
             config,
             mesh: Some(mesh),
             nodes,
+            certs,
+            client_tls,
         };
         for id in 1..=cluster.config.nodes {
             cluster.spawn(id)?;
@@ -225,9 +249,26 @@ impl Cluster {
         &self.config.data_root
     }
 
+    /// The certificates of a TLS cluster (`None` without TLS).
+    pub fn certs(&self) -> Option<&CertFiles> {
+        self.certs.as_ref()
+    }
+
+    /// What a client of this cluster trusts (`None` without TLS).
+    pub fn client_tls(&self) -> Option<TlsConfig> {
+        self.client_tls.clone()
+    }
+
+    /// A client configuration for `endpoints` of this cluster, with TLS when the cluster has it.
+    pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints);
+        config.tls = self.client_tls();
+        config
+    }
+
     /// A client of every node.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(ClientConfig::new(self.endpoints()))?)
+        Ok(Client::new(self.client_config(self.endpoints()))?)
     }
 
     /// SIGKILLs a node (and reaps it).
@@ -274,7 +315,7 @@ impl Cluster {
 
     /// One node's status, or `None` if it does not answer within `STATUS_TIMEOUT`.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
-        let mut config = ClientConfig::new(vec![self.addr(id)]);
+        let mut config = self.client_config(vec![self.addr(id)]);
         config.request_timeout = STATUS_TIMEOUT;
         config.connect_timeout = STATUS_TIMEOUT;
         let client = Client::new(config).ok()?;

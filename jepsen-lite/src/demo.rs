@@ -116,6 +116,7 @@ pub async fn split_brain(config: DemoConfig, out: &mut dyn Write) -> anyhow::Res
         server_binary: config.server_binary,
         data_root: config.data_root,
         extra_args: fast_timing_args(),
+        tls: false,
     })
     .await?;
     let result = story(&mut cluster, &mut narrator).await;

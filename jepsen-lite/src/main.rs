@@ -1,8 +1,9 @@
 //! The `jepsen-lite` binary. `main` parses the command line, runs one subcommand family and turns an error into
 //! one line on stderr and exit code 2 (the harness itself failed). Each family lives in its own module and owns
 //! its arguments: `run_command` for `jepsen-lite run`, `check_command` for `jepsen-lite check`, `net_command` for
-//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`.
+//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`, `certs_command` for `jepsen-lite certs`.
 
+mod certs_command;
 mod check_command;
 mod demo_command;
 mod net_command;
@@ -38,6 +39,8 @@ enum Command {
     Net(net_command::NetCommand),
     /// Re-check a history file (exit 0 valid, 1 anomaly, 2 unknown or unreadable)
     Check(check_command::CheckCommand),
+    /// Write a throwaway CA and node and client certificates for a local TLS cluster
+    Certs(certs_command::CertsCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Net(command) => runtime.block_on(net_command::run(command)),
         Command::Check(command) => check_command::run(command),
+        Command::Certs(command) => certs_command::run(command),
         Command::Run(command) => runtime.block_on(run_command::run(command)),
         Command::Demo(command) => runtime.block_on(demo_command::run(command)),
     }

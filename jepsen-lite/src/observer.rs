@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkv_client::{Client, ClientConfig, Role, StatusResponse};
+use raftkv_client::{Client, ClientConfig, Role, StatusResponse, TlsConfig};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -67,12 +67,14 @@ fn unreachable(node: u64, error: &str) -> Map<String, Value> {
 /// Polls the given nodes until `stop` turns true. Returns the number of observations recorded.
 pub async fn observe(
     nodes: Vec<(u64, String)>,
+    tls: Option<TlsConfig>,
     recorder: Arc<Recorder>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<u64> {
     let mut tasks = JoinSet::new();
     for (node, addr) in nodes {
         let mut config = ClientConfig::new(vec![addr.clone()]);
+        config.tls = tls.clone();
         config.connect_timeout = STATUS_TIMEOUT;
         config.request_timeout = STATUS_TIMEOUT;
         config.overall_timeout = STATUS_TIMEOUT;

@@ -81,6 +81,10 @@ pub struct RunCommand {
     /// Use the server's default (production) election timing instead of the fast timing experiments use
     #[arg(long)]
     default_timing: bool,
+    /// Run the cluster with TLS: a throwaway CA and node certificates under OUT/cluster/tls, mutual TLS
+    /// between peers (through the proxy mesh), clients and observer trusting the CA
+    #[arg(long)]
+    tls: bool,
     /// The raftkv-server binary (default: next to jepsen-lite)
     #[arg(long, env = "RAFTKV_SERVER_BIN")]
     server_bin: Option<PathBuf>,
@@ -136,6 +140,7 @@ impl RunCommand {
                 recovery_ms_max: self.slo_recovery.as_millis() as u64,
             },
             keep_data: self.keep_data,
+            tls: self.tls,
         })
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use raftkv_client::{Client, ClientConfig, Consistency};
+use raftkv_client::{Client, Consistency};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
@@ -78,6 +78,8 @@ pub struct RunConfig {
     pub slo: Slo,
     /// Keep the nodes' data directories after the run.
     pub keep_data: bool,
+    /// Run the cluster with TLS (mutual TLS between peers, through the mesh); clients trust its CA.
+    pub tls: bool,
 }
 
 fn serialize_consistency<S: serde::Serializer>(
@@ -556,6 +558,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
         server_binary: config.server_binary.clone(),
         data_root: data_root.clone(),
         extra_args: config.server_args.clone(),
+        tls: config.tls,
     })
     .await?;
     let outcome = run_on(&config, &mut cluster, &schedule, &mut nemesis_rng).await;
@@ -638,7 +641,7 @@ async fn run_on(
         .await
         .context("the cluster did not elect a first leader")?;
     let recorder = Arc::new(Recorder::create(&config.out.join("history.jsonl"))?);
-    let mut client_config = ClientConfig::new(cluster.endpoints());
+    let mut client_config = cluster.client_config(cluster.endpoints());
     client_config.request_timeout = config.request_timeout;
     client_config.connect_timeout = config.request_timeout;
     client_config.overall_timeout = config.operation_timeout;
@@ -655,6 +658,7 @@ async fn run_on(
     let (stop_observer, observer_stopped) = watch::channel(false);
     let observer = tokio::spawn(crate::observer::observe(
         cluster.ids().into_iter().zip(cluster.endpoints()).collect(),
+        cluster.client_tls(),
         Arc::clone(&recorder),
         observer_stopped,
     ));

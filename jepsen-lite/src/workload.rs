@@ -196,6 +196,10 @@ fn write_definitely_failed(error: &ClientError) -> bool {
             | ClientError::OutOfRange(_)
             | ClientError::Busy(_)
             | ClientError::FailedPrecondition(_)
+            // Refused in the TLS handshake or before any handler: nothing was sent to Raft.
+            | ClientError::Tls { .. }
+            | ClientError::TlsConfig(_)
+            | ClientError::Unauthenticated(_)
     )
 }
 
@@ -212,6 +216,9 @@ pub fn error_kind(error: &ClientError) -> &'static str {
         ClientError::Busy(_) => "busy",
         ClientError::FailedPrecondition(_) => "failed_precondition",
         ClientError::Connection { .. } => "connection",
+        ClientError::Tls { .. } => "tls",
+        ClientError::TlsConfig(_) => "tls_config",
+        ClientError::Unauthenticated(_) => "unauthenticated",
         ClientError::Other(_) => "other",
     }
 }

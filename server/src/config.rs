@@ -74,6 +74,32 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (off unless given).
     #[arg(long, env = "RAFTKV_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// This node's certificate (PEM, leaf first) for clients and peers alike. With --tls-key and --tls-ca it
+    /// turns TLS on for the one port. Peers verify it under the name `raftkv-node`, so it must carry that
+    /// DNS name, and it must allow both server and client authentication (the node also presents it when
+    /// it dials its peers).
+    #[arg(long, env = "RAFTKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RAFTKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM). Peers must present a client certificate it issued for `raftkv-node`; this node
+    /// trusts peers' server certificates only from it.
+    #[arg(long, env = "RAFTKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse the TLS handshake of clients without a certificate from --tls-ca too (client mutual TLS);
+    /// without it only peer calls need a client certificate.
+    #[arg(long, env = "RAFTKV_TLS_REQUIRE_CLIENT_CERT")]
+    pub tls_require_client_cert: bool,
+}
+
+/// Where the node's TLS material is; read and checked when the node starts (`tls::NodeTls::load`).
+#[derive(Clone, Debug)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub require_client_cert: bool,
 }
 
 /// A validated node configuration.
@@ -94,6 +120,8 @@ pub struct NodeConfig {
     pub snapshot_after_entries: u64,
     pub log_keep_entries: u64,
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the one port, or plaintext when `None`.
+    pub tls: Option<TlsPaths>,
 }
 
 /// True when two listen addresses would compete for the same port.
@@ -212,6 +240,7 @@ impl NodeConfig {
         if args.snapshot_after_entries == 0 {
             return Err("--snapshot-after-entries must be above 0".to_string());
         }
+        let tls = tls_paths(args)?;
         let lease_duration =
             Duration::from_millis(args.election_timeout_min_ms - args.lease_drift_margin_ms);
         Ok(NodeConfig {
@@ -229,6 +258,38 @@ impl NodeConfig {
             snapshot_after_entries: args.snapshot_after_entries,
             log_keep_entries: args.log_keep_entries,
             metrics_listen: args.metrics_listen,
+            tls,
         })
+    }
+}
+
+/// TLS needs all three of --tls-cert, --tls-key and --tls-ca (one port carries peer traffic, which is always
+/// mutual TLS when TLS is on), or none of them.
+fn tls_paths(args: &Args) -> Result<Option<TlsPaths>, String> {
+    let given = [
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+        ("--tls-ca", &args.tls_ca),
+    ];
+    let missing: Vec<&str> = given
+        .iter()
+        .filter(|(_, path)| path.is_none())
+        .map(|(flag, _)| *flag)
+        .collect();
+    match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsPaths {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            require_client_cert: args.tls_require_client_cert,
+        })),
+        (None, None, None) if args.tls_require_client_cert => Err(
+            "--tls-require-client-cert needs TLS: add --tls-cert, --tls-key and --tls-ca".to_string(),
+        ),
+        (None, None, None) => Ok(None),
+        _ => Err(format!(
+            "TLS needs --tls-cert, --tls-key and --tls-ca together: add {} (or drop the others to run without TLS)",
+            missing.join(" and ")
+        )),
     }
 }

@@ -14,3 +14,4 @@ pub mod reads;
 pub mod state_machine;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

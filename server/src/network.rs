@@ -3,7 +3,9 @@
 //! One tonic `Channel` per peer address, made lazily once and reused by every RPC to that peer (tonic
 //! reconnects it after a failure, so a restarted peer is reached again). Every call has a connect deadline and
 //! a request deadline. `--peer-route ID=ADDR` overrides where a peer is dialled, which is how the partition
-//! harness puts a proxy on each link without the node knowing.
+//! harness puts a proxy on each link without the node knowing. With TLS on, every peer channel is mutual TLS:
+//! it trusts only the cluster CA, presents this node's certificate, and verifies the peer's certificate
+//! against `tls::PEER_SERVER_NAME`, not the dialled address (which may be a proxy's).
 //!
 //! Raft messages travel as postcard-encoded openraft types inside a `RaftMessage` envelope that names the
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
@@ -24,7 +26,7 @@ use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::{RaftMessage, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
 
@@ -46,6 +48,8 @@ pub struct PeerChannels {
     cluster_id: String,
     /// Dial overrides from `--peer-route`.
     routes: BTreeMap<NodeId, String>,
+    /// Mutual TLS to peers, or plaintext when `None`.
+    tls: Option<ClientTlsConfig>,
     /// One channel per dialled address. A std mutex: it is held only to look up or insert, never across await.
     channels: Mutex<HashMap<String, Channel>>,
     /// Peers whose last Raft call did not reach them: trouble is logged at warn once when it starts and at
@@ -78,11 +82,17 @@ pub enum PeerCallError {
 
 impl PeerChannels {
     /// Made inside the node's span, which it keeps for its own log lines.
-    pub fn new(node_id: NodeId, cluster_id: String, routes: BTreeMap<NodeId, String>) -> Arc<Self> {
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: String,
+        routes: BTreeMap<NodeId, String>,
+        tls: Option<ClientTlsConfig>,
+    ) -> Arc<Self> {
         Arc::new(PeerChannels {
             node_id,
             cluster_id,
             routes,
+            tls,
             channels: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(BTreeSet::new()),
             span: tracing::Span::current(),
@@ -145,7 +155,13 @@ impl PeerChannels {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = match &self.tls {
+            Some(tls) => {
+                Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?
+            }
+            None => Endpoint::from_shared(format!("http://{addr}"))?,
+        };
+        let channel = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
@@ -200,7 +216,7 @@ impl PeerChannels {
             Ok(Err(status)) if is_transport_failure(&status) => Err(PeerCallError::Unreachable {
                 target,
                 addr,
-                message: status.message().to_string(),
+                message: transport_detail(&status),
             }),
             Ok(Err(status)) => Err(PeerCallError::Refused { target, status }),
             Err(_) => Err(PeerCallError::Unreachable {
@@ -213,12 +229,33 @@ impl PeerChannels {
 }
 
 /// True when a status means the request may never have reached the peer's application (as opposed to the
-/// peer answering with an error).
+/// peer answering with an error): no raftkv error kind, and a transport code or a failure of this side's
+/// transport (e.g. a TLS alert, which tonic reports as `Unknown`).
 fn is_transport_failure(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-    ) && status.metadata().get(crate::api::ERROR_KIND_KEY).is_none()
+    let from_transport = std::error::Error::source(status)
+        .is_some_and(|source| source.is::<tonic::transport::Error>());
+    (from_transport
+        || matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ))
+        && status.metadata().get(crate::api::ERROR_KIND_KEY).is_none()
+}
+
+/// A transport failure with its causes ("transport error" alone does not say that, e.g., the peer's
+/// certificate is not trusted).
+fn transport_detail(status: &tonic::Status) -> String {
+    let mut detail = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if !detail.ends_with(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = error.source();
+    }
+    detail
 }
 
 /// Makes openraft's per-peer clients; it never connects by itself.
@@ -295,7 +332,7 @@ impl RaftPeer {
                 reply.into_inner()
             }
             Ok(Err(status)) if is_transport_failure(&status) => {
-                let error = format!("{:?}: {}", status.code(), status.message());
+                let error = transport_detail(&status);
                 self.peers
                     .record_reachability(self.target, &self.addr, Some(&error));
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));

@@ -1,8 +1,8 @@
 //! Wiring of one node: the only place that builds the `Raft`, spawns long-lived tasks and knows the
 //! shutdown order.
 //!
-//! Start: bind the gRPC port and the metrics port (a taken port fails before anything touches the disk), check
-//! the data dir is writable, open storage (refusing a data dir of another node or cluster), build openraft,
+//! Start: bind the gRPC port and the metrics port (a taken port fails before anything touches the disk), load
+//! and check the TLS files if TLS is on, check the data dir is writable, open storage (refusing a data dir of another node or cluster), build openraft,
 //! serve peer + client + admin + health + reflection gRPC on the one port, start the observer (gauges,
 //! lifecycle logs, health) and the `/metrics` endpoint, then bootstrap if `--initial-cluster` names this node
 //! (idempotent: an initialized node ignores it). Everything runs in the span `node{node_id}`; every RPC in a
@@ -30,7 +30,9 @@ use raftkv_proto::peer::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
-use tonic::transport::server::TcpConnectInfo;
+use tokio_stream::StreamExt as _;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
@@ -46,6 +48,7 @@ use crate::reads::{LeaderContact, Reader};
 use crate::state_machine::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::storage::{self, LogStore, OpenError};
 use crate::telemetry;
+use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECTIONS_PENDING_MAX};
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
@@ -143,6 +146,10 @@ impl Node {
         span: tracing::Span,
     ) -> anyhow::Result<Node> {
         let recorder = telemetry::recorder()?;
+        let tls = match &config.tls {
+            Some(paths) => Some(NodeTls::load(paths)?),
+            None => None,
+        };
         check_data_dir(&config.data_dir)?;
         let (log_store, state_machine) =
             storage::open(&config.data_dir, config.id, &config.cluster_id)
@@ -151,6 +158,7 @@ impl Node {
             config.id,
             config.cluster_id.clone(),
             config.peer_routes.clone(),
+            tls.as_ref().map(|tls| tls.peer_client.clone()),
         );
         let raft = Raft::new(
             config.id,
@@ -208,47 +216,92 @@ impl Node {
             .build_v1alpha()
             .context("cannot build the grpc reflection service")?;
 
+        let refusals = Arc::new(RefusalLog::default());
+        let peer_authenticator = PeerAuthenticator {
+            tls: tls.is_some(),
+            refusals: refusals.clone(),
+            span: span.clone(),
+        };
         let (stop_serving, stop_signal) = oneshot::channel::<()>();
         let rpc_parent = span.clone();
         let server = tonic::transport::Server::builder()
             .timeout(SERVER_REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             .trace_fn(move |request| {
-                let remote = request
-                    .extensions()
+                let extensions = request.extensions();
+                let remote = extensions
                     .get::<TcpConnectInfo>()
+                    .or_else(|| {
+                        extensions
+                            .get::<TlsConnectInfo<TcpConnectInfo>>()
+                            .map(TlsConnectInfo::get_ref)
+                    })
                     .and_then(TcpConnectInfo::remote_addr);
                 tracing::info_span!(parent: &rpc_parent, "rpc", method = request.uri().path(), remote = ?remote)
             })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(InterceptedService::new(
                 PeerServer::new(peer)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-            )
+                peer_authenticator,
+            ))
             .add_service(
                 KvServer::new(api.clone())
                     .max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
-            .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-                async {
-                    let _ = stop_signal.await;
-                },
-            );
-        let server_task = tokio::spawn(
-            async move {
-                if let Err(error) = server.await {
-                    tracing::error!(%error, "grpc server failed");
-                }
+            .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX));
+        let stopped_serving = async {
+            let _ = stop_signal.await;
+        };
+        let server_task = match &tls {
+            None => {
+                // `Server::tcp_nodelay` does not apply to an incoming stream of our own: set it here, or
+                // small responses wait for the client's delayed ACK (Nagle).
+                let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true));
+                let server = server.serve_with_incoming_shutdown(incoming, stopped_serving);
+                tokio::spawn(
+                    async move {
+                        if let Err(error) = server.await {
+                            tracing::error!(%error, "grpc server failed");
+                        }
+                    }
+                    .instrument(span.clone()),
+                )
             }
-            .instrument(span.clone()),
-        );
-        tracing::info!(listen = %config.listen, advertise = %config.advertise, "listening");
+            Some(tls) => {
+                // Plaintext connections go to a second server that only explains why they are refused. It
+                // stops when the TLS incoming stream (holding the sender) is dropped at shutdown.
+                let (plaintext, plaintext_connections) =
+                    tokio::sync::mpsc::channel(PLAINTEXT_CONNECTIONS_PENDING_MAX);
+                let incoming =
+                    tls::incoming(listeners.grpc, tls, plaintext, refusals, span.clone());
+                let server = server.serve_with_incoming_shutdown(incoming, stopped_serving);
+                let refusal_server = tonic::transport::Server::builder()
+                    .timeout(SERVER_REQUEST_TIMEOUT)
+                    .add_routes(tls::plaintext_refusal_routes())
+                    .serve_with_incoming(
+                        tokio_stream::wrappers::ReceiverStream::new(plaintext_connections)
+                            .map(Ok::<_, std::io::Error>),
+                    );
+                tokio::spawn(
+                    async move {
+                        let (served, refused) = tokio::join!(server, refusal_server);
+                        if let Err(error) = served {
+                            tracing::error!(%error, "grpc server failed");
+                        }
+                        if let Err(error) = refused {
+                            tracing::warn!(%error, "plaintext refusal server failed");
+                        }
+                    }
+                    .instrument(span.clone()),
+                )
+            }
+        };
+        tracing::info!(listen = %config.listen, advertise = %config.advertise, tls = tls.is_some(), "listening");
 
         let observer = Observer {
             node_id: config.id,

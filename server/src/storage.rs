@@ -330,6 +330,9 @@ fn run_flusher(
         }
         let started = Instant::now();
         let result = flush_durably(&db, &files);
+        // Let go of the database before completing the callbacks: once the last `LogStore` is dropped after
+        // its appends are acknowledged, the store must be closed (its lock released) so it can be reopened.
+        drop(db);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .flushed_entries
@@ -344,7 +347,6 @@ fn run_flusher(
             };
             callback.log_io_completed(result);
         }
-        drop(db);
     }
 }
 

@@ -19,6 +19,7 @@ async fn start(nodes: u64, dir: &TempDir) -> Cluster {
         server_binary: find_server_binary().expect("raftkv-server binary"),
         data_root: dir.path().to_path_buf(),
         extra_args: fast_timing_args(),
+        tls: false,
     };
     Cluster::start(config).await.expect("start cluster")
 }

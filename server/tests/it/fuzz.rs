@@ -334,7 +334,7 @@ async fn in_process_node() -> InProcessNode {
     const NODE_ID: NodeId = 1;
     let dir = tempfile::TempDir::new().unwrap();
     let (log_store, state_machine) = storage::open(dir.path(), NODE_ID, CLUSTER_ID).unwrap();
-    let peers = PeerChannels::new(NODE_ID, CLUSTER_ID.to_string(), BTreeMap::new());
+    let peers = PeerChannels::new(NODE_ID, CLUSTER_ID.to_string(), BTreeMap::new(), None);
     let config = openraft::Config {
         cluster_name: CLUSTER_ID.to_string(),
         ..Default::default()

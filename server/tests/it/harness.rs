@@ -1,5 +1,6 @@
 //! Test harness: real `raftkv-server` processes on 127.0.0.1 with free ports and temporary data dirs, killed
-//! by pid when the cluster is dropped. Waits are condition polls with deadlines, never bare sleeps.
+//! by pid when the cluster is dropped. Waits are condition polls with deadlines, never bare sleeps. Each node's
+//! stderr (at `RUST_LOG=warn`) goes to `node{id}.log` next to its data dir, for tests that check warnings.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raftkv_client::{Client, ClientConfig, Role, StatusResponse};
+use raftkv_client::{Client, ClientConfig, Role, StatusResponse, TlsConfig};
 use tempfile::TempDir;
 
 /// How often conditions are polled.
@@ -37,6 +38,8 @@ pub struct TestNode {
 pub struct TestCluster {
     pub nodes: BTreeMap<u64, TestNode>,
     pub initial_cluster: String,
+    /// What the cluster's clients trust, for a TLS cluster.
+    pub client_tls: Option<TlsConfig>,
     _dir: TempDir,
 }
 
@@ -68,7 +71,20 @@ impl TestCluster {
         TestCluster::start_nodes(size, extra_args, true)
     }
 
+    /// Starts `size` nodes bootstrapped together, node `id` with `node_args(id)` (e.g. its own certificate).
+    pub fn start_with_node_args(size: u64, node_args: impl Fn(u64) -> Vec<String>) -> TestCluster {
+        TestCluster::start_nodes_with(size, node_args, false)
+    }
+
     fn start_nodes(size: u64, extra_args: &[String], metrics: bool) -> TestCluster {
+        TestCluster::start_nodes_with(size, |_| extra_args.to_vec(), metrics)
+    }
+
+    fn start_nodes_with(
+        size: u64,
+        node_args: impl Fn(u64) -> Vec<String>,
+        metrics: bool,
+    ) -> TestCluster {
         let dir = TempDir::new().unwrap();
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
@@ -82,7 +98,7 @@ impl TestCluster {
                     addr,
                     metrics_addr,
                     data_dir,
-                    extra_args: extra_args.to_vec(),
+                    extra_args: node_args(id),
                     child: None,
                 },
             );
@@ -95,6 +111,7 @@ impl TestCluster {
         let mut cluster = TestCluster {
             nodes,
             initial_cluster,
+            client_tls: None,
             _dir: dir,
         };
         for id in 1..=size {
@@ -122,8 +139,23 @@ impl TestCluster {
         addr
     }
 
+    /// Where node `id`'s stderr goes.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self._dir.path().join(format!("node{id}.log"))
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
     fn spawn(&mut self, id: u64, bootstrap: bool) {
         let initial_cluster = self.initial_cluster.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open the node log");
         let node = self.nodes.get_mut(&id).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_raftkv-server"));
         command
@@ -138,7 +170,7 @@ impl TestCluster {
             .args(&node.extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         if bootstrap {
             command.args(["--initial-cluster", &initial_cluster]);
         }
@@ -197,14 +229,21 @@ impl TestCluster {
         self.nodes.values().map(|node| node.addr.clone()).collect()
     }
 
+    /// A client configuration for `endpoints`, trusting the cluster's CA if it has TLS.
+    pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints);
+        config.tls = self.client_tls.clone();
+        config
+    }
+
     /// A client of every node.
     pub fn client(&self) -> Client {
-        Client::new(ClientConfig::new(self.endpoints())).unwrap()
+        Client::new(self.client_config(self.endpoints())).unwrap()
     }
 
     /// A client of one node only (it still follows leader hints for writes).
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new(ClientConfig::new(vec![self.addr(id)])).unwrap()
+        Client::new(self.client_config(vec![self.addr(id)])).unwrap()
     }
 
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {

@@ -572,6 +572,9 @@ async fn sigterm_under_write_load_keeps_every_acknowledged_write() {
     check_every_write(&client, &acknowledged, &ReadOptions::default()).await;
 }
 
+/// Attempts of one read in `check_every_write` before the test gives up on it.
+const READ_ATTEMPTS_MAX: usize = 20;
+
 /// Reads every acknowledged write with `options` and checks its value and revision.
 async fn check_every_write(
     client: &raftkv_client::Client,
@@ -579,10 +582,20 @@ async fn check_every_write(
     options: &ReadOptions,
 ) {
     for (key, (value, revision)) in acknowledged {
-        let read = client
-            .get(key.clone(), options)
-            .await
-            .unwrap_or_else(|error| panic!("reading {key}: {error}"));
+        // A node that just restarted may refuse a read for a moment (no quorum confirmed yet, no leader known);
+        // a pinned read is not retried by the client, so retry refusals here. A wrong value fails at once.
+        let mut attempts = 0;
+        let read = loop {
+            attempts += 1;
+            match client.get(key.clone(), options).await {
+                Ok(read) => break read,
+                Err(error) if attempts < READ_ATTEMPTS_MAX => {
+                    eprintln!("reading {key} refused, retrying: {error}");
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+                Err(error) => panic!("reading {key}: {error}"),
+            }
+        };
         let kv = read
             .kv
             .unwrap_or_else(|| panic!("acknowledged write {key} is gone"));
@@ -593,7 +606,7 @@ async fn check_every_write(
 
 /// Runs `raftkv-server` with `args` (and the default log filter), which must refuse to start: checks the
 /// exit code and that stderr is one line containing every piece of `expected`.
-fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
+pub fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv-server"))
         .args(args)
         .env_remove("RUST_LOG")
@@ -632,7 +645,7 @@ fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
 }
 
 /// Arguments of a node with id `id` listening on a free port with its data in `data_dir`.
-fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
+pub fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--id".into(),
         id.to_string(),
@@ -645,7 +658,7 @@ fn node_args(id: u64, data_dir: &Path) -> Vec<String> {
     args
 }
 
-fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|arg| arg.to_string()));
     args
 }
