@@ -141,7 +141,10 @@ impl Node {
             )
             .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // The builder's `tcp_nodelay` only applies to listeners tonic binds itself; set it on every
+                // accepted connection here, or Nagle holds each response's trailing frame until the client's
+                // delayed ACK (~40 ms per call).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     let _ = stopped.await;
                 },
