@@ -10,7 +10,9 @@
 # (sled flush) before it acknowledges. Timing is the same: heartbeat 100 ms, election timeout 1000 ms.
 #
 # Usage: scripts/bench-vs-etcd.sh [--rounds N] [--duration 10s] [--clients 64] [--key-space 10000]
-#                                 [--memory-keys 1000000] [--only WORKLOAD,...] [--out DIR]
+#                                 [--memory-keys 1000000] [--only WORKLOAD,...] [--out DIR] [--report DIR]
+# --report DIR prints the table of an earlier run's results and starts nothing. --rounds 0 runs only the
+# loads (and the memory figure).
 # Environment: BENCH_BASE_PORT (default 6400): raftkv on BASE+1..3, etcd clients on BASE+11..13, etcd peers on
 # BASE+21..23.
 set -euo pipefail
@@ -23,6 +25,7 @@ KEY_SPACE=10000
 MEMORY_KEYS=1000000
 ONLY=""
 OUT=""
+REPORT=""
 BASE="${BENCH_BASE_PORT:-6400}"
 # Longest wait for a cluster to elect a leader, in polls of POLL_SECONDS.
 READY_POLLS=150
@@ -40,12 +43,65 @@ while [ $# -gt 0 ]; do
         --memory-keys) MEMORY_KEYS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
+        --report) REPORT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench-vs-etcd: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 log() { echo "bench-vs-etcd: $*" >&2; }
+
+# name|bench arguments (the key space is preloaded once per system, by the load phase)
+WORKLOADS=(
+    "put|put --clients $CLIENTS"
+    "put-1-client|put --clients 1"
+    "get-linearizable|get --consistency linearizable --clients $CLIENTS --no-preload"
+    "get-lease|get --consistency lease --clients $CLIENTS --no-preload"
+    "get-stale|get --consistency stale --clients $CLIENTS --no-preload"
+    "mixed-50|mixed --read-ratio 0.5 --consistency linearizable --clients $CLIENTS --no-preload"
+)
+selected() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
+# --- the table of ratios (medians over rounds) -------------------------------------------------------------
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+figure() { # name system jq-expression
+    for file in "$OUT/$1.$2".*.json; do [ -f "$file" ] && jq -r "$3" "$file"; done | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
+report() {
+    printf '\n%-18s %12s %12s %7s %10s %10s %7s %10s %10s %7s\n' workload "raftkv op/s" "etcd op/s" ratio \
+        "raftkv p50" "etcd p50" ratio "raftkv p99" "etcd p99" ratio
+    local names=(load) entry name file rt et r50 e50 r99 e99 r_max e_max
+    for entry in "${WORKLOADS[@]}"; do
+        name="${entry%%|*}"
+        selected "$name" && names+=("$name")
+    done
+    for file in "$OUT"/load-*.raftkv.0.json; do [ -f "$file" ] && names+=("$(basename "$file" .raftkv.0.json)"); done
+    for name in "${names[@]}"; do
+        ls "$OUT/$name".raftkv.*.json >/dev/null 2>&1 || continue
+        rt=$(figure "$name" raftkv .throughput_ops_per_s) et=$(figure "$name" etcd .throughput_ops_per_s)
+        r50=$(figure "$name" raftkv .latency.p50_us) e50=$(figure "$name" etcd .latency.p50_us)
+        r99=$(figure "$name" raftkv .latency.p99_us) e99=$(figure "$name" etcd .latency.p99_us)
+        printf '%-18s %12.0f %12.0f %7s %10s %10s %7s %10s %10s %7s\n' "$name" "$rt" "$et" "$(ratio "$rt" "$et")" \
+            "$(ms "$r50")" "$(ms "$e50")" "$(ratio "$r50" "$e50")" "$(ms "$r99")" "$(ms "$e99")" "$(ratio "$r99" "$e99")"
+    done
+    if [ -f "$OUT/memory.txt" ]; then
+        echo
+        echo "resident memory per node after loading $(cat "$OUT/memory-keys.txt" 2>/dev/null) keys (KiB):"
+        awk '{ print "  " $1 " pid " $2 ": " $3 }' "$OUT/memory.txt"
+        r_max=$(awk '$1 == "raftkv" { if ($3 > m) m = $3 } END { print m }' "$OUT/memory.txt")
+        e_max=$(awk '$1 == "etcd" { if ($3 > m) m = $3 } END { print m }' "$OUT/memory.txt")
+        echo "  largest node: raftkv ${r_max} KiB, etcd ${e_max} KiB, ratio $(ratio "$r_max" "$e_max")"
+    fi
+    echo
+    echo "per-run JSON: $OUT"
+}
+if [ -n "$REPORT" ]; then
+    OUT="$REPORT"
+    report
+    exit 0
+fi
 
 # --- prerequisites ---------------------------------------------------------------------------------------
 missing=()
@@ -142,38 +198,26 @@ start_etcd() {
 }
 
 # --- workloads -------------------------------------------------------------------------------------------
-# name|bench arguments (the preload is done once per system, below)
-WORKLOADS=(
-    "put|put --clients $CLIENTS"
-    "put-1-client|put --clients 1"
-    "get-linearizable|get --consistency linearizable --clients $CLIENTS --no-preload"
-    "get-lease|get --consistency lease --clients $CLIENTS --no-preload"
-    "get-stale|get --consistency stale --clients $CLIENTS --no-preload"
-    "mixed-50|mixed --read-ratio 0.5 --consistency linearizable --clients $CLIENTS --no-preload"
-)
-
-bench() { # system name round arguments...
-    local system="$1" name="$2" round="$3"
-    shift 3
+bench() { # system name round key-space arguments...
+    local system="$1" name="$2" round="$3" key_space="$4"
+    shift 4
     local endpoints="$RAFTKV_ENDPOINTS"
     [ "$system" = etcd ] && endpoints="$ETCD_ENDPOINTS"
     local file="$OUT/$name.$system.$round.json"
     # Exit 1 means some operations failed: the figures still count, and the error counts are in the JSON.
     "$RAFTKV" --endpoints "$endpoints" --timeout 10s -w json bench --target "$system" \
-        --key-space "$KEY_SPACE" "$@" >"$file" || [ $? -eq 1 ]
+        --key-space "$key_space" "$@" >"$file" || [ $? -eq 1 ]
     jq -r --arg name "$name" --arg round "$round" \
         '"\($round) \(.target) \($name): \(.throughput_ops_per_s) ops/s p50 \(.latency.p50_us) us p99 \(.latency.p99_us) us errors \(.errors)"' \
         "$file" >&2
 }
-
-selected() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 log "starting raftkv on $RAFTKV_ENDPOINTS and etcd on $ETCD_ENDPOINTS (data in $WORK)"
 start_raftkv
 start_etcd
 
 for system in raftkv etcd; do
-    bench "$system" load 0 load --clients "$CLIENTS"
+    bench "$system" load 0 "$KEY_SPACE" load --clients "$CLIENTS"
 done
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -183,7 +227,7 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r -a arguments <<<"${entry#*|}"
         if [ $((round % 2)) -eq 1 ]; then order="raftkv etcd"; else order="etcd raftkv"; fi
         for system in $order; do
-            bench "$system" "$name" "$round" "${arguments[@]}" --duration "$DURATION"
+            bench "$system" "$name" "$round" "$KEY_SPACE" "${arguments[@]}" --duration "$DURATION"
         done
     done
 done
@@ -193,44 +237,14 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 if [ "$MEMORY_KEYS" -gt 0 ]; then
     for system in raftkv etcd; do
         log "loading $MEMORY_KEYS keys into $system for the memory figure"
-        bench "$system" "load-$MEMORY_KEYS" 0 load --clients "$CLIENTS" --key-space "$MEMORY_KEYS"
+        bench "$system" "load-$MEMORY_KEYS" 0 "$MEMORY_KEYS" load --clients "$CLIENTS"
     done
     {
         for pid in "${RAFTKV_PIDS[@]}"; do echo "raftkv $pid $(rss_kib "$pid")"; done
         for pid in "${ETCD_PIDS[@]}"; do echo "etcd $pid $(rss_kib "$pid")"; done
     } >"$OUT/memory.txt"
+    echo "$MEMORY_KEYS" >"$OUT/memory-keys.txt"
 fi
 
-# --- the table of ratios -----------------------------------------------------------------------------------
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-figure() { # name system jq-expression
-    for file in "$OUT/$1.$2".*.json; do jq -r "$3" "$file"; done | median
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
-
-printf '\n%-18s %12s %12s %7s %10s %10s %7s %10s %10s %7s\n' workload "raftkv op/s" "etcd op/s" ratio \
-    "raftkv p50" "etcd p50" ratio "raftkv p99" "etcd p99" ratio
-names=(load)
-for entry in "${WORKLOADS[@]}"; do
-    name="${entry%%|*}"
-    selected "$name" && names+=("$name")
-done
-[ "$MEMORY_KEYS" -gt 0 ] && names+=("load-$MEMORY_KEYS")
-for name in "${names[@]}"; do
-    rt=$(figure "$name" raftkv .throughput_ops_per_s) et=$(figure "$name" etcd .throughput_ops_per_s)
-    r50=$(figure "$name" raftkv .latency.p50_us) e50=$(figure "$name" etcd .latency.p50_us)
-    r99=$(figure "$name" raftkv .latency.p99_us) e99=$(figure "$name" etcd .latency.p99_us)
-    printf '%-18s %12.0f %12.0f %7s %10s %10s %7s %10s %10s %7s\n' "$name" "$rt" "$et" "$(ratio "$rt" "$et")" \
-        "$(ms "$r50")" "$(ms "$e50")" "$(ratio "$r50" "$e50")" "$(ms "$r99")" "$(ms "$e99")" "$(ratio "$r99" "$e99")"
-done
-if [ -f "$OUT/memory.txt" ]; then
-    echo
-    echo "resident memory per node after loading $MEMORY_KEYS keys (KiB):"
-    awk '{ print "  " $1 " pid " $2 ": " $3 }' "$OUT/memory.txt"
-    r_max=$(awk '$1 == "raftkv" { if ($3 > m) m = $3 } END { print m }' "$OUT/memory.txt")
-    e_max=$(awk '$1 == "etcd" { if ($3 > m) m = $3 } END { print m }' "$OUT/memory.txt")
-    echo "  largest node: raftkv ${r_max} KiB, etcd ${e_max} KiB, ratio $(ratio "$r_max" "$e_max")"
-fi
-echo
-echo "per-run JSON: $OUT (rounds: $ROUNDS, duration: $DURATION, clients: $CLIENTS, key space: $KEY_SPACE)"
+report
+echo "rounds: $ROUNDS, duration: $DURATION, clients: $CLIENTS, key space: $KEY_SPACE"
