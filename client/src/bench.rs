@@ -257,8 +257,9 @@ enum Pool {
 /// One client's handle.
 enum Worker {
     Raftkv(raftkv::RaftkvWorker),
+    /// Boxed: etcd-client's handle is several times the size of ours.
     #[cfg(feature = "etcd")]
-    Etcd(etcd::EtcdWorker),
+    Etcd(Box<etcd::EtcdWorker>),
 }
 
 impl Pool {
@@ -292,7 +293,7 @@ impl Pool {
         match self {
             Pool::Raftkv(pool) => Worker::Raftkv(pool.worker(index)),
             #[cfg(feature = "etcd")]
-            Pool::Etcd(pool) => Worker::Etcd(pool.worker(index)),
+            Pool::Etcd(pool) => Worker::Etcd(Box::new(pool.worker(index))),
         }
     }
 }
