@@ -1,8 +1,8 @@
 //! The `raftkv` command line: flags (clap derive), running one command through the client library, printing
 //! its result as a table, JSON (one object per result) or plain text, and choosing the exit code.
 //!
-//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, key not found for `get`); 2 usage or connection
-//! error; 3 indeterminate (the write may have been applied).
+//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, key not found for `get`, a `bench` run in which
+//! some operations failed); 2 usage or connection error; 3 indeterminate (the write may have been applied).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -124,6 +124,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<MembersAction>,
     },
+    /// Measure throughput and latency: put, get, mixed or load workloads from many concurrent clients.
+    Bench(crate::bench::BenchArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -237,7 +239,7 @@ fn envelope_text(envelope: &ReadEnvelope) -> String {
 }
 
 /// Prints rows as an aligned table with a header.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -316,6 +318,16 @@ fn tls_config(cli: &Cli) -> Result<Option<TlsConfig>, Failure> {
             "--cert and --key need --ca: pass the cluster's CA certificate too".to_string(),
         )),
         None => Ok(None),
+    }
+}
+
+impl Cli {
+    /// Threads the async runtime should have: one, except for `bench`, whose flag says.
+    pub fn runtime_threads(&self) -> usize {
+        match &self.command {
+            Command::Bench(args) => args.threads.clamp(1, crate::bench::THREADS_MAX),
+            _ => 1,
+        }
     }
 }
 
@@ -530,6 +542,35 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(EXIT_OK)
         }
         Command::Status => Ok(print_status(&client, output).await),
+        Command::Bench(args) => {
+            let report = crate::bench::run(&args, client.config().clone())
+                .await
+                .map_err(|message| Failure {
+                    message,
+                    code: EXIT_USAGE,
+                })?;
+            match output {
+                Output::Json => println!("{}", report.json()),
+                Output::Table | Output::Simple => {
+                    let (header, rows) = report.table();
+                    print_table(&header, &rows);
+                    if !report.errors.is_empty() {
+                        let kinds: Vec<String> = report
+                            .errors
+                            .iter()
+                            .map(|(kind, count)| format!("{kind}={count}"))
+                            .collect();
+                        println!("errors: {}", kinds.join(" "));
+                    }
+                }
+            }
+            // Some operations failed: the figures are printed, and the exit code says they are not clean.
+            Ok(if report.errors.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            })
+        }
         Command::Members { action } => {
             let members = match action.unwrap_or(MembersAction::List) {
                 MembersAction::List => client.members().await,

@@ -67,6 +67,28 @@ pub enum ClientError {
     Other(String),
 }
 
+impl ClientError {
+    /// A short, stable name of the error's kind (`unavailable`, `indeterminate`, ...), for counting errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::OutOfRange(_) => "out_of_range",
+            ClientError::Unavailable { .. } => "unavailable",
+            ClientError::Indeterminate { .. } => "indeterminate",
+            ClientError::TooStale(_) => "too_stale",
+            ClientError::RevisionTimeout(_) => "revision_timeout",
+            ClientError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ClientError::Busy(_) => "busy",
+            ClientError::FailedPrecondition(_) => "failed_precondition",
+            ClientError::Connection { .. } => "connection",
+            ClientError::Tls { .. } => "tls",
+            ClientError::TlsConfig(_) => "tls_config",
+            ClientError::Unauthenticated(_) => "unauthenticated",
+            ClientError::Other(_) => "other",
+        }
+    }
+}
+
 /// How a failed attempt is to be treated by the retry loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Attempt {

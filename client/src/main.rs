@@ -1,6 +1,7 @@
 //! `raftkv`: parse the command line, run one command against the cluster, print one clear line on failure
 //! and exit with the code DESIGN.md gives (0 ok, 1 failed, 2 usage/connection, 3 indeterminate).
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
@@ -19,10 +20,16 @@ fn main() -> ExitCode {
             });
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli.runtime_threads() {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("raftkv: cannot start the async runtime: {error}");

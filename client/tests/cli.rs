@@ -492,3 +492,114 @@ fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
     assert_exit(&get, 0);
     assert_eq!(stdout(&get), "hello\n", "a refused write was applied");
 }
+
+/// `raftkv bench` runs a small workload against a real cluster: every operation is counted once, none fails,
+/// and the JSON report has throughput and ordered percentiles. `get` preloads the key space first, so every
+/// read finds its key (a missing key would count as a `not_found` error).
+#[test]
+fn bench_runs_a_small_workload_and_reports_it_as_json() {
+    let cluster = Cluster::start();
+    for (args, operations) in [
+        (
+            &["put", "--total", "200", "--clients", "8"][..],
+            &["put"][..],
+        ),
+        (
+            &[
+                "get",
+                "--total",
+                "150",
+                "--clients",
+                "4",
+                "--key-space",
+                "50",
+                "--consistency",
+                "lease",
+            ][..],
+            &["get"][..],
+        ),
+        (
+            &[
+                "mixed",
+                "--total",
+                "100",
+                "--clients",
+                "4",
+                "--connections",
+                "2",
+                "--key-space",
+                "20",
+                "--read-ratio",
+                "0.5",
+                "--consistency",
+                "stale",
+                "--rate",
+                "1000",
+            ][..],
+            &["get", "put"][..],
+        ),
+    ] {
+        let mut command = vec!["-w", "json", "bench"];
+        command.extend_from_slice(args);
+        let output = cluster.raftkv(&command);
+        assert_exit(&output, 0);
+        let report = &json_lines(&output)[0];
+        let total: u64 = args[2].parse().unwrap();
+        assert_eq!(report["workload"], args[0], "{report}");
+        assert_eq!(report["ops"], total, "{report}");
+        assert_eq!(report["ok"], total, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["latency"]["count"], total, "{report}");
+        assert!(
+            report["throughput_ops_per_s"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        let latency = &report["latency"];
+        let percentiles: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|name| latency[name].as_u64().unwrap())
+            .collect();
+        assert!(percentiles[0] > 0, "{report}");
+        assert!(
+            percentiles.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{report}"
+        );
+        let counted: Vec<&str> = report["ok_by_operation"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(counted, operations, "{report}");
+    }
+
+    let table = cluster.raftkv(&[
+        "-w",
+        "table",
+        "bench",
+        "put",
+        "--total",
+        "20",
+        "--clients",
+        "2",
+    ]);
+    assert_exit(&table, 0);
+    assert!(stdout(&table).starts_with("TARGET"), "{}", stdout(&table));
+    assert!(stdout(&table).contains("raftkv"), "{}", stdout(&table));
+}
+
+/// Flags that cannot make a run are refused before anything is sent, with exit 2 and what to change.
+#[test]
+fn bench_refuses_bad_flags_with_exit_2() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let output = raftkv(&dead, &["bench", "put", "--clients", "0"], None);
+    assert_exit(&output, 2);
+    assert!(stderr(&output).contains("--clients"), "{}", stderr(&output));
+    let output = raftkv(&dead, &["bench", "put", "--total", "5"], None);
+    assert_exit(&output, 2);
+    assert!(
+        stderr(&output).contains("is the cluster up?"),
+        "{}",
+        stderr(&output)
+    );
+}

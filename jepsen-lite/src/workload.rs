@@ -203,26 +203,6 @@ fn write_definitely_failed(error: &ClientError) -> bool {
     )
 }
 
-/// The short name of an error, for counting in the report.
-pub fn error_kind(error: &ClientError) -> &'static str {
-    match error {
-        ClientError::InvalidArgument(_) => "invalid_argument",
-        ClientError::OutOfRange(_) => "out_of_range",
-        ClientError::Unavailable { .. } => "unavailable",
-        ClientError::Indeterminate { .. } => "indeterminate",
-        ClientError::TooStale(_) => "too_stale",
-        ClientError::RevisionTimeout(_) => "revision_timeout",
-        ClientError::DeadlineExceeded { .. } => "deadline_exceeded",
-        ClientError::Busy(_) => "busy",
-        ClientError::FailedPrecondition(_) => "failed_precondition",
-        ClientError::Connection { .. } => "connection",
-        ClientError::Tls { .. } => "tls",
-        ClientError::TlsConfig(_) => "tls_config",
-        ClientError::Unauthenticated(_) => "unauthenticated",
-        ClientError::Other(_) => "other",
-    }
-}
-
 fn write_error(error: &ClientError, value: Value) -> Outcome {
     let kind = if write_definitely_failed(error) {
         EventType::Fail
@@ -230,7 +210,7 @@ fn write_error(error: &ClientError, value: Value) -> Outcome {
         EventType::Info
     };
     Outcome::new(kind, value)
-        .with("error", error_kind(error))
+        .with("error", error.kind())
         .with("message", error.to_string())
 }
 
@@ -258,7 +238,7 @@ fn read_outcome(result: Result<GetResult, ClientError>, policy: &ReadPolicy) -> 
         }
         // A read has no effect, so a failed one definitely did not happen.
         Err(error) => Outcome::new(EventType::Fail, Value::Null)
-            .with("error", error_kind(&error))
+            .with("error", error.kind())
             .with("message", error.to_string()),
     };
     match policy.max_staleness {
@@ -369,7 +349,7 @@ pub async fn read_set(client: &Client, endpoint: &str) -> Outcome {
             Ok(page) => page,
             Err(error) => {
                 return Outcome::new(EventType::Fail, Value::Null)
-                    .with("error", error_kind(&error))
+                    .with("error", error.kind())
                     .with("message", error.to_string())
             }
         };
