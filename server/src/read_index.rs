@@ -3,8 +3,11 @@
 //! A linearizable read needs the leader to confirm, with a quorum round that starts after the read arrived,
 //! that it is still the leader; the read may then be served once the node has applied up to the commit index
 //! the round returned. One round serves every read that arrived before it started: the batcher task drains
-//! all waiting reads, runs one `get_read_log_id` round with a deadline, and answers them all. Reads that
-//! arrive while a round is in flight wait for the next one (they may not use a round that began before them).
+//! all waiting reads, starts one `get_read_log_id` round with a deadline for them, and answers them all when it
+//! ends. Reads may not use a round that began before they arrived, so reads arriving while a round is in flight
+//! start the next round at once rather than waiting for the first to end: up to `READ_INDEX_ROUNDS_IN_FLIGHT_MAX`
+//! rounds overlap. A read then waits about one round, not one and a half; beyond the cap, reads queue and share
+//! the next round, so a burst still costs few rounds.
 //!
 //! Lease: a successful round that *started* at `t` proves no other leader can be elected before
 //! `t + election_timeout_min`, because every follower that acknowledged it refuses votes until an election
@@ -21,6 +24,10 @@ use crate::raft_types::{NodeId, Raft};
 
 /// Reads that may wait for the next round at once; beyond it a read is refused (`ResourceExhausted`).
 pub const READ_WAITERS_MAX: usize = 65_536;
+/// Read-index rounds that may be in flight at once. Each round is one heartbeat to every follower, so the cap
+/// bounds the extra peer traffic reads can cause, while still letting a read start its own round instead of
+/// waiting for one that began before it.
+pub const READ_INDEX_ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// Longest a read-index round may take before its reads fail as unable to reach a quorum.
 pub const READ_INDEX_ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -158,61 +165,75 @@ async fn run(
     lease: Arc<Lease>,
     rounds: Arc<AtomicU64>,
 ) {
-    while let Some(first) = receiver.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(next) = receiver.try_recv() {
-            waiters.push(next);
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            waiter = receiver.recv(), if in_flight.len() < READ_INDEX_ROUNDS_IN_FLIGHT_MAX => {
+                let Some(first) = waiter else { break };
+                let mut waiters = vec![first];
+                while let Ok(next) = receiver.try_recv() {
+                    waiters.push(next);
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+                in_flight.spawn(round(raft.clone(), node_id, waiters, lease.clone()));
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
-        let started = Instant::now();
-        rounds.fetch_add(1, Ordering::Relaxed);
-        let result =
-            match tokio::time::timeout(READ_INDEX_ROUND_TIMEOUT, raft.get_read_log_id()).await {
-                Ok(Ok((read_log_id, _applied))) => {
-                    let term = raft.metrics().borrow().current_term;
-                    let read_index = ReadIndex {
-                        index: read_log_id.map_or(0, |log_id| log_id.index),
+    }
+    // Every handle is gone: finish the rounds already started so their reads get an answer.
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// One quorum round for `waiters`, all of which arrived before it started; answers them all.
+async fn round(raft: Raft, node_id: NodeId, waiters: Vec<Waiter>, lease: Arc<Lease>) {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(READ_INDEX_ROUND_TIMEOUT, raft.get_read_log_id()).await
+    {
+        Ok(Ok((read_log_id, _applied))) => {
+            let term = raft.metrics().borrow().current_term;
+            let read_index = ReadIndex {
+                index: read_log_id.map_or(0, |log_id| log_id.index),
+                term,
+                leader_id: node_id,
+            };
+            if !lease.duration.is_zero() {
+                lease.extend(
+                    started,
+                    ReadIndexLease {
                         term,
                         leader_id: node_id,
-                    };
-                    if !lease.duration.is_zero() {
-                        lease.extend(
-                            started,
-                            ReadIndexLease {
-                                term,
-                                leader_id: node_id,
-                            },
-                        );
-                    }
-                    Ok(read_index)
-                }
-                Ok(Err(error)) => {
-                    lease.revoke();
-                    Err(match error {
-                        openraft::error::RaftError::APIError(
-                            openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
-                        ) => ReadIndexError::NotLeader {
-                            leader_id: forward.leader_id,
-                        },
-                        openraft::error::RaftError::APIError(error) => {
-                            ReadIndexError::NoQuorum(error.to_string())
-                        }
-                        openraft::error::RaftError::Fatal(_) => ReadIndexError::ShuttingDown,
-                    })
-                }
-                Err(_) => {
-                    lease.revoke();
-                    Err(ReadIndexError::NoQuorum(format!(
-                        "no quorum answered within {READ_INDEX_ROUND_TIMEOUT:?}"
-                    )))
-                }
-            };
-        tracing::trace!(
-            reads = waiters.len(),
-            ok = result.is_ok(),
-            "read-index round"
-        );
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
+                    },
+                );
+            }
+            Ok(read_index)
         }
+        Ok(Err(error)) => {
+            lease.revoke();
+            Err(match error {
+                openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
+                ) => ReadIndexError::NotLeader {
+                    leader_id: forward.leader_id,
+                },
+                openraft::error::RaftError::APIError(error) => {
+                    ReadIndexError::NoQuorum(error.to_string())
+                }
+                openraft::error::RaftError::Fatal(_) => ReadIndexError::ShuttingDown,
+            })
+        }
+        Err(_) => {
+            lease.revoke();
+            Err(ReadIndexError::NoQuorum(format!(
+                "no quorum answered within {READ_INDEX_ROUND_TIMEOUT:?}"
+            )))
+        }
+    };
+    tracing::trace!(
+        reads = waiters.len(),
+        ok = result.is_ok(),
+        "read-index round"
+    );
+    for waiter in waiters {
+        let _ = waiter.send(result.clone());
     }
 }
