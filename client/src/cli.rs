@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftkv_client::names::{consistency_name, role_name};
 use raftkv_client::{
     CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue,
     ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse, TlsConfig,
@@ -182,25 +183,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn role_name(role: i32) -> &'static str {
-    match Role::try_from(role) {
-        Ok(Role::Leader) => "leader",
-        Ok(Role::Follower) => "follower",
-        Ok(Role::Candidate) => "candidate",
-        Ok(Role::Learner) => "learner",
-        Ok(Role::Shutdown) => "shutdown",
-        _ => "unknown",
-    }
-}
-
-fn consistency_name(consistency: i32) -> &'static str {
-    match raftkv_proto::kv::Consistency::try_from(consistency) {
-        Ok(raftkv_proto::kv::Consistency::Lease) => "lease",
-        Ok(raftkv_proto::kv::Consistency::Stale) => "stale",
-        _ => "linearizable",
-    }
 }
 
 fn kv_json(kv: &KeyValue) -> Value {

@@ -3,6 +3,7 @@
 
 mod client;
 pub mod error;
+pub mod names;
 mod tls;
 
 pub use client::{

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use raftkv_client::names::role_name;
 use raftkv_client::{Client, ClientConfig, ClientError, Consistency, GetResult, ReadOptions, Role};
 
 use crate::cluster::{fast_timing_args, Cluster, ClusterConfig};
-use crate::observer::role_name;
 
 /// Nodes in the demo cluster.
 pub const DEMO_NODES: u64 = 5;

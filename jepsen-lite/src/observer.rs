@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkv_client::{Client, ClientConfig, Role, StatusResponse, TlsConfig};
+use raftkv_client::names::role_name;
+use raftkv_client::{Client, ClientConfig, StatusResponse, TlsConfig};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -21,18 +22,6 @@ use crate::recorder::Recorder;
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
 /// The `type` of a poll that got no answer.
 pub const UNREACHABLE_TYPE: &str = "unreachable";
-
-/// The history name of a role.
-pub fn role_name(role: i32) -> &'static str {
-    match Role::try_from(role) {
-        Ok(Role::Leader) => "leader",
-        Ok(Role::Follower) => "follower",
-        Ok(Role::Candidate) => "candidate",
-        Ok(Role::Learner) => "learner",
-        Ok(Role::Shutdown) => "shutdown",
-        _ => "unknown",
-    }
-}
 
 /// The observation event of one status answer (without `time`, which the recorder sets).
 pub fn observation(status: &StatusResponse) -> Map<String, Value> {

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use raftkv_client::names::{consistency_name, role_name};
 use raftkv_client::{
     Client, ClientError, Consistency, Expected, GetResult, ReadEnvelope, ReadOptions, ScanRange,
     Session,
@@ -25,7 +26,6 @@ use rand::Rng as _;
 use serde_json::{Map, Value};
 
 use crate::history::{EventType, Function};
-use crate::observer::role_name;
 
 /// Where register values live in the store.
 pub const REGISTER_PREFIX: &str = "register/";
@@ -173,12 +173,7 @@ pub fn envelope_json(envelope: &ReadEnvelope) -> Value {
     serde_json::json!({
         "node_id": envelope.node_id,
         "role": role_name(envelope.role),
-        "consistency": match envelope.consistency {
-            1 => "linearizable",
-            2 => "lease",
-            3 => "stale",
-            _ => "unspecified",
-        },
+        "consistency": consistency_name(envelope.consistency),
         "applied_index": envelope.applied_index,
         "term": envelope.term,
         "leader_id": envelope.leader_id,
