@@ -223,6 +223,9 @@ fn every_command_in_each_format_with_exit_codes() {
         "greeting",
         "--consistency",
         "stale",
+        // A stale read on a follower may not have the write yet; wait for it (read-your-writes).
+        "--min-revision",
+        &revision.to_string(),
         "--endpoint",
         &cluster.endpoints[2],
     ]);
