@@ -153,7 +153,8 @@ impl Observer {
         let load =
             |value: &std::sync::atomic::AtomicU64| value.load(std::sync::atomic::Ordering::Relaxed);
         counter!(names::STORAGE_FLUSHES).absolute(load(&stats.flushes));
-        counter!(names::STORAGE_FLUSHED_APPENDS).absolute(load(&stats.flushed_entries));
+        counter!(names::STORAGE_FLUSHED_APPENDS).absolute(load(&stats.flushed_appends));
+        counter!(names::STORAGE_FLUSHED_ENTRIES).absolute(load(&stats.flushed_entries));
         counter!(names::STORAGE_FLUSH_MICROSECONDS).absolute(load(&stats.flush_micros_total));
         counter!(names::SNAPSHOTS_BUILT).absolute(load(&stats.snapshots_built));
         counter!(names::SNAPSHOTS_INSTALLED).absolute(load(&stats.snapshots_installed));

@@ -102,6 +102,9 @@ pub enum OpenError {
 #[derive(Debug, Default)]
 pub struct StorageStats {
     pub flushes: AtomicU64,
+    /// Appends (openraft callbacks, one or more entries each) made durable by the flushes.
+    pub flushed_appends: AtomicU64,
+    /// Log entries made durable by the flushes.
     pub flushed_entries: AtomicU64,
     pub flush_micros_total: AtomicU64,
     pub snapshots_built: AtomicU64,
@@ -310,6 +313,8 @@ fn flush_durably(db: &sled::Db, files: &Mutex<SledFiles>) -> io::Result<()> {
 struct FlushRequest {
     db: sled::Db,
     callback: LogFlushed<TypeConfig>,
+    /// Entries in the append, for the entries-per-flush figure.
+    entries: u64,
 }
 
 /// The flusher thread: waits for append callbacks, drains all that are queued, flushes once, completes them.
@@ -322,11 +327,14 @@ fn run_flusher(
     while let Ok(FlushRequest {
         db,
         callback: first,
+        entries,
     }) = receiver.recv()
     {
         let mut batch = vec![first];
+        let mut batch_entries = entries;
         while let Ok(next) = receiver.try_recv() {
             batch.push(next.callback);
+            batch_entries += next.entries;
         }
         let started = Instant::now();
         let result = flush_durably(&db, &files);
@@ -335,8 +343,11 @@ fn run_flusher(
         drop(db);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
-            .flushed_entries
+            .flushed_appends
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .flushed_entries
+            .fetch_add(batch_entries, Ordering::Relaxed);
         stats
             .flush_micros_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -552,10 +563,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut count = 0;
         for entry in entries {
             let bytes = postcard::to_stdvec(&entry)
                 .map_err(|error| write_error(ErrorSubject::Log(entry.log_id), error))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            count += 1;
         }
         self.log
             .apply_batch(batch)
@@ -563,11 +576,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match self.flush_sender.try_send(FlushRequest {
             db: self.db.clone(),
             callback,
+            entries: count,
         }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(FlushRequest { callback, .. })) => {
                 // The flusher is far behind: flush here rather than queue without bound.
                 let result = flush_durably(&self.db, &self.files);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.stats.flushed_appends.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .flushed_entries
+                    .fetch_add(count, Ordering::Relaxed);
                 callback.log_io_completed(result);
                 Ok(())
             }

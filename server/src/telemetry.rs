@@ -39,6 +39,7 @@ pub const CLIENT_OPERATION_SECONDS: &str = "raftkv_client_operation_duration_sec
 pub const PROPOSALS_PENDING: &str = "raftkv_proposals_pending";
 pub const STORAGE_FLUSHES: &str = "raftkv_storage_flushes_total";
 pub const STORAGE_FLUSHED_APPENDS: &str = "raftkv_storage_flushed_appends_total";
+pub const STORAGE_FLUSHED_ENTRIES: &str = "raftkv_storage_flushed_entries_total";
 pub const STORAGE_FLUSH_MICROSECONDS: &str = "raftkv_storage_flush_microseconds_total";
 pub const STORAGE_DISK_BYTES: &str = "raftkv_storage_disk_bytes";
 pub const SNAPSHOTS_BUILT: &str = "raftkv_snapshots_built_total";
@@ -144,6 +145,10 @@ fn describe() {
     describe_counter!(
         STORAGE_FLUSHED_APPENDS,
         "log appends (one or more entries each) made durable by group-commit flushes"
+    );
+    describe_counter!(
+        STORAGE_FLUSHED_ENTRIES,
+        "log entries made durable by group-commit flushes; divide by raftkv_storage_flushes_total for entries per flush"
     );
     describe_counter!(
         STORAGE_FLUSH_MICROSECONDS,

@@ -229,6 +229,11 @@ async fn metrics_follow_writes_and_a_leader_change() {
     assert!(after.value("raftkv_last_log_index") >= last as f64);
     assert!(after.value("raftkv_storage_flushes_total") > flushes_before);
     assert!(after.value("raftkv_storage_flushed_appends_total") > 0.0);
+    assert!(
+        after.value("raftkv_storage_flushed_entries_total")
+            >= after.value("raftkv_storage_flushed_appends_total"),
+        "every flushed append holds at least one entry"
+    );
     assert!(after.value("raftkv_storage_disk_bytes") > 0.0);
     assert_eq!(after.value("raftkv_proposals_pending"), 0.0);
     let puts_after = ok_operations(&after, "put");
