@@ -416,6 +416,36 @@ fn milliseconds_label(value: f64) -> String {
     }
 }
 
+/// A time chart with a linear y axis from 0 to `y_top` (whole-number labels): the mesh drawn with the axis
+/// descriptions `(x, y)` and the fault windows shaded, ready for data. The shared frame of the throughput and
+/// staleness charts, so they line up with each other.
+fn linear_time_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    axis: &TimeAxis,
+    y_top: f64,
+    (x_desc, y_desc): (&str, &str),
+    windows: &[FaultWindow],
+) -> anyhow::Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let seconds_text = seconds_label(axis);
+    let mut chart = ChartBuilder::on(root)
+        .margin(CHART_MARGIN_PX)
+        .x_label_area_size(X_LABEL_AREA_PX)
+        .y_label_area_size(Y_LABEL_AREA_PX)
+        .build_cartesian_2d(axis.range_s(), 0.0..y_top)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&seconds_text)
+        .y_label_formatter(&|value| format!("{value:.0}"))
+        .label_style((FONT_FAMILY, LABEL_FONT_SIZE))
+        .light_line_style(GRID_COLOR.mix(0.5))
+        .bold_line_style(GRID_COLOR)
+        .draw()?;
+    shade_fault_windows(&mut chart, windows)?;
+    Ok(chart)
+}
+
 /// Operations completed per second over time, one line per outcome, in buckets of [`THROUGHPUT_BUCKET_NS`]
 /// (wider for runs longer than [`THROUGHPUT_BUCKETS_MAX`] buckets).
 pub fn throughput_chart(
@@ -446,24 +476,14 @@ pub fn throughput_chart(
         .map(|(bucket, &count)| count as f64 / bucket_covered_s(bucket))
         .fold(0.0, f64::max);
     let y_top = (rate_max * LABEL_HEADROOM_FACTOR).max(1.0);
-    let seconds_text = seconds_label(axis);
     let svg = render_svg((CHART_WIDTH_PX, THROUGHPUT_CHART_HEIGHT_PX), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(CHART_MARGIN_PX)
-            .x_label_area_size(X_LABEL_AREA_PX)
-            .y_label_area_size(Y_LABEL_AREA_PX)
-            .build_cartesian_2d(axis.range_s(), 0.0..y_top)?;
-        chart
-            .configure_mesh()
-            .x_desc("completion time (s)")
-            .y_desc("operations / s")
-            .x_label_formatter(&seconds_text)
-            .y_label_formatter(&|value| format!("{value:.0}"))
-            .label_style((FONT_FAMILY, LABEL_FONT_SIZE))
-            .light_line_style(GRID_COLOR.mix(0.5))
-            .bold_line_style(GRID_COLOR)
-            .draw()?;
-        shade_fault_windows(&mut chart, windows)?;
+        let mut chart = linear_time_chart(
+            root,
+            axis,
+            y_top,
+            ("completion time (s)", "operations / s"),
+            windows,
+        )?;
         for (outcome, outcome_counts) in Outcome::ALL.iter().zip(&counts) {
             // A step line: each bucket's rate held flat across the bucket.
             let steps = outcome_counts
@@ -530,24 +550,14 @@ pub fn staleness_chart(
     let y_top = (points.iter().map(|&(_, millis)| millis).fold(0.0, f64::max)
         * LABEL_HEADROOM_FACTOR)
         .max(10.0);
-    let seconds_text = seconds_label(axis);
     let svg = render_svg((CHART_WIDTH_PX, STALENESS_CHART_HEIGHT_PX), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(CHART_MARGIN_PX)
-            .x_label_area_size(X_LABEL_AREA_PX)
-            .y_label_area_size(Y_LABEL_AREA_PX)
-            .build_cartesian_2d(axis.range_s(), 0.0..y_top)?;
-        chart
-            .configure_mesh()
-            .x_desc("invoke time (s)")
-            .y_desc("ms since leader")
-            .x_label_formatter(&seconds_text)
-            .y_label_formatter(&|value| format!("{value:.0}"))
-            .label_style((FONT_FAMILY, LABEL_FONT_SIZE))
-            .light_line_style(GRID_COLOR.mix(0.5))
-            .bold_line_style(GRID_COLOR)
-            .draw()?;
-        shade_fault_windows(&mut chart, windows)?;
+        let mut chart = linear_time_chart(
+            root,
+            axis,
+            y_top,
+            ("invoke time (s)", "ms since leader"),
+            windows,
+        )?;
         let style = STALENESS_COLOR.mix(0.7).filled();
         chart.draw_series(kept.iter().map(|&point| Circle::new(point, 2, style)))?;
         label_fault_windows(&mut chart, windows)?;
