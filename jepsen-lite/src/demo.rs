@@ -24,6 +24,14 @@ pub const DEMO_NODES: u64 = 5;
 pub const ELECTION_WAIT: Duration = Duration::from_secs(15);
 /// Deadline of the minority's write attempt: long enough for many election timeouts.
 pub const MINORITY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one demo read pinned to a node (a refusal comes well within it).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of the final reads after healing, when nodes may still be catching up.
+pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long dialling one node may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The bound of the demo's bounded stale read: far below how long the minority has been cut off by then.
+pub const STALENESS_BOUND: Duration = Duration::from_millis(200);
 
 /// Where the demo keeps its nodes, and which server it runs.
 pub struct DemoConfig {
@@ -64,7 +72,7 @@ impl Narrator<'_> {
 /// A client that can reach only `endpoint`: no failover to the other side.
 fn pinned_client(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(vec![endpoint.to_string()]);
-    config.connect_timeout = Duration::from_millis(500);
+    config.connect_timeout = CONNECT_TIMEOUT;
     config.request_timeout = timeout;
     config.overall_timeout = timeout;
     Ok(Client::new(config)?)
@@ -188,7 +196,7 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
     narrator.expect(held, &text)?;
     for &node in &minority {
         let addr = cluster.addr(node);
-        let client = pinned_client(&addr, Duration::from_secs(1))?;
+        let client = pinned_client(&addr, READ_TIMEOUT)?;
         let read = client
             .get(
                 "demo/before",
@@ -260,7 +268,7 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
     narrator.step("The minority side still serves stale reads, and says how stale they are")?;
     for &node in &minority {
         let addr = cluster.addr(node);
-        let client = pinned_client(&addr, Duration::from_secs(1))?;
+        let client = pinned_client(&addr, READ_TIMEOUT)?;
         let read = client
             .get("demo/after", &read_options(Consistency::Stale, &addr))
             .await;
@@ -275,12 +283,12 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
             Err(error) => narrator.expect(false, &format!("stale read on node {node} failed: {error}"))?,
         }
     }
-    let bounded = pinned_client(&cluster.addr(follower), Duration::from_secs(1))?
+    let bounded = pinned_client(&cluster.addr(follower), READ_TIMEOUT)?
         .get(
             "demo/before",
             &ReadOptions {
                 consistency: Consistency::Stale,
-                max_staleness: Some(Duration::from_millis(200)),
+                max_staleness: Some(STALENESS_BOUND),
                 endpoint: Some(cluster.addr(follower)),
                 ..Default::default()
             },
@@ -290,10 +298,14 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
         matches!(bounded, Err(ClientError::TooStale(_))),
         &match &bounded {
             Err(error) => {
-                format!("a stale read bounded to 200 ms on node {follower} is refused: {error}")
+                format!(
+                    "a stale read bounded to {} ms on node {follower} is refused: {error}",
+                    STALENESS_BOUND.as_millis()
+                )
             }
             Ok(result) => format!(
-                "a stale read bounded to 200 ms on node {follower} ANSWERED: {}",
+                "a stale read bounded to {} ms on node {follower} ANSWERED: {}",
+                STALENESS_BOUND.as_millis(),
                 show_value(result)
             ),
         },
@@ -339,7 +351,7 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
     ))?;
     for &node in &ids {
         let addr = cluster.addr(node);
-        let client = pinned_client(&addr, Duration::from_secs(2))?;
+        let client = pinned_client(&addr, FINAL_READ_TIMEOUT)?;
         let stale = read_options(Consistency::Stale, &addr);
         let before = client.get("demo/before", &stale).await.ok();
         let after = client.get("demo/after", &stale).await.ok();
