@@ -31,8 +31,8 @@ use tokio::task::JoinSet;
 use crate::availability::{self, AvailabilityReport, Slo};
 use crate::checker::{self, Model, Report, Verdict};
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::history::{EventType, History};
-use crate::nemesis::{self, ActiveFault, NemesisSet, Schedule};
+use crate::history::{EventType, History, Status};
+use crate::nemesis::{self, NemesisSet, Schedule};
 use crate::recorder::Recorder;
 use crate::workload::{self, Op, Outcome, ReadPolicy, WorkloadKind};
 
@@ -254,7 +254,7 @@ async fn client_task(shared: Arc<Shared>, index: usize) {
     }
 }
 
-/// Runs the nemesis schedule until the time limit; returns the faults still active (none, normally).
+/// Runs the nemesis schedule: each window starts its fault, records it, and heals exactly what it did.
 async fn nemesis_task(
     cluster: &mut Cluster,
     recorder: &Recorder,
@@ -280,15 +280,11 @@ async fn nemesis_task(
         if window.end > now {
             tokio::time::sleep(window.end - now).await;
         }
-        heal(cluster, &active)?;
+        active.heal(cluster)?;
         recorder.nemesis("stop", window.fault.name(), Value::Null);
         tracing::info!(fault = %window.fault, "fault healed");
     }
     Ok(())
-}
-
-fn heal(cluster: &mut Cluster, active: &ActiveFault) -> anyhow::Result<()> {
-    active.heal(cluster)
 }
 
 /// Lifts every fault that could be left over: all links pass, every node is running and resumed.
@@ -446,16 +442,10 @@ fn outcomes(history: &History) -> std::collections::BTreeMap<String, u64> {
     for op in &history.operations {
         let error = op.extra.get("error").and_then(Value::as_str).unwrap_or("");
         let name = match op.status {
-            checker_status @ (crate::history::Status::Fail | crate::history::Status::Info) => {
-                let word = if checker_status == crate::history::Status::Fail {
-                    "fail"
-                } else {
-                    "info"
-                };
-                format!("{word}:{error}")
-            }
-            crate::history::Status::Ok => "ok".to_string(),
-            crate::history::Status::Pending => "pending".to_string(),
+            Status::Ok => "ok".to_string(),
+            Status::Fail => format!("fail:{error}"),
+            Status::Info => format!("info:{error}"),
+            Status::Pending => "pending".to_string(),
         };
         *counts.entry(name).or_insert(0) += 1;
     }
