@@ -2,8 +2,8 @@
 //! a service-level objective. These are figures about how the cluster served clients under each fault, not
 //! safety verdicts: a CP store is expected to refuse some operations during a partition.
 //!
-//! A fault window is a nemesis `start` event and the next `stop` of the same fault (a start without a stop lasts
-//! to the end of the history). For each window:
+//! Fault windows are read by [`crate::faults`] (a `start` event and the next `stop` of the same fault; a start
+//! without a stop lasts to the end of the history). For each window:
 //! - `ok_fraction`: of the operations invoked in the window, the fraction that completed `ok`;
 //! - `longest_unavailability_ms`: the longest stretch of the window in which no operation completed `ok`;
 //! - `recovery_ms`: from the window's end (the heal) to the first `ok` completion of a write (write, cas or add)
@@ -13,8 +13,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::faults::{self, FaultWindow};
 use crate::history::{Function, History, Status};
-use crate::recorder::NEMESIS_PROCESS;
 
 /// What a run promises its clients under faults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -23,18 +23,6 @@ pub struct Slo {
     pub ok_fraction_min: f64,
     /// Longest time from a heal until writes succeed again.
     pub recovery_ms_max: u64,
-}
-
-/// One fault window, as found in the history.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FaultWindow {
-    pub fault: String,
-    /// What the fault hit (`1,2 | 3,4,5`, `killed node 2`).
-    pub description: String,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// False when the history ends before the fault's `stop`.
-    pub healed: bool,
 }
 
 /// The indicators of one fault window.
@@ -65,7 +53,7 @@ pub struct AvailabilityReport {
     pub windows: Vec<WindowIndicators>,
 }
 
-/// The fault windows of a history, in time order.
+/// The fault windows of a history, in time order; a window never stopped lasts to the history's last event.
 pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
     let history_end = history
         .operations
@@ -79,45 +67,7 @@ pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
         )
         .max()
         .unwrap_or(0);
-    let mut windows: Vec<FaultWindow> = Vec::new();
-    for event in &history.other_events {
-        let value = &event.value;
-        if value.get("process").and_then(Value::as_str) != Some(NEMESIS_PROCESS) {
-            continue;
-        }
-        let (Some(f), Some(fault), Some(time)) = (
-            value.get("f").and_then(Value::as_str),
-            value.get("fault").and_then(Value::as_str),
-            value.get("time").and_then(Value::as_u64),
-        ) else {
-            continue;
-        };
-        match f {
-            "start" => windows.push(FaultWindow {
-                fault: fault.to_string(),
-                description: value
-                    .get("value")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                start_ns: time,
-                end_ns: history_end,
-                healed: false,
-            }),
-            "stop" => {
-                if let Some(open) = windows
-                    .iter_mut()
-                    .rev()
-                    .find(|window| window.fault == fault && !window.healed)
-                {
-                    open.end_ns = time;
-                    open.healed = true;
-                }
-            }
-            _ => {}
-        }
-    }
-    windows
+    faults::fault_windows(history, history_end)
 }
 
 /// Computes the indicators of every fault window of `history` and judges them against `slo`.
@@ -181,7 +131,7 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
                 && recovery_ms.is_some_and(|ms| ms <= slo.recovery_ms_max);
             WindowIndicators {
                 fault: window.fault.clone(),
-                description: window.description.clone(),
+                description: window.description.clone().unwrap_or_default(),
                 start_ns: window.start_ns,
                 end_ns: window.end_ns,
                 operations: invoked.len(),
@@ -277,7 +227,7 @@ mod tests {
         ];
         let windows = fault_windows(&history(&lines));
         assert_eq!(windows.len(), 1);
-        assert!(!windows[0].healed);
+        assert!(windows[0].never_stopped);
         assert_eq!(windows[0].end_ns, 500 * MS);
         let report = check(
             &history(&lines),

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod checker;
 pub mod cluster;
 pub mod demo;
+pub mod faults;
 pub mod history;
 pub mod nemesis;
 pub mod net;

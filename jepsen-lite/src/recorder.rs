@@ -16,8 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::history::{Event, EventType, Function};
 
-/// The process name of nemesis events.
-pub const NEMESIS_PROCESS: &str = "nemesis";
+pub use crate::faults::NEMESIS_PROCESS;
 
 struct Sink {
     writer: BufWriter<File>,

@@ -12,7 +12,7 @@
 //! then left out), and every drawing is bounded (points thinned above a named limit, operations and keys capped)
 //! so a long run still gives a page of a few megabytes.
 //!
-//! - [`faults`]: nemesis events to fault windows.
+//! - fault windows come from [`crate::faults`], shared with the availability figures.
 //! - [`charts`]: the shared time frame, latency, throughput and staleness charts.
 //! - [`roles`]: observer events to the leader/term timeline.
 //! - [`anomaly`]: a linearizability counterexample drawn as a timeline.
@@ -20,7 +20,6 @@
 
 pub mod anomaly;
 pub mod charts;
-pub mod faults;
 pub mod html;
 pub mod roles;
 
@@ -29,9 +28,9 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::checker::HistorySummary;
+use crate::faults::{self, FaultWindow};
 use crate::history::History;
 use charts::{hex, Chart, Outcome, TimeAxis};
-use faults::FaultWindow;
 use html::{escape, seconds_text, value_text, Table};
 
 /// Checks under `results.checks`, in the order of the verdict table, with the figures shown for each

@@ -14,7 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::faults::FaultWindow;
+use crate::faults::FaultWindow;
 use crate::history::{Function, History, Operation, Status};
 
 /// Width of every chart, in pixels.

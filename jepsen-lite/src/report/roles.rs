@@ -20,8 +20,8 @@ use super::charts::{
     CHART_MARGIN_PX, CHART_WIDTH_PX, FONT_FAMILY, GRID_COLOR, LABEL_FONT_SIZE, X_LABEL_AREA_PX,
     Y_LABEL_AREA_PX,
 };
-use super::faults::FaultWindow;
 use crate::checker::split_brain::{OBSERVATION_TYPE, OBSERVER_PROCESS};
+use crate::faults::FaultWindow;
 use crate::history::History;
 
 /// The `type` of an observer event saying a poll of the node got no answer.

@@ -1,4 +1,5 @@
-//! Fault windows: when each nemesis fault was active, read from the nemesis events of a history.
+//! Fault windows: when each nemesis fault was active, read from the nemesis events of a history. The one reading
+//! of nemesis events, shared by the availability figures and the report.
 //!
 //! The harness writes `{"process":"nemesis","type":"info","f":"start","fault":F,"value":V,"time":N}` when it
 //! injects fault F and `{"process":"nemesis","type":"info","f":"stop","fault":F,"time":N}` when it heals it. A
