@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
 use raftkv_server::raft_types::{Entry, LogId};
-use raftkv_server::state_machine::{Command, Request};
+use raftkv_server::state_machine::{Batch, Command, Request};
 use raftkv_server::storage::{self, SyncMode};
 
 /// Entries each writer appends unless the first argument says otherwise.
@@ -25,13 +25,13 @@ const WRITER_COUNTS: [u64; 3] = [1, 16, 64];
 fn entry(index: u64, value_bytes: usize) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Request {
+        payload: EntryPayload::Normal(Batch::single(Request {
             session: None,
             command: Command::Put {
                 key: format!("key-{index}").into_bytes(),
                 value: vec![b'v'; value_bytes],
             },
-        }),
+        })),
     }
 }
 

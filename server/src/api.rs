@@ -21,6 +21,7 @@ use crate::raft_types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
 use crate::state_machine::{self, Command, Expected, Rejection, Response, ScanRange, SessionRef};
 use crate::telemetry;
+use crate::write_batch::{WriteBatcher, WriteError};
 
 /// Metadata key naming the kind of error.
 pub const ERROR_KIND_KEY: &str = "raftkv-error";
@@ -145,6 +146,7 @@ pub struct Api {
     pub raft: Raft,
     pub reader: Reader,
     pub proposals: Arc<Semaphore>,
+    pub writes: WriteBatcher,
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {
@@ -286,29 +288,29 @@ impl Api {
         })?;
         self.ensure_leader()?;
         let request = state_machine::Request { session, command };
+        // The batcher bounds the batch's commit by WRITE_COMMIT_TIMEOUT too; this bounds the wait for a batch.
         let response =
-            match tokio::time::timeout(WRITE_COMMIT_TIMEOUT, self.raft.client_write(request)).await
-            {
+            match tokio::time::timeout(WRITE_COMMIT_TIMEOUT, self.writes.write(request)).await {
                 Err(_) => {
                     return Err(ApiError::Indeterminate(format!(
                         "not committed within {WRITE_COMMIT_TIMEOUT:?}"
                     )))
                 }
-                Ok(Ok(response)) => response.data,
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Ok(Ok(response)) => response,
+                Ok(Err(WriteError::NotLeader {
+                    leader_id,
+                    leader_addr,
+                })) => {
                     return Err(ApiError::NotLeader {
-                        leader_id: forward.leader_id,
-                        leader_addr: forward.leader_node.map(|node| node.addr),
+                        leader_id,
+                        leader_addr,
                     })
                 }
-                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
-                    return Err(ApiError::Internal(error.to_string()))
+                Ok(Err(WriteError::Indeterminate(reason))) => {
+                    return Err(ApiError::Indeterminate(reason))
                 }
-                Ok(Err(RaftError::Fatal(error))) => {
-                    return Err(ApiError::Indeterminate(format!(
-                        "raft stopped while the write was pending: {error}"
-                    )))
-                }
+                Ok(Err(WriteError::ShuttingDown)) => return Err(ApiError::ShuttingDown),
+                Ok(Err(WriteError::Internal(reason))) => return Err(ApiError::Internal(reason)),
             };
         match response {
             Response::Rejected(Rejection::SequenceTooOld { last_sequence }) => {

@@ -30,8 +30,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
 
-/// Largest peer message sent or accepted. An AppendEntries batch is at most `max_payload_entries` entries of
-/// at most `state_machine::VALUE_BYTES_MAX` plus a key each, and a snapshot chunk is
+/// Largest peer message sent or accepted. An AppendEntries message is at most `APPEND_ENTRIES_BATCH_MAX`
+/// entries of one write batch each (`node` checks at compile time that they fit), and a snapshot chunk is
 /// `SNAPSHOT_CHUNK_BYTES`; both stay well below this.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// How long dialling a peer may take before the RPC fails as unreachable.

@@ -14,7 +14,7 @@
 //!    flight can still commit, because replication to peers goes over this node's outgoing connections);
 //! 3. stop Raft (no more appends, votes or applies);
 //! 4. flush storage (everything appended, the vote and the commit index reach the disk);
-//! 5. stop and join the remaining tasks (observer, read-index batcher, metrics endpoint).
+//! 5. stop and join the remaining tasks (observer, read-index and write batchers, metrics endpoint).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -36,7 +36,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
-use crate::api::{Api, PROPOSALS_PENDING_MAX};
+use crate::api::{Api, PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
 use crate::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
@@ -45,19 +45,34 @@ use crate::peer_service::PeerService;
 use crate::raft_types::{Node as RaftNode, Raft};
 use crate::read_index::ReadIndexBatcher;
 use crate::reads::{LeaderContact, Reader};
-use crate::state_machine::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::state_machine::WRITE_BYTES_MAX;
 use crate::storage::{self, LogStore, OpenError};
 use crate::telemetry;
 use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECTIONS_PENDING_MAX};
+use crate::write_batch::{WriteBatcher, WRITE_BATCH_BYTES_MAX, WRITE_BATCH_WRITES_MAX};
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
-pub const CLIENT_REQUEST_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + 1024;
+pub const CLIENT_REQUEST_BYTES_MAX: usize = WRITE_BYTES_MAX + 1024;
 /// Largest client response: a full scan of keys and values.
 pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// Entries per AppendEntries: with values of at most `VALUE_BYTES_MAX` a batch stays below
-/// `PEER_MESSAGE_BYTES_MAX`, and it is large enough that a busy leader sends few, large messages.
-pub const APPEND_ENTRIES_BATCH_MAX: u64 = 256;
+/// Entries per AppendEntries. Each entry is one write batch of at most `WRITE_BATCH_BYTES_MAX` key and value
+/// bytes (or one write of at most `WRITE_BYTES_MAX`) plus framing, so a message of this many entries stays
+/// below `PEER_MESSAGE_BYTES_MAX` (checked at compile time below); entries are large when the leader is busy,
+/// so a few dozen per message already make few, large messages.
+pub const APPEND_ENTRIES_BATCH_MAX: u64 = 64;
+/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
+/// prefixes.
+const WRITE_FRAMING_BYTES_MAX: usize = 64;
+const _: () = {
+    let entry_payload_max = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
+        WRITE_BATCH_BYTES_MAX
+    } else {
+        WRITE_BYTES_MAX
+    };
+    let entry_max = entry_payload_max + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX;
+    assert!(APPEND_ENTRIES_BATCH_MAX as usize * entry_max < PEER_MESSAGE_BYTES_MAX);
+};
 /// Bytes per snapshot chunk sent to a lagging follower; a received chunk over it is refused
 /// (`InvalidArgument`, see `peer_service`).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
@@ -178,6 +193,9 @@ impl Node {
         tasks.spawn(batcher_task.instrument(span.clone()));
         let leader_contact = LeaderContact::new();
         let proposals = Arc::new(Semaphore::new(PROPOSALS_PENDING_MAX));
+        let (writes, writes_task) =
+            WriteBatcher::start(raft.clone(), PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT);
+        tasks.spawn(writes_task.instrument(span.clone()));
         let reader = Reader {
             node_id: config.id,
             raft: raft.clone(),
@@ -193,6 +211,7 @@ impl Node {
             raft: raft.clone(),
             reader,
             proposals: proposals.clone(),
+            writes,
         };
         let peer = PeerService {
             node_id: config.id,

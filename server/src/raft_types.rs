@@ -3,14 +3,15 @@
 
 use std::io::Cursor;
 
-use crate::state_machine::{Request, Response};
+use crate::state_machine::{Batch, BatchResponse};
 
 openraft::declare_raft_types!(
-    /// raftkv's Raft types: log entries carry a `state_machine::Request`; nodes are `BasicNode { addr }`,
+    /// raftkv's Raft types: log entries carry a `state_machine::Batch` of
+    /// client writes; nodes are `BasicNode { addr }`,
     /// where `addr` is the node's client-facing address (peers may be dialled elsewhere, see `--peer-route`).
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Batch,
+        R = BatchResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

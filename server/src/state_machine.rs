@@ -15,6 +15,8 @@ pub const KEY_BYTES_MAX: usize = 4 * 1024;
 /// Largest value accepted, in bytes. Larger values are refused before proposal (`InvalidArgument`). Together
 /// with the AppendEntries batch size it bounds a peer message (see `network::PEER_MESSAGE_BYTES_MAX`).
 pub const VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Most key and value bytes one write carries: a cas with a key, an expected value and a new value.
+pub const WRITE_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX;
 /// Most keys one scan returns; a scan asking for more is refused (`OutOfRange`).
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 /// Keys a scan returns when it does not say.
@@ -91,14 +93,39 @@ pub struct SessionRef {
     pub sequence: u64,
 }
 
-/// The application data of a log entry.
+/// One client write with the session it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub session: Option<SessionRef>,
     pub command: Command,
 }
 
-/// The outcome of applying one log entry.
+/// The application data of a log entry: the writes the leader packed into it (see `write_batch`). Every write
+/// of a batch gets the entry's log index as its revision, like the operations of one etcd transaction. The
+/// leader never puts two writes to the same key in one batch, so a key's `mod_revision` still names exactly
+/// one of its values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub writes: Vec<Request>,
+}
+
+impl Batch {
+    /// A batch of one write.
+    pub fn single(request: Request) -> Self {
+        Batch {
+            writes: vec![request],
+        }
+    }
+}
+
+/// The outcome of applying one log entry: one response per write of its batch, in order (none for a blank or
+/// membership entry).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub responses: Vec<Response>,
+}
+
+/// The outcome of applying one write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Put {
@@ -113,8 +140,6 @@ pub enum Response {
         swapped: bool,
         current: Option<KeyValue>,
     },
-    /// A blank or membership entry: nothing for a client.
-    Empty,
     /// The command was not applied; nothing changed.
     Rejected(Rejection),
 }
@@ -172,6 +197,33 @@ pub fn validate_value(value: &[u8]) -> Result<(), String> {
 }
 
 impl Command {
+    /// The key the command writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
+        }
+    }
+
+    /// Bytes of key and values the command carries: what it adds to a log entry, less framing. At most
+    /// `WRITE_BYTES_MAX` for a valid command.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let expected = match expected {
+                    Expected::Value(old) => old.len(),
+                    Expected::Revision(_) | Expected::Absent => 0,
+                };
+                key.len() + expected + value.len()
+            }
+        }
+    }
+
     /// Checks every key and value of the command against the limits.
     pub fn validate(&self) -> Result<(), String> {
         match self {
@@ -212,7 +264,18 @@ pub struct ScanResult {
 }
 
 impl StateMachine {
-    /// Applies the command carried by the entry at `revision` (its log index) and returns its response.
+    /// Applies every write of the batch carried by the entry at `revision` (its log index), in order.
+    pub fn apply_batch(&mut self, revision: u64, batch: &Batch) -> BatchResponse {
+        BatchResponse {
+            responses: batch
+                .writes
+                .iter()
+                .map(|request| self.apply(revision, request))
+                .collect(),
+        }
+    }
+
+    /// Applies one write carried by the entry at `revision` (its log index) and returns its response.
     pub fn apply(&mut self, revision: u64, request: &Request) -> Response {
         if let Some(session) = request.session {
             if let Some(record) = self.sessions.get(&session.client_id) {

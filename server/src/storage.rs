@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::raft_types::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
-use crate::state_machine::{Response, StateMachine};
+use crate::state_machine::{BatchResponse, StateMachine};
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
@@ -755,7 +755,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(self.read(|applied| (applied.last_applied, applied.membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -774,11 +774,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(request) => applied.state.apply(entry.log_id.index, &request),
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Normal(batch) => {
+                    applied.state.apply_batch(entry.log_id.index, &batch)
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Response::Empty
+                    BatchResponse::default()
                 }
             };
             responses.push(response);

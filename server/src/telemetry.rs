@@ -37,6 +37,8 @@ pub const HEALTH_SERVING: &str = "raftkv_health_serving";
 pub const CLIENT_OPERATIONS: &str = "raftkv_client_operations_total";
 pub const CLIENT_OPERATION_SECONDS: &str = "raftkv_client_operation_duration_seconds";
 pub const PROPOSALS_PENDING: &str = "raftkv_proposals_pending";
+pub const WRITE_BATCHES: &str = "raftkv_write_batches_total";
+pub const WRITE_BATCH_WRITES: &str = "raftkv_write_batch_writes_total";
 pub const STORAGE_FLUSHES: &str = "raftkv_storage_flushes_total";
 pub const STORAGE_FLUSHED_APPENDS: &str = "raftkv_storage_flushed_appends_total";
 pub const STORAGE_FLUSHED_ENTRIES: &str = "raftkv_storage_flushed_entries_total";
@@ -140,6 +142,14 @@ fn describe() {
     describe_gauge!(
         PROPOSALS_PENDING,
         "writes proposed to Raft and not yet answered"
+    );
+    describe_counter!(
+        WRITE_BATCHES,
+        "log entries of client writes this node proposed as leader (one per write batch)"
+    );
+    describe_counter!(
+        WRITE_BATCH_WRITES,
+        "client writes carried by those entries; divided by raftkv_write_batches_total, writes per entry"
     );
     describe_counter!(STORAGE_FLUSHES, "group-commit flushes of the log");
     describe_counter!(

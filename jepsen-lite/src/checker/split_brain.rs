@@ -18,10 +18,13 @@
 //!   can lag its term by one poll and would raise false alarms. Without observations this rule holds vacuously;
 //!   the report's `observations` count says so.
 //! - **No write acknowledged without a quorum**: a revision is the log index of the entry that carried the write,
-//!   and a committed index holds one entry forever. So two different acknowledged writes (`ok` write, cas or add
-//!   with a `"revision"` extra field) with the same revision mean one of them was acknowledged by a leader whose
-//!   entry a quorum never kept: it was later overwritten. This catches a leader acknowledging without a quorum
-//!   even when the lost write is later hidden by overwrites the register checker cannot tell apart.
+//!   and a committed index holds one entry forever. The leader packs concurrent writes into one entry, so
+//!   writes to different keys may share a revision, but never two writes to the same key (the leader keeps
+//!   same-key writes in separate entries). So two different acknowledged writes to one register (`ok` write or
+//!   cas with a `"revision"` extra field) with the same revision mean one of them was acknowledged by a leader
+//!   whose entry a quorum never kept: it was later overwritten. This catches a leader acknowledging without a
+//!   quorum even when the lost write is later hidden by overwrites the register checker cannot tell apart. Set
+//!   adds each write their own key, so the rule has nothing to compare among them.
 
 use std::collections::BTreeMap;
 
@@ -126,34 +129,36 @@ pub struct SplitBrainReport {
     pub conflicts: Vec<TermConflict>,
     /// Acknowledged writes that carried a revision.
     pub acknowledged_writes_with_revision: usize,
-    /// Revisions claimed by more than one acknowledged write, ascending (at most `REPORTED_CONFLICTS_MAX`).
+    /// (key, revision) pairs claimed by more than one acknowledged write, ascending (at most
+    /// `REPORTED_CONFLICTS_MAX`).
     pub revision_conflicts: Vec<RevisionConflict>,
 }
 
 /// Revision conflicts listed in the report.
 pub const REPORTED_CONFLICTS_MAX: usize = 100;
 
-/// Two or more acknowledged writes that claim the same revision (log index).
+/// Two or more acknowledged writes to one key that claim the same revision (log index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RevisionConflict {
+    pub key: String,
     pub revision: u64,
     /// The operations (indexes into the history's operations), ascending.
     pub ops: Vec<usize>,
 }
 
-/// Every revision claimed by more than one acknowledged write.
+/// Every (key, revision) claimed by more than one acknowledged write to a register.
 fn revision_conflicts(history: &History) -> (usize, Vec<RevisionConflict>) {
-    let mut by_revision: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let mut by_revision: BTreeMap<(&str, u64), Vec<usize>> = BTreeMap::new();
     let mut acknowledged = 0;
     for operation in &history.operations {
-        let is_write = matches!(operation.f, Function::Write | Function::Cas | Function::Add);
-        if !is_write || operation.status != Status::Ok {
+        let is_register_write = matches!(operation.f, Function::Write | Function::Cas);
+        if !is_register_write || operation.status != Status::Ok {
             continue;
         }
         if let Some(revision) = revision(operation) {
             acknowledged += 1;
             by_revision
-                .entry(revision)
+                .entry((operation.key.as_str(), revision))
                 .or_default()
                 .push(operation.index);
         }
@@ -161,7 +166,11 @@ fn revision_conflicts(history: &History) -> (usize, Vec<RevisionConflict>) {
     let conflicts = by_revision
         .into_iter()
         .filter(|(_, ops)| ops.len() > 1)
-        .map(|(revision, ops)| RevisionConflict { revision, ops })
+        .map(|((key, revision), ops)| RevisionConflict {
+            key: key.to_string(),
+            revision,
+            ops,
+        })
         .take(REPORTED_CONFLICTS_MAX)
         .collect();
     (acknowledged, conflicts)
@@ -235,9 +244,10 @@ mod tests {
     }
 
     #[test]
-    fn two_acknowledged_writes_with_one_revision_are_split_brain() {
-        // Two ok writes claiming revision 5: one was acknowledged by a leader without a quorum. A failed cas with
-        // the same revision (it reports the current revision) and distinct revisions are fine.
+    fn two_acknowledged_writes_to_one_key_with_one_revision_are_split_brain() {
+        // Two ok writes to one key claiming revision 5: one was acknowledged by a leader without a quorum. A
+        // failed cas with the same revision (it reports the current revision), distinct revisions, and writes to
+        // other keys in the same entry (revision 5 for key c: one batch) are fine.
         let text = [
             r#"{"process":0,"type":"invoke","f":"write","key":"a","value":1,"time":1}"#,
             r#"{"process":0,"type":"ok","f":"write","key":"a","value":1,"time":2,"revision":5}"#,
@@ -245,24 +255,27 @@ mod tests {
             r#"{"process":1,"type":"fail","f":"cas","key":"a","value":[2,3],"time":4,"revision":5}"#,
             r#"{"process":2,"type":"invoke","f":"write","key":"b","value":1,"time":5}"#,
             r#"{"process":2,"type":"ok","f":"write","key":"b","value":1,"time":6,"revision":6}"#,
+            r#"{"process":3,"type":"invoke","f":"write","key":"c","value":9,"time":7}"#,
+            r#"{"process":3,"type":"ok","f":"write","key":"c","value":9,"time":8,"revision":5}"#,
         ];
         let valid = History::parse(&text.join("\n")).unwrap();
         let report = check(&valid).unwrap();
         assert_eq!(report.verdict, Verdict::Valid);
-        assert_eq!(report.acknowledged_writes_with_revision, 2);
+        assert_eq!(report.acknowledged_writes_with_revision, 3);
         let conflicting = format!(
             "{}\n{}\n{}",
             text.join("\n"),
-            r#"{"process":3,"type":"invoke","f":"write","key":"c","value":9,"time":7}"#,
-            r#"{"process":3,"type":"ok","f":"write","key":"c","value":9,"time":8,"revision":5}"#
+            r#"{"process":4,"type":"invoke","f":"cas","key":"a","value":[1,7],"time":9}"#,
+            r#"{"process":4,"type":"ok","f":"cas","key":"a","value":[1,7],"time":10,"revision":5}"#
         );
         let report = check(&History::parse(&conflicting).unwrap()).unwrap();
         assert_eq!(report.verdict, Verdict::Invalid);
         assert_eq!(
             report.revision_conflicts,
             vec![RevisionConflict {
+                key: "a".to_string(),
                 revision: 5,
-                ops: vec![0, 3]
+                ops: vec![0, 4]
             }]
         );
     }

@@ -29,7 +29,7 @@ use raftkv_server::raft_types::{Entry, LogId, Node, NodeId, Raft, SnapshotMeta, 
 use raftkv_server::read_index::ReadIndexBatcher;
 use raftkv_server::reads::LeaderContact;
 use raftkv_server::state_machine::{
-    Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, StateMachine,
+    Batch, Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, StateMachine,
     KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
 use raftkv_server::storage;
@@ -116,7 +116,8 @@ fn entry() -> impl Strategy<Value = Entry> {
     });
     let payload = prop_oneof![
         Just(EntryPayload::Blank),
-        request().prop_map(EntryPayload::Normal),
+        prop::collection::vec(request(), 0..4)
+            .prop_map(|writes| EntryPayload::Normal(Batch { writes })),
         membership.prop_map(EntryPayload::Membership),
     ];
     (log_id(), payload).prop_map(|(log_id, payload)| Entry { log_id, payload })

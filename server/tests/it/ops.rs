@@ -792,3 +792,93 @@ fn startup_refuses_heartbeat_not_below_election_timeout() {
         &["--election-timeout-min-ms (300) must be more than twice --heartbeat-interval-ms (300)"],
     );
 }
+
+/// Concurrent writers on one cluster: the leader packs their writes into shared log entries (some revision is
+/// claimed by writes to several keys, and the leader's metrics count more writes than entries), yet never two
+/// writes to one key in one entry: every acknowledged write to the hot key has its own revision, a read
+/// returns the value of the one with the highest, and a cas on that revision swaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_but_never_a_key_revision() {
+    const WRITERS: u64 = 32;
+    const ROUNDS: u64 = 20;
+    let cluster = TestCluster::start_with_metrics(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let client = client.clone();
+        writers.spawn(async move {
+            let mut acknowledged = Vec::new();
+            for round in 0..ROUNDS {
+                let own = format!("own/{writer}");
+                let value = format!("{writer}-{round}");
+                let revision = client.put(own.clone(), value.clone()).await.expect("put");
+                acknowledged.push((own, value.clone(), revision));
+                let revision = client.put("hot", value.clone()).await.expect("put");
+                acknowledged.push(("hot".to_string(), value, revision));
+            }
+            acknowledged
+        });
+    }
+    let mut by_revision: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut hot: BTreeMap<u64, String> = BTreeMap::new();
+    while let Some(acknowledged) = writers.join_next().await {
+        for (key, value, revision) in acknowledged.expect("writer") {
+            by_revision.entry(revision).or_default().push(key.clone());
+            if key == "hot" {
+                let earlier = hot.insert(revision, value);
+                assert!(
+                    earlier.is_none(),
+                    "two acknowledged writes to the hot key claim revision {revision}"
+                );
+            }
+        }
+    }
+    assert_eq!(hot.len() as u64, WRITERS * ROUNDS);
+    let shared = by_revision.values().filter(|keys| keys.len() > 1).count();
+    assert!(
+        shared > 0,
+        "{} writes took {} entries: none was batched",
+        2 * WRITERS * ROUNDS,
+        by_revision.len()
+    );
+    for keys in by_revision.values() {
+        let mut distinct = keys.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            &distinct.len(),
+            &keys.len(),
+            "one entry wrote a key twice: {keys:?}"
+        );
+    }
+    let (last_revision, last_value) = hot.last_key_value().expect("hot writes");
+    let read = client
+        .get("hot", &ReadOptions::default())
+        .await
+        .expect("linearizable read")
+        .kv
+        .expect("hot key exists");
+    assert_eq!(read.mod_revision, *last_revision);
+    assert_eq!(read.value, last_value.as_bytes());
+    let cas = client
+        .cas(
+            "hot",
+            raftkv_client::Expected::Revision(*last_revision),
+            "after",
+        )
+        .await
+        .expect("cas");
+    assert!(
+        cas.swapped,
+        "cas on the last revision did not swap: {cas:?}"
+    );
+    let scrape = scrape(&cluster, leader).await.expect("leader metrics");
+    let entries = scrape.value("raftkv_write_batches_total");
+    let writes = scrape.value("raftkv_write_batch_writes_total");
+    assert_eq!(writes, (2 * WRITERS * ROUNDS + 1) as f64);
+    assert!(
+        entries < writes,
+        "the leader proposed {entries} entries for {writes} writes"
+    );
+}

@@ -40,7 +40,6 @@ fn show_response(response: &Response) -> String {
             "cas revision={revision} swapped={swapped} current={}",
             current.as_ref().map_or("<absent>".to_string(), show_kv)
         ),
-        Response::Empty => "empty".to_string(),
         Response::Rejected(rejection) => format!("rejected {rejection:?}"),
     }
 }

@@ -7,7 +7,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader};
 use raftkv_server::raft_types::{Entry, LogId, Node, StorageError, TypeConfig, Vote};
-use raftkv_server::state_machine::{Command, Request};
+use raftkv_server::state_machine::{Batch, Command, Request};
 use raftkv_server::storage::{self, LogStore, OpenError, StateMachineStore};
 use tempfile::TempDir;
 
@@ -43,7 +43,7 @@ fn put_entry(term: u64, index: u64, key: &str) -> Entry {
     };
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(request),
+        payload: EntryPayload::Normal(Batch::single(request)),
     }
 }
 

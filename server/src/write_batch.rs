@@ -1,0 +1,287 @@
+//! The leader's write batcher: packs concurrent client writes into one log entry.
+//!
+//! openraft 0.9 appends a leader's entries one client request at a time and waits for each append to be
+//! flushed before it takes the next (`RaftCore::append_to_log` blocks on the flush callback), so a log entry
+//! per write costs a disk flush per write and caps the write rate at one over the flush time, whatever group
+//! commit the log store does. The batcher puts every write that is waiting when a batch is formed into one
+//! entry, so one flush (on the leader and on each follower) carries them all.
+//!
+//! Rules:
+//! - a batch holds at most `WRITE_BATCH_WRITES_MAX` writes and, unless it holds a single write, at most
+//!   `WRITE_BATCH_BYTES_MAX` bytes of keys and values;
+//! - a batch never holds two writes to the same key: the later one waits for the next batch (keeping the
+//!   order of same-key writes), so a key's `mod_revision` always names one value and a cas sees the effect
+//!   of every write to its key proposed before it;
+//! - at most `WRITE_BATCHES_IN_FLIGHT_MAX` batches are proposed and not yet applied; while they are, new
+//!   writes gather for the next batch. A lone write on an idle leader is proposed at once, alone.
+//!
+//! Every write of a batch gets the entry's index as its revision (DESIGN.md: the Raft log index of the entry
+//! that carried it). Writes are answered in order of the batch's responses; a batch that fails answers every
+//! write with the same error, and all of its writes either committed together or not at all.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::raft_types::{NodeId, Raft};
+use crate::state_machine::{Batch, Request, Response};
+use crate::telemetry;
+
+/// Most writes in one log entry.
+pub const WRITE_BATCH_WRITES_MAX: usize = 512;
+/// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
+/// `state_machine::WRITE_BYTES_MAX`). Bounds the size of an entry, and so of an AppendEntries message.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Batches proposed and not yet applied at once. Two keep the leader busy (one batch is being flushed or
+/// replicated while the next one gathers writes) without cutting the batches small.
+pub const WRITE_BATCHES_IN_FLIGHT_MAX: usize = 2;
+
+/// Why a write was not answered with its response.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Not proposed: this node is not the leader.
+    #[error("this node is not the leader")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// Proposed, outcome unknown (the batch timed out or raft stopped): it may or may not have committed.
+    #[error("{0}")]
+    Indeterminate(String),
+    /// Not proposed: the batcher has stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Reply = oneshot::Sender<Result<Response, WriteError>>;
+
+/// One write waiting for a batch.
+struct Waiting {
+    request: Request,
+    reply: Reply,
+}
+
+/// Handle to the batcher task; cheap to clone.
+#[derive(Clone)]
+pub struct WriteBatcher {
+    sender: mpsc::Sender<Waiting>,
+}
+
+impl WriteBatcher {
+    /// Starts the batcher for `raft`. `queue_max` bounds the writes that may wait (the API's proposal limit
+    /// admits no more); `batch_timeout` bounds each batch's commit, after which its writes are indeterminate.
+    /// The task ends when every handle is dropped, after answering every write it took.
+    pub fn start(
+        raft: Raft,
+        queue_max: usize,
+        batch_timeout: Duration,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
+        let (sender, receiver) = mpsc::channel(queue_max);
+        (WriteBatcher { sender }, run(raft, receiver, batch_timeout))
+    }
+
+    /// Proposes `request` in the next batch and waits for its response.
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        let (reply, response) = oneshot::channel();
+        self.sender
+            .send(Waiting { request, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        // A dropped reply means the batcher stopped after taking the write: it may have been proposed.
+        response.await.unwrap_or_else(|_| {
+            Err(WriteError::Indeterminate(
+                "the node stopped while the write was pending".to_string(),
+            ))
+        })
+    }
+}
+
+async fn run(raft: Raft, mut receiver: mpsc::Receiver<Waiting>, batch_timeout: Duration) {
+    // Writes taken from the channel but left for a later batch (same key as one in the batch, or no room).
+    let mut carried: VecDeque<Waiting> = VecDeque::new();
+    let mut in_flight = JoinSet::new();
+    let mut open = true;
+    while open || !carried.is_empty() {
+        if in_flight.len() >= WRITE_BATCHES_IN_FLIGHT_MAX {
+            in_flight.join_next().await;
+            continue;
+        }
+        if carried.is_empty() {
+            tokio::select! {
+                waiting = receiver.recv() => match waiting {
+                    Some(waiting) => carried.push_back(waiting),
+                    None => open = false,
+                },
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            }
+            continue;
+        }
+        let batch = gather(&mut carried, &mut receiver);
+        in_flight.spawn(propose(raft.clone(), batch, batch_timeout));
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Forms the next batch from the carried writes, then from the channel, by the rules in the module docs.
+fn gather(carried: &mut VecDeque<Waiting>, receiver: &mut mpsc::Receiver<Waiting>) -> Vec<Waiting> {
+    let mut batch = Vec::new();
+    let mut keys: HashSet<Vec<u8>> = HashSet::new();
+    let mut bytes = 0;
+    let mut left = VecDeque::new();
+    loop {
+        if batch.len() == WRITE_BATCH_WRITES_MAX {
+            break;
+        }
+        let Some(waiting) = carried.pop_front().or_else(|| receiver.try_recv().ok()) else {
+            break;
+        };
+        let size = waiting.request.command.payload_bytes();
+        let key = waiting.request.command.key();
+        let fits = batch.is_empty() || bytes + size <= WRITE_BATCH_BYTES_MAX;
+        if !fits {
+            left.push_back(waiting);
+            break;
+        }
+        if keys.contains(key) {
+            left.push_back(waiting);
+            if left.len() == WRITE_BATCH_WRITES_MAX {
+                // Many writes to keys already in the batch: stop looking, they go first next time.
+                break;
+            }
+            continue;
+        }
+        keys.insert(key.to_vec());
+        bytes += size;
+        batch.push(waiting);
+    }
+    // What was left keeps its place ahead of anything still carried.
+    left.append(carried);
+    *carried = left;
+    batch
+}
+
+/// Proposes one batch and answers each of its writes.
+async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
+    let (writes, replies): (Vec<Request>, Vec<Reply>) = batch
+        .into_iter()
+        .map(|waiting| (waiting.request, waiting.reply))
+        .unzip();
+    let count = writes.len();
+    metrics::counter!(telemetry::WRITE_BATCHES).increment(1);
+    metrics::counter!(telemetry::WRITE_BATCH_WRITES).increment(count as u64);
+    let outcome = match tokio::time::timeout(timeout, raft.client_write(Batch { writes })).await {
+        Err(_) => Err(WriteError::Indeterminate(format!(
+            "not committed within {timeout:?}"
+        ))),
+        Ok(Ok(response)) if response.data.responses.len() == count => Ok(response.data.responses),
+        Ok(Ok(response)) => Err(WriteError::Internal(format!(
+            "a batch of {count} writes was answered with {} responses",
+            response.data.responses.len()
+        ))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            Err(WriteError::NotLeader {
+                leader_id: forward.leader_id,
+                leader_addr: forward.leader_node.map(|node| node.addr),
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+            Err(WriteError::Internal(error.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(error))) => Err(WriteError::Indeterminate(format!(
+            "raft stopped while the write was pending: {error}"
+        ))),
+    };
+    match outcome {
+        Ok(responses) => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::Command;
+
+    fn put(key: &str, value_bytes: usize) -> Waiting {
+        let (reply, _) = oneshot::channel();
+        Waiting {
+            request: Request {
+                session: None,
+                command: Command::Put {
+                    key: key.as_bytes().to_vec(),
+                    value: vec![b'v'; value_bytes],
+                },
+            },
+            reply,
+        }
+    }
+
+    fn keys(writes: &[Waiting]) -> Vec<String> {
+        writes
+            .iter()
+            .map(|waiting| String::from_utf8(waiting.request.command.key().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_key_already_in_the_batch_waits_for_the_next_in_order() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        for key in ["a", "b", "a", "c", "a"] {
+            sender.try_send(put(key, 1)).ok().unwrap();
+        }
+        let mut carried = VecDeque::new();
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["a", "b", "c"]);
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["a"]);
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["a"]);
+        assert!(gather(&mut carried, &mut receiver).is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_write_and_byte_limits() {
+        let (sender, mut receiver) = mpsc::channel(2 * WRITE_BATCH_WRITES_MAX);
+        for index in 0..WRITE_BATCH_WRITES_MAX + 3 {
+            sender.try_send(put(&format!("k{index}"), 1)).ok().unwrap();
+        }
+        let mut carried = VecDeque::new();
+        assert_eq!(
+            gather(&mut carried, &mut receiver).len(),
+            WRITE_BATCH_WRITES_MAX
+        );
+        assert_eq!(gather(&mut carried, &mut receiver).len(), 3);
+
+        // Values of a quarter of the byte limit: three fit with their keys, the fourth would not.
+        let quarter = WRITE_BATCH_BYTES_MAX / 4;
+        for index in 0..5 {
+            sender
+                .try_send(put(&format!("q{index}"), quarter))
+                .ok()
+                .unwrap();
+        }
+        let first = gather(&mut carried, &mut receiver);
+        assert_eq!(keys(&first), ["q0", "q1", "q2"]);
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["q3", "q4"]);
+    }
+
+    #[test]
+    fn a_write_over_the_byte_limit_goes_alone() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let mut carried = VecDeque::new();
+        carried.push_back(put("big", WRITE_BATCH_BYTES_MAX + 1));
+        sender.try_send(put("small", 1)).ok().unwrap();
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["big"]);
+        assert_eq!(keys(&gather(&mut carried, &mut receiver)), ["small"]);
+    }
+}
