@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft_types::{NodeId, Raft};
+use crate::telemetry;
 
 /// Reads that may wait for the next round at once; beyond it a read is refused (`ResourceExhausted`).
 pub const READ_WAITERS_MAX: usize = 65_536;
@@ -175,6 +176,8 @@ async fn run(
                     waiters.push(next);
                 }
                 rounds.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::READ_INDEX_ROUNDS).increment(1);
+                metrics::counter!(telemetry::READ_INDEX_ROUND_READS).increment(waiters.len() as u64);
                 in_flight.spawn(round(raft.clone(), node_id, waiters, lease.clone()));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}

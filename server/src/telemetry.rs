@@ -37,6 +37,8 @@ pub const HEALTH_SERVING: &str = "raftkv_health_serving";
 pub const CLIENT_OPERATIONS: &str = "raftkv_client_operations_total";
 pub const CLIENT_OPERATION_SECONDS: &str = "raftkv_client_operation_duration_seconds";
 pub const PROPOSALS_PENDING: &str = "raftkv_proposals_pending";
+pub const READ_INDEX_ROUNDS: &str = "raftkv_read_index_rounds_total";
+pub const READ_INDEX_ROUND_READS: &str = "raftkv_read_index_round_reads_total";
 pub const WRITE_BATCHES: &str = "raftkv_write_batches_total";
 pub const WRITE_BATCH_WRITES: &str = "raftkv_write_batch_writes_total";
 pub const STORAGE_FLUSHES: &str = "raftkv_storage_flushes_total";
@@ -142,6 +144,14 @@ fn describe() {
     describe_gauge!(
         PROPOSALS_PENDING,
         "writes proposed to Raft and not yet answered"
+    );
+    describe_counter!(
+        READ_INDEX_ROUNDS,
+        "quorum rounds this node ran as leader to confirm linearizable reads"
+    );
+    describe_counter!(
+        READ_INDEX_ROUND_READS,
+        "linearizable reads those rounds confirmed; divided by raftkv_read_index_rounds_total, reads per round"
     );
     describe_counter!(
         WRITE_BATCHES,

@@ -796,7 +796,8 @@ fn startup_refuses_heartbeat_not_below_election_timeout() {
 /// Concurrent writers on one cluster: the leader packs their writes into shared log entries (some revision is
 /// claimed by writes to several keys, and the leader's metrics count more writes than entries), yet never two
 /// writes to one key in one entry: every acknowledged write to the hot key has its own revision, a read
-/// returns the value of the one with the highest, and a cas on that revision swaps.
+/// returns the value of the one with the highest, and a cas on that revision swaps. The read-index counters
+/// count the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_but_never_a_key_revision() {
     const WRITERS: u64 = 32;
@@ -881,4 +882,7 @@ async fn concurrent_writes_share_entries_but_never_a_key_revision() {
         entries < writes,
         "the leader proposed {entries} entries for {writes} writes"
     );
+    // The one linearizable read above took one read-index round on the leader.
+    assert!(scrape.value("raftkv_read_index_rounds_total") >= 1.0);
+    assert!(scrape.value("raftkv_read_index_round_reads_total") >= 1.0);
 }
