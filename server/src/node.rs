@@ -14,7 +14,8 @@
 //!    flight can still commit, because replication to peers goes over this node's outgoing connections);
 //! 3. stop Raft (no more appends, votes or applies);
 //! 4. flush storage (everything appended, the vote and the commit index reach the disk);
-//! 5. stop and join the remaining tasks (observer, read-index and write batchers, metrics endpoint).
+//! 5. stop and join the remaining tasks (observer, read-index batcher and forwarder, write batcher, metrics
+//!    endpoint).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,8 +44,8 @@ use crate::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
 use crate::observer::Observer;
 use crate::peer_service::PeerService;
 use crate::raft_types::{Node as RaftNode, Raft};
-use crate::read_index::ReadIndexBatcher;
-use crate::reads::{LeaderContact, Reader};
+use crate::read_index::{ReadIndexBatcher, ReadIndexForwarder};
+use crate::reads::{LeaderContact, Reader, FOLLOWER_READ_INDEX_TIMEOUT};
 use crate::state_machine::WRITE_BYTES_MAX;
 use crate::storage::{self, LogStore, OpenError};
 use crate::telemetry;
@@ -196,12 +197,15 @@ impl Node {
         let (writes, writes_task) =
             WriteBatcher::start(raft.clone(), PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT);
         tasks.spawn(writes_task.instrument(span.clone()));
+        let (forwarder, forwarder_task) =
+            ReadIndexForwarder::start(peers.clone(), FOLLOWER_READ_INDEX_TIMEOUT);
+        tasks.spawn(forwarder_task.instrument(span.clone()));
         let reader = Reader {
             node_id: config.id,
             raft: raft.clone(),
             state_machine,
             batcher: batcher.clone(),
-            peers,
+            forwarder,
             leader_contact: leader_contact.clone(),
         };
         let api = Api {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::network::PeerChannels;
 use crate::raft_types::{NodeId, Raft};
 use crate::telemetry;
 
@@ -127,7 +128,16 @@ impl ReadIndexBatcher {
             duration: lease_duration,
         });
         let rounds = Arc::new(AtomicU64::new(0));
-        let task = run(raft, node_id, receiver, lease.clone(), rounds.clone());
+        let task = {
+            let (lease, rounds) = (lease.clone(), rounds.clone());
+            run_rounds(receiver, move |waiters: Vec<Waiter>| {
+                rounds.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::READ_INDEX_ROUNDS).increment(1);
+                metrics::counter!(telemetry::READ_INDEX_ROUND_READS)
+                    .increment(waiters.len() as u64);
+                round(raft.clone(), node_id, waiters, lease.clone())
+            })
+        };
         (
             ReadIndexBatcher {
                 sender,
@@ -159,13 +169,14 @@ impl ReadIndexBatcher {
     }
 }
 
-async fn run(
-    raft: Raft,
-    node_id: NodeId,
-    mut receiver: mpsc::Receiver<Waiter>,
-    lease: Arc<Lease>,
-    rounds: Arc<AtomicU64>,
-) {
+/// Runs rounds for the waiters `receiver` delivers: each round takes every waiter queued when it starts (so it
+/// began after they all arrived), up to `READ_INDEX_ROUNDS_IN_FLIGHT_MAX` rounds at once. Ends when every sender
+/// is gone and the rounds already started have answered their waiters.
+async fn run_rounds<W, F, Fut>(mut receiver: mpsc::Receiver<W>, round: F)
+where
+    F: Fn(Vec<W>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -175,15 +186,11 @@ async fn run(
                 while let Ok(next) = receiver.try_recv() {
                     waiters.push(next);
                 }
-                rounds.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(telemetry::READ_INDEX_ROUNDS).increment(1);
-                metrics::counter!(telemetry::READ_INDEX_ROUND_READS).increment(waiters.len() as u64);
-                in_flight.spawn(round(raft.clone(), node_id, waiters, lease.clone()));
+                in_flight.spawn(round(waiters));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }
-    // Every handle is gone: finish the rounds already started so their reads get an answer.
     while in_flight.join_next().await.is_some() {}
 }
 
@@ -238,5 +245,90 @@ async fn round(raft: Raft, node_id: NodeId, waiters: Vec<Waiter>, lease: Arc<Lea
     );
     for waiter in waiters {
         let _ = waiter.send(result.clone());
+    }
+}
+
+/// Why a follower could not get a read index from the leader.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("leader {leader_id} could not give a read index: {message}")]
+pub struct ForwardError {
+    pub leader_id: NodeId,
+    pub message: String,
+}
+
+/// A follower's read waiting for the leader's read index, with the leader it knows of.
+struct ForwardWaiter {
+    leader_id: NodeId,
+    leader_addr: String,
+    reply: oneshot::Sender<Result<u64, ForwardError>>,
+}
+
+/// The follower half of linearizable reads: one ReadIndex call to the leader serves every read waiting when
+/// it is sent, like the leader's rounds (a read never uses a call sent before it arrived). Without it every
+/// follower read costs its own peer call. Cheap to clone; the task ends when every handle is dropped.
+#[derive(Clone)]
+pub struct ReadIndexForwarder {
+    sender: mpsc::Sender<ForwardWaiter>,
+}
+
+impl ReadIndexForwarder {
+    /// Starts the forwarder; each call to the leader is bounded by `timeout`.
+    pub fn start(
+        peers: Arc<PeerChannels>,
+        timeout: Duration,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
+        let (sender, receiver) = mpsc::channel(READ_WAITERS_MAX);
+        let task = run_rounds(receiver, move |waiters: Vec<ForwardWaiter>| {
+            metrics::counter!(telemetry::READ_INDEX_FORWARDS).increment(1);
+            metrics::counter!(telemetry::READ_INDEX_FORWARDED_READS)
+                .increment(waiters.len() as u64);
+            forward(peers.clone(), waiters, timeout)
+        });
+        (ReadIndexForwarder { sender }, task)
+    }
+
+    /// Asks the leader (`leader_id` at `leader_addr`, as this node knows it) for a read index, in the next
+    /// call that leaves after this one arrived.
+    pub async fn read_index(
+        &self,
+        leader_id: NodeId,
+        leader_addr: String,
+    ) -> Result<u64, ReadIndexError> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender
+            .try_send(ForwardWaiter {
+                leader_id,
+                leader_addr,
+                reply,
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => ReadIndexError::Busy,
+                mpsc::error::TrySendError::Closed(_) => ReadIndexError::ShuttingDown,
+            })?;
+        match receiver.await {
+            Ok(Ok(index)) => Ok(index),
+            Ok(Err(error)) => Err(ReadIndexError::NoQuorum(error.to_string())),
+            Err(_) => Err(ReadIndexError::ShuttingDown),
+        }
+    }
+}
+
+/// One call to the leader for `waiters`. It goes to the leader the most recent of them knows of: any node that
+/// is leader when it answers gives an index that is valid for all of them.
+async fn forward(peers: Arc<PeerChannels>, waiters: Vec<ForwardWaiter>, timeout: Duration) {
+    let Some(newest) = waiters.last() else {
+        return;
+    };
+    let (leader_id, leader_addr) = (newest.leader_id, newest.leader_addr.clone());
+    let result = peers
+        .read_index(leader_id, &leader_addr, timeout)
+        .await
+        .map(|reply| reply.read_index)
+        .map_err(|error| ForwardError {
+            leader_id,
+            message: error.to_string(),
+        });
+    for waiter in waiters {
+        let _ = waiter.reply.send(result.clone());
     }
 }

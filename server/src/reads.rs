@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use crate::api::ApiError;
-use crate::network::PeerChannels;
 use crate::raft_types::{NodeId, Raft};
-use crate::read_index::{ReadIndexBatcher, ReadIndexError};
+use crate::read_index::{ReadIndexBatcher, ReadIndexError, ReadIndexForwarder};
 use crate::storage::{Applied, StateMachineStore};
 
 /// Longest a read waits for this node to apply up to its read index or its `min_revision`.
@@ -128,7 +127,7 @@ pub struct Reader {
     pub raft: Raft,
     pub state_machine: StateMachineStore,
     pub batcher: ReadIndexBatcher,
-    pub peers: Arc<PeerChannels>,
+    pub forwarder: ReadIndexForwarder,
     pub leader_contact: Arc<LeaderContact>,
 }
 
@@ -334,15 +333,9 @@ impl Reader {
         else {
             return Err(ApiError::NoLeader);
         };
-        let reply = self
-            .peers
-            .read_index(leader_id, leader_addr, FOLLOWER_READ_INDEX_TIMEOUT)
+        self.forwarder
+            .read_index(leader_id, leader_addr.to_string())
             .await
-            .map_err(|error| {
-                ApiError::NoQuorum(format!(
-                    "leader {leader_id} could not give a read index: {error}"
-                ))
-            })?;
-        Ok(reply.read_index)
+            .map_err(|error| Self::read_index_error(view, error))
     }
 }

@@ -39,6 +39,8 @@ pub const CLIENT_OPERATION_SECONDS: &str = "raftkv_client_operation_duration_sec
 pub const PROPOSALS_PENDING: &str = "raftkv_proposals_pending";
 pub const READ_INDEX_ROUNDS: &str = "raftkv_read_index_rounds_total";
 pub const READ_INDEX_ROUND_READS: &str = "raftkv_read_index_round_reads_total";
+pub const READ_INDEX_FORWARDS: &str = "raftkv_read_index_forwards_total";
+pub const READ_INDEX_FORWARDED_READS: &str = "raftkv_read_index_forwarded_reads_total";
 pub const WRITE_BATCHES: &str = "raftkv_write_batches_total";
 pub const WRITE_BATCH_WRITES: &str = "raftkv_write_batch_writes_total";
 pub const STORAGE_FLUSHES: &str = "raftkv_storage_flushes_total";
@@ -152,6 +154,14 @@ fn describe() {
     describe_counter!(
         READ_INDEX_ROUND_READS,
         "linearizable reads those rounds confirmed; divided by raftkv_read_index_rounds_total, reads per round"
+    );
+    describe_counter!(
+        READ_INDEX_FORWARDS,
+        "on a follower, read-index calls it made to the leader for linearizable reads"
+    );
+    describe_counter!(
+        READ_INDEX_FORWARDED_READS,
+        "linearizable reads those calls served; divided by raftkv_read_index_forwards_total, reads per call"
     );
     describe_counter!(
         WRITE_BATCHES,

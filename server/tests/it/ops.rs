@@ -886,3 +886,38 @@ async fn concurrent_writes_share_entries_but_never_a_key_revision() {
     assert!(scrape.value("raftkv_read_index_rounds_total") >= 1.0);
     assert!(scrape.value("raftkv_read_index_round_reads_total") >= 1.0);
 }
+
+/// Concurrent linearizable reads on a follower share their calls to the leader: 200 reads in flight at once
+/// cost far fewer than 200 read-index calls (a call per read would fail this), and each still sees the last
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_follower_reads_share_calls_to_the_leader() {
+    const READS: u64 = 200;
+    let cluster = TestCluster::start_with_metrics(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let client = cluster.client();
+    let revision = client.put("shared", "x").await.unwrap();
+    // The follower has the write, and knows the leader that made it (not a candidate of an earlier term).
+    let status = cluster.wait_applied(follower, revision).await;
+    assert_eq!(status.leader_id, leader);
+    let options = ReadOptions {
+        endpoint: Some(cluster.addr(follower)),
+        ..Default::default()
+    };
+    let reads = (0..READS).map(|_| client.get("shared", &options));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.expect("linearizable read").kv.unwrap().value, b"x");
+    }
+    let scrape = scrape(&cluster, follower).await.expect("follower metrics");
+    let calls = scrape.value("raftkv_read_index_forwards_total");
+    assert_eq!(
+        scrape.value("raftkv_read_index_forwarded_reads_total"),
+        READS as f64
+    );
+    assert!(calls >= 1.0, "no read-index call reached the leader");
+    assert!(
+        calls < (READS / 2) as f64,
+        "{READS} concurrent follower reads took {calls} calls to the leader: they are not sharing"
+    );
+}
