@@ -313,6 +313,22 @@ impl Client {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = leader;
     }
 
+    /// A read answered by a node that says it is the leader names the leader: later linearizable and lease
+    /// reads go straight to it (writes teach the same; without it, a client that only reads would send
+    /// two reads in three to followers, which must ask the leader for every one).
+    fn learn_leader_from(&self, endpoint: &str, envelope: &kv::ReadEnvelope) {
+        if envelope.role == kv::Role::Leader as i32 {
+            let mut leader = self
+                .shared
+                .leader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if leader.as_deref() != Some(endpoint) {
+                *leader = Some(endpoint.to_string());
+            }
+        }
+    }
+
     fn forget_leader(&self, endpoint: &str) {
         let mut leader = self
             .shared
@@ -503,9 +519,13 @@ impl Client {
                     .get(self.request(request, deadline))
                     .await?
                     .into_inner();
+                let envelope = response.envelope.unwrap_or_default();
+                if prefer_leader && options.endpoint.is_none() {
+                    self.learn_leader_from(&endpoint, &envelope);
+                }
                 Ok(GetResult {
                     kv: response.kv,
-                    envelope: response.envelope.unwrap_or_default(),
+                    envelope,
                 })
             }
         })
@@ -540,10 +560,14 @@ impl Client {
                     .scan(self.request(request, deadline))
                     .await?
                     .into_inner();
+                let envelope = response.envelope.unwrap_or_default();
+                if options.endpoint.is_none() {
+                    self.learn_leader_from(&endpoint, &envelope);
+                }
                 Ok(ScanResult {
                     kvs: response.kvs,
                     more: response.more,
-                    envelope: response.envelope.unwrap_or_default(),
+                    envelope,
                 })
             }
         })

@@ -120,3 +120,31 @@ async fn read_pinned_to_dead_node_fails_fast() {
         "the pinned read retried instead of failing"
     );
 }
+
+/// A client that only reads learns the leader from the first read the leader answers and sends its later
+/// linearizable reads straight there, instead of through followers that must ask the leader each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_client_learns_the_leader() {
+    const READS: usize = 6;
+    let cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    cluster.client().put("k", "v").await.unwrap();
+    // A second client, which has written nothing and so knows no leader.
+    let reader = cluster.client();
+    let mut served_by = Vec::new();
+    for _ in 0..READS {
+        let read = reader.get("k", &ReadOptions::default()).await.unwrap();
+        assert_eq!(read.kv.unwrap().value, b"v");
+        served_by.push(read.envelope.node_id);
+    }
+    // The endpoints are tried in turn until a leader answers: at most one read per node.
+    let first = served_by
+        .iter()
+        .position(|id| *id == leader)
+        .unwrap_or_else(|| panic!("the leader answered none of {served_by:?}"));
+    assert!(first < 3, "{served_by:?}");
+    assert!(
+        served_by[first..].iter().all(|id| *id == leader),
+        "reads after the leader answered went elsewhere: {served_by:?}"
+    );
+}
