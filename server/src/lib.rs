@@ -15,3 +15,4 @@ pub mod state_machine;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+pub mod wal;
