@@ -1,5 +1,6 @@
-//! raftkv node: a Raft (openraft) replica of a key-value state machine, served over gRPC (tonic) and stored
-//! in sled. `node` wires the parts together; see ARCHITECTURE.md for the map and the invariants.
+//! raftkv node: a Raft (openraft) replica of a key-value state machine, served over gRPC (tonic), its log in
+//! a write-ahead log of its own (`wal`) and its metadata in sled. `node` wires the parts together; see
+//! ARCHITECTURE.md for the map and the invariants.
 
 pub mod api;
 pub mod config;
