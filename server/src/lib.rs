@@ -1,5 +1,6 @@
-//! raftkv node: a Raft (openraft) replica of a key-value state machine, served over gRPC (tonic) and stored
-//! in sled. `node` wires the parts together; see ARCHITECTURE.md for the map and the invariants.
+//! raftkv node: a Raft (openraft) replica of a key-value state machine, served over gRPC (tonic), its log in
+//! a write-ahead log of its own (`wal`) and its metadata in sled. `node` wires the parts together; see
+//! ARCHITECTURE.md for the map and the invariants.
 
 pub mod api;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod state_machine;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;
+pub mod wal;
 pub mod write_batch;

@@ -50,7 +50,7 @@ use crate::state_machine::WRITE_BYTES_MAX;
 use crate::storage::{self, LogStore, OpenError};
 use crate::telemetry;
 use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECTIONS_PENDING_MAX};
-use crate::write_batch::{WriteBatcher, WRITE_BATCH_BYTES_MAX, WRITE_BATCH_WRITES_MAX};
+use crate::write_batch::{WriteBatcher, ENTRY_BYTES_MAX};
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
@@ -62,18 +62,7 @@ pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// below `PEER_MESSAGE_BYTES_MAX` (checked at compile time below); entries are large when the leader is busy,
 /// so a few dozen per message already make few, large messages.
 pub const APPEND_ENTRIES_BATCH_MAX: u64 = 64;
-/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
-/// prefixes.
-const WRITE_FRAMING_BYTES_MAX: usize = 64;
-const _: () = {
-    let entry_payload_max = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
-        WRITE_BATCH_BYTES_MAX
-    } else {
-        WRITE_BYTES_MAX
-    };
-    let entry_max = entry_payload_max + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX;
-    assert!(APPEND_ENTRIES_BATCH_MAX as usize * entry_max < PEER_MESSAGE_BYTES_MAX);
-};
+const _: () = assert!(APPEND_ENTRIES_BATCH_MAX as usize * ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
 /// Bytes per snapshot chunk sent to a lagging follower; a received chunk over it is refused
 /// (`InvalidArgument`, see `peer_service`).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
@@ -449,6 +438,12 @@ fn explain_open_error(error: OpenError) -> anyhow::Error {
         ),
         OpenError::Snapshot { .. } => Some(
             "move the data dir away and let the node catch up from the leader, or restore it from a backup",
+        ),
+        OpenError::WalCorrupt { .. } => Some(
+            "move the data dir away and let the node catch up from the leader, or restore it from a backup",
+        ),
+        OpenError::OldLogFormat { .. } => Some(
+            "start this node on an empty --data-dir and let it catch up from the leader (data dirs of raftkv before 1.0 are not upgraded in place)",
         ),
     };
     match fix {

@@ -1,26 +1,44 @@
-//! Durable storage of a node: the Raft log and vote in sled, snapshots in files, and the applied state.
+//! Durable storage of a node: the Raft log in our own write-ahead log (`wal`), the vote and other metadata in
+//! sled, snapshots in files, and the applied state.
 //!
 //! This is the only module that names sled. It implements openraft's v2 storage traits:
 //! `LogStore` (`RaftLogStorage` + `RaftLogReader`) and `StateMachineStore` (`RaftStateMachine` +
 //! `RaftSnapshotBuilder`).
 //!
+//! Where things are. `<data-dir>/wal/`: the log entries (`wal::Wal`: segment files of checksummed records,
+//! an in-memory index of where each lies). `<data-dir>/raft/`: sled, tree `meta` only: node id, cluster id,
+//! vote, commit index, purge point. `<data-dir>/snapshots/`: the current snapshot.
+//!
+//! Why the log is not in sled. openraft 0.9's core awaits the flush of each append (`append_to_log` wraps
+//! the callback to block), so on the leader one flush per client write bounds both write latency and the
+//! write rate. sled's flush plus our device sync cost about 3 `sync_file_range` calls (each of its io
+//! buffers synced on its own, 100-500 us each) plus one `fdatasync` per write, 3-4 times what a plain
+//! `write` + `fdatasync` costs on the same disk. The WAL's flush is that one `fdatasync`.
+//!
 //! Order of duties (persist before you acknowledge):
-//! - `save_vote`, `truncate` and `purge` write and then flush before they return.
-//! - `append` writes entries (readable at once) and hands openraft's callback to the flusher thread, which
-//!   drains every callback queued so far, flushes once and only then completes them all: group commit, one
-//!   flush for a whole batch of appends.
+//! - `append` writes the entries to the WAL (readable at once, not synced) and hands openraft's callback to
+//!   the flusher thread, which drains every callback queued so far, syncs the WAL once (`fdatasync` of the
+//!   segments written since the last flush, `fsync` of `wal/` if a segment was created) and only then
+//!   completes them all: group commit, one flush for a whole batch of appends.
+//! - `save_vote` writes the vote to sled and flushes sled durably (below) before it returns.
+//! - `truncate` cuts the WAL and syncs it before it returns. `purge` writes the purge point to sled and
+//!   flushes it durably first, then deletes the WAL segments wholly at or below it: the log never has a hole
+//!   that the purge point does not account for, and purged entries are never returned again.
+//! - `save_committed` is not flushed on its own: it reaches the disk with the next sled flush (a vote, a
+//!   purge, shutdown, or sled's own background flush); a commit index lost in a crash is re-learnt from the
+//!   leader.
 //! - The applied state lives in memory and is made durable by snapshots (written to a temporary file,
 //!   fsynced, renamed, directory fsynced) plus the log: on restart openraft re-applies the log from the
 //!   snapshot up to the persisted commit index.
 //!
-//! What a flush guarantees. sled 0.34.7's `flush` writes its buffers with `pwrite` and then calls
+//! What a sled flush guarantees. sled 0.34.7's `flush` writes its buffers with `pwrite` and then calls
 //! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the written range of its one data file: the pages
 //! reach the device, but neither the file's metadata (its size, newly allocated extents) nor the device's
 //! volatile write cache is flushed, and values spilled to blob files (`blobs/`, any page over a quarter of a
 //! segment) are written with no sync at all. That survives a crash of the process (kill -9), not a power
-//! failure. So every durable flush here is sled's flush followed by `SledFiles::sync`: `fdatasync` of the
-//! data file, of every new blob file, and `fsync` of the directories whose listing changed. Only then is
-//! anything acknowledged. See ARCHITECTURE.md, "Durability".
+//! failure. So every durable sled flush here is sled's flush followed by `SledFiles::sync`: `fdatasync` of
+//! the data file, of every new blob file, and `fsync` of the directories whose listing changed. See
+//! ARCHITECTURE.md, "Durability".
 
 // openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
 #![allow(clippy::result_large_err)]
@@ -30,7 +48,7 @@ use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs;
 use std::io::{self, Cursor, Write};
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -48,6 +66,7 @@ use crate::raft_types::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
 use crate::state_machine::{BatchResponse, StateMachine};
+use crate::wal::{self, Wal};
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
@@ -56,6 +75,9 @@ const FLUSH_QUEUE_MAX: usize = 65_536;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP1";
 /// File name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "current.snap";
+
+/// The sled tree that held the log before the WAL; a data dir where it is not empty is refused.
+const OLD_LOG_TREE: &[u8] = b"log";
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -66,13 +88,33 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// How far a flush goes before anything is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// sled's flush, then `fdatasync` of the files it wrote and `fsync` of changed directories: an
-    /// acknowledged write survives a power failure on a device that honours cache flushes. What nodes use.
+    /// The WAL's `fdatasync` (and `fsync` of `wal/` when it gained a segment); for sled, its flush then
+    /// `fdatasync` of the files it wrote and `fsync` of changed directories: an acknowledged write survives
+    /// a power failure on a device that honours cache flushes. What nodes use.
     #[default]
     Device,
-    /// sled's flush alone (`pwrite` + `sync_file_range`): survives kill -9, not a power failure. Only for
-    /// measuring what `Device` costs (`cargo run --release -p raftkv-server --example log_append`).
-    FlushOnly,
+    /// No device sync at all: the WAL is only written (`pwrite`, never `fdatasync`ed) and sled only
+    /// flushed (`pwrite` + `sync_file_range`). Survives kill -9 (the page cache outlives the process), not
+    /// a power failure. Only for measuring what `Device` costs
+    /// (`cargo run --release -p raftkv-server --example log_append`).
+    Process,
+}
+
+/// How `open_with` opens a store; `Default` is what nodes use.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    pub sync_mode: SyncMode,
+    /// Size at which the WAL starts a new segment (`wal::SEGMENT_BYTES`; tests use tiny ones).
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_mode: SyncMode::Device,
+            wal_segment_bytes: wal::SEGMENT_BYTES,
+        }
+    }
 }
 
 /// Why a data directory could not be opened.
@@ -96,6 +138,14 @@ pub enum OpenError {
     },
     #[error("snapshot in {dir} is unreadable: {reason}")]
     Snapshot { dir: PathBuf, reason: String },
+    #[error("the Raft log is corrupt: WAL segment {file} at byte {offset}: {reason}")]
+    WalCorrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("data dir {dir} keeps its Raft log in sled (raft/, tree `log`), the format of raftkv before the WAL (wal/); this version cannot read it and would lose those entries")]
+    OldLogFormat { dir: PathBuf },
 }
 
 /// Figures the storage exposes for metrics and status.
@@ -120,16 +170,17 @@ pub fn open(
     node_id: NodeId,
     cluster_id: &str,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
-    open_with(dir, node_id, cluster_id, SyncMode::Device)
+    open_with(dir, node_id, cluster_id, StoreOptions::default())
 }
 
-/// `open` with an explicit `SyncMode`; nodes always use `SyncMode::Device`.
+/// `open` with explicit options; nodes always use the defaults.
 pub fn open_with(
     dir: &Path,
     node_id: NodeId,
     cluster_id: &str,
-    sync_mode: SyncMode,
+    options: StoreOptions,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let sync_mode = options.sync_mode;
     let io_error = |source| OpenError::Io {
         dir: dir.to_path_buf(),
         source,
@@ -147,7 +198,17 @@ pub fn open_with(
         .open()
         .map_err(sled_error)?;
     let files = SledFiles::open(&sled_dir, sync_mode).map_err(io_error)?;
-    let log = db.open_tree("log").map_err(sled_error)?;
+    // Before the WAL the log was sled's tree `log`: refuse to start without it rather than lose it.
+    if db
+        .tree_names()
+        .iter()
+        .any(|name| name.as_ref() == OLD_LOG_TREE)
+        && !db.open_tree(OLD_LOG_TREE).map_err(sled_error)?.is_empty()
+    {
+        return Err(OpenError::OldLogFormat {
+            dir: dir.to_path_buf(),
+        });
+    }
     let meta = db.open_tree("meta").map_err(sled_error)?;
 
     match meta.get(KEY_NODE_ID).map_err(sled_error)? {
@@ -184,8 +245,36 @@ pub fn open_with(
     }
     let files = Arc::new(Mutex::new(files));
     flush_durably(&db, &files).map_err(io_error)?;
+    let last_purged = match meta.get(KEY_LAST_PURGED).map_err(sled_error)? {
+        Some(bytes) => Some(
+            postcard::from_bytes::<LogId>(&bytes)
+                .map_err(|error| {
+                    io_error(io::Error::other(format!("stored purge point: {error}")))
+                })?
+                .index,
+        ),
+        None => None,
+    };
+    let wal = Wal::open(
+        &dir.join(wal::WAL_DIR),
+        options.wal_segment_bytes,
+        sync_mode == SyncMode::Device,
+        last_purged,
+    )
+    .map_err(|error| match error {
+        wal::OpenError::Io { path, source } => OpenError::Io { dir: path, source },
+        wal::OpenError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => OpenError::WalCorrupt {
+            file,
+            offset,
+            reason,
+        },
+    })?;
     if sync_mode == SyncMode::Device {
-        // The entries `raft` and `snapshots` of a new data dir.
+        // The entries `raft`, `wal` and `snapshots` of a new data dir.
         fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(io_error)?;
@@ -194,18 +283,17 @@ pub fn open_with(
     let stats = Arc::new(StorageStats::default());
     let (flush_sender, flush_receiver) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
     let flusher_stats = stats.clone();
-    let flusher_files = files.clone();
     std::thread::Builder::new()
         .name(format!("raftkv-flush-{node_id}"))
-        .spawn(move || run_flusher(flush_receiver, flusher_files, flusher_stats))
+        .spawn(move || run_flusher(flush_receiver, flusher_stats))
         .map_err(io_error)?;
 
     let log_store = LogStore {
         node_id,
         db: db.clone(),
-        log,
         meta,
         files,
+        wal: Arc::new(wal),
         flush_sender,
         stats: stats.clone(),
     };
@@ -263,7 +351,7 @@ impl SledFiles {
     /// Makes what sled's flush wrote durable on the device: `fdatasync` of the data file and every new blob
     /// file, `fsync` of a directory whose listing changed.
     fn sync(&mut self) -> io::Result<()> {
-        if self.mode == SyncMode::FlushOnly {
+        if self.mode == SyncMode::Process {
             return Ok(());
         }
         self.data.sync_data()?;
@@ -308,24 +396,21 @@ fn flush_durably(db: &sled::Db, files: &Mutex<SledFiles>) -> io::Result<()> {
         .sync()
 }
 
-/// One append waiting for its flush. It carries the database handle so that the idle flusher holds none:
-/// the store closes (and releases its lock) as soon as the last `LogStore` is dropped.
+/// One append waiting for its flush. It carries the WAL handle so that the idle flusher holds none: once the
+/// last `LogStore` is dropped after its appends are acknowledged, every WAL file is closed (and sled, which
+/// the flusher never touches, released its lock), so the store can be reopened at once.
 struct FlushRequest {
-    db: sled::Db,
+    wal: Arc<Wal>,
     callback: LogFlushed<TypeConfig>,
     /// Entries in the append, for the entries-per-flush figure.
     entries: u64,
 }
 
-/// The flusher thread: waits for append callbacks, drains all that are queued, flushes once, completes them.
-/// It ends when every `LogStore` handle is gone.
-fn run_flusher(
-    receiver: Receiver<FlushRequest>,
-    files: Arc<Mutex<SledFiles>>,
-    stats: Arc<StorageStats>,
-) {
+/// The flusher thread: waits for append callbacks, drains all that are queued, syncs the WAL once, completes
+/// them. It ends when every `LogStore` handle is gone.
+fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
     while let Ok(FlushRequest {
-        db,
+        wal,
         callback: first,
         entries,
     }) = receiver.recv()
@@ -337,10 +422,9 @@ fn run_flusher(
             batch_entries += next.entries;
         }
         let started = Instant::now();
-        let result = flush_durably(&db, &files);
-        // Let go of the database before completing the callbacks: once the last `LogStore` is dropped after
-        // its appends are acknowledged, the store must be closed (its lock released) so it can be reopened.
-        drop(db);
+        let result = wal.sync();
+        // Let go of the WAL before completing the callbacks (see `FlushRequest`).
+        drop(wal);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .flushed_appends
@@ -354,7 +438,7 @@ fn run_flusher(
         for callback in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
-                Err(error) => Err(io::Error::other(error.to_string())),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             };
             callback.log_io_completed(result);
         }
@@ -379,19 +463,15 @@ fn decode_error(subject: ErrorSubject<NodeId>, error: postcard::Error) -> Storag
     read_error(subject, error)
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-/// The Raft log and vote. Cloning is cheap; clones share the same trees and flusher.
+/// The Raft log and vote. Cloning is cheap; clones share the same WAL, sled tree and flusher.
 #[derive(Clone)]
 pub struct LogStore {
     /// This node: a committed vote for it is read back uncommitted (see `read_vote`).
     node_id: NodeId,
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
     files: Arc<Mutex<SledFiles>>,
+    wal: Arc<Wal>,
     flush_sender: SyncSender<FlushRequest>,
     stats: Arc<StorageStats>,
 }
@@ -402,14 +482,17 @@ impl LogStore {
         self.stats.clone()
     }
 
-    /// Bytes the store occupies on disk.
+    /// Bytes the store occupies on disk: sled and the WAL (not snapshots).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.wal.bytes()
     }
 
-    /// Flushes everything written so far; used on shutdown.
+    /// Makes everything written so far durable, log and metadata; used on shutdown.
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.flush_now(ErrorSubject::Store)
+        self.wal
+            .sync()
+            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
+        self.flush_meta(ErrorSubject::Store)
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(
@@ -443,22 +526,16 @@ impl LogStore {
         Ok(())
     }
 
-    fn flush_now(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+    /// sled's flush plus its device sync: what makes the metadata (vote, purge point, commit index) durable.
+    fn flush_meta(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
         flush_durably(&self.db, &self.files).map_err(|error| write_error(subject, error))
     }
 
-    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self
-            .log
-            .last()
-            .map_err(|error| read_error(ErrorSubject::Logs, error))?
-        {
-            Some((_, bytes)) => {
-                let entry: Entry = postcard::from_bytes(&bytes)
-                    .map_err(|error| decode_error(ErrorSubject::Logs, error))?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
+    /// The last log id: the WAL's last entry, or the purge point if it is later (or the WAL holds none).
+    fn last_log_id(&self, last_purged: Option<LogId>) -> Option<LogId> {
+        match (self.wal.last_log_id(), last_purged) {
+            (Some(last), Some(purged)) if purged.index >= last.index => Some(purged),
+            (last, purged) => last.or(purged),
         }
     }
 }
@@ -469,26 +546,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
-            std::ops::Bound::Included(index) => *index,
-            std::ops::Bound::Excluded(index) => index.saturating_add(1),
-            std::ops::Bound::Unbounded => 0,
+            Bound::Included(index) => *index,
+            Bound::Excluded(index) => index.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let mut entries = Vec::new();
-        for item in self.log.range(index_key(start)..) {
-            let (key, bytes) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0xff; 8]));
-            if !range.contains(&index) {
-                break;
-            }
-            let entry: Entry = postcard::from_bytes(&bytes)
-                .map_err(|error| decode_error(ErrorSubject::Logs, error))?;
-            assert_eq!(
-                entry.log_id.index, index,
-                "log entry stored under another index"
-            );
-            entries.push(entry);
-        }
-        Ok(entries)
+        let end = match range.end_bound() {
+            Bound::Included(index) => index.saturating_add(1),
+            Bound::Excluded(index) => *index,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.wal
+            .read(start, end)
+            .map_err(|error| read_error(ErrorSubject::Logs, error))
     }
 }
 
@@ -498,7 +567,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> =
             self.read_meta(KEY_LAST_PURGED, ErrorSubject::Store)?;
-        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        let last_log_id = self.last_log_id(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -511,7 +580,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
-        self.flush_now(ErrorSubject::Vote)
+        self.flush_meta(ErrorSubject::Vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -534,8 +603,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed on its own: it rides on the next flush. A commit index that is lost or older on restart
-        // only means openraft re-learns it from the leader.
+        // Not flushed on its own: it rides on the next sled flush (a vote, a purge, shutdown, or sled's
+        // background flush). A commit index that is lost or older on restart only means openraft re-learns it
+        // from the leader.
         self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
     }
 
@@ -543,10 +613,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let committed: Option<Option<LogId>> =
             self.read_meta(KEY_COMMITTED, ErrorSubject::Store)?;
         let committed = committed.flatten();
-        // Never claim a commit beyond what this log holds.
-        let last = self.last_log_id()?;
+        // Never claim a commit beyond what this log holds (after a power loss the sled commit index, flushed
+        // by sled's background thread, can be ahead of the WAL's synced end).
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Store)?;
-        let held = last.or(last_purged);
+        let held = self.last_log_id(last_purged);
         Ok(match (committed, held) {
             (Some(committed), Some(held)) if committed.index <= held.index => Some(committed),
             _ => None,
@@ -562,31 +632,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut count = 0;
-        for entry in entries {
-            let bytes = postcard::to_stdvec(&entry)
-                .map_err(|error| write_error(ErrorSubject::Log(entry.log_id), error))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-            count += 1;
-        }
-        self.log
-            .apply_batch(batch)
+        let count = self
+            .wal
+            .append(entries)
             .map_err(|error| write_error(ErrorSubject::Logs, error))?;
         match self.flush_sender.try_send(FlushRequest {
-            db: self.db.clone(),
+            wal: self.wal.clone(),
             callback,
             entries: count,
         }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(FlushRequest { callback, .. })) => {
                 // The flusher is far behind: flush here rather than queue without bound.
-                let result = flush_durably(&self.db, &self.files);
+                let started = Instant::now();
+                let result = self.wal.sync();
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 self.stats.flushed_appends.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .flushed_entries
                     .fetch_add(count, Ordering::Relaxed);
+                self.stats
+                    .flush_micros_total
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 callback.log_io_completed(result);
                 Ok(())
             }
@@ -598,29 +665,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
-        self.flush_now(ErrorSubject::Logs)
+        self.wal
+            .truncate(log_id.index)
+            .map_err(|error| write_error(ErrorSubject::Logs, error))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first, so that a crash half way leaves no hole that is not accounted for.
+        // Record the purge point durably first, so that a crash half way leaves no hole that is not accounted
+        // for.
         self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Store)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(|error| read_error(ErrorSubject::Logs, error))?;
-            batch.remove(key);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|error| write_error(ErrorSubject::Logs, error))?;
-        self.flush_now(ErrorSubject::Logs)
+        self.flush_meta(ErrorSubject::Store)?;
+        self.wal
+            .purge(log_id.index)
+            .map_err(|error| write_error(ErrorSubject::Logs, error))
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::raft_types::{NodeId, Raft};
-use crate::state_machine::{Batch, Request, Response};
+use crate::state_machine::{Batch, Request, Response, WRITE_BYTES_MAX};
 use crate::telemetry;
 
 /// Most writes in one log entry.
@@ -35,6 +35,19 @@ pub const WRITE_BATCH_WRITES_MAX: usize = 512;
 /// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
 /// `state_machine::WRITE_BYTES_MAX`). Bounds the size of an entry, and so of an AppendEntries message.
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
+/// prefixes.
+pub const WRITE_FRAMING_BYTES_MAX: usize = 64;
+/// Largest encoded log entry of client writes: a full batch (or one write, if that is larger) with framing.
+/// The WAL's record limit and the peer message limit are checked against it at compile time.
+pub const ENTRY_BYTES_MAX: usize = {
+    let payload = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
+        WRITE_BATCH_BYTES_MAX
+    } else {
+        WRITE_BYTES_MAX
+    };
+    payload + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX
+};
 /// Batches proposed and not yet applied at once. Two keep the leader busy (one batch is being flushed or
 /// replicated while the next one gathers writes) without cutting the batches small.
 pub const WRITE_BATCHES_IN_FLIGHT_MAX: usize = 2;

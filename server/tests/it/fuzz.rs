@@ -1,6 +1,7 @@
 //! Property tests over arbitrary and mutated bytes, the stable-toolchain stand-in for `cargo fuzz`: peer
 //! message decoding, the peer service end to end on an in-process node, log entry and snapshot decoding,
-//! and the state machine's apply. The property is always the same: no panic, bad input refused cleanly.
+//! the WAL's recovery from damaged segment files, and the state machine's apply. The property is always the
+//! same: no panic, bad input refused cleanly.
 //!
 //! Random bytes rarely get past a decoder's first field, so most inputs start from a valid encoding of a
 //! generated message and apply a few edits (overwrite, insert, remove, truncate): they reach deep into the
@@ -33,6 +34,7 @@ use raftkv_server::state_machine::{
     KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
 use raftkv_server::storage;
+use raftkv_server::wal::{OpenError, Wal};
 
 /// Longest run of random bytes tried as a message.
 const RANDOM_BYTES_MAX: usize = 512;
@@ -42,6 +44,8 @@ const EDITS_MAX: usize = 4;
 const ENTRIES_MAX: usize = 4;
 /// Commands in a generated state machine history.
 const HISTORY_MAX: usize = 48;
+/// Entries written to the WAL before its files are damaged.
+const WAL_ENTRIES_MAX: usize = 24;
 /// Cluster id of the in-process node.
 const CLUSTER_ID: &str = "fuzz";
 
@@ -318,6 +322,62 @@ proptest! {
         }
         prop_assert_eq!(&state, &replica);
         prop_assert_eq!(StateMachine::decode(&state.encode()), Ok(state));
+    }
+}
+
+// ---- the WAL's recovery ----
+
+proptest! {
+    /// A WAL whose segment files were damaged (bytes overwritten, inserted, removed, a file cut short) either
+    /// refuses to open or opens holding a prefix of what was written, never other entries; damage to any
+    /// segment but the last is always refused (only the last can have a torn tail).
+    #[test]
+    fn damaged_wal_opens_to_a_prefix_or_refuses(
+        entries in prop::collection::vec(entry(), 1..WAL_ENTRIES_MAX),
+        segment_bytes in 48..400u64,
+        damaged in any::<Index>(),
+        edits in edits(),
+    ) {
+        let mut entries = entries;
+        for (position, entry) in entries.iter_mut().enumerate() {
+            entry.log_id.index = position as u64 + 1;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let wal = Wal::open(dir.path(), segment_bytes, false, None).unwrap();
+            wal.append(entries.clone()).unwrap();
+        }
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|item| item.unwrap().path())
+            .collect();
+        segments.sort();
+        let victim = damaged.index(segments.len());
+        let before = std::fs::read(&segments[victim]).unwrap();
+        let after = mutate(before.clone(), &edits);
+        std::fs::write(&segments[victim], &after).unwrap();
+        // Entries held by the segments before the damaged one (a segment is named by its first index).
+        let victim_name = segments[victim].file_name().unwrap().to_str().unwrap().to_string();
+        let earlier = victim_name.trim_end_matches(".wal").parse::<usize>().unwrap() - 1;
+        match Wal::open(dir.path(), segment_bytes, false, None) {
+            Ok(wal) => {
+                prop_assert!(
+                    victim + 1 == segments.len() || after == before,
+                    "damage to segment {} of {} was not refused", victim + 1, segments.len()
+                );
+                let read = wal.read(0, u64::MAX).unwrap();
+                prop_assert!(read.len() <= entries.len());
+                prop_assert!(read.len() >= earlier, "entries before the damaged segment were lost");
+                if after == before {
+                    prop_assert_eq!(read.len(), entries.len());
+                }
+                prop_assert_eq!(&read[..], &entries[..read.len()]);
+            }
+            Err(error) => {
+                prop_assert!(after != before, "an undamaged WAL was refused: {}", error);
+                prop_assert!(matches!(error, OpenError::Corrupt { .. }), "{}", error);
+            }
+        }
     }
 }
 

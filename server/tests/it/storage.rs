@@ -1,32 +1,60 @@
-//! Storage tests: openraft's conformance suite on the sled store, and reopening a store after writes to find
-//! every flushed vote, entry, applied state and membership.
+//! Storage tests: openraft's conformance suite on the store (WAL for the log, sled for the metadata), with
+//! normal and with tiny WAL segments; reopening a store after writes to find every flushed vote, entry,
+//! applied state and membership; and the WAL's recovery: torn tails cut, corruption refused, truncate and
+//! purge across segments, the record size limit, the old sled log format refused.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader};
 use raftkv_server::raft_types::{Entry, LogId, Node, StorageError, TypeConfig, Vote};
 use raftkv_server::state_machine::{Batch, Command, Request};
-use raftkv_server::storage::{self, LogStore, OpenError, StateMachineStore};
+use raftkv_server::storage::{self, LogStore, OpenError, StateMachineStore, StoreOptions};
+use raftkv_server::wal::{RECORD_BYTES_MAX, RECORD_HEADER_BYTES, WAL_DIR};
 use tempfile::TempDir;
 
 const CLUSTER_ID: &str = "test-cluster";
+/// A WAL segment size that holds only a few entries, so that a handful of entries spans several segments.
+const TINY_SEGMENT_BYTES: u64 = 100;
 
-struct SledBuilder;
+/// Builds stores for openraft's suite, with WAL segments of the given size.
+struct Builder {
+    wal_segment_bytes: u64,
+}
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = TempDir::new().expect("temporary directory");
-        let (log, state_machine) = storage::open(dir.path(), 0, CLUSTER_ID).expect("open store");
+        let options = StoreOptions {
+            wal_segment_bytes: self.wal_segment_bytes,
+            ..StoreOptions::default()
+        };
+        let (log, state_machine) =
+            storage::open_with(dir.path(), 0, CLUSTER_ID, options).expect("open store");
         Ok((dir, log, state_machine))
     }
 }
 
 /// Runs openraft's storage conformance suite (it makes its own runtime, so this is a plain test).
 #[test]
-fn sled_store_passes_openraft_suite() {
-    Suite::test_all(SledBuilder).expect("openraft storage suite");
+fn store_passes_openraft_suite() {
+    Suite::test_all(Builder {
+        wal_segment_bytes: raftkv_server::wal::SEGMENT_BYTES,
+    })
+    .expect("openraft storage suite");
+}
+
+/// The suite again with segments of a few entries each: appends roll segments, truncate and purge cross
+/// them.
+#[test]
+fn store_with_tiny_wal_segments_passes_openraft_suite() {
+    Suite::test_all(Builder {
+        wal_segment_bytes: TINY_SEGMENT_BYTES,
+    })
+    .expect("openraft storage suite");
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -165,4 +193,492 @@ async fn own_committed_vote_is_read_back_uncommitted() {
             "saved {saved}"
         );
     }
+}
+
+// ---- the WAL ----
+
+fn open_tiny(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    storage::open_with(
+        dir,
+        1,
+        CLUSTER_ID,
+        StoreOptions {
+            wal_segment_bytes: TINY_SEGMENT_BYTES,
+            ..StoreOptions::default()
+        },
+    )
+}
+
+/// The WAL's segment files, by first index.
+fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut segments: Vec<(u64, PathBuf)> = fs::read_dir(dir.join(WAL_DIR))
+        .unwrap()
+        .map(|item| {
+            let path = item.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let first = name.strip_suffix(".wal").unwrap().parse().unwrap();
+            (first, path)
+        })
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Start offsets of the records in a segment file, read by their length headers.
+fn record_offsets(path: &Path) -> Vec<u64> {
+    let bytes = fs::read(path).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at + RECORD_HEADER_BYTES <= bytes.len() {
+        offsets.push(at as u64);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += RECORD_HEADER_BYTES + len;
+    }
+    offsets
+}
+
+/// One record as the WAL writes it.
+fn record(entry: &Entry) -> Vec<u8> {
+    let payload = postcard::to_stdvec(entry).unwrap();
+    let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+    record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    record
+}
+
+fn put_entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    indexes
+        .map(|index| put_entry(term, index, &format!("key{index}")))
+        .collect()
+}
+
+async fn all_entries(log: &mut LogStore) -> Vec<Entry> {
+    log.try_get_log_entries(0..).await.unwrap()
+}
+
+fn indexes(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|entry| entry.log_id.index).collect()
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x55;
+    fs::write(path, bytes).unwrap();
+}
+
+/// Every appended entry, in batches of different sizes over many segments, is read back unchanged after
+/// the store is dropped and reopened; and the reopened WAL takes the next index.
+#[tokio::test]
+async fn reopened_wal_keeps_every_entry() {
+    let dir = TempDir::new().unwrap();
+    let mut written = Vec::new();
+    {
+        let (mut log, _) = open_tiny(dir.path()).unwrap();
+        let mut next = 1;
+        for batch in [1, 3, 1, 7, 2, 12, 1, 5] {
+            let entries = put_entries(2, next..=next + batch - 1);
+            append_and_wait(&mut log, entries.clone()).await;
+            written.extend(entries);
+            next += batch;
+        }
+        assert_eq!(all_entries(&mut log).await, written);
+    }
+    assert!(
+        segments(dir.path()).len() >= 5,
+        "entries span many segments"
+    );
+    let (mut log, _) = open_tiny(dir.path()).unwrap();
+    assert_eq!(all_entries(&mut log).await, written);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(2, 32))
+    );
+    assert_eq!(
+        log.try_get_log_entries(10..=12).await.unwrap(),
+        written[9..12].to_vec()
+    );
+    append_and_wait(&mut log, vec![put_entry(3, 33, "more")]).await;
+    drop(log);
+    let (mut log, _) = open_tiny(dir.path()).unwrap();
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (1..=33).collect::<Vec<_>>()
+    );
+}
+
+/// A torn tail of the last segment (what a crash during an append leaves) is cut on reopen: half a record,
+/// garbage after the last record, a zero-filled tail. Every earlier entry survives, and entries appended
+/// after the cut survive the next reopen (so the cut really removed the damage).
+#[tokio::test]
+async fn torn_wal_tail_is_cut_on_reopen() {
+    // (what, whether the last record survives it, the damage)
+    type Damage = fn(&Path);
+    let damages: [(&str, bool, Damage); 4] = [
+        ("the last record cut in half", false, |path| {
+            let offsets = record_offsets(path);
+            let last = *offsets.last().unwrap();
+            let len = fs::metadata(path).unwrap().len();
+            let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(last + (len - last) / 2).unwrap();
+        }),
+        ("the last record's header cut short", false, |path| {
+            let last = *record_offsets(path).last().unwrap();
+            let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(last + 5).unwrap();
+        }),
+        ("garbage after the last record", true, |path| {
+            let mut bytes = fs::read(path).unwrap();
+            bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7]);
+            fs::write(path, bytes).unwrap();
+        }),
+        (
+            "the last record's payload zeroed, zeros after it",
+            false,
+            |path| {
+                let last = *record_offsets(path).last().unwrap() as usize;
+                let mut bytes = fs::read(path).unwrap();
+                for byte in &mut bytes[last + RECORD_HEADER_BYTES..] {
+                    *byte = 0;
+                }
+                bytes.extend_from_slice(&[0; 64]);
+                fs::write(path, bytes).unwrap();
+            },
+        ),
+    ];
+    for (damage, last_survives, apply) in damages {
+        let dir = TempDir::new().unwrap();
+        {
+            let (mut log, _) = open_tiny(dir.path()).unwrap();
+            append_and_wait(&mut log, put_entries(1, 1..=10)).await;
+        }
+        let (last_first, last_path) = segments(dir.path()).pop().unwrap();
+        assert!(last_first > 1, "several segments");
+        let whole = fs::metadata(&last_path).unwrap().len();
+        let last_record = *record_offsets(&last_path).last().unwrap();
+        apply(&last_path);
+        let (survivors, cut_at) = match last_survives {
+            true => (10, whole),
+            false => (9, last_record),
+        };
+        let (mut log, _) =
+            open_tiny(dir.path()).unwrap_or_else(|error| panic!("{damage}: {error}"));
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            (1..=survivors).collect::<Vec<_>>(),
+            "{damage}"
+        );
+        match cut_at {
+            // The damaged record was the segment's only one: the segment is gone.
+            0 => assert!(!last_path.exists(), "{damage}"),
+            _ => assert_eq!(fs::metadata(&last_path).unwrap().len(), cut_at, "{damage}"),
+        }
+        let next = survivors + 1;
+        append_and_wait(&mut log, put_entries(2, next..=next + 2)).await;
+        drop(log);
+        let (mut log, _) =
+            open_tiny(dir.path()).unwrap_or_else(|error| panic!("{damage}: {error}"));
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            (1..=next + 2).collect::<Vec<_>>(),
+            "{damage}"
+        );
+    }
+}
+
+fn expect_corrupt(
+    result: Result<(LogStore, StateMachineStore), OpenError>,
+    file: &Path,
+    offset: u64,
+) -> String {
+    match result {
+        Err(error @ OpenError::WalCorrupt { .. }) => {
+            let OpenError::WalCorrupt {
+                file: found_file,
+                offset: found_offset,
+                ..
+            } = &error
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (found_file.as_path(), *found_offset),
+                (file, offset),
+                "{error}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(&file.display().to_string()), "{message}");
+            message
+        }
+        Err(other) => panic!("expected WalCorrupt, got {other}"),
+        Ok(_) => panic!("expected WalCorrupt, the store opened"),
+    }
+}
+
+/// A damaged record that is not the torn tail is corruption and the store refuses to open, naming the
+/// file and offset: a flipped payload byte or a flipped length byte in a middle record of the last segment,
+/// a flipped byte in the last record of an earlier segment, a missing segment.
+#[tokio::test]
+async fn corrupt_wal_refuses_to_open() {
+    // One big segment: the middle record is in the last segment, with whole records after it.
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=10)).await;
+    }
+    let (_, path) = segments(dir.path()).pop().unwrap();
+    let middle = record_offsets(&path)[5];
+    let pristine = fs::read(&path).unwrap();
+    // A payload byte: the crc fails.
+    flip_byte(&path, middle + RECORD_HEADER_BYTES as u64 + 3);
+    let message = expect_corrupt(storage::open(dir.path(), 1, CLUSTER_ID), &path, middle);
+    assert!(message.contains("crc"), "{message}");
+    // The high byte of the length: the record seems to run past the end of the file.
+    fs::write(&path, &pristine).unwrap();
+    flip_byte(&path, middle + 2);
+    expect_corrupt(storage::open(dir.path(), 1, CLUSTER_ID), &path, middle);
+    // The crc itself.
+    fs::write(&path, &pristine).unwrap();
+    flip_byte(&path, middle + 4);
+    expect_corrupt(storage::open(dir.path(), 1, CLUSTER_ID), &path, middle);
+    fs::write(&path, &pristine).unwrap();
+    drop(storage::open(dir.path(), 1, CLUSTER_ID).expect("undamaged again"));
+
+    // Tiny segments: the last record of an earlier segment is not a tail, however it is damaged.
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = open_tiny(dir.path()).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=10)).await;
+    }
+    let all = segments(dir.path());
+    assert!(all.len() >= 3, "several segments");
+    let (_, earlier) = &all[1];
+    let last = *record_offsets(earlier).last().unwrap();
+    let pristine = fs::read(earlier).unwrap();
+    flip_byte(earlier, last + RECORD_HEADER_BYTES as u64);
+    expect_corrupt(open_tiny(dir.path()), earlier, last);
+    let file = fs::OpenOptions::new().write(true).open(earlier).unwrap();
+    file.set_len(pristine.len() as u64 - 3).unwrap();
+    expect_corrupt(open_tiny(dir.path()), earlier, last);
+    fs::write(earlier, &pristine).unwrap();
+
+    // A missing segment leaves a gap between the ones around it.
+    fs::rename(earlier, dir.path().join("moved-away")).unwrap();
+    let (_, after) = &all[2];
+    match open_tiny(dir.path()) {
+        Err(error @ OpenError::WalCorrupt { .. }) => {
+            assert!(
+                error.to_string().contains(&after.display().to_string()),
+                "{error}"
+            )
+        }
+        other => panic!("expected WalCorrupt, got {:?}", other.err()),
+    }
+    fs::rename(dir.path().join("moved-away"), earlier).unwrap();
+    let (mut log, _) = open_tiny(dir.path()).expect("whole again");
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (1..=10).collect::<Vec<_>>()
+    );
+}
+
+/// Whole, checksummed records in the wrong place are corruption, even at the end of the last segment: a
+/// repeated index, a skipped index, a segment whose name is not its first entry's index.
+#[tokio::test]
+async fn wal_entries_out_of_place_refuse_to_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=3)).await;
+    }
+    let (first, path) = segments(dir.path()).pop().unwrap();
+    assert_eq!(first, 1);
+    let pristine = fs::read(&path).unwrap();
+    for (what, tail) in [("a repeated index", 3), ("a skipped index", 5)] {
+        let mut bytes = pristine.clone();
+        bytes.extend(record(&put_entry(1, tail, "misplaced")));
+        fs::write(&path, bytes).unwrap();
+        let message = expect_corrupt(
+            storage::open(dir.path(), 1, CLUSTER_ID),
+            &path,
+            pristine.len() as u64,
+        );
+        assert!(
+            message.contains(&format!("index {tail}")),
+            "{what}: {message}"
+        );
+    }
+    fs::write(&path, &pristine).unwrap();
+    let renamed = path.with_file_name("00000000000000000002.wal");
+    fs::rename(&path, &renamed).unwrap();
+    expect_corrupt(storage::open(dir.path(), 1, CLUSTER_ID), &renamed, 0);
+}
+
+/// Truncate and purge across tiny segments, then reopen: exactly the expected entries, with their terms,
+/// and no segment left that holds only purged entries.
+#[tokio::test]
+async fn wal_truncate_and_purge_across_segments_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let mut expected: Vec<Entry>;
+    {
+        let (mut log, _) = open_tiny(dir.path()).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=20)).await;
+        append_and_wait(&mut log, put_entries(1, 21..=40)).await;
+        let before = segments(dir.path());
+        assert!(before.len() >= 8, "many segments: {before:?}");
+
+        // Truncate in the middle of a segment, several segments back from the end.
+        let (boundary, _) = before[before.len() - 4];
+        let cut = boundary + 1;
+        log.truncate(log_id(1, cut)).await.unwrap();
+        assert_eq!(
+            indexes(&all_entries(&mut log).await),
+            (1..cut).collect::<Vec<_>>()
+        );
+        assert_eq!(segments(dir.path()).last().unwrap().0, boundary);
+        // Truncate exactly at a segment's first entry: that segment goes too.
+        let (boundary, _) = before[before.len() - 6];
+        log.truncate(log_id(1, boundary)).await.unwrap();
+        assert!(segments(dir.path())
+            .iter()
+            .all(|(first, _)| *first < boundary));
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, boundary - 1))
+        );
+
+        // New entries of a later term continue the log.
+        append_and_wait(&mut log, put_entries(2, boundary..=boundary + 9)).await;
+        let last = boundary + 9;
+
+        // Purge into the middle of the third segment.
+        let third = segments(dir.path())[2].0;
+        let purge_to = third + 1;
+        log.purge(log_id(1, purge_to)).await.unwrap();
+        assert_eq!(
+            segments(dir.path())[0].0,
+            third,
+            "segments wholly purged are deleted, the one holding the purge point is kept"
+        );
+        expected = put_entries(1, purge_to + 1..=boundary - 1);
+        expected.extend(put_entries(2, boundary..=last));
+        assert_eq!(all_entries(&mut log).await, expected);
+        assert_eq!(
+            log.try_get_log_entries(0..=purge_to).await.unwrap(),
+            vec![],
+            "purged entries still on disk are never returned"
+        );
+    }
+    let (mut log, _) = open_tiny(dir.path()).unwrap();
+    assert_eq!(all_entries(&mut log).await, expected);
+    let state = log.get_log_state().await.unwrap();
+    let purge_to = expected[0].log_id.index - 1;
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, purge_to)));
+    assert_eq!(state.last_log_id, expected.last().map(|entry| entry.log_id));
+
+    // Purge past the end: every segment goes, and the log continues after the purge point.
+    let beyond = state.last_log_id.unwrap().index + 5;
+    log.purge(log_id(2, beyond)).await.unwrap();
+    assert!(segments(dir.path()).is_empty());
+    append_and_wait(&mut log, put_entries(3, beyond + 1..=beyond + 3)).await;
+    drop(log);
+    let (mut log, _) = open_tiny(dir.path()).unwrap();
+    assert_eq!(
+        all_entries(&mut log).await,
+        put_entries(3, beyond + 1..=beyond + 3)
+    );
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(log_id(2, beyond))
+    );
+}
+
+/// An entry whose record would exceed `RECORD_BYTES_MAX` is refused and nothing is written; a record over
+/// the limit found on disk is refused too (here one with a valid crc, followed by a valid record).
+#[tokio::test]
+async fn wal_record_over_the_limit_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let huge = Entry {
+        log_id: log_id(1, 2),
+        payload: EntryPayload::Normal(Batch::single(Request {
+            session: None,
+            command: Command::Put {
+                key: b"huge".to_vec(),
+                value: vec![b'v'; RECORD_BYTES_MAX],
+            },
+        })),
+    };
+    {
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        append_and_wait(&mut log, vec![put_entry(1, 1, "small")]).await;
+        let refused = log
+            .blocking_append(vec![huge.clone(), put_entry(1, 3, "after")])
+            .await;
+        let error = refused.expect_err("a record over the limit is refused");
+        assert!(error.to_string().contains("RECORD_BYTES_MAX"), "{error}");
+        assert_eq!(indexes(&all_entries(&mut log).await), vec![1]);
+        append_and_wait(&mut log, vec![put_entry(1, 2, "fits")]).await;
+    }
+    let (_, path) = segments(dir.path()).pop().unwrap();
+    // Written by hand: entry 1, the oversized entry 2 (whole, crc right), entry 3.
+    let mut bytes = record(&put_entry(1, 1, "small"));
+    let oversized_at = bytes.len() as u64;
+    bytes.extend(record(&huge));
+    bytes.extend(record(&put_entry(1, 3, "after")));
+    fs::write(&path, bytes).unwrap();
+    let message = expect_corrupt(
+        storage::open(dir.path(), 1, CLUSTER_ID),
+        &path,
+        oversized_at,
+    );
+    assert!(message.contains("RECORD_BYTES_MAX"), "{message}");
+}
+
+/// A data dir whose Raft log is in sled (the format before the WAL) is refused, not opened without it.
+#[test]
+fn old_sled_log_is_refused() {
+    let dir = TempDir::new().unwrap();
+    drop(storage::open(dir.path(), 1, CLUSTER_ID).unwrap());
+    {
+        let db = sled::open(dir.path().join("raft")).unwrap();
+        let old_log = db.open_tree("log").unwrap();
+        old_log
+            .insert(
+                1u64.to_be_bytes(),
+                postcard::to_stdvec(&put_entry(1, 1, "old")).unwrap(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match storage::open(dir.path(), 1, CLUSTER_ID) {
+        Err(error @ OpenError::OldLogFormat { .. }) => {
+            assert!(error.to_string().contains("cannot read"), "{error}")
+        }
+        other => panic!("expected OldLogFormat, got {:?}", other.err()),
+    }
+}
+
+/// Once the last handle of a store is dropped after its appends were acknowledged, no WAL file is open any
+/// more (the flusher keeps none while idle), so the store can be reopened at once.
+#[tokio::test]
+async fn dropped_store_keeps_no_wal_file_open() {
+    let dir = TempDir::new().unwrap();
+    let wal_dir = dir.path().join(WAL_DIR);
+    let open_wal_files = || {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|item| fs::read_link(item.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&wal_dir))
+            .count()
+    };
+    {
+        let (mut log, _) = open_tiny(dir.path()).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=10)).await;
+        assert!(open_wal_files() > 0, "the store holds its segments open");
+    }
+    assert_eq!(open_wal_files(), 0);
+    let (mut log, _) = open_tiny(dir.path()).unwrap();
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (1..=10).collect::<Vec<_>>()
+    );
 }

@@ -1,0 +1,819 @@
+//! The write-ahead log of Raft log entries: segment files in `<data-dir>/wal/`, the in-memory index of where
+//! each record lies, group-commit syncing, truncation, purging and crash recovery. `storage::LogStore` is its
+//! only user; the vote, the commit index and the purge point stay in sled (see `storage`).
+//!
+//! Why it exists: the leader awaits one flush per client write (openraft 0.9 waits for each `append`
+//! callback), and sled's flush cost three `sync_file_range` calls plus our `fdatasync` per write, 3-4 times
+//! a plain `write` + `fdatasync`. Here an append is one `pwrite` and its flush is one `fdatasync`.
+//!
+//! On disk. Segment files named by the index of their first entry, zero-padded to 20 digits
+//! (`00000000000000000042.wal`), each a sequence of records
+//! `[u32 payload length][u32 crc32 of the payload][postcard(Entry)]` (both integers little-endian), holding
+//! consecutive indexes. A segment is closed when the next record would take it past its size limit
+//! (`SEGMENT_BYTES` for nodes); a record is never split.
+//!
+//! In memory. Only where each record starts (per segment: its first index and a `Vec` of offsets) and the
+//! last entry's log id; reads are positional (`read_exact_at`) and check length, crc and index.
+//!
+//! Durability (with `sync`; without it, as `SyncMode::Process`, nothing is synced and the log survives
+//! kill -9 only):
+//! - `append` writes its records at once (readable straight away, not synced); `sync` is the group-commit
+//!   flush: one `fdatasync` of every segment written since the last `sync`, and an `fsync` of the directory
+//!   if a segment was created since. Before a new segment is started the current one is `fdatasync`ed, so
+//!   only the last segment can end in a torn write.
+//! - `truncate` deletes later segments (last first, syncing the directory after each), cuts the segment
+//!   holding the index and syncs it, all before returning.
+//! - `purge` deletes segments whose entries are all at or below the purge point (oldest first) and never
+//!   returns such entries again, whether or not their file is still there. The caller records the purge point
+//!   durably first; a purged segment that comes back after a power loss is deleted again on open.
+//!
+//! Recovery (`Wal::open`): segments are read in order; every record must be whole, within
+//! `RECORD_BYTES_MAX`, match its crc, decode to exactly one entry, and carry the index its position implies,
+//! with no gap or repeat between segments nor between the purge point and the first entry kept. A bad record
+//! in the last segment with no valid record anywhere after it is a torn write from a crash: the file is cut
+//! there (logged as a warning). Any other bad record is corruption and the WAL refuses to open, naming the
+//! file and byte offset. A bad record followed by a valid one can also be the work of a power loss that
+//! wrote a later page but not an earlier one (the device reorders unsynced writes); it is refused too, since
+//! nothing can tell it from a damaged record that was acknowledged, and refusing loses nothing.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::raft_types::{Entry, LogId};
+use crate::write_batch::ENTRY_BYTES_MAX;
+
+/// Size at which nodes start a new segment.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest record payload (one encoded entry), refused over it when writing and when reading.
+pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of a record's header: payload length and crc32.
+pub const RECORD_HEADER_BYTES: usize = 8;
+/// Directory of the segments inside the data dir.
+pub const WAL_DIR: &str = "wal";
+/// File name suffix of a segment.
+const SEGMENT_SUFFIX: &str = ".wal";
+/// Digits of the first index in a segment's name (`u64::MAX` has 20).
+const SEGMENT_NAME_DIGITS: usize = 20;
+/// Bytes read at once when reading a range of records (a larger record is read alone).
+const READ_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Buffer of the sequential reader that scans segments on open.
+const SCAN_BUFFER_BYTES: usize = 1024 * 1024;
+
+// The largest entry the leader makes (a full write batch, see `write_batch`) fits with room to spare, so a
+// write accepted by the API is never refused here.
+const _: () = assert!(ENTRY_BYTES_MAX + 64 * 1024 <= RECORD_BYTES_MAX);
+
+/// Why the WAL could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("WAL segment {file} is corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// The Raft log's write-ahead log. Shared (`Arc`) by the log store's clones and by pending flushes.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// `fdatasync` / `fsync` at all (`SyncMode::Device`); without it nothing is synced.
+    sync: bool,
+    state: RwLock<State>,
+}
+
+struct State {
+    /// Segments in index order, each holding at least one record; consecutive segments hold consecutive
+    /// indexes.
+    segments: VecDeque<Segment>,
+    /// Entries at or below this index are purged: never read, and never written again.
+    purged: Option<u64>,
+    /// Log id of the last entry in `segments` (purged or not).
+    last: Option<LogId>,
+    /// Segments written since the last `sync`.
+    unsynced: Vec<Arc<File>>,
+    /// A segment was created since the last `sync`: the directory needs an fsync.
+    dir_unsynced: bool,
+}
+
+struct Segment {
+    /// Index of its first record, also its name.
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Byte offset of each record: the record of index `first + k` starts at `offsets[k]`.
+    offsets: Vec<u64>,
+    /// Bytes of whole records: where the next one goes.
+    bytes: u64,
+}
+
+impl Segment {
+    fn last_index(&self) -> u64 {
+        self.first + self.offsets.len() as u64 - 1
+    }
+
+    /// Byte range of the `k`th record.
+    fn record(&self, k: usize) -> (u64, u64) {
+        let end = self.offsets.get(k + 1).copied().unwrap_or(self.bytes);
+        (self.offsets[k], end)
+    }
+}
+
+fn segment_name(first: u64) -> String {
+    format!(
+        "{first:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Forgets a segment that is about to be deleted or was synced on its own.
+fn drop_unsynced(state: &mut State, file: &Arc<File>) {
+    state
+        .unsynced
+        .retain(|unsynced| !Arc::ptr_eq(unsynced, file));
+}
+
+/// Deletes the segments, oldest first, whose entries are all at or below the purge point. Not synced: one
+/// that comes back after a power loss is deleted again on open.
+fn drop_purged_segments(state: &mut State) -> io::Result<()> {
+    let Some(purged) = state.purged else {
+        return Ok(());
+    };
+    while state
+        .segments
+        .front()
+        .is_some_and(|segment| segment.last_index() <= purged)
+    {
+        let segment = state.segments.pop_front().expect("checked");
+        drop_unsynced(state, &segment.file);
+        fs::remove_file(&segment.path)?;
+    }
+    if state.segments.is_empty() {
+        state.last = None;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn invalid_data(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Decodes a record's payload: exactly one entry, nothing after it.
+fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
+    match postcard::take_from_bytes::<Entry>(payload) {
+        Ok((entry, [])) => Ok(entry),
+        Ok((_, rest)) => Err(format!("{} bytes after the entry", rest.len())),
+        Err(error) => Err(format!("entry does not decode: {error}")),
+    }
+}
+
+/// Checks one record in `bytes` (header and payload, nothing else) and decodes its entry.
+fn decode_record(bytes: &[u8]) -> Result<Entry, String> {
+    if bytes.len() < RECORD_HEADER_BYTES {
+        return Err(format!(
+            "{} bytes is shorter than a record header",
+            bytes.len()
+        ));
+    }
+    let (header, payload) = bytes.split_at(RECORD_HEADER_BYTES);
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > RECORD_BYTES_MAX {
+        return Err(format!(
+            "length {len} is over RECORD_BYTES_MAX ({RECORD_BYTES_MAX})"
+        ));
+    }
+    if len != payload.len() {
+        return Err(format!(
+            "length {len} where the index says {}",
+            payload.len()
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err("crc mismatch".to_string());
+    }
+    decode_entry(payload)
+}
+
+/// What went wrong with the record at some offset while scanning: either it is not whole or its crc fails
+/// (`Torn`: a torn write if nothing valid follows it in the last segment), or it is whole and checksummed
+/// but wrong (`Bad`: always corruption).
+enum Damage {
+    Torn(String),
+    Bad(String),
+}
+
+/// Result of reading one segment from start to end.
+struct Scan {
+    offsets: Vec<u64>,
+    /// End of the last good record.
+    bytes: u64,
+    last: Option<LogId>,
+    /// The first record that is not good, and why.
+    damage: Option<(u64, Damage)>,
+}
+
+/// Reads a segment's records in order, checking each; stops at the first that is not good.
+fn scan_segment(file: &File, first: u64) -> io::Result<Scan> {
+    let len = file.metadata()?.len();
+    let mut reader = io::BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut scan = Scan {
+        offsets: Vec::new(),
+        bytes: 0,
+        last: None,
+        damage: None,
+    };
+    let mut payload = Vec::new();
+    while scan.bytes < len {
+        let offset = scan.bytes;
+        let left = len - offset;
+        if left < RECORD_HEADER_BYTES as u64 {
+            scan.damage = Some((
+                offset,
+                Damage::Torn(format!("{left} bytes left, less than a record header")),
+            ));
+            break;
+        }
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        reader.read_exact(&mut header)?;
+        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if payload_len == 0 {
+            scan.damage = Some((offset, Damage::Torn("zero length".to_string())));
+            break;
+        }
+        if payload_len > RECORD_BYTES_MAX as u64 {
+            scan.damage = Some((
+                offset,
+                Damage::Torn(format!(
+                    "length {payload_len} is over RECORD_BYTES_MAX ({RECORD_BYTES_MAX})"
+                )),
+            ));
+            break;
+        }
+        if payload_len > left - RECORD_HEADER_BYTES as u64 {
+            scan.damage = Some((
+                offset,
+                Damage::Torn(format!(
+                    "record of {payload_len} bytes runs past the end of the file ({len} bytes)"
+                )),
+            ));
+            break;
+        }
+        payload.resize(payload_len as usize, 0);
+        reader.read_exact(&mut payload)?;
+        if crc32fast::hash(&payload) != crc {
+            scan.damage = Some((offset, Damage::Torn("crc mismatch".to_string())));
+            break;
+        }
+        let entry = match decode_entry(&payload) {
+            Ok(entry) => entry,
+            Err(reason) => {
+                scan.damage = Some((offset, Damage::Bad(reason)));
+                break;
+            }
+        };
+        let expected = first + scan.offsets.len() as u64;
+        if entry.log_id.index != expected {
+            scan.damage = Some((
+                offset,
+                Damage::Bad(format!(
+                    "entry has index {}, its position says {expected}",
+                    entry.log_id.index
+                )),
+            ));
+            break;
+        }
+        scan.offsets.push(offset);
+        scan.bytes = offset + (RECORD_HEADER_BYTES as u64) + payload_len;
+        scan.last = Some(entry.log_id);
+    }
+    Ok(scan)
+}
+
+/// The offset of the first valid record (whole, within the limit, crc matching, one entry) that starts
+/// strictly after `from` in `file`, if any. Used only on open, for a bad record in the last segment.
+fn find_valid_record_after(file: &File, from: u64) -> io::Result<Option<u64>> {
+    let len = file.metadata()?.len();
+    let start = from + 1;
+    if len < start + RECORD_HEADER_BYTES as u64 {
+        return Ok(None);
+    }
+    let mut rest = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut rest, start)?;
+    for at in 0..=rest.len() - RECORD_HEADER_BYTES {
+        let payload_len =
+            u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if payload_len == 0
+            || payload_len > RECORD_BYTES_MAX
+            || payload_len > rest.len() - at - RECORD_HEADER_BYTES
+        {
+            continue;
+        }
+        let crc = u32::from_le_bytes(rest[at + 4..at + 8].try_into().expect("4 bytes"));
+        let payload = &rest[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len];
+        if crc32fast::hash(payload) == crc && decode_entry(payload).is_ok() {
+            return Ok(Some(start + at as u64));
+        }
+    }
+    Ok(None)
+}
+
+impl Wal {
+    /// Opens the WAL in `dir` (created if missing), recovering as the module docs say. `purged` is the
+    /// purge point the caller recorded; segments wholly at or below it are deleted (a purge cut short).
+    /// `segment_bytes` is the size at which a new segment is started (`SEGMENT_BYTES` for nodes).
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        sync: bool,
+        purged: Option<u64>,
+    ) -> Result<Wal, OpenError> {
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mut names = Vec::new();
+        for item in fs::read_dir(dir).map_err(io_error(dir))? {
+            let item = item.map_err(io_error(dir))?;
+            let name = item.file_name();
+            match name.to_str().and_then(parse_segment_name) {
+                Some(first) => names.push((first, item.path())),
+                None => tracing::warn!(file = %item.path().display(), "not a WAL segment; ignored"),
+            }
+        }
+        names.sort();
+
+        // Segments followed by one that starts at or below `purged + 1` hold only purged entries.
+        let mut doomed = Vec::new();
+        if let Some(purged) = purged {
+            while names.len() >= 2 && names[1].0 <= purged.saturating_add(1) {
+                doomed.push(names.remove(0).1);
+            }
+        }
+
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut last: Option<LogId> = None;
+        let count = names.len();
+        for (position, (first, path)) in names.into_iter().enumerate() {
+            let is_last = position + 1 == count;
+            let corrupt = |offset: u64, reason: String| OpenError::Corrupt {
+                file: path.clone(),
+                offset,
+                reason,
+            };
+            match last {
+                Some(last) if first != last.index + 1 => {
+                    return Err(corrupt(
+                        0,
+                        format!(
+                            "the segment starts at index {first} but the previous one ends at {}",
+                            last.index
+                        ),
+                    ));
+                }
+                None => {
+                    if let Some(purged) = purged {
+                        if first > purged.saturating_add(1) {
+                            return Err(corrupt(
+                                0,
+                                format!(
+                                    "the first segment starts at index {first} but only entries up to {purged} \
+                                     were purged: {}..={} are missing",
+                                    purged + 1,
+                                    first - 1
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            let mut scan = scan_segment(&file, first).map_err(io_error(&path))?;
+            if let Some((offset, damage)) = scan.damage.take() {
+                let reason = match damage {
+                    Damage::Bad(reason) => return Err(corrupt(offset, reason)),
+                    Damage::Torn(reason) if !is_last => {
+                        return Err(corrupt(
+                            offset,
+                            format!("{reason} (not in the last segment)"),
+                        ))
+                    }
+                    Damage::Torn(reason) => reason,
+                };
+                if let Some(valid) =
+                    find_valid_record_after(&file, offset).map_err(io_error(&path))?
+                {
+                    return Err(corrupt(
+                        offset,
+                        format!(
+                            "{reason}, and a valid record follows at byte {valid}: not a torn tail"
+                        ),
+                    ));
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    cut_bytes = file.metadata().map(|meta| meta.len() - offset).unwrap_or(0),
+                    %reason,
+                    "torn write at the end of the WAL (a crash during an append); cutting it off"
+                );
+                file.set_len(offset).map_err(io_error(&path))?;
+                if sync {
+                    file.sync_data().map_err(io_error(&path))?;
+                }
+            }
+            if scan.offsets.is_empty() {
+                if !is_last {
+                    return Err(corrupt(0, "empty segment before the last one".to_string()));
+                }
+                // Created by an append that did not get to write a whole record.
+                doomed.push(path);
+                continue;
+            }
+            last = scan.last;
+            segments.push_back(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                offsets: scan.offsets,
+                bytes: scan.bytes,
+            });
+        }
+        for path in doomed {
+            fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        let mut state = State {
+            segments,
+            purged,
+            last,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+        };
+        // A purge cut short may also leave segments that only a scan shows to be wholly purged.
+        drop_purged_segments(&mut state).map_err(io_error(dir))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            sync,
+            state: RwLock::new(state),
+        })
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Log id of the last entry held, purged or not; `None` when no segment holds an entry.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.read_state().last
+    }
+
+    /// Bytes of all segments.
+    pub fn bytes(&self) -> u64 {
+        self.read_state()
+            .segments
+            .iter()
+            .map(|segment| segment.bytes)
+            .sum()
+    }
+
+    /// Writes `entries` (readable at once, durable after the next `sync`). Entries at or below the purge
+    /// point are skipped (openraft's storage suite appends some); the others must continue the log: the
+    /// first follows the last entry held, or the purge point when none is held. Returns the number written.
+    pub fn append(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<u64> {
+        // Encode before taking the lock: every record with its header, one buffer.
+        let mut buffer = Vec::new();
+        let mut records: Vec<(LogId, usize)> = Vec::new();
+        for entry in entries {
+            let start = buffer.len();
+            buffer.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+            buffer = postcard::to_extend(&entry, buffer).map_err(io::Error::other)?;
+            let payload_len = buffer.len() - start - RECORD_HEADER_BYTES;
+            if payload_len > RECORD_BYTES_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "log entry {} encodes to {payload_len} bytes, over the WAL's RECORD_BYTES_MAX ({RECORD_BYTES_MAX})",
+                        entry.log_id
+                    ),
+                ));
+            }
+            let crc = crc32fast::hash(&buffer[start + RECORD_HEADER_BYTES..]);
+            buffer[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+            buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            records.push((entry.log_id, start));
+        }
+        let record_end = |k: usize| {
+            records
+                .get(k + 1)
+                .map(|(_, start)| *start)
+                .unwrap_or(buffer.len())
+        };
+
+        let mut state = self.write_state();
+        let skip = match state.purged {
+            Some(purged) => records
+                .iter()
+                .take_while(|(log_id, _)| log_id.index <= purged)
+                .count(),
+            None => 0,
+        };
+        let mut expected = match (state.last, state.purged) {
+            (Some(last), _) => Some(last.index + 1),
+            (None, Some(purged)) => Some(purged + 1),
+            (None, None) => None,
+        };
+        for (log_id, _) in &records[skip..] {
+            if expected.is_some_and(|expected| log_id.index != expected) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "append of log entry {log_id} where the log expects index {}",
+                        expected.unwrap_or_default()
+                    ),
+                ));
+            }
+            expected = Some(log_id.index + 1);
+        }
+
+        let mut k = skip;
+        while k < records.len() {
+            let record_bytes = (record_end(k) - records[k].1) as u64;
+            let roll = match state.segments.back() {
+                None => true,
+                Some(current) => {
+                    current.bytes > 0 && current.bytes + record_bytes > self.segment_bytes
+                }
+            };
+            if roll {
+                self.start_segment(&mut state, records[k].0.index)?;
+            }
+            // Every following record that still fits goes into the same write.
+            let current = state.segments.back().expect("a current segment");
+            let mut end = k + 1;
+            let mut run_bytes = record_bytes;
+            while end < records.len() {
+                let next = (record_end(end) - records[end].1) as u64;
+                if current.bytes + run_bytes + next > self.segment_bytes {
+                    break;
+                }
+                run_bytes += next;
+                end += 1;
+            }
+            let run = &buffer[records[k].1..record_end(end - 1)];
+            let at = current.bytes;
+            if let Err(error) = current.file.write_all_at(run, at) {
+                // Leave no partial record behind the last whole one, and no segment without records.
+                if current.offsets.is_empty() {
+                    let segment = state.segments.pop_back().expect("a current segment");
+                    drop_unsynced(&mut state, &segment.file);
+                    let _ = fs::remove_file(&segment.path);
+                } else {
+                    let _ = current.file.set_len(at);
+                }
+                return Err(error);
+            }
+            let file = current.file.clone();
+            let run_start = records[k].1;
+            let current = state.segments.back_mut().expect("a current segment");
+            current.offsets.extend(
+                records[k..end]
+                    .iter()
+                    .map(|(_, start)| at + (start - run_start) as u64),
+            );
+            current.bytes += run_bytes;
+            state.last = Some(records[end - 1].0);
+            if !state
+                .unsynced
+                .last()
+                .is_some_and(|last| Arc::ptr_eq(last, &file))
+            {
+                state.unsynced.push(file);
+            }
+            k = end;
+        }
+        Ok((records.len() - skip) as u64)
+    }
+
+    /// Starts a new segment whose first record will be `first`, after syncing the current one so that only
+    /// the last segment can end in a torn write.
+    fn start_segment(&self, state: &mut State, first: u64) -> io::Result<()> {
+        if let Some(current) = state.segments.back() {
+            if self.sync {
+                current.file.sync_data()?;
+            }
+            let file = current.file.clone();
+            drop_unsynced(state, &file);
+        }
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        state.segments.push_back(Segment {
+            first,
+            path,
+            file: Arc::new(file),
+            offsets: Vec::new(),
+            bytes: 0,
+        });
+        state.dir_unsynced = true;
+        Ok(())
+    }
+
+    /// The group-commit flush: makes everything appended so far durable (one `fdatasync` per segment
+    /// written since the last call, an `fsync` of the directory if a segment was created). Does not hold
+    /// the lock while syncing, so appends and reads go on.
+    pub fn sync(&self) -> io::Result<()> {
+        let (files, dir) = {
+            let mut state = self.write_state();
+            (
+                std::mem::take(&mut state.unsynced),
+                std::mem::take(&mut state.dir_unsynced),
+            )
+        };
+        if !self.sync {
+            return Ok(());
+        }
+        let result = files
+            .iter()
+            .try_for_each(|file| file.sync_data())
+            .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) });
+        if result.is_err() {
+            // Not known to be durable: the next sync tries again.
+            let mut state = self.write_state();
+            state.unsynced.extend(files);
+            state.dir_unsynced |= dir;
+        }
+        result
+    }
+
+    /// The entries with indexes in `start..end` that are held and not purged, in order.
+    pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let state = self.read_state();
+        let (Some(first), Some(last)) = (state.segments.front(), state.last) else {
+            return Ok(Vec::new());
+        };
+        let start = start
+            .max(first.first)
+            .max(state.purged.map_or(0, |purged| purged.saturating_add(1)));
+        let end = end.min(last.index + 1);
+        let mut entries = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let mut index = start;
+        while index < end {
+            let position = state
+                .segments
+                .partition_point(|segment| segment.first <= index)
+                - 1;
+            let segment = &state.segments[position];
+            let from = (index - segment.first) as usize;
+            let until = ((end - segment.first) as usize).min(segment.offsets.len());
+            // One positional read for as many records as fit in a chunk (at least one).
+            let (span_start, mut span_end) = segment.record(from);
+            let mut to = from + 1;
+            while to < until {
+                let (_, record_end) = segment.record(to);
+                if record_end - span_start > READ_CHUNK_BYTES {
+                    break;
+                }
+                span_end = record_end;
+                to += 1;
+            }
+            let mut chunk = vec![0u8; (span_end - span_start) as usize];
+            segment.file.read_exact_at(&mut chunk, span_start)?;
+            for k in from..to {
+                let (record_start, record_end) = segment.record(k);
+                let bytes = &chunk
+                    [(record_start - span_start) as usize..(record_end - span_start) as usize];
+                let expected = segment.first + k as u64;
+                let entry = decode_record(bytes)
+                    .and_then(|entry| match entry.log_id.index == expected {
+                        true => Ok(entry),
+                        false => Err(format!("entry has index {}", entry.log_id.index)),
+                    })
+                    .map_err(|reason| {
+                        invalid_data(format!(
+                            "WAL segment {} at byte {record_start} (index {expected}): {reason}",
+                            segment.path.display()
+                        ))
+                    })?;
+                entries.push(entry);
+            }
+            index = segment.first + to as u64;
+        }
+        Ok(entries)
+    }
+
+    /// Deletes the entries at `index` and after, durably, before returning.
+    pub fn truncate(&self, index: u64) -> io::Result<()> {
+        let mut state = self.write_state();
+        if state.last.is_none_or(|last| index > last.index) {
+            return Ok(());
+        }
+        // Later segments first, last to first, so that a crash half way leaves the log a prefix of what it
+        // was; each removal is made durable before the next.
+        while let Some(segment) = state.segments.back() {
+            if segment.first < index {
+                break;
+            }
+            let segment = state.segments.pop_back().expect("checked");
+            drop_unsynced(&mut state, &segment.file);
+            fs::remove_file(&segment.path)?;
+            if self.sync {
+                sync_dir(&self.dir)?;
+            }
+        }
+        if let Some(segment) = state.segments.back_mut() {
+            let keep = (index - segment.first) as usize;
+            if keep < segment.offsets.len() {
+                let cut = segment.offsets[keep];
+                segment.file.set_len(cut)?;
+                if self.sync {
+                    segment.file.sync_data()?;
+                }
+                segment.offsets.truncate(keep);
+                segment.bytes = cut;
+            }
+        }
+        // The new last entry's log id is on disk.
+        state.last = match state.segments.back() {
+            None => None,
+            Some(segment) => {
+                let k = segment.offsets.len() - 1;
+                let (start, end) = segment.record(k);
+                let mut bytes = vec![0u8; (end - start) as usize];
+                segment.file.read_exact_at(&mut bytes, start)?;
+                let entry = decode_record(&bytes).map_err(|reason| {
+                    invalid_data(format!(
+                        "WAL segment {} at byte {start}: {reason}",
+                        segment.path.display()
+                    ))
+                })?;
+                Some(entry.log_id)
+            }
+        };
+        // Entries at or below the purge point are never kept as the log's end (openraft does not truncate
+        // that far; if it did, the next append would start a new segment after the purge point).
+        drop_purged_segments(&mut state)
+    }
+
+    /// Never returns entries at or below `index` again, and deletes the segments that hold only such
+    /// entries (oldest first). The caller has recorded the purge point durably before.
+    pub fn purge(&self, index: u64) -> io::Result<()> {
+        let mut state = self.write_state();
+        if state.purged.is_some_and(|purged| purged >= index) {
+            return Ok(());
+        }
+        state.purged = Some(index);
+        drop_purged_segments(&mut state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_sort_by_index() {
+        assert_eq!(segment_name(42), "00000000000000000042.wal");
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_segment_name("42.wal"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.wal"), None);
+        assert!(segment_name(9) < segment_name(10));
+    }
+}
