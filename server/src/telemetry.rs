@@ -165,7 +165,7 @@ fn describe() {
     );
     describe_counter!(
         WRITE_BATCHES,
-        "log entries of client writes this node proposed as leader (one per write batch)"
+        "log entries of client writes this node committed as leader (one per write batch)"
     );
     describe_counter!(
         WRITE_BATCH_WRITES,

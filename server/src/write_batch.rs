@@ -185,8 +185,6 @@ async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
         .map(|waiting| (waiting.request, waiting.reply))
         .unzip();
     let count = writes.len();
-    metrics::counter!(telemetry::WRITE_BATCHES).increment(1);
-    metrics::counter!(telemetry::WRITE_BATCH_WRITES).increment(count as u64);
     let outcome = match tokio::time::timeout(timeout, raft.client_write(Batch { writes })).await {
         Err(_) => Err(WriteError::Indeterminate(format!(
             "not committed within {timeout:?}"
@@ -211,6 +209,8 @@ async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
     };
     match outcome {
         Ok(responses) => {
+            metrics::counter!(telemetry::WRITE_BATCHES).increment(1);
+            metrics::counter!(telemetry::WRITE_BATCH_WRITES).increment(count as u64);
             for (reply, response) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok(response));
             }
