@@ -316,16 +316,24 @@ impl Client {
     /// A read answered by a node that says it is the leader names the leader: later linearizable and lease
     /// reads go straight to it (writes teach the same; without it, a client that only reads would send
     /// two reads in three to followers, which must ask the leader for every one).
+    ///
+    /// Only a read the node confirmed with a quorum (linearizable, or lease) counts: a deposed leader that
+    /// has not learnt it yet still answers stale reads as leader. A read from the cached leader that says it
+    /// is no longer leader forgets it.
     fn learn_leader_from(&self, endpoint: &str, envelope: &kv::ReadEnvelope) {
+        let confirmed = envelope.consistency == kv::Consistency::Linearizable as i32
+            || envelope.consistency == kv::Consistency::Lease as i32;
+        let mut leader = self
+            .shared
+            .leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if envelope.role == kv::Role::Leader as i32 {
-            let mut leader = self
-                .shared
-                .leader
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if leader.as_deref() != Some(endpoint) {
+            if confirmed && leader.as_deref() != Some(endpoint) {
                 *leader = Some(endpoint.to_string());
             }
+        } else if leader.as_deref() == Some(endpoint) {
+            *leader = None;
         }
     }
 

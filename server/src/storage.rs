@@ -71,8 +71,9 @@ use crate::wal::{self, Wal};
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
 const FLUSH_QUEUE_MAX: usize = 65_536;
-/// Bytes that open every snapshot file, naming its format.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP1";
+/// Bytes that open every snapshot file, naming its format. 2: log entries carry write batches and the
+/// session table's responses lost the `Empty` variant; a format-1 snapshot is refused, not misread.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP2";
 /// File name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "current.snap";
 

@@ -41,7 +41,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::raft_types::{Entry, LogId};
 use crate::write_batch::ENTRY_BYTES_MAX;
@@ -87,6 +88,13 @@ pub struct Wal {
     /// `fdatasync` / `fsync` at all (`SyncMode::Device`); without it nothing is synced.
     sync: bool,
     state: RwLock<State>,
+    /// Held for the whole of a `sync`: a second sync waits for one in progress instead of finding nothing
+    /// left to sync and reporting durable what is still being synced.
+    sync_lock: Mutex<()>,
+    /// Set by the first failed sync, truncate or purge, or an append that failed while writing: memory and
+    /// disk may disagree from then on (and a failed `fdatasync` may have dropped dirty pages that a retry
+    /// would then report synced), so every later call fails until the node restarts and recovers from disk.
+    failed: AtomicBool,
 }
 
 struct State {
@@ -482,7 +490,33 @@ impl Wal {
             segment_bytes,
             sync,
             state: RwLock::new(state),
+            sync_lock: Mutex::new(()),
+            failed: AtomicBool::new(false),
         })
+    }
+
+    /// Fails when an earlier mutation failed (see `failed`).
+    fn check_healthy(&self) -> io::Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "the WAL failed earlier and may not match its files; restart the node to recover from disk",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the WAL failed if `result` is an error for which memory and disk may now disagree.
+    fn poison_on<T>(
+        &self,
+        result: io::Result<T>,
+        harmless: impl Fn(&io::Error) -> bool,
+    ) -> io::Result<T> {
+        if let Err(error) = &result {
+            if !harmless(error) {
+                self.failed.store(true, Ordering::Release);
+            }
+        }
+        result
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -514,7 +548,15 @@ impl Wal {
     /// Writes `entries` (readable at once, durable after the next `sync`). Entries at or below the purge
     /// point are skipped (openraft's storage suite appends some); the others must continue the log: the
     /// first follows the last entry held, or the purge point when none is held. Returns the number written.
+    /// Entries refused before anything is written (`InvalidInput`) leave the WAL usable; a failed write does
+    /// not.
     pub fn append(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<u64> {
+        self.check_healthy()?;
+        let result = self.append_inner(entries);
+        self.poison_on(result, |error| error.kind() == io::ErrorKind::InvalidInput)
+    }
+
+    fn append_inner(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<u64> {
         // Encode before taking the lock: every record with its header, one buffer.
         let mut buffer = Vec::new();
         let mut records: Vec<(LogId, usize)> = Vec::new();
@@ -660,6 +702,16 @@ impl Wal {
     /// written since the last call, an `fsync` of the directory if a segment was created). Does not hold
     /// the lock while syncing, so appends and reads go on.
     pub fn sync(&self) -> io::Result<()> {
+        self.check_healthy()?;
+        let _one_at_a_time = self
+            .sync_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = self.sync_inner();
+        self.poison_on(result, |_| false)
+    }
+
+    fn sync_inner(&self) -> io::Result<()> {
         let (files, dir) = {
             let mut state = self.write_state();
             (
@@ -674,17 +726,12 @@ impl Wal {
             .iter()
             .try_for_each(|file| file.sync_data())
             .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) });
-        if result.is_err() {
-            // Not known to be durable: the next sync tries again.
-            let mut state = self.write_state();
-            state.unsynced.extend(files);
-            state.dir_unsynced |= dir;
-        }
         result
     }
 
     /// The entries with indexes in `start..end` that are held and not purged, in order.
     pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.check_healthy()?;
         let state = self.read_state();
         let (Some(first), Some(last)) = (state.segments.front(), state.last) else {
             return Ok(Vec::new());
@@ -741,6 +788,12 @@ impl Wal {
 
     /// Deletes the entries at `index` and after, durably, before returning.
     pub fn truncate(&self, index: u64) -> io::Result<()> {
+        self.check_healthy()?;
+        let result = self.truncate_inner(index);
+        self.poison_on(result, |_| false)
+    }
+
+    fn truncate_inner(&self, index: u64) -> io::Result<()> {
         let mut state = self.write_state();
         if state.last.is_none_or(|last| index > last.index) {
             return Ok(());
@@ -795,6 +848,12 @@ impl Wal {
     /// Never returns entries at or below `index` again, and deletes the segments that hold only such
     /// entries (oldest first). The caller has recorded the purge point durably before.
     pub fn purge(&self, index: u64) -> io::Result<()> {
+        self.check_healthy()?;
+        let result = self.purge_inner(index);
+        self.poison_on(result, |_| false)
+    }
+
+    fn purge_inner(&self, index: u64) -> io::Result<()> {
         let mut state = self.write_state();
         if state.purged.is_some_and(|purged| purged >= index) {
             return Ok(());
@@ -815,5 +874,42 @@ mod tests {
         assert_eq!(parse_segment_name("42.wal"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.wal"), None);
         assert!(segment_name(9) < segment_name(10));
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    /// A truncate that fails half way (a segment file vanished behind the WAL's back) leaves memory and disk
+    /// disagreeing: every later call fails instead of reading out of bounds or appending after a gap.
+    #[test]
+    fn a_failed_truncate_fails_every_later_call() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments so small that each holds one record.
+        let wal = Wal::open(dir.path(), 1, false, None).unwrap();
+        wal.append((1..=4).map(blank)).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(wal.read(1, 5).unwrap().len(), 4);
+        fs::remove_file(dir.path().join(segment_name(4))).unwrap();
+        assert!(wal.truncate(3).is_err(), "removing a vanished segment succeeded");
+        assert!(wal.read(1, 5).is_err());
+        assert!(wal.append([blank(3)]).is_err());
+        assert!(wal.sync().is_err());
+        assert!(wal.purge(1).is_err());
+    }
+
+    /// An entry refused before anything is written leaves the WAL usable.
+    #[test]
+    fn a_refused_append_leaves_the_wal_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), SEGMENT_BYTES, false, None).unwrap();
+        wal.append([blank(1)]).unwrap();
+        let gap = wal.append([blank(5)]).unwrap_err();
+        assert_eq!(gap.kind(), io::ErrorKind::InvalidInput, "{gap}");
+        wal.append([blank(2)]).unwrap();
+        assert_eq!(wal.read(1, 3).unwrap().len(), 2);
     }
 }

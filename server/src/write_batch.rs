@@ -193,7 +193,8 @@ async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
             "not committed within {timeout:?}"
         ))),
         Ok(Ok(response)) if response.data.responses.len() == count => Ok(response.data.responses),
-        Ok(Ok(response)) => Err(WriteError::Internal(format!(
+        // Committed, but which response is whose is unknown: the outcome of each write is.
+        Ok(Ok(response)) => Err(WriteError::Indeterminate(format!(
             "a batch of {count} writes was answered with {} responses",
             response.data.responses.len()
         ))),
