@@ -894,7 +894,10 @@ mod tests {
         wal.sync().unwrap();
         assert_eq!(wal.read(1, 5).unwrap().len(), 4);
         fs::remove_file(dir.path().join(segment_name(4))).unwrap();
-        assert!(wal.truncate(3).is_err(), "removing a vanished segment succeeded");
+        assert!(
+            wal.truncate(3).is_err(),
+            "removing a vanished segment succeeded"
+        );
         assert!(wal.read(1, 5).is_err());
         assert!(wal.append([blank(3)]).is_err());
         assert!(wal.sync().is_err());
