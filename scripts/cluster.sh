@@ -120,6 +120,11 @@ cmd_up() {
   for i in $(seq 1 "$n"); do start_node "$i"; done
   if ! wait_for_leader; then
     echo "no leader after ${LEADER_WAIT_SECONDS}s; see 'scripts/cluster.sh logs 1'" >&2
+    # A node that refused to start says why on the last line of its log (e.g. a data dir of an older
+    # format: 'rm -rf .cluster' starts from scratch).
+    for i in $(seq 1 "$n"); do
+      alive "$STATE/node$i.pid" || echo "node $i exited: $(tail -n 1 "$STATE/node$i.log")" >&2
+    done
     exit 1
   fi
   local ca_env="" mode="plaintext"
