@@ -413,6 +413,20 @@ fn tls_config_errors_stop_the_node_with_one_line() {
     let data = dir.path().join("data");
     let base = || node_args(1, &data);
     let s = |path: &Path| path.display().to_string();
+    // The node's flags with TLS files: certificate, key, CA.
+    let tls = |cert: &Path, key: &Path, ca: &Path| {
+        with(
+            base(),
+            &[
+                "--tls-cert",
+                &s(cert),
+                "--tls-key",
+                &s(key),
+                "--tls-ca",
+                &s(ca),
+            ],
+        )
+    };
 
     check_startup_error(
         &with(base(), &["--tls-cert", &s(&node.cert)]),
@@ -429,64 +443,24 @@ fn tls_config_errors_stop_the_node_with_one_line() {
     );
     let missing = dir.path().join("missing.pem");
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&missing),
-                "--tls-key",
-                &s(&node.key),
-                "--tls-ca",
-                &s(&pki.ca),
-            ],
-        ),
+        &tls(&missing, &node.key, &pki.ca),
         1,
         &[&format!("cannot read --tls-cert {}", missing.display())],
     );
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&node.cert),
-                "--tls-key",
-                &s(&node.key),
-                "--tls-ca",
-                &s(&garbage),
-            ],
-        ),
+        &tls(&node.cert, &node.key, &garbage),
         1,
         &["--tls-ca", "holds no certificate", "pass a PEM file"],
     );
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&node.cert),
-                "--tls-key",
-                &s(&garbage),
-                "--tls-ca",
-                &s(&pki.ca),
-            ],
-        ),
+        &tls(&node.cert, &garbage, &pki.ca),
         1,
         &["--tls-key", "holds no private key"],
     );
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&node.cert),
-                "--tls-key",
-                &s(&other_node.key),
-                "--tls-ca",
-                &s(&pki.ca),
-            ],
-        ),
+        &tls(&node.cert, &other_node.key, &pki.ca),
         1,
         &[
             "does not fit --tls-cert",
@@ -502,33 +476,13 @@ fn tls_config_errors_stop_the_node_with_one_line() {
         ],
     );
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&unnamed.cert),
-                "--tls-key",
-                &s(&unnamed.key),
-                "--tls-ca",
-                &s(&pki.ca),
-            ],
-        ),
+        &tls(&unnamed.cert, &unnamed.key, &pki.ca),
         1,
         &["would be refused by peers", "raftkv-node"],
     );
     let other_ca = Pki::new("another CA");
     check_startup_error(
-        &with(
-            base(),
-            &[
-                "--tls-cert",
-                &s(&node.cert),
-                "--tls-key",
-                &s(&node.key),
-                "--tls-ca",
-                &s(&other_ca.ca),
-            ],
-        ),
+        &tls(&node.cert, &node.key, &other_ca.ca),
         1,
         &["would be refused by peers", "issue it from --tls-ca"],
     );
