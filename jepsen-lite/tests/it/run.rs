@@ -67,6 +67,16 @@ fn results_json(outcome: &runner::RunOutcome) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&outcome.results_path).unwrap()).unwrap()
 }
 
+/// The run's overall verdict is valid; otherwise fails with the whole results.json.
+fn assert_valid(outcome: &runner::RunOutcome) {
+    assert_eq!(
+        outcome.results.verdict,
+        Verdict::Valid,
+        "{}",
+        serde_json::to_string_pretty(&results_json(outcome)).unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_run_with_linearizable_reads_passes_under_partitions_kills_and_pauses() {
     // Every check must pass, with faults actually injected and operations actually acknowledged and refused.
@@ -79,12 +89,7 @@ async fn register_run_with_linearizable_reads_passes_under_partitions_kills_and_
     );
     let outcome = runner::run(config).await.expect("the harness runs");
     let results = &outcome.results;
-    assert_eq!(
-        results.verdict,
-        Verdict::Valid,
-        "{}",
-        serde_json::to_string_pretty(&results_json(&outcome)).unwrap()
-    );
+    assert_valid(&outcome);
     assert_eq!(results.exit_code, 0);
     assert_eq!(results.schedule.len(), 2, "two fault windows fit in 9 s");
     assert_eq!(results.availability.windows.len(), 2);
@@ -128,12 +133,7 @@ async fn register_run_over_mutual_tls_passes_through_the_proxy_mesh() {
     config.tls = true;
     let outcome = runner::run(config).await.expect("the harness runs");
     let results = &outcome.results;
-    assert_eq!(
-        results.verdict,
-        Verdict::Valid,
-        "{}",
-        serde_json::to_string_pretty(&results_json(&outcome)).unwrap()
-    );
+    assert_valid(&outcome);
     assert!(
         results.checks.summary.ok > 100,
         "too few operations succeeded: {:?}",
@@ -165,12 +165,7 @@ async fn set_run_on_five_nodes_loses_nothing_under_ring_and_bridge() {
     let config = short_config(&dir, 5, WorkloadKind::Set, "partition-ring,bridge");
     let outcome = runner::run(config).await.expect("the harness runs");
     let results = &outcome.results;
-    assert_eq!(
-        results.verdict,
-        Verdict::Valid,
-        "{}",
-        serde_json::to_string_pretty(&results_json(&outcome)).unwrap()
-    );
+    assert_valid(&outcome);
     let set = results.checks.set.as_ref().unwrap();
     assert_eq!(set.verdict, Verdict::Valid);
     assert_eq!(set.reads_ok, 5, "one final read per node: {set:?}");
