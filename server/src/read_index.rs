@@ -1,4 +1,5 @@
-//! The leader's read-index rounds, shared by concurrent reads, and the leader lease they maintain.
+//! The leader's read-index rounds, shared by concurrent reads, the leader lease they maintain, and the
+//! follower's forwarder, which shares one read-index call to the leader among its concurrent reads.
 //!
 //! A linearizable read needs the leader to confirm, with a quorum round that starts after the read arrived,
 //! that it is still the leader; the read may then be served once the node has applied up to the commit index
@@ -13,6 +14,9 @@
 //! `t + election_timeout_min`, because every follower that acknowledged it refuses votes until an election
 //! timeout has passed without hearing from the leader. The lease therefore holds until
 //! `t + election_timeout_min - drift_margin`; `drift_margin` covers the clock-rate difference between nodes.
+//!
+//! Follower reads: `ReadIndexForwarder` runs the same loop (`run_rounds`) with a peer call to the leader as
+//! its round, so a read on a follower also only uses a call sent after it arrived.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
