@@ -6,7 +6,7 @@ use raftkv_client::{ClientError, Consistency, ReadOptions};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
 
-use crate::harness::{fast_timing, TestCluster};
+use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
 
 fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
     ReadOptions {
@@ -250,9 +250,22 @@ async fn bad_input_is_refused_and_changes_nothing() {
 async fn concurrent_linearizable_reads_share_quorum_rounds() {
     const READS: u64 = 200;
     let cluster = TestCluster::start(3, &fast_timing());
-    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let client = cluster.client();
-    client.put("shared", "x").await.unwrap();
+    let revision = client.put("shared", "x").await.unwrap();
+    // The leader that committed the write, once every node has applied it and names it: an election right
+    // after start-up can otherwise move leadership between finding a leader and pinning the reads to it.
+    let leader = wait_until("every node names one leader", WAIT_MAX, || async {
+        let mut leaders = Vec::new();
+        for id in [1, 2, 3] {
+            leaders.push(cluster.wait_applied(id, revision).await.leader_id);
+        }
+        (leaders
+            .iter()
+            .all(|leader| *leader == leaders[0] && *leader != 0))
+        .then(|| leaders[0])
+    })
+    .await;
     let before = cluster.status(leader).await.unwrap().read_index_rounds;
     let options = ReadOptions {
         endpoint: Some(cluster.addr(leader)),
