@@ -9,6 +9,9 @@
 //!
 //! Raft messages travel as postcard-encoded openraft types inside a `RaftMessage` envelope that names the
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
+//!
+//! An AppendEntries never tells a follower a commit index beyond the leader's synced log (see
+//! `RaftPeer::commit_to_send` and `storage`): the leader acknowledges its own appends before their sync.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,7 +31,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::raft_types::{Node, NodeId, RaftMetrics, TypeConfig};
+use tokio::sync::watch;
+
+use crate::raft_types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
+use crate::wal::LogProgress;
 
 /// Largest peer message sent or accepted. An AppendEntries message is at most `APPEND_ENTRIES_BATCH_MAX`
 /// entries of one write batch each (`node` checks at compile time that they fit), and a snapshot chunk is
@@ -39,6 +45,10 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Interval of HTTP/2 keep-alive pings on peer connections; a connection that stops answering is dropped and
 /// redialled instead of holding requests on a dead path.
 pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a leader's AppendEntries without entries (a heartbeat, or the news of a new commit index) may
+/// wait for the leader's own log sync to reach the commit index it announces (see `RaftPeer::commit_to_send`);
+/// after it the message goes with the synced part only. At most half the RPC's own deadline.
+pub const COMMIT_SYNC_WAIT_MAX: Duration = Duration::from_millis(50);
 /// How long a keep-alive ping may go unanswered.
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -261,11 +271,17 @@ fn transport_detail(status: &tonic::Status) -> String {
 /// Makes openraft's per-peer clients; it never connects by itself.
 pub struct NetworkFactory {
     peers: Arc<PeerChannels>,
+    log_progress: watch::Receiver<LogProgress>,
 }
 
 impl NetworkFactory {
-    pub fn new(peers: Arc<PeerChannels>) -> Self {
-        NetworkFactory { peers }
+    /// `log_progress` is this node's WAL (`storage::LogStore::progress`): no commit index beyond what it
+    /// has synced is sent.
+    pub fn new(peers: Arc<PeerChannels>, log_progress: watch::Receiver<LogProgress>) -> Self {
+        NetworkFactory {
+            peers,
+            log_progress,
+        }
     }
 }
 
@@ -278,6 +294,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr,
             peers: self.peers.clone(),
+            log_progress: self.log_progress.clone(),
         }
     }
 }
@@ -287,6 +304,7 @@ pub struct RaftPeer {
     target: NodeId,
     addr: String,
     peers: Arc<PeerChannels>,
+    log_progress: watch::Receiver<LogProgress>,
 }
 
 /// Which Raft RPC a call is.
@@ -298,6 +316,31 @@ enum RaftRpc {
 }
 
 impl RaftPeer {
+    /// The commit index to send a follower in place of openraft's `leader_commit`: never beyond the last
+    /// entry this leader has synced. openraft counts the leader's own entries before their sync (see
+    /// `storage::LogStore::append`), so its commit index can name an entry that only one follower holds
+    /// durably; a follower that applied it could then lose it to an election after the leader crashed.
+    /// A message with no entries first waits (`COMMIT_SYNC_WAIT_MAX`, bounded by the RPC's deadline) for
+    /// the sync, so that followers hear of the commit as soon as it is safe to tell; a message with entries
+    /// never waits, since replicating while the leader syncs is the point.
+    async fn commit_to_send(
+        &mut self,
+        leader_commit: Option<LogId>,
+        has_entries: bool,
+        option: &RPCOption,
+    ) -> Option<LogId> {
+        let commit = leader_commit?;
+        let synced_to_commit = |progress: &LogProgress| {
+            progress.failed || progress.synced.is_some_and(|synced| synced >= commit)
+        };
+        if !has_entries && !synced_to_commit(&self.log_progress.borrow()) {
+            let wait = COMMIT_SYNC_WAIT_MAX.min(option.hard_ttl() / 2);
+            let _ = tokio::time::timeout(wait, self.log_progress.wait_for(synced_to_commit)).await;
+        }
+        let synced = self.log_progress.borrow().synced;
+        leader_commit.min(synced)
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: RaftRpc,
@@ -360,9 +403,12 @@ impl RaftPeer {
 impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
-        request: AppendEntriesRequest<TypeConfig>,
+        mut request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        request.leader_commit = self
+            .commit_to_send(request.leader_commit, !request.entries.is_empty(), &option)
+            .await;
         self.call(RaftRpc::AppendEntries, &request, &option).await
     }
 
@@ -383,5 +429,76 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(RaftRpc::Vote, &request, &option).await
+    }
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use openraft::LeaderId;
+
+    use super::*;
+
+    /// Bound on a wait that must end.
+    const DONE_WITHIN: Duration = Duration::from_secs(10);
+
+    fn id(index: u64) -> LogId {
+        LogId::new(LeaderId::new(1, 1), index)
+    }
+
+    fn peer(progress: watch::Receiver<LogProgress>) -> RaftPeer {
+        RaftPeer {
+            target: 2,
+            addr: "127.0.0.1:1".to_string(),
+            peers: PeerChannels::new(1, "test".to_string(), BTreeMap::new(), None),
+            log_progress: progress,
+        }
+    }
+
+    /// Followers are never told a commit index beyond the leader's synced log: a message with entries goes at
+    /// once with the synced part; one without waits for the sync, boundedly.
+    #[tokio::test]
+    async fn the_commit_index_sent_never_passes_the_leaders_sync() {
+        let (progress, receiver) = watch::channel(LogProgress {
+            written: Some(id(9)),
+            synced: Some(id(5)),
+            failed: false,
+        });
+        let mut peer = peer(receiver);
+        let option = RPCOption::new(Duration::from_secs(1));
+        assert_eq!(peer.commit_to_send(None, true, &option).await, None);
+        assert_eq!(
+            peer.commit_to_send(Some(id(4)), true, &option).await,
+            Some(id(4))
+        );
+        assert_eq!(
+            peer.commit_to_send(Some(id(8)), true, &option).await,
+            Some(id(5)),
+            "entries go at once, with the synced commit"
+        );
+        assert_eq!(
+            peer.commit_to_send(Some(id(8)), false, &option).await,
+            Some(id(5)),
+            "no sync came within the wait"
+        );
+
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            progress.send_modify(|progress| progress.synced = Some(id(9)));
+            progress
+        });
+        let option = RPCOption::new(DONE_WITHIN);
+        assert_eq!(
+            tokio::time::timeout(
+                DONE_WITHIN,
+                peer.commit_to_send(Some(id(8)), false, &option)
+            )
+            .await
+            .unwrap(),
+            Some(id(8)),
+            "a heartbeat waits for the sync and then tells the whole commit"
+        );
+        let progress = sender.await.unwrap();
+        progress.send_modify(|progress| progress.synced = None);
+        assert_eq!(peer.commit_to_send(Some(id(8)), true, &option).await, None);
     }
 }

@@ -168,7 +168,7 @@ impl Node {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
-            NetworkFactory::new(peers.clone()),
+            NetworkFactory::new(peers.clone(), log_store.progress()),
             log_store.clone(),
             state_machine.clone(),
         )

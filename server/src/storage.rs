@@ -9,17 +9,28 @@
 //! an in-memory index of where each lies). `<data-dir>/raft/`: sled, tree `meta` only: node id, cluster id,
 //! vote, commit index, purge point. `<data-dir>/snapshots/`: the current snapshot.
 //!
-//! Why the log is not in sled. openraft 0.9's core awaits the flush of each append (`append_to_log` wraps
-//! the callback to block), so on the leader one flush per client write bounds both write latency and the
-//! write rate. sled's flush plus our device sync cost about 3 `sync_file_range` calls (each of its io
+//! Why the log is not in sled. openraft 0.9's core awaits the callback of each append (`append_to_log` wraps
+//! it to block), so on a follower one flush per append bounds write latency (the leader's own appends no
+//! longer wait, see below). sled's flush plus our device sync cost about 3 `sync_file_range` calls (each of its io
 //! buffers synced on its own, 100-500 us each) plus one `fdatasync` per write, 3-4 times what a plain
 //! `write` + `fdatasync` costs on the same disk. The WAL's flush is that one `fdatasync`.
 //!
 //! Order of duties (persist before you acknowledge):
-//! - `append` writes the entries to the WAL (readable at once, not synced) and hands openraft's callback to
-//!   the flusher thread, which drains every callback queued so far, syncs the WAL once (`fdatasync` of the
-//!   segments written since the last flush, `fsync` of `wal/` if a segment was created) and only then
-//!   completes them all: group commit, one flush for a whole batch of appends.
+//! - `append` writes the entries to the WAL (readable at once, not synced) and hands the sync to the flusher
+//!   thread, which drains every append queued so far, syncs the WAL once (`fdatasync` of the segments
+//!   written since the last flush, `fsync` of `wal/` if a segment was created) and only then completes their
+//!   callbacks: group commit, one flush for a whole batch of appends. A follower's callback (its
+//!   acknowledgement to the leader) always waits for that sync.
+//! - The leader's own entries (`LogStore::leader_proposals`) are acknowledged at once, before their sync.
+//!   openraft 0.9 sends nothing to followers until the leader's append callback completes, so waiting put
+//!   the leader's `fdatasync` and the followers' in series; now they overlap. openraft then counts the
+//!   leader towards a commit before its copy is durable, so nothing may act on such a commit until it is:
+//!   the WAL publishes how far it is written and synced (`wal::LogProgress`), `apply` waits until an entry it
+//!   holds is synced (no client answer, no read sees it before), and the network never tells followers a
+//!   commit index beyond the leader's synced log (`network::RaftPeer::commit_to_send`), so no follower
+//!   applies it either. Whatever is applied anywhere is durable on the leader and on the followers whose
+//!   acknowledgements made the majority. Membership entries keep the synced path, so openraft's joint
+//!   consensus steps only follow configurations a majority durably holds.
 //! - `save_vote` writes the vote to sled and flushes sled durably (below) before it returns.
 //! - `truncate` cuts the WAL and syncs it before it returns. `purge` writes the purge point to sled and
 //!   flushes it durably first, then deletes the WAL segments wholly at or below it: the log never has a hole
@@ -55,10 +66,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, StorageIOError,
+    AnyError, CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend,
+    RaftLogReader, RaftSnapshotBuilder, StorageIOError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +79,7 @@ use crate::raft_types::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
 use crate::state_machine::{BatchResponse, StateMachine};
-use crate::wal::{self, Wal};
+use crate::wal::{self, LogProgress, Wal};
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
@@ -289,6 +302,7 @@ pub fn open_with(
         .spawn(move || run_flusher(flush_receiver, flusher_stats))
         .map_err(io_error)?;
 
+    let progress = wal.progress();
     let log_store = LogStore {
         node_id,
         db: db.clone(),
@@ -297,6 +311,7 @@ pub fn open_with(
         wal: Arc::new(wal),
         flush_sender,
         stats: stats.clone(),
+        leading: Arc::new(Mutex::new(None)),
     };
     let current = read_snapshot_file(&snapshot_dir).map_err(|reason| OpenError::Snapshot {
         dir: snapshot_dir.clone(),
@@ -318,6 +333,7 @@ pub fn open_with(
         snapshot_dir,
         snapshot_counter: Arc::new(AtomicU64::new(0)),
         stats,
+        log_progress: progress,
     };
     Ok((log_store, state_machine))
 }
@@ -402,7 +418,9 @@ fn flush_durably(db: &sled::Db, files: &Mutex<SledFiles>) -> io::Result<()> {
 /// the flusher never touches, released its lock), so the store can be reopened at once.
 struct FlushRequest {
     wal: Arc<Wal>,
-    callback: LogFlushed<TypeConfig>,
+    /// openraft's callback, completed after the flush; `None` when it was completed at the append (the
+    /// leader's own entries, see `LogStore::append`).
+    callback: Option<LogFlushed<TypeConfig>>,
     /// Entries in the append, for the entries-per-flush figure.
     entries: u64,
 }
@@ -416,10 +434,12 @@ fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
         entries,
     }) = receiver.recv()
     {
-        let mut batch = vec![first];
+        let mut appends = 1;
+        let mut batch: Vec<_> = first.into_iter().collect();
         let mut batch_entries = entries;
         while let Ok(next) = receiver.try_recv() {
-            batch.push(next.callback);
+            appends += 1;
+            batch.extend(next.callback);
             batch_entries += next.entries;
         }
         let started = Instant::now();
@@ -427,15 +447,18 @@ fn run_flusher(receiver: Receiver<FlushRequest>, stats: Arc<StorageStats>) {
         // Let go of the WAL before completing the callbacks (see `FlushRequest`).
         drop(wal);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .flushed_appends
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.flushed_appends.fetch_add(appends, Ordering::Relaxed);
         stats
             .flushed_entries
             .fetch_add(batch_entries, Ordering::Relaxed);
         stats
             .flush_micros_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Err(error) = &result {
+            // A leader's early-acknowledged entries have no callback left to fail: the WAL is now marked
+            // failed, so they are never applied nor reported committed, and the next log call fails.
+            tracing::error!(%error, "syncing the Raft log failed; this node must restart");
+        }
         for callback in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -475,12 +498,20 @@ pub struct LogStore {
     wal: Arc<Wal>,
     flush_sender: SyncSender<FlushRequest>,
     stats: Arc<StorageStats>,
+    /// The leader id of the term this node leads, from the last vote saved: its committed vote for itself.
+    /// `None` otherwise, and after a restart until openraft saves a vote (see `append`).
+    leading: Arc<Mutex<Option<CommittedLeaderId<NodeId>>>>,
 }
 
 impl LogStore {
     /// Counters of flushes, for metrics.
     pub fn stats(&self) -> Arc<StorageStats> {
         self.stats.clone()
+    }
+
+    /// The WAL's written and synced ends (`wal::LogProgress`), for the network's commit index.
+    pub fn progress(&self) -> watch::Receiver<LogProgress> {
+        self.wal.progress()
     }
 
     /// Bytes the store occupies on disk: sled and the WAL (not snapshots).
@@ -532,6 +563,26 @@ impl LogStore {
         flush_durably(&self.db, &self.files).map_err(|error| write_error(subject, error))
     }
 
+    /// Whether `entries` are this node's own proposals as leader, which `append` acknowledges before their
+    /// sync: each carries the leader id of the term this node leads (only that term's leader makes such
+    /// entries; a follower appends them under a vote for another node), and none changes the membership
+    /// (the leader counts itself towards a membership change only once it holds the entry durably, so that
+    /// openraft's joint-consensus steps only ever follow a configuration that a majority really holds).
+    fn leader_proposals(&self, entries: &[Entry]) -> bool {
+        let leading = *self
+            .leading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(leading) = leading else {
+            return false;
+        };
+        !entries.is_empty()
+            && entries.iter().all(|entry| {
+                entry.log_id.leader_id == leading
+                    && !matches!(entry.payload, EntryPayload::Membership(_))
+            })
+    }
+
     /// The last log id: the WAL's last entry, or the purge point if it is later (or the WAL holds none).
     fn last_log_id(&self, last_purged: Option<LogId>) -> Option<LogId> {
         match (self.wal.last_log_id(), last_purged) {
@@ -581,7 +632,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
-        self.flush_meta(ErrorSubject::Vote)
+        self.flush_meta(ErrorSubject::Vote)?;
+        let leading = (vote.is_committed() && vote.leader_id().voted_for() == Some(self.node_id))
+            .then(|| *vote.leader_id());
+        *self
+            .leading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = leading;
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -633,10 +691,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let early = self.leader_proposals(&entries);
         let count = self
             .wal
             .append(entries)
             .map_err(|error| write_error(ErrorSubject::Logs, error))?;
+        // The leader's own entries are acknowledged now, before their sync, so that openraft replicates them
+        // while the leader's disk syncs (openraft 0.9 sends nothing until this callback). Safe because the
+        // WAL's `LogProgress` holds back every effect of such an entry until the sync: the state machine
+        // does not apply it and followers are not told it is committed (`network`). An entry committed by
+        // openraft's count, which includes the leader, is therefore acted on only once a majority has it
+        // durably. Followers' entries are acknowledged after their sync: that acknowledgement is what the
+        // leader counts.
+        let callback = match early {
+            true => {
+                callback.log_io_completed(Ok(()));
+                None
+            }
+            false => Some(callback),
+        };
         match self.flush_sender.try_send(FlushRequest {
             wal: self.wal.clone(),
             callback,
@@ -655,7 +729,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.stats
                     .flush_micros_total
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                callback.log_io_completed(result);
+                match callback {
+                    Some(callback) => callback.log_io_completed(result),
+                    None => result.map_err(|error| write_error(ErrorSubject::Logs, error))?,
+                }
                 Ok(())
             }
             Err(TrySendError::Disconnected(_)) => Err(write_error(
@@ -698,9 +775,30 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     snapshot_counter: Arc<AtomicU64>,
     stats: Arc<StorageStats>,
+    /// The log's written and synced ends: `apply` waits until an entry it is given is synced.
+    log_progress: watch::Receiver<LogProgress>,
 }
 
 impl StateMachineStore {
+    /// Waits until the log entry at `index` is not held unsynced by this node's WAL. Only a leader's own
+    /// entries are ever applied before its sync could finish (see `LogStore::append`), and they wait here for
+    /// at most that sync; entries the WAL does not hold (openraft's storage suite applies some) do not wait.
+    /// Unbounded in time like the sync itself: a failed sync ends it with an error, which stops the node.
+    async fn wait_synced(&mut self, index: u64) -> Result<(), StorageError> {
+        let progress = self
+            .log_progress
+            .wait_for(|progress| progress.failed || !progress.unsynced(index))
+            .await
+            .map(|progress| *progress);
+        match progress {
+            Ok(progress) if !progress.failed => Ok(()),
+            _ => Err(write_error(
+                ErrorSubject::Apply(LogId::new(CommittedLeaderId::new(0, 0), index)),
+                io::Error::other("the Raft log could not be synced; not applying unsynced entries"),
+            )),
+        }
+    }
+
     /// Runs `read` on the applied state. Hold it briefly: apply waits while it runs.
     pub fn read<T>(&self, read: impl FnOnce(&Applied) -> T) -> T {
         let applied = self
@@ -818,11 +916,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.wait_synced(last.log_id.index).await?;
+        }
         let mut applied = self
             .applied
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut responses = Vec::new();
+        let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             if let Some(last) = applied.last_applied {
                 assert!(
@@ -907,5 +1009,158 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{LeaderId, Membership};
+
+    use super::*;
+    use crate::state_machine::{Batch, Command, Request};
+
+    const NODE: NodeId = 1;
+    /// Long enough that an `apply` that does not wait would have finished.
+    const NOT_DONE_WITHIN: Duration = Duration::from_millis(200);
+    /// Bound on waits that must end.
+    const DONE_WITHIN: Duration = Duration::from_secs(10);
+
+    fn open_store(dir: &Path) -> (LogStore, StateMachineStore) {
+        open(dir, NODE, "test-cluster").expect("open store")
+    }
+
+    fn put(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId::new(term, leader), index),
+            payload: EntryPayload::Normal(Batch::single(Request {
+                session: None,
+                command: Command::Put {
+                    key: format!("k{index}").into_bytes(),
+                    value: b"v".to_vec(),
+                },
+            })),
+        }
+    }
+
+    fn membership(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId::new(term, leader), index),
+            payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([NODE])], None)),
+        }
+    }
+
+    /// Only this node's own entries as the leader of its committed vote are acknowledged before their sync.
+    #[tokio::test]
+    async fn only_the_leaders_own_entries_are_acknowledged_before_their_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open_store(dir.path());
+        assert!(
+            !log.leader_proposals(&[put(3, NODE, 1)]),
+            "no vote saved yet"
+        );
+        log.save_vote(&Vote::new(3, NODE)).await.unwrap();
+        assert!(
+            !log.leader_proposals(&[put(3, NODE, 1)]),
+            "a candidate's vote is not a leader's"
+        );
+        log.save_vote(&Vote::new_committed(3, NODE)).await.unwrap();
+        assert!(log.leader_proposals(&[put(3, NODE, 1), put(3, NODE, 2)]));
+        assert!(
+            !log.leader_proposals(&[put(3, NODE, 1), membership(3, NODE, 2)]),
+            "a membership change waits for the leader's sync"
+        );
+        assert!(
+            !log.leader_proposals(&[put(2, NODE, 1)]),
+            "entries of this node's earlier term come from another leader now"
+        );
+        assert!(
+            !log.leader_proposals(&[put(3, 2, 1)]),
+            "another node's entries"
+        );
+        assert!(!log.leader_proposals(&[]));
+        log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        assert!(
+            !log.leader_proposals(&[put(3, NODE, 1)]),
+            "a follower acknowledges after its sync"
+        );
+    }
+
+    /// The leader's append returns before the sync, and the WAL publishes the entry as written; once the
+    /// flusher syncs, as synced.
+    #[tokio::test]
+    async fn the_leaders_append_is_written_first_and_synced_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open_store(dir.path());
+        let mut progress = log.progress();
+        log.save_vote(&Vote::new_committed(1, NODE)).await.unwrap();
+        log.blocking_append([put(1, NODE, 1), put(1, NODE, 2)])
+            .await
+            .unwrap();
+        assert_eq!(progress.borrow().written.map(|id| id.index), Some(2));
+        tokio::time::timeout(
+            DONE_WITHIN,
+            progress.wait_for(|progress| !progress.unsynced(1) && !progress.unsynced(2)),
+        )
+        .await
+        .expect("the flusher syncs the leader's entries")
+        .unwrap();
+    }
+
+    /// `apply` of an entry the WAL holds unsynced waits for its sync; an entry synced, or one the WAL does
+    /// not hold, is applied at once; a failed WAL fails the apply.
+    #[tokio::test]
+    async fn apply_waits_until_the_entry_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut state_machine) = open_store(dir.path());
+        let id = |index| Some(LogId::new(LeaderId::new(1, NODE), index));
+        let (progress, receiver) = watch::channel(LogProgress {
+            written: id(3),
+            synced: id(1),
+            failed: false,
+        });
+        state_machine.log_progress = receiver;
+
+        state_machine.apply([put(1, NODE, 1)]).await.unwrap();
+        let mut waiting = state_machine.clone();
+        let pending = tokio::spawn(async move { waiting.apply([put(1, NODE, 2)]).await });
+        tokio::time::sleep(NOT_DONE_WITHIN).await;
+        assert!(!pending.is_finished(), "applied an unsynced entry");
+        assert_eq!(
+            state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
+            Some(1)
+        );
+        progress.send_modify(|progress| progress.synced = id(2));
+        tokio::time::timeout(DONE_WITHIN, pending)
+            .await
+            .expect("applied once synced")
+            .unwrap()
+            .unwrap();
+
+        // Not held by the WAL (beyond what it has written): nothing to wait for.
+        tokio::time::timeout(
+            DONE_WITHIN,
+            state_machine.apply([put(1, NODE, 3), put(1, NODE, 4)]),
+        )
+        .await
+        .expect("entry 4 is not in the WAL")
+        .unwrap();
+
+        progress.send_modify(|progress| progress.written = id(6));
+        let mut waiting = state_machine.clone();
+        let pending = tokio::spawn(async move { waiting.apply([put(1, NODE, 5)]).await });
+        progress.send_modify(|progress| progress.failed = true);
+        let result = tokio::time::timeout(DONE_WITHIN, pending)
+            .await
+            .expect("a failed WAL ends the wait")
+            .unwrap();
+        assert!(result.is_err(), "applied an entry the WAL failed to sync");
+        assert_eq!(
+            state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
+            Some(4)
+        );
     }
 }

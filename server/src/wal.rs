@@ -2,8 +2,8 @@
 //! each record lies, group-commit syncing, truncation, purging and crash recovery. `storage::LogStore` is its
 //! only user; the vote, the commit index and the purge point stay in sled (see `storage`).
 //!
-//! Why it exists: the leader awaits one flush per client write (openraft 0.9 waits for each `append`
-//! callback), and sled's flush cost three `sync_file_range` calls plus our `fdatasync` per write, 3-4 times
+//! Why it exists: a flush is on the path of every write (openraft 0.9 waits for each `append` callback; see
+//! `storage` for the leader's), and sled's flush cost three `sync_file_range` calls plus our `fdatasync` per write, 3-4 times
 //! a plain `write` + `fdatasync`. Here an append is one `pwrite` and its flush is one `fdatasync`.
 //!
 //! On disk. Segment files named by the index of their first entry, zero-padded to 20 digits
@@ -21,8 +21,12 @@
 //!   flush: one `fdatasync` of every segment written since the last `sync`, and an `fsync` of the directory
 //!   if a segment was created since. Before a new segment is started the current one is `fdatasync`ed, so
 //!   only the last segment can end in a torn write.
+//! - Every append, sync and truncate publishes how far the log is written and synced (`LogProgress`); the
+//!   state machine and the network read it to act on no entry the leader has not synced (see `storage`).
+//!   On open, every segment kept is synced first: what a killed process left in the page cache is made
+//!   durable before anything is built on it.
 //! - `truncate` deletes later segments (last first, syncing the directory after each), cuts the segment
-//!   holding the index and syncs it, all before returning.
+//!   holding the index and syncs it and anything else still unsynced, all before returning.
 //! - `purge` deletes segments whose entries are all at or below the purge point (oldest first) and never
 //!   returns such entries again, whether or not their file is still there. The caller records the purge point
 //!   durably first; a purged segment that comes back after a power loss is deleted again on open.
@@ -43,6 +47,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
 
 use crate::raft_types::{Entry, LogId};
 use crate::write_batch::ENTRY_BYTES_MAX;
@@ -81,6 +87,29 @@ pub enum OpenError {
     },
 }
 
+/// How far the log is written and how far it is synced, published by the WAL at every change (see
+/// `Wal::progress`). The state machine applies no entry that is written here but not synced, and the network
+/// tells followers no commit index beyond `synced`: together they let the leader acknowledge its own append
+/// before its sync (see `storage`) while nothing becomes visible until the leader's copy is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    /// The last entry written (readable), synced or not; `None` when the WAL holds no entry.
+    pub written: Option<LogId>,
+    /// The last entry made durable: every entry the WAL holds up to it is synced. It only falls when a
+    /// truncate removes it.
+    pub synced: Option<LogId>,
+    /// The WAL failed (see `Wal::failed`): nothing will be synced again until the node restarts.
+    pub failed: bool,
+}
+
+impl LogProgress {
+    /// Whether the entry at `index` is written and not yet synced (the only case a reader must wait for).
+    pub fn unsynced(&self, index: u64) -> bool {
+        self.written.is_some_and(|written| written.index >= index)
+            && self.synced.is_none_or(|synced| synced.index < index)
+    }
+}
+
 /// The Raft log's write-ahead log. Shared (`Arc`) by the log store's clones and by pending flushes.
 pub struct Wal {
     dir: PathBuf,
@@ -95,6 +124,9 @@ pub struct Wal {
     /// disk may disagree from then on (and a failed `fdatasync` may have dropped dirty pages that a retry
     /// would then report synced), so every later call fails until the node restarts and recovers from disk.
     failed: AtomicBool,
+    /// Published after every append, sync, truncate and failure; see `LogProgress`. Its lock is only ever
+    /// taken after `state`'s, never before.
+    progress: watch::Sender<LogProgress>,
 }
 
 struct State {
@@ -485,6 +517,18 @@ impl Wal {
         };
         // A purge cut short may also leave segments that only a scan shows to be wholly purged.
         drop_purged_segments(&mut state).map_err(io_error(dir))?;
+        // What was found may be only in the page cache (written before a kill -9, never synced): sync it
+        // now, so that everything this WAL holds is durable before it is acknowledged or applied.
+        if sync {
+            for segment in &state.segments {
+                segment.file.sync_data().map_err(io_error(&segment.path))?;
+            }
+        }
+        let (progress, _) = watch::channel(LogProgress {
+            written: state.last,
+            synced: state.last,
+            failed: false,
+        });
         Ok(Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -492,6 +536,7 @@ impl Wal {
             state: RwLock::new(state),
             sync_lock: Mutex::new(()),
             failed: AtomicBool::new(false),
+            progress,
         })
     }
 
@@ -514,9 +559,23 @@ impl Wal {
         if let Err(error) = &result {
             if !harmless(error) {
                 self.failed.store(true, Ordering::Release);
+                self.progress.send_modify(|progress| progress.failed = true);
             }
         }
         result
+    }
+
+    /// A receiver of the WAL's `LogProgress`, current at once.
+    pub fn progress(&self) -> watch::Receiver<LogProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Publishes the last entry written; wakes nobody (no reader waits for more to be written).
+    fn publish_written(&self, state: &State) {
+        self.progress.send_if_modified(|progress| {
+            progress.written = state.last;
+            false
+        });
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -668,6 +727,7 @@ impl Wal {
             }
             k = end;
         }
+        self.publish_written(&state);
         Ok((records.len() - skip) as u64)
     }
 
@@ -711,22 +771,31 @@ impl Wal {
         self.poison_on(result, |_| false)
     }
 
+    /// Syncs what was written before it started and publishes it as synced. The caller holds `sync_lock`, so
+    /// no truncate runs meanwhile and the entry it publishes is still the one it synced.
     fn sync_inner(&self) -> io::Result<()> {
-        let (files, dir) = {
+        let (files, dir, target) = {
             let mut state = self.write_state();
             (
                 std::mem::take(&mut state.unsynced),
                 std::mem::take(&mut state.dir_unsynced),
+                state.last,
             )
         };
-        if !self.sync {
-            return Ok(());
+        if self.sync {
+            files
+                .iter()
+                .try_for_each(|file| file.sync_data())
+                .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) })?;
         }
-        let result = files
-            .iter()
-            .try_for_each(|file| file.sync_data())
-            .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) });
-        result
+        self.progress.send_if_modified(|progress| {
+            let advanced = target > progress.synced;
+            if advanced {
+                progress.synced = target;
+            }
+            advanced
+        });
+        Ok(())
     }
 
     /// The entries with indexes in `start..end` that are held and not purged, in order.
@@ -787,8 +856,14 @@ impl Wal {
     }
 
     /// Deletes the entries at `index` and after, durably, before returning.
+    /// Whatever else was written and not yet synced is synced too, so that every entry left is durable.
     pub fn truncate(&self, index: u64) -> io::Result<()> {
         self.check_healthy()?;
+        // No sync runs meanwhile: one that started before would publish as synced an entry removed here.
+        let _one_at_a_time = self
+            .sync_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let result = self.truncate_inner(index);
         self.poison_on(result, |_| false)
     }
@@ -842,7 +917,22 @@ impl Wal {
         };
         // Entries at or below the purge point are never kept as the log's end (openraft does not truncate
         // that far; if it did, the next append would start a new segment after the purge point).
-        drop_purged_segments(&mut state)
+        drop_purged_segments(&mut state)?;
+        // Earlier segments were synced when the next one was started; sync whatever else is pending.
+        if self.sync {
+            for file in std::mem::take(&mut state.unsynced) {
+                file.sync_data()?;
+            }
+            if std::mem::take(&mut state.dir_unsynced) {
+                sync_dir(&self.dir)?;
+            }
+        }
+        let last = state.last;
+        self.progress.send_modify(|progress| {
+            progress.written = last;
+            progress.synced = last;
+        });
+        Ok(())
     }
 
     /// Never returns entries at or below `index` again, and deletes the segments that hold only such
@@ -859,7 +949,9 @@ impl Wal {
             return Ok(());
         }
         state.purged = Some(index);
-        drop_purged_segments(&mut state)
+        let result = drop_purged_segments(&mut state);
+        self.publish_written(&state);
+        result
     }
 }
 
@@ -914,5 +1006,42 @@ mod tests {
         assert_eq!(gap.kind(), io::ErrorKind::InvalidInput, "{gap}");
         wal.append([blank(2)]).unwrap();
         assert_eq!(wal.read(1, 3).unwrap().len(), 2);
+    }
+
+    /// What the WAL publishes: appends move `written`, syncs move `synced` to what was written before
+    /// they started, a truncate brings both back (syncing what is left), a failure sets `failed`.
+    #[test]
+    fn progress_follows_appends_syncs_truncates_and_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), 1, false, None).unwrap();
+        let progress = wal.progress();
+        let index = |id: Option<LogId>| id.map(|id| id.index);
+        assert_eq!(*progress.borrow(), LogProgress::default());
+        wal.append((1..=4).map(blank)).unwrap();
+        assert_eq!(index(progress.borrow().written), Some(4));
+        assert_eq!(index(progress.borrow().synced), None);
+        assert!(progress.borrow().unsynced(1) && progress.borrow().unsynced(4));
+        assert!(!progress.borrow().unsynced(5), "not written: not unsynced");
+        wal.sync().unwrap();
+        assert_eq!(index(progress.borrow().synced), Some(4));
+        assert!(!progress.borrow().unsynced(4));
+        wal.append((5..=6).map(blank)).unwrap();
+        wal.truncate(3).unwrap();
+        assert_eq!(index(progress.borrow().written), Some(2));
+        assert_eq!(index(progress.borrow().synced), Some(2));
+        drop(wal);
+        let wal = Wal::open(dir.path(), 1, false, None).unwrap();
+        let progress = wal.progress();
+        assert_eq!(
+            (
+                index(progress.borrow().written),
+                index(progress.borrow().synced)
+            ),
+            (Some(2), Some(2)),
+            "what the WAL recovers it has synced"
+        );
+        fs::remove_file(dir.path().join(segment_name(2))).unwrap();
+        assert!(wal.truncate(2).is_err());
+        assert!(progress.borrow().failed);
     }
 }

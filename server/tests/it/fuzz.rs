@@ -405,7 +405,7 @@ async fn in_process_node() -> InProcessNode {
     let raft = Raft::new(
         NODE_ID,
         Arc::new(config),
-        NetworkFactory::new(peers),
+        NetworkFactory::new(peers, log_store.progress()),
         log_store,
         state_machine,
     )
