@@ -10,7 +10,9 @@
 //! (`00000000000000000042.wal`), each a sequence of records
 //! `[u32 payload length][u32 crc32 of the payload][postcard(Entry)]` (both integers little-endian), holding
 //! consecutive indexes. A segment is closed when the next record would take it past its size limit
-//! (`SEGMENT_BYTES` for nodes); a record is never split.
+//! (`SEGMENT_BYTES` for nodes); a record is never split. A new segment is extended to its size limit at once
+//! (zeros, see `preallocate`), so appends write inside the file; a zero header with nothing but zeros after
+//! it is the end of the records.
 //!
 //! In memory. Only where each record starts (per segment: its first index and a `Vec` of offsets) and the
 //! last entry's log id; reads are positional (`read_exact_at`) and check length, crc and index.
@@ -33,7 +35,8 @@
 //!
 //! Recovery (`Wal::open`): segments are read in order; every record must be whole, within
 //! `RECORD_BYTES_MAX`, match its crc, decode to exactly one entry, and carry the index its position implies,
-//! with no gap or repeat between segments nor between the purge point and the first entry kept. A bad record
+//! with no gap or repeat between segments nor between the purge point and the first entry kept; a tail of
+//! zeros ends a segment's records (the preallocated space). A bad record
 //! in the last segment with no valid record anywhere after it is a torn write from a crash: the file is cut
 //! there (logged as a warning). Any other bad record is corruption and the WAL refuses to open, naming the
 //! file and byte offset. A bad record followed by a valid one can also be the work of a power loss that
@@ -209,6 +212,31 @@ fn drop_purged_segments(state: &mut State) -> io::Result<()> {
     Ok(())
 }
 
+/// Extends `file` to `len` bytes (zeros, a sparse tail) if it is shorter. Appends then write inside the file
+/// instead of growing it, so their `fdatasync` need not also commit a new file size: 95-110 us instead of
+/// 140-175 us on the development machine's ext4 (`fallocate` measured the same; `set_len` needs no
+/// unsafe code). Recovery reads a tail of zeros as the end of the records (`scan_segment`).
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    Ok(())
+}
+
+/// Whether every byte `reader` has left is zero (a preallocated tail).
+fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
+    let mut chunk = vec![0u8; SCAN_BUFFER_BYTES];
+    loop {
+        let read = reader.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(true);
+        }
+        if chunk[..read].iter().any(|byte| *byte != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -287,6 +315,10 @@ fn scan_segment(file: &File, first: u64) -> io::Result<Scan> {
         let offset = scan.bytes;
         let left = len - offset;
         if left < RECORD_HEADER_BYTES as u64 {
+            // Too short for a record: the end of a preallocated tail if it is zeros.
+            if rest_is_zero(&mut reader)? {
+                break;
+            }
             scan.damage = Some((
                 offset,
                 Damage::Torn(format!("{left} bytes left, less than a record header")),
@@ -298,6 +330,10 @@ fn scan_segment(file: &File, first: u64) -> io::Result<Scan> {
         let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         if payload_len == 0 {
+            // Zeros from here to the end are the preallocated space after the last record.
+            if crc == 0 && rest_is_zero(&mut reader)? {
+                break;
+            }
             scan.damage = Some((offset, Damage::Torn("zero length".to_string())));
             break;
         }
@@ -484,6 +520,7 @@ impl Wal {
                     "torn write at the end of the WAL (a crash during an append); cutting it off"
                 );
                 file.set_len(offset).map_err(io_error(&path))?;
+                preallocate(&file, segment_bytes).map_err(io_error(&path))?;
                 if sync {
                     file.sync_data().map_err(io_error(&path))?;
                 }
@@ -747,6 +784,7 @@ impl Wal {
             .write(true)
             .create_new(true)
             .open(&path)?;
+        preallocate(&file, self.segment_bytes)?;
         state.segments.push_back(Segment {
             first,
             path,
@@ -891,6 +929,7 @@ impl Wal {
             if keep < segment.offsets.len() {
                 let cut = segment.offsets[keep];
                 segment.file.set_len(cut)?;
+                preallocate(&segment.file, self.segment_bytes)?;
                 if self.sync {
                     segment.file.sync_data()?;
                 }

@@ -224,17 +224,37 @@ fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
     segments
 }
 
-/// Start offsets of the records in a segment file, read by their length headers.
-fn record_offsets(path: &Path) -> Vec<u64> {
+/// Start offsets of the records in a segment file, read by their length headers up to the preallocated
+/// tail (a zero length), and where the last one ends.
+fn record_layout(path: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(path).unwrap();
     let mut offsets = Vec::new();
     let mut at = 0;
     while at + RECORD_HEADER_BYTES <= bytes.len() {
-        offsets.push(at as u64);
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        offsets.push(at as u64);
         at += RECORD_HEADER_BYTES + len;
     }
-    offsets
+    (offsets, at.min(bytes.len()) as u64)
+}
+
+fn record_offsets(path: &Path) -> Vec<u64> {
+    record_layout(path).0
+}
+
+/// Where a segment's records end and its preallocated zeros begin.
+fn data_len(path: &Path) -> u64 {
+    record_layout(path).1
+}
+
+/// A segment's records without the preallocated tail.
+fn records_only(path: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(path).unwrap();
+    bytes.truncate(data_len(path) as usize);
+    bytes
 }
 
 /// One record as the WAL writes it.
@@ -317,7 +337,7 @@ async fn torn_wal_tail_is_cut_on_reopen() {
         ("the last record cut in half", false, |path| {
             let offsets = record_offsets(path);
             let last = *offsets.last().unwrap();
-            let len = fs::metadata(path).unwrap().len();
+            let len = data_len(path);
             let file = fs::OpenOptions::new().write(true).open(path).unwrap();
             file.set_len(last + (len - last) / 2).unwrap();
         }),
@@ -327,7 +347,7 @@ async fn torn_wal_tail_is_cut_on_reopen() {
             file.set_len(last + 5).unwrap();
         }),
         ("garbage after the last record", true, |path| {
-            let mut bytes = fs::read(path).unwrap();
+            let mut bytes = records_only(path);
             bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7]);
             fs::write(path, bytes).unwrap();
         }),
@@ -336,7 +356,7 @@ async fn torn_wal_tail_is_cut_on_reopen() {
             false,
             |path| {
                 let last = *record_offsets(path).last().unwrap() as usize;
-                let mut bytes = fs::read(path).unwrap();
+                let mut bytes = records_only(path);
                 for byte in &mut bytes[last + RECORD_HEADER_BYTES..] {
                     *byte = 0;
                 }
@@ -353,7 +373,7 @@ async fn torn_wal_tail_is_cut_on_reopen() {
         }
         let (last_first, last_path) = segments(dir.path()).pop().unwrap();
         assert!(last_first > 1, "several segments");
-        let whole = fs::metadata(&last_path).unwrap().len();
+        let whole = data_len(&last_path);
         let last_record = *record_offsets(&last_path).last().unwrap();
         apply(&last_path);
         let (survivors, cut_at) = match last_survives {
@@ -370,7 +390,7 @@ async fn torn_wal_tail_is_cut_on_reopen() {
         match cut_at {
             // The damaged record was the segment's only one: the segment is gone.
             0 => assert!(!last_path.exists(), "{damage}"),
-            _ => assert_eq!(fs::metadata(&last_path).unwrap().len(), cut_at, "{damage}"),
+            _ => assert_eq!(data_len(&last_path), cut_at, "{damage}"),
         }
         let next = survivors + 1;
         append_and_wait(&mut log, put_entries(2, next..=next + 2)).await;
@@ -456,8 +476,9 @@ async fn corrupt_wal_refuses_to_open() {
     let pristine = fs::read(earlier).unwrap();
     flip_byte(earlier, last + RECORD_HEADER_BYTES as u64);
     expect_corrupt(open_tiny(dir.path()), earlier, last);
+    fs::write(earlier, &pristine).unwrap();
     let file = fs::OpenOptions::new().write(true).open(earlier).unwrap();
-    file.set_len(pristine.len() as u64 - 3).unwrap();
+    file.set_len(data_len(earlier) - 3).unwrap();
     expect_corrupt(open_tiny(dir.path()), earlier, last);
     fs::write(earlier, &pristine).unwrap();
 
@@ -481,6 +502,39 @@ async fn corrupt_wal_refuses_to_open() {
     );
 }
 
+/// A new segment is preallocated to its full size (appends then never grow the file), and the zeros after
+/// its last record read back as the end of the log, not as damage, across reopens.
+#[tokio::test]
+async fn wal_segments_are_preallocated_and_their_zero_tail_is_the_end() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        append_and_wait(&mut log, put_entries(1, 1..=3)).await;
+    }
+    let (_, path) = segments(dir.path()).pop().unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        raftkv_server::wal::SEGMENT_BYTES
+    );
+    let records_end = data_len(&path);
+    assert!(records_end > 0 && records_end < raftkv_server::wal::SEGMENT_BYTES);
+    {
+        let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).expect("reopen");
+        assert_eq!(indexes(&all_entries(&mut log).await), vec![1, 2, 3]);
+        append_and_wait(&mut log, put_entries(1, 4..=6)).await;
+    }
+    assert!(data_len(&path) > records_end, "appended inside the file");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        raftkv_server::wal::SEGMENT_BYTES
+    );
+    let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).expect("reopen");
+    assert_eq!(
+        indexes(&all_entries(&mut log).await),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
 /// Whole, checksummed records in the wrong place are corruption, even at the end of the last segment: a
 /// repeated index, a skipped index, a segment whose name is not its first entry's index.
 #[tokio::test]
@@ -492,7 +546,7 @@ async fn wal_entries_out_of_place_refuse_to_open() {
     }
     let (first, path) = segments(dir.path()).pop().unwrap();
     assert_eq!(first, 1);
-    let pristine = fs::read(&path).unwrap();
+    let pristine = records_only(&path);
     for (what, tail) in [("a repeated index", 3), ("a skipped index", 5)] {
         let mut bytes = pristine.clone();
         bytes.extend(record(&put_entry(1, tail, "misplaced")));
