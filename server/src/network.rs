@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -45,9 +45,9 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Interval of HTTP/2 keep-alive pings on peer connections; a connection that stops answering is dropped and
 /// redialled instead of holding requests on a dead path.
 pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a leader's AppendEntries without entries (a heartbeat, or the news of a new commit index) may
-/// wait for the leader's own log sync to reach the commit index it announces (see `RaftPeer::commit_to_send`);
-/// after it the message goes with the synced part only. At most half the RPC's own deadline.
+/// How long a leader's AppendEntries may wait for the leader's own log sync to reach the commit index it
+/// announces (see `RaftPeer::commit_to_send`); after it the message goes with the synced part only. At most
+/// half the RPC's own deadline, and the call gets what is left.
 pub const COMMIT_SYNC_WAIT_MAX: Duration = Duration::from_millis(50);
 /// How long a keep-alive ping may go unanswered.
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -320,21 +320,20 @@ impl RaftPeer {
     /// entry this leader has synced. openraft counts the leader's own entries before their sync (see
     /// `storage::LogStore::append`), so its commit index can name an entry that only one follower holds
     /// durably; a follower that applied it could then lose it to an election after the leader crashed.
-    /// A message with no entries first waits (`COMMIT_SYNC_WAIT_MAX`, bounded by the RPC's deadline) for
-    /// the sync, so that followers hear of the commit as soon as it is safe to tell; a message with entries
-    /// never waits, since replicating while the leader syncs is the point.
+    /// It first waits, at most `wait`, for the sync to reach the commit: openraft sends a commit index once,
+    /// so one cut short here would reach the follower only with the next message (up to a heartbeat later).
+    /// The wait is rarely more than nothing: a commit needs a follower's acknowledgement, which takes a round
+    /// trip and the follower's own sync, while the leader's sync started before the entry was sent.
     async fn commit_to_send(
         &mut self,
         leader_commit: Option<LogId>,
-        has_entries: bool,
-        option: &RPCOption,
+        wait: Duration,
     ) -> Option<LogId> {
         let commit = leader_commit?;
         let synced_to_commit = |progress: &LogProgress| {
             progress.failed || progress.synced.is_some_and(|synced| synced >= commit)
         };
-        if !has_entries && !synced_to_commit(&self.log_progress.borrow()) {
-            let wait = COMMIT_SYNC_WAIT_MAX.min(option.hard_ttl() / 2);
+        if !synced_to_commit(&self.log_progress.borrow()) {
             let _ = tokio::time::timeout(wait, self.log_progress.wait_for(synced_to_commit)).await;
         }
         let synced = self.log_progress.borrow().synced;
@@ -406,9 +405,12 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         mut request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let started = Instant::now();
+        let budget = option.hard_ttl();
         request.leader_commit = self
-            .commit_to_send(request.leader_commit, !request.entries.is_empty(), &option)
+            .commit_to_send(request.leader_commit, COMMIT_SYNC_WAIT_MAX.min(budget / 2))
             .await;
+        let option = RPCOption::new(budget.saturating_sub(started.elapsed()));
         self.call(RaftRpc::AppendEntries, &request, &option).await
     }
 
@@ -454,8 +456,8 @@ mod commit_tests {
         }
     }
 
-    /// Followers are never told a commit index beyond the leader's synced log: a message with entries goes at
-    /// once with the synced part; one without waits for the sync, boundedly.
+    /// Followers are never told a commit index beyond the leader's synced log: a message waits, boundedly,
+    /// for the sync to reach the commit, then goes with what is synced.
     #[tokio::test]
     async fn the_commit_index_sent_never_passes_the_leaders_sync() {
         let (progress, receiver) = watch::channel(LogProgress {
@@ -464,21 +466,13 @@ mod commit_tests {
             failed: false,
         });
         let mut peer = peer(receiver);
-        let option = RPCOption::new(Duration::from_secs(1));
-        assert_eq!(peer.commit_to_send(None, true, &option).await, None);
+        let short = Duration::from_millis(20);
+        assert_eq!(peer.commit_to_send(None, short).await, None);
+        assert_eq!(peer.commit_to_send(Some(id(4)), short).await, Some(id(4)));
         assert_eq!(
-            peer.commit_to_send(Some(id(4)), true, &option).await,
-            Some(id(4))
-        );
-        assert_eq!(
-            peer.commit_to_send(Some(id(8)), true, &option).await,
+            peer.commit_to_send(Some(id(8)), short).await,
             Some(id(5)),
-            "entries go at once, with the synced commit"
-        );
-        assert_eq!(
-            peer.commit_to_send(Some(id(8)), false, &option).await,
-            Some(id(5)),
-            "no sync came within the wait"
+            "no sync came within the wait: the synced commit"
         );
 
         let sender = tokio::spawn(async move {
@@ -486,19 +480,15 @@ mod commit_tests {
             progress.send_modify(|progress| progress.synced = Some(id(9)));
             progress
         });
-        let option = RPCOption::new(DONE_WITHIN);
         assert_eq!(
-            tokio::time::timeout(
-                DONE_WITHIN,
-                peer.commit_to_send(Some(id(8)), false, &option)
-            )
-            .await
-            .unwrap(),
+            tokio::time::timeout(DONE_WITHIN, peer.commit_to_send(Some(id(8)), DONE_WITHIN))
+                .await
+                .unwrap(),
             Some(id(8)),
-            "a heartbeat waits for the sync and then tells the whole commit"
+            "the message waits for the sync and then tells the whole commit"
         );
         let progress = sender.await.unwrap();
         progress.send_modify(|progress| progress.synced = None);
-        assert_eq!(peer.commit_to_send(Some(id(8)), true, &option).await, None);
+        assert_eq!(peer.commit_to_send(Some(id(8)), short).await, None);
     }
 }

@@ -780,20 +780,21 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Waits until the log entry at `index` is not held unsynced by this node's WAL. Only a leader's own
-    /// entries are ever applied before its sync could finish (see `LogStore::append`), and they wait here for
-    /// at most that sync; entries the WAL does not hold (openraft's storage suite applies some) do not wait.
-    /// Unbounded in time like the sync itself: a failed sync ends it with an error, which stops the node.
-    async fn wait_synced(&mut self, index: u64) -> Result<(), StorageError> {
+    /// Waits until no log entry from index `first` to `last` is held unsynced by this node's WAL. Only a
+    /// leader's own entries are ever applied before their sync could finish (see `LogStore::append`), and
+    /// they wait here for at most that sync; entries the WAL does not hold (openraft's storage suite applies
+    /// some) do not wait. Unbounded in time like the sync itself: a failed sync ends it with an error, which
+    /// stops the node.
+    async fn wait_synced(&mut self, first: u64, last: LogId) -> Result<(), StorageError> {
         let progress = self
             .log_progress
-            .wait_for(|progress| progress.failed || !progress.unsynced(index))
+            .wait_for(|progress| progress.failed || !progress.any_unsynced(first, last.index))
             .await
             .map(|progress| *progress);
         match progress {
             Ok(progress) if !progress.failed => Ok(()),
             _ => Err(write_error(
-                ErrorSubject::Apply(LogId::new(CommittedLeaderId::new(0, 0), index)),
+                ErrorSubject::Apply(last),
                 io::Error::other("the Raft log could not be synced; not applying unsynced entries"),
             )),
         }
@@ -917,8 +918,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if let Some(last) = entries.last() {
-            self.wait_synced(last.log_id.index).await?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            self.wait_synced(first.log_id.index, last.log_id).await?;
         }
         let mut applied = self
             .applied
@@ -1089,6 +1090,23 @@ mod tests {
         );
     }
 
+    /// A follower's append returns only once its entries are synced: its acknowledgement is what the
+    /// leader counts.
+    #[tokio::test]
+    async fn a_followers_append_returns_after_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = open_store(dir.path());
+        let progress = log.progress();
+        log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+        for index in 1..=20 {
+            log.blocking_append([put(1, 2, index)]).await.unwrap();
+            assert!(
+                !progress.borrow().unsynced(index),
+                "entry {index} was acknowledged before its sync"
+            );
+        }
+    }
+
     /// The leader's append returns before the sync, and the WAL publishes the entry as written; once the
     /// flusher syncs, as synced.
     #[tokio::test]
@@ -1140,18 +1158,27 @@ mod tests {
             .unwrap()
             .unwrap();
 
-        // Not held by the WAL (beyond what it has written): nothing to wait for.
-        tokio::time::timeout(
-            DONE_WITHIN,
-            state_machine.apply([put(1, NODE, 3), put(1, NODE, 4)]),
-        )
-        .await
-        .expect("entry 4 is not in the WAL")
-        .unwrap();
-
-        progress.send_modify(|progress| progress.written = id(6));
+        // Entry 3 is written and unsynced, entry 4 not in the WAL: the batch waits for entry 3.
         let mut waiting = state_machine.clone();
-        let pending = tokio::spawn(async move { waiting.apply([put(1, NODE, 5)]).await });
+        let pending =
+            tokio::spawn(async move { waiting.apply([put(1, NODE, 3), put(1, NODE, 4)]).await });
+        tokio::time::sleep(NOT_DONE_WITHIN).await;
+        assert!(!pending.is_finished(), "applied an unsynced entry 3");
+        progress.send_modify(|progress| progress.synced = id(3));
+        tokio::time::timeout(DONE_WITHIN, pending)
+            .await
+            .expect("applied once synced")
+            .unwrap()
+            .unwrap();
+        // Not held by the WAL at all (beyond what it has written): nothing to wait for.
+        tokio::time::timeout(DONE_WITHIN, state_machine.apply([put(1, NODE, 5)]))
+            .await
+            .expect("entry 5 is not in the WAL")
+            .unwrap();
+
+        progress.send_modify(|progress| progress.written = id(7));
+        let mut waiting = state_machine.clone();
+        let pending = tokio::spawn(async move { waiting.apply([put(1, NODE, 6)]).await });
         progress.send_modify(|progress| progress.failed = true);
         let result = tokio::time::timeout(DONE_WITHIN, pending)
             .await
@@ -1160,7 +1187,7 @@ mod tests {
         assert!(result.is_err(), "applied an entry the WAL failed to sync");
         assert_eq!(
             state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
-            Some(4)
+            Some(5)
         );
     }
 }

@@ -111,6 +111,15 @@ impl LogProgress {
         self.written.is_some_and(|written| written.index >= index)
             && self.synced.is_none_or(|synced| synced.index < index)
     }
+
+    /// Whether any entry in `first..=last` is written and not yet synced. The synced entries are a prefix of
+    /// the written ones, so it is enough to look at the last written entry of the range.
+    pub fn any_unsynced(&self, first: u64, last: u64) -> bool {
+        match self.written {
+            Some(written) if written.index >= first => self.unsynced(last.min(written.index)),
+            _ => false,
+        }
+    }
 }
 
 /// The Raft log's write-ahead log. Shared (`Arc`) by the log store's clones and by pending flushes.
@@ -560,6 +569,8 @@ impl Wal {
             for segment in &state.segments {
                 segment.file.sync_data().map_err(io_error(&segment.path))?;
             }
+            // A segment created just before the crash, and the removals above, are directory entries.
+            sync_dir(dir).map_err(io_error(dir))?;
         }
         let (progress, _) = watch::channel(LogProgress {
             written: state.last,
@@ -826,12 +837,14 @@ impl Wal {
                 .try_for_each(|file| file.sync_data())
                 .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) })?;
         }
+        // Assigned, not compared: after a purge emptied the WAL the next entries may carry a lower term than
+        // the last synced one had (a snapshot installed over diverging entries).
         self.progress.send_if_modified(|progress| {
-            let advanced = target > progress.synced;
-            if advanced {
+            let changed = target.is_some() && target != progress.synced;
+            if changed {
                 progress.synced = target;
             }
-            advanced
+            changed
         });
         Ok(())
     }
@@ -989,7 +1002,15 @@ impl Wal {
         }
         state.purged = Some(index);
         let result = drop_purged_segments(&mut state);
-        self.publish_written(&state);
+        if state.last.is_none() {
+            // No entry held: `synced` must not go on naming one (the network sends it as a commit index).
+            self.progress.send_modify(|progress| {
+                progress.written = None;
+                progress.synced = None;
+            });
+        } else {
+            self.publish_written(&state);
+        }
         result
     }
 }
