@@ -68,12 +68,47 @@ fn results_json(outcome: &runner::RunOutcome) -> serde_json::Value {
 }
 
 /// The run's overall verdict is valid; otherwise fails with the whole results.json.
+/// Lines of each node's log that a failed run prints.
+const NODE_LOG_TAIL_LINES: usize = 30;
+
+/// The last lines of every node's log in the run's `cluster/` directory, for a failure message.
+fn node_log_tails(outcome: &runner::RunOutcome) -> String {
+    let Some(cluster) = outcome.history_path.parent().map(|out| out.join("cluster")) else {
+        return String::new();
+    };
+    let mut logs: Vec<_> = std::fs::read_dir(&cluster)
+        .map(|items| {
+            items
+                .filter_map(|item| item.ok().map(|item| item.path()))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    let mut text = String::new();
+    for log in logs
+        .iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+    {
+        let content = without_ansi_colours(&std::fs::read_to_string(log).unwrap_or_default());
+        let lines: Vec<&str> = content.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(NODE_LOG_TAIL_LINES)..];
+        text.push_str(&format!(
+            "\n--- {} (last {} lines)\n{}\n",
+            log.display(),
+            tail.len(),
+            tail.join("\n")
+        ));
+    }
+    text
+}
+
 fn assert_valid(outcome: &runner::RunOutcome) {
     assert_eq!(
         outcome.results.verdict,
         Verdict::Valid,
-        "{}",
-        serde_json::to_string_pretty(&results_json(outcome)).unwrap()
+        "{}{}",
+        serde_json::to_string_pretty(&results_json(outcome)).unwrap(),
+        node_log_tails(outcome)
     );
 }
 
