@@ -11,8 +11,8 @@
 //!
 //! Why the log is not in sled. openraft 0.9's core awaits the callback of each append (`append_to_log` wraps
 //! it to block), so on a follower one flush per append bounds write latency (the leader's own appends no
-//! longer wait, see below). sled's flush plus our device sync cost about 3 `sync_file_range` calls (each of its io
-//! buffers synced on its own, 100-500 us each) plus one `fdatasync` per write, 3-4 times what a plain
+//! longer wait, see below). sled's flush plus our device sync cost about 3 `sync_file_range` calls (each of
+//! its io buffers synced on its own, 100-500 us each) plus one `fdatasync` per write, 3-4 times what a plain
 //! `write` + `fdatasync` costs on the same disk. The WAL's flush is that one `fdatasync`.
 //!
 //! Order of duties (persist before you acknowledge):
@@ -1090,15 +1090,46 @@ mod tests {
         );
     }
 
+    /// Holds off the WAL's syncs, on a thread of its own, until the returned sender is dropped.
+    fn hold_syncs(log: &LogStore) -> std::sync::mpsc::Sender<()> {
+        let wal = log.wal.clone();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _guard = wal.hold_syncs();
+            held.send(()).unwrap();
+            // Ends when the test drops the sender.
+            let _ = released.recv();
+        });
+        is_held.recv().unwrap();
+        release
+    }
+
     /// A follower's append returns only once its entries are synced: its acknowledgement is what the
     /// leader counts.
     #[tokio::test]
     async fn a_followers_append_returns_after_its_sync() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = open_store(dir.path());
-        let progress = log.progress();
+        let mut progress = log.progress();
         log.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
-        for index in 1..=20 {
+        let release = hold_syncs(&log);
+        let append =
+            tokio::time::timeout(NOT_DONE_WITHIN, log.blocking_append([put(1, 2, 1)])).await;
+        assert!(
+            append.is_err(),
+            "a follower's append returned while its sync was held"
+        );
+        assert!(progress.borrow().unsynced(1));
+        drop(release);
+        tokio::time::timeout(
+            DONE_WITHIN,
+            progress.wait_for(|progress| !progress.unsynced(1)),
+        )
+        .await
+        .expect("synced once released")
+        .unwrap();
+        for index in 2..=20 {
             log.blocking_append([put(1, 2, index)]).await.unwrap();
             assert!(
                 !progress.borrow().unsynced(index),
@@ -1107,18 +1138,25 @@ mod tests {
         }
     }
 
-    /// The leader's append returns before the sync, and the WAL publishes the entry as written; once the
-    /// flusher syncs, as synced.
+    /// The leader's append returns while its sync is still held off, with the entries published as written
+    /// and not synced; once syncs go on, the flusher syncs them.
     #[tokio::test]
-    async fn the_leaders_append_is_written_first_and_synced_after() {
+    async fn the_leaders_append_returns_before_its_sync() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = open_store(dir.path());
         let mut progress = log.progress();
         log.save_vote(&Vote::new_committed(1, NODE)).await.unwrap();
-        log.blocking_append([put(1, NODE, 1), put(1, NODE, 2)])
-            .await
-            .unwrap();
+        let release = hold_syncs(&log);
+        tokio::time::timeout(
+            DONE_WITHIN,
+            log.blocking_append([put(1, NODE, 1), put(1, NODE, 2)]),
+        )
+        .await
+        .expect("the leader's append waited for its sync")
+        .unwrap();
         assert_eq!(progress.borrow().written.map(|id| id.index), Some(2));
+        assert!(progress.borrow().unsynced(1) && progress.borrow().unsynced(2));
+        drop(release);
         tokio::time::timeout(
             DONE_WITHIN,
             progress.wait_for(|progress| !progress.unsynced(1) && !progress.unsynced(2)),

@@ -3,8 +3,9 @@
 //! only user; the vote, the commit index and the purge point stay in sled (see `storage`).
 //!
 //! Why it exists: a flush is on the path of every write (openraft 0.9 waits for each `append` callback; see
-//! `storage` for the leader's), and sled's flush cost three `sync_file_range` calls plus our `fdatasync` per write, 3-4 times
-//! a plain `write` + `fdatasync`. Here an append is one `pwrite` and its flush is one `fdatasync`.
+//! `storage` for the leader's), and sled's flush cost three `sync_file_range` calls plus our `fdatasync` per
+//! write, 3-4 times a plain `write` + `fdatasync`. Here an append is one `pwrite` and its flush is one
+//! `fdatasync`.
 //!
 //! On disk. Segment files named by the index of their first entry, zero-padded to 20 digits
 //! (`00000000000000000042.wal`), each a sequence of records
@@ -36,9 +37,9 @@
 //! Recovery (`Wal::open`): segments are read in order; every record must be whole, within
 //! `RECORD_BYTES_MAX`, match its crc, decode to exactly one entry, and carry the index its position implies,
 //! with no gap or repeat between segments nor between the purge point and the first entry kept; a tail of
-//! zeros ends a segment's records (the preallocated space). A bad record
-//! in the last segment with no valid record anywhere after it is a torn write from a crash: the file is cut
-//! there (logged as a warning). Any other bad record is corruption and the WAL refuses to open, naming the
+//! zeros ends a segment's records (the preallocated space). A bad record in the last segment with no valid
+//! record anywhere after it is a torn write from a crash: the file is cut there (logged as a warning) and
+//! preallocated again. Any other bad record is corruption and the WAL refuses to open, naming the
 //! file and byte offset. A bad record followed by a valid one can also be the work of a power loss that
 //! wrote a later page but not an earlier one (the device reorders unsynced writes); it is refused too, since
 //! nothing can tell it from a damaged record that was acknowledged, and refusing loses nothing.
@@ -98,8 +99,9 @@ pub enum OpenError {
 pub struct LogProgress {
     /// The last entry written (readable), synced or not; `None` when the WAL holds no entry.
     pub written: Option<LogId>,
-    /// The last entry made durable: every entry the WAL holds up to it is synced. It only falls when a
-    /// truncate removes it.
+    /// The last entry made durable: every entry the WAL holds up to it is synced. A sync sets it to the
+    /// last entry written before the sync started; a truncate to the new last entry; a purge that leaves no
+    /// entry clears it.
     pub synced: Option<LogId>,
     /// The WAL failed (see `Wal::failed`): nothing will be synced again until the node restarts.
     pub failed: bool,
@@ -820,6 +822,27 @@ impl Wal {
         self.poison_on(result, |_| false)
     }
 
+    /// `fdatasync` of `files` and, if `dir`, `fsync` of the WAL directory (nothing without `sync`).
+    fn sync_files(&self, files: &[Arc<File>], dir: bool) -> io::Result<()> {
+        if !self.sync {
+            return Ok(());
+        }
+        files.iter().try_for_each(|file| file.sync_data())?;
+        if dir {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Holds off every sync (and truncate) until the guard is dropped, so tests can see what happens
+    /// between an append and its sync.
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.sync_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Syncs what was written before it started and publishes it as synced. The caller holds `sync_lock`, so
     /// no truncate runs meanwhile and the entry it publishes is still the one it synced.
     fn sync_inner(&self) -> io::Result<()> {
@@ -831,12 +854,7 @@ impl Wal {
                 state.last,
             )
         };
-        if self.sync {
-            files
-                .iter()
-                .try_for_each(|file| file.sync_data())
-                .and_then(|()| if dir { sync_dir(&self.dir) } else { Ok(()) })?;
-        }
+        self.sync_files(&files, dir)?;
         // Assigned, not compared: after a purge emptied the WAL the next entries may carry a lower term than
         // the last synced one had (a snapshot installed over diverging entries).
         self.progress.send_if_modified(|progress| {
@@ -906,8 +924,8 @@ impl Wal {
         Ok(entries)
     }
 
-    /// Deletes the entries at `index` and after, durably, before returning.
-    /// Whatever else was written and not yet synced is synced too, so that every entry left is durable.
+    /// Deletes the entries at `index` and after, durably, before returning. Whatever else was written and
+    /// not yet synced is synced too, so that every entry left is durable.
     pub fn truncate(&self, index: u64) -> io::Result<()> {
         self.check_healthy()?;
         // No sync runs meanwhile: one that started before would publish as synced an entry removed here.
@@ -971,14 +989,8 @@ impl Wal {
         // that far; if it did, the next append would start a new segment after the purge point).
         drop_purged_segments(&mut state)?;
         // Earlier segments were synced when the next one was started; sync whatever else is pending.
-        if self.sync {
-            for file in std::mem::take(&mut state.unsynced) {
-                file.sync_data()?;
-            }
-            if std::mem::take(&mut state.dir_unsynced) {
-                sync_dir(&self.dir)?;
-            }
-        }
+        let files = std::mem::take(&mut state.unsynced);
+        self.sync_files(&files, std::mem::take(&mut state.dir_unsynced))?;
         let last = state.last;
         self.progress.send_modify(|progress| {
             progress.written = last;
