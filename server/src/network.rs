@@ -29,9 +29,8 @@ use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::{RaftMessage, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-
 use tokio::sync::watch;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft_types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
 use crate::wal::LogProgress;
