@@ -34,7 +34,7 @@ use raftkv_server::state_machine::{
     KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
 use raftkv_server::storage;
-use raftkv_server::wal::{OpenError, Wal, RECORD_HEADER_BYTES};
+use raftkv_server::wal::{OpenError, Wal};
 
 /// Longest run of random bytes tried as a message.
 const RANDOM_BYTES_MAX: usize = 512;
@@ -358,7 +358,7 @@ proptest! {
         let before = std::fs::read(&segments[victim]).unwrap();
         let after = mutate(before.clone(), &edits);
         std::fs::write(&segments[victim], &after).unwrap();
-        let records_end = records_end(&before);
+        let (_, records_end) = crate::storage::record_layout(&before);
         let harmless = after.len() >= records_end
             && after[..records_end] == before[..records_end]
             && after[records_end..].iter().all(|byte| *byte == 0);
@@ -388,19 +388,6 @@ proptest! {
 }
 
 // ---- the peer service, end to end ----
-
-/// Where the records of a whole segment end and its preallocated zeros begin, by the length headers.
-fn records_end(segment: &[u8]) -> usize {
-    let mut at = 0;
-    while at + RECORD_HEADER_BYTES <= segment.len() {
-        let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
-        if len == 0 {
-            break;
-        }
-        at += RECORD_HEADER_BYTES + len;
-    }
-    at.min(segment.len())
-}
 
 /// One in-process node (storage in a temporary dir, never initialized: it takes messages from anyone)
 /// and its peer service.

@@ -224,10 +224,9 @@ fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
     segments
 }
 
-/// Start offsets of the records in a segment file, read by their length headers up to the preallocated
-/// tail (a zero length), and where the last one ends.
-fn record_layout(path: &Path) -> (Vec<u64>, u64) {
-    let bytes = fs::read(path).unwrap();
+/// Start offsets of the records in a segment's bytes, read by their length headers up to the preallocated
+/// tail (a zero length), and where the last one ends. The fuzz tests use it too.
+pub fn record_layout(bytes: &[u8]) -> (Vec<u64>, usize) {
     let mut offsets = Vec::new();
     let mut at = 0;
     while at + RECORD_HEADER_BYTES <= bytes.len() {
@@ -238,22 +237,23 @@ fn record_layout(path: &Path) -> (Vec<u64>, u64) {
         offsets.push(at as u64);
         at += RECORD_HEADER_BYTES + len;
     }
-    (offsets, at.min(bytes.len()) as u64)
+    (offsets, at.min(bytes.len()))
 }
 
 fn record_offsets(path: &Path) -> Vec<u64> {
-    record_layout(path).0
+    record_layout(&fs::read(path).unwrap()).0
 }
 
 /// Where a segment's records end and its preallocated zeros begin.
 fn data_len(path: &Path) -> u64 {
-    record_layout(path).1
+    record_layout(&fs::read(path).unwrap()).1 as u64
 }
 
 /// A segment's records without the preallocated tail.
 fn records_only(path: &Path) -> Vec<u8> {
     let mut bytes = fs::read(path).unwrap();
-    bytes.truncate(data_len(path) as usize);
+    let (_, end) = record_layout(&bytes);
+    bytes.truncate(end);
     bytes
 }
 
