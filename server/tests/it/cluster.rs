@@ -6,7 +6,7 @@ use raftkv_client::{ClientError, Consistency, ReadOptions};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
 
-use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
+use crate::harness::{fast_timing, read_at_once, wait_until, TestCluster, WAIT_MAX};
 
 fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
     ReadOptions {
@@ -267,14 +267,7 @@ async fn concurrent_linearizable_reads_share_quorum_rounds() {
     })
     .await;
     let before = cluster.status(leader).await.unwrap().read_index_rounds;
-    let options = ReadOptions {
-        endpoint: Some(cluster.addr(leader)),
-        ..Default::default()
-    };
-    let reads = (0..READS).map(|_| client.get("shared", &options));
-    for read in futures::future::join_all(reads).await {
-        assert_eq!(read.expect("linearizable read").kv.unwrap().value, b"x");
-    }
+    read_at_once(&client, cluster.addr(leader), "shared", b"x", READS).await;
     let rounds = cluster.status(leader).await.unwrap().read_index_rounds - before;
     assert!(rounds >= 1, "no read-index round ran");
     assert!(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raftkv_client::{Client, ClientConfig, Role, StatusResponse, TlsConfig};
+use raftkv_client::{Client, ClientConfig, ReadOptions, Role, StatusResponse, TlsConfig};
 use tempfile::TempDir;
 
 /// How often conditions are polled.
@@ -328,5 +328,18 @@ where
             "timed out after {bound:?} waiting until {what}"
         );
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Sends `count` linearizable reads of `key` at once, all to the node at `endpoint`, and checks that each
+/// saw `value`.
+pub async fn read_at_once(client: &Client, endpoint: String, key: &str, value: &[u8], count: u64) {
+    let options = ReadOptions {
+        endpoint: Some(endpoint),
+        ..Default::default()
+    };
+    let reads = (0..count).map(|_| client.get(key, &options));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.expect("linearizable read").kv.unwrap().value, value);
     }
 }

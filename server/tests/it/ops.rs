@@ -15,7 +15,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::harness::{
-    fast_timing, free_port, terminate, wait_until, TestCluster, POLL_INTERVAL, WAIT_MAX,
+    fast_timing, free_port, read_at_once, terminate, wait_until, TestCluster, POLL_INTERVAL,
+    WAIT_MAX,
 };
 
 /// Bound for one scrape.
@@ -901,14 +902,7 @@ async fn concurrent_follower_reads_share_calls_to_the_leader() {
     // The follower has the write, and knows the leader that made it (not a candidate of an earlier term).
     let status = cluster.wait_applied(follower, revision).await;
     assert_eq!(status.leader_id, leader);
-    let options = ReadOptions {
-        endpoint: Some(cluster.addr(follower)),
-        ..Default::default()
-    };
-    let reads = (0..READS).map(|_| client.get("shared", &options));
-    for read in futures::future::join_all(reads).await {
-        assert_eq!(read.expect("linearizable read").kv.unwrap().value, b"x");
-    }
+    read_at_once(&client, cluster.addr(follower), "shared", b"x", READS).await;
     let scrape = scrape(&cluster, follower).await.expect("follower metrics");
     let calls = scrape.value("raftkv_read_index_forwards_total");
     assert_eq!(
