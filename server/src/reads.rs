@@ -24,6 +24,10 @@ use crate::storage::{Applied, StateMachineStore};
 pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Deadline of a follower's read-index call to the leader.
 pub const FOLLOWER_READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a linearizable read on a node that knows no leader waits to hear of one before it is refused.
+/// Long enough for a new leader's first heartbeat to reach a follower whose connection is still being set
+/// up; with the read-index call's deadline it stays within the client's default request timeout.
+pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// How a read wants to be served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,8 +323,31 @@ impl Reader {
     }
 
     /// The index a linearizable read must wait for: from our own round on the leader, from the leader's on a
-    /// follower.
+    /// follower. A node that knows no leader first waits up to `LEADER_WAIT_MAX` to hear of one: just after an
+    /// election a follower may not have heard from the new leader yet, and etcd too waits rather than refuse.
     async fn linearizable_index(&self, view: &RaftView) -> Result<u64, ApiError> {
+        let waited;
+        let view = if view.role != Role::Leader && view.leader_addr.is_none() {
+            match self
+                .raft
+                .wait(Some(LEADER_WAIT_MAX))
+                .metrics(
+                    |metrics| metrics.current_leader.is_some(),
+                    "a leader is known",
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(openraft::metrics::WaitError::ShuttingDown) => {
+                    return Err(ApiError::ShuttingDown)
+                }
+                Err(openraft::metrics::WaitError::Timeout(..)) => return Err(ApiError::NoLeader),
+            }
+            waited = self.view();
+            &waited
+        } else {
+            view
+        };
         if view.role == Role::Leader {
             let read_index = self
                 .batcher

@@ -265,6 +265,20 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until node `id` knows `leader` as its leader.
+    pub async fn wait_knows_leader(&self, id: u64, leader: u64) -> StatusResponse {
+        wait_until(
+            &format!("node {id} knows node {leader} as leader"),
+            WAIT_MAX,
+            || async {
+                self.status(id)
+                    .await
+                    .filter(|status| status.leader_id == leader)
+            },
+        )
+        .await
+    }
+
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) -> StatusResponse {
         wait_until(

@@ -179,6 +179,8 @@ async fn mtls_cluster_writes_reads_on_a_follower_and_elects_a_new_leader() {
         .expect("write over TLS");
 
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    // The write may have committed before this follower's TLS link to the leader was up.
+    cluster.wait_knows_leader(follower, leader).await;
     let read = client
         .get(
             "greeting",
