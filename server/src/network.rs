@@ -9,6 +9,9 @@
 //!
 //! Raft messages travel as postcard-encoded openraft types inside a `RaftMessage` envelope that names the
 //! cluster, the sender and the intended receiver; the receiver checks the envelope before decoding.
+//! AppendEntries (entries, heartbeats, commit updates) goes on one long-lived bidirectional stream per
+//! follower, where each message and each reply is a single HTTP/2 DATA frame; votes and snapshot chunks are
+//! unary calls.
 //!
 //! An AppendEntries never tells a follower a commit index beyond the leader's synced log (see
 //! `RaftPeer::commit_to_send` and `storage`): the leader acknowledges its own appends before their sync.
@@ -26,10 +29,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use raftkv_proto::peer::peer_client::PeerClient;
-use raftkv_proto::peer::{RaftMessage, ReadIndexReply, ReadIndexRequest};
+use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft_types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
@@ -48,6 +52,9 @@ pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// announces (see `RaftPeer::commit_to_send`); after it the message goes with the synced part only. At most
 /// half the RPC's own deadline, and the call gets what is left.
 pub const COMMIT_SYNC_WAIT_MAX: Duration = Duration::from_millis(50);
+/// AppendEntries messages queued on a stream ahead of the connection. openraft sends the next only after the
+/// reply to the one before, so one is enough.
+pub const APPEND_STREAM_MESSAGES_MAX: usize = 1;
 /// How long a keep-alive ping may go unanswered.
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -201,6 +208,7 @@ impl PeerChannels {
             to: target,
             payload,
             leader_quorum_age_ms: self.leader_quorum_age_ms(),
+            seq: 0,
         }
     }
 
@@ -294,6 +302,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr,
             peers: self.peers.clone(),
             log_progress: self.log_progress.clone(),
+            append_stream: None,
+            append_seq: 0,
         }
     }
 }
@@ -304,6 +314,17 @@ pub struct RaftPeer {
     addr: String,
     peers: Arc<PeerChannels>,
     log_progress: watch::Receiver<LogProgress>,
+    /// The AppendEntries stream to this peer, opened by the first AppendEntries and dropped after any failure
+    /// (the next call opens a new one).
+    append_stream: Option<AppendStream>,
+    /// The `seq` of the last AppendEntries message sent on any stream of this client.
+    append_seq: u64,
+}
+
+/// One open AppendEntries stream: where messages go and where their replies come from.
+struct AppendStream {
+    messages: mpsc::Sender<RaftMessage>,
+    replies: tonic::Streaming<RaftReply>,
 }
 
 /// Which Raft RPC a call is.
@@ -339,6 +360,91 @@ impl RaftPeer {
         leader_commit.min(synced)
     }
 
+    /// Sends one AppendEntries message on this peer's stream, opening the stream first if there is none, and
+    /// waits for its reply. A reply with an older `seq` answers a message whose call was given up (openraft
+    /// drops a call at its own deadline) and is skipped. Not bounded in time here: the caller bounds it.
+    async fn append_on_stream(&mut self, payload: Vec<u8>) -> Result<RaftReply, tonic::Status> {
+        if self.append_stream.is_none() {
+            let mut client = self
+                .peers
+                .client(self.target, &self.addr)
+                .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+            let (messages, outgoing) = mpsc::channel(APPEND_STREAM_MESSAGES_MAX);
+            let replies = client
+                .append_entries_stream(tonic::Request::new(ReceiverStream::new(outgoing)))
+                .await?
+                .into_inner();
+            self.append_stream = Some(AppendStream { messages, replies });
+        }
+        let stream = self
+            .append_stream
+            .as_mut()
+            .expect("the stream was opened above");
+        self.append_seq += 1;
+        let seq = self.append_seq;
+        let mut message = self.peers.envelope(self.target, payload);
+        message.seq = seq;
+        stream
+            .messages
+            .send(message)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the append-entries stream has closed"))?;
+        loop {
+            match stream.replies.message().await? {
+                Some(reply) if reply.seq == seq => return Ok(reply),
+                Some(reply) if reply.seq < seq => continue,
+                Some(reply) => {
+                    return Err(tonic::Status::internal(format!(
+                        "reply to message {} on the append-entries stream, where {seq} was the last sent",
+                        reply.seq
+                    )))
+                }
+                None => {
+                    return Err(tonic::Status::unavailable(
+                        "the peer ended the append-entries stream",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Turns a call's outcome into openraft's result: a transport failure or a missed deadline makes the
+    /// peer unreachable (logged once), a refusal is a network error (logged at warn), and a reply is decoded.
+    #[allow(clippy::result_large_err)] // openraft's error type, which the `RaftNetwork` methods return as is
+    fn decode_reply<Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        reply: Result<RaftReply, tonic::Status>,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply = match reply {
+            Ok(reply) => {
+                self.peers
+                    .record_reachability(self.target, &self.addr, None);
+                reply
+            }
+            Err(status) if is_transport_failure(&status) => {
+                let error = transport_detail(&status);
+                self.peers
+                    .record_reachability(self.target, &self.addr, Some(&error));
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Err(status) => {
+                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, code = ?status.code(), message = status.message(), "peer refused a raft message");
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
+            .map_err(|error| {
+                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, %error, "malformed raft reply");
+                RPCError::Network(NetworkError::new(&error))
+            })?;
+        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: RaftRpc,
@@ -361,40 +467,18 @@ impl RaftPeer {
         message.set_timeout(deadline);
         let call = async {
             match rpc {
-                RaftRpc::AppendEntries => client.append_entries(message).await,
                 RaftRpc::Vote => client.vote(message).await,
                 RaftRpc::InstallSnapshot => client.install_snapshot(message).await,
+                RaftRpc::AppendEntries => client.append_entries(message).await,
             }
         };
         let reply = match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(reply)) => {
-                self.peers
-                    .record_reachability(self.target, &self.addr, None);
-                reply.into_inner()
-            }
-            Ok(Err(status)) if is_transport_failure(&status) => {
-                let error = transport_detail(&status);
-                self.peers
-                    .record_reachability(self.target, &self.addr, Some(&error));
-                return Err(RPCError::Unreachable(Unreachable::new(&status)));
-            }
-            Ok(Err(status)) => {
-                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, code = ?status.code(), message = status.message(), "peer refused a raft message");
-                return Err(RPCError::Network(NetworkError::new(&status)));
-            }
-            Err(elapsed) => {
-                let error = format!("no answer within {deadline:?}");
-                self.peers
-                    .record_reachability(self.target, &self.addr, Some(&error));
-                return Err(RPCError::Unreachable(Unreachable::new(&elapsed)));
-            }
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {deadline:?}"
+            ))),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
-            .map_err(|error| {
-                tracing::warn!(parent: &self.peers.span, target_node = self.target, ?rpc, %error, "malformed raft reply");
-                RPCError::Network(NetworkError::new(&error))
-            })?;
-        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+        self.decode_reply(rpc, reply)
     }
 }
 
@@ -409,8 +493,21 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         request.leader_commit = self
             .commit_to_send(request.leader_commit, COMMIT_SYNC_WAIT_MAX.min(budget / 2))
             .await;
-        let option = RPCOption::new(budget.saturating_sub(started.elapsed()));
-        self.call(RaftRpc::AppendEntries, &request, &option).await
+        let deadline = budget.saturating_sub(started.elapsed());
+        let payload = postcard::to_stdvec(&request)
+            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let reply = match tokio::time::timeout(deadline, self.append_on_stream(payload)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {deadline:?}"
+            ))),
+        };
+        if reply.is_err() {
+            // Whatever is left on the stream (a reply still on its way, a broken connection) is not trusted.
+            self.append_stream = None;
+        }
+        self.decode_reply(RaftRpc::AppendEntries, reply)
     }
 
     async fn install_snapshot(
@@ -452,6 +549,8 @@ mod commit_tests {
             addr: "127.0.0.1:1".to_string(),
             peers: PeerChannels::new(1, "test".to_string(), BTreeMap::new(), None),
             log_progress: progress,
+            append_stream: None,
+            append_seq: 0,
         }
     }
 

@@ -112,6 +112,8 @@ pub struct Node {
     server_task: JoinHandle<()>,
     /// Turns true to stop the observer and the metrics endpoint.
     stopping: watch::Sender<bool>,
+    /// Set when shutdown starts: ends the AppendEntries streams this node serves (see `PeerService`).
+    draining: watch::Sender<bool>,
     tasks: JoinSet<()>,
     span: tracing::Span,
 }
@@ -206,6 +208,7 @@ impl Node {
             proposals: proposals.clone(),
             writes,
         };
+        let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
             node_id: config.id,
             cluster_id: config.cluster_id.clone(),
@@ -213,6 +216,7 @@ impl Node {
             batcher,
             leader_contact: leader_contact.clone(),
             snapshot_received: Arc::default(),
+            draining: draining_signal,
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = HealthPublisher::new(health_reporter.clone()).await;
@@ -345,6 +349,7 @@ impl Node {
             stop_serving,
             server_task,
             stopping,
+            draining,
             tasks,
             span,
         };
@@ -386,6 +391,7 @@ impl Node {
                 .await;
         }
         tracing::info!("shutdown: stop accepting requests, drain those in flight");
+        let _ = self.draining.send(true);
         let _ = self.stop_serving.send(());
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server_task).await {
             Ok(Ok(())) => {}

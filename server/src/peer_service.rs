@@ -7,6 +7,10 @@
 //! into the in-memory snapshot buffer (which seeks to a chunk's offset and fills any gap): a chunk holds at
 //! most `SNAPSHOT_CHUNK_BYTES` and starts at 0 or within what was already received of the same snapshot, so
 //! a bogus offset cannot make the node allocate an arbitrary amount of memory.
+//!
+//! AppendEntries arrives on a long-lived stream per leader replication (`AppendEntriesStream`, see `network`),
+//! answered in order, one message at a time, each reply with its message's `seq`; the same checks apply to
+//! each message, and a refusal ends the stream. The unary `AppendEntries` stays, with the same handling.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,13 +19,20 @@ use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::{RaftMessage, RaftReply, ReadIndexReply, ReadIndexRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::api::{to_status, ApiError};
-use crate::node::SNAPSHOT_CHUNK_BYTES;
+use crate::node::{SERVER_REQUEST_TIMEOUT, SNAPSHOT_CHUNK_BYTES};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
+
+/// Replies of one AppendEntries stream waiting to be sent. The leader sends a message only after the reply to
+/// the one before, so one is enough; the rest is slack.
+pub const APPEND_STREAM_REPLIES_MAX: usize = 4;
 
 /// Decodes the payload of a peer message (`what` names it in the error): `InvalidArgument` if it does not
 /// decode, never a panic, whatever the bytes.
@@ -40,6 +51,9 @@ pub struct PeerService {
     pub leader_contact: Arc<LeaderContact>,
     /// The snapshot being received (its id) and the end of the bytes received of it so far.
     pub snapshot_received: Arc<Mutex<Option<(String, u64)>>>,
+    /// Becomes true when the node starts to shut down: AppendEntries streams end after the message in hand,
+    /// so that they do not hold the drain of requests in flight.
+    pub draining: watch::Receiver<bool>,
 }
 
 impl PeerService {
@@ -137,11 +151,10 @@ impl PeerService {
     /// Checks a Raft message's envelope and decodes its payload.
     fn open<T: DeserializeOwned>(
         &self,
-        request: Request<RaftMessage>,
+        message: RaftMessage,
         what: &str,
         members_only: bool,
     ) -> Result<T, Status> {
-        let message = request.into_inner();
         self.check_envelope(
             &message.cluster_id,
             message.from,
@@ -152,10 +165,72 @@ impl PeerService {
         self.decode(&message, what)
     }
 
-    fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+    fn encode_reply<T: Serialize>(result: &T) -> Result<RaftReply, Status> {
         let payload = postcard::to_stdvec(result)
             .map_err(|error| Status::internal(format!("cannot encode reply: {error}")))?;
-        Ok(Response::new(RaftReply { payload }))
+        Ok(RaftReply { payload, seq: 0 })
+    }
+
+    fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+        Self::encode_reply(result).map(Response::new)
+    }
+
+    /// Handles one AppendEntries message, from a unary call or from the stream.
+    async fn handle_append_entries(&self, message: RaftMessage) -> Result<RaftReply, Status> {
+        let quorum_age = message.leader_quorum_age_ms;
+        let request: AppendEntriesRequest<TypeConfig> =
+            self.open(message, "append-entries", false)?;
+        let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
+        let result = self.raft.append_entries(request).await;
+        if let Ok(response) = &result {
+            if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                self.leader_contact.touch(quorum_age);
+                self.leader_contact.record_leader_commit(leader_commit);
+            }
+        }
+        Self::encode_reply(&result)
+    }
+
+    /// Answers the messages of one AppendEntries stream in order, each with its `seq`, until the leader ends the
+    /// stream, a message is refused (the refusal ends the stream) or the node starts to shut down (the stream
+    /// ends with `Unavailable`). Each message is bounded by `SERVER_REQUEST_TIMEOUT`, as a unary call is.
+    async fn serve_append_stream(
+        self,
+        mut messages: Streaming<RaftMessage>,
+        replies: mpsc::Sender<Result<RaftReply, Status>>,
+    ) {
+        let mut draining = self.draining.clone();
+        loop {
+            let message = tokio::select! {
+                message = messages.message() => message,
+                Ok(()) = async { draining.wait_for(|draining| *draining).await.map(|_| ()) } => {
+                    let _ = replies.send(Err(Status::unavailable("the node is shutting down"))).await;
+                    break;
+                }
+            };
+            let reply = match message {
+                Ok(None) => break,
+                Err(status) => Err(status),
+                Ok(Some(message)) => {
+                    let seq = message.seq;
+                    match tokio::time::timeout(
+                        SERVER_REQUEST_TIMEOUT,
+                        self.handle_append_entries(message),
+                    )
+                    .await
+                    {
+                        Ok(reply) => reply.map(|reply| RaftReply { seq, ..reply }),
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "append-entries not handled within {SERVER_REQUEST_TIMEOUT:?}"
+                        ))),
+                    }
+                }
+            };
+            let refused = reply.is_err();
+            if replies.send(reply).await.is_err() || refused {
+                break;
+            }
+        }
     }
 }
 
@@ -165,22 +240,28 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let quorum_age = request.get_ref().leader_quorum_age_ms;
-        let request: AppendEntriesRequest<TypeConfig> =
-            self.open(request, "append-entries", false)?;
-        let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
-        let result = self.raft.append_entries(request).await;
-        if let Ok(response) = &result {
-            if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.leader_contact.touch(quorum_age);
-                self.leader_contact.record_leader_commit(leader_commit);
-            }
-        }
-        Self::reply(&result)
+        self.handle_append_entries(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = ReceiverStream<Result<RaftReply, Status>>;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        let (replies, stream) = mpsc::channel(APPEND_STREAM_REPLIES_MAX);
+        tokio::spawn(
+            self.clone()
+                .serve_append_stream(request.into_inner(), replies)
+                .instrument(tracing::Span::current()),
+        );
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let request = self.open(request, "vote", true)?;
+        let request = self.open(request.into_inner(), "vote", true)?;
         Self::reply(&self.raft.vote(request).await)
     }
 
@@ -188,10 +269,11 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let quorum_age = request.get_ref().leader_quorum_age_ms;
-        let from = request.get_ref().from;
+        let message = request.into_inner();
+        let quorum_age = message.leader_quorum_age_ms;
+        let from = message.from;
         let request: InstallSnapshotRequest<TypeConfig> =
-            self.open(request, "install-snapshot", false)?;
+            self.open(message, "install-snapshot", false)?;
         self.check_snapshot_chunk(from, &request)?;
         let result = self.raft.install_snapshot(request).await;
         if result.is_ok() {

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use raftkv_client::{ClientError, Consistency, ReadOptions};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
+use raftkv_server::raft_types::{NodeId, TypeConfig, Vote};
 
 use crate::harness::{fast_timing, read_at_once, wait_until, TestCluster, WAIT_MAX};
 
@@ -242,6 +245,71 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(after.last_log_index, before.last_log_index);
     let read = client.get("stable", &ReadOptions::default()).await.unwrap();
     assert_eq!(read.kv.unwrap().value, b"before");
+}
+
+/// The AppendEntries stream answers each message with its `seq`, in order, and a message it refuses ends the
+/// stream with the refusal's status. A leader of term 0 is behind every node, so openraft answers it with
+/// `HigherVote` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_entries_stream_answers_in_order_and_ends_on_a_refusal() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let before = cluster.status(follower).await.unwrap();
+    let mut peer = PeerClient::connect(format!("http://{}", cluster.addr(follower)))
+        .await
+        .unwrap();
+    let (messages, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut replies = peer
+        .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let stale_leader = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(0, leader),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    let message = |seq: u64, payload: Vec<u8>| RaftMessage {
+        cluster_id: "raftkv".into(),
+        from: leader,
+        to: follower,
+        payload,
+        seq,
+        ..Default::default()
+    };
+    for seq in [5, 6] {
+        messages
+            .send(message(seq, postcard::to_stdvec(&stale_leader).unwrap()))
+            .await
+            .unwrap();
+        let reply = replies
+            .message()
+            .await
+            .expect("a reply")
+            .expect("the stream is open");
+        assert_eq!(reply.seq, seq);
+        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            postcard::from_bytes(&reply.payload).unwrap();
+        assert!(
+            matches!(answer, Ok(AppendEntriesResponse::HigherVote(_))),
+            "{answer:?}"
+        );
+    }
+    messages.send(message(7, vec![0xff; 7])).await.unwrap();
+    let status = replies
+        .message()
+        .await
+        .expect_err("a malformed message is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        !matches!(replies.message().await, Ok(Some(_))),
+        "the stream goes on after a refusal"
+    );
+    let after = cluster.status(follower).await.unwrap();
+    assert_eq!(after.term, before.term);
+    assert_eq!(after.last_log_index, before.last_log_index);
 }
 
 /// Concurrent linearizable reads on the leader share read-index rounds: 200 reads in flight at once cost far

@@ -427,6 +427,7 @@ async fn in_process_node() -> InProcessNode {
         batcher,
         leader_contact: LeaderContact::new(),
         snapshot_received: Arc::default(),
+        draining: tokio::sync::watch::channel(false).1,
     };
     InProcessNode {
         raft,
@@ -468,6 +469,7 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
                     to,
                     payload,
                     leader_quorum_age_ms,
+                    seq: 0,
                 });
                 let result = runtime.block_on(async {
                     match rpc {

@@ -190,6 +190,7 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
         to: leader,
         payload,
         leader_quorum_age_ms: None,
+        seq: 0,
     };
     assert_refused(
         "a peer message over the peer message limit",
