@@ -53,8 +53,11 @@ pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// half the RPC's own deadline, and the call gets what is left.
 pub const COMMIT_SYNC_WAIT_MAX: Duration = Duration::from_millis(50);
 /// AppendEntries messages queued on a stream ahead of the connection. openraft sends the next only after the
-/// reply to the one before, so one is enough.
+/// reply to the one before (or after giving up on it), so one is enough.
 pub const APPEND_STREAM_MESSAGES_MAX: usize = 1;
+/// Idle AppendEntries streams kept per peer address for later clients (see `PeerChannels`): as many as
+/// read-index rounds may overlap (`read_index::READ_INDEX_ROUNDS_IN_FLIGHT_MAX`).
+pub const APPEND_STREAMS_IDLE_MAX: usize = 4;
 /// How long a keep-alive ping may go unanswered.
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -76,6 +79,13 @@ pub struct PeerChannels {
     /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
     /// last acknowledged it (`leader_quorum_age_ms`).
     metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
+    /// AppendEntries streams not in use, per dialled address, at most `APPEND_STREAMS_IDLE_MAX` each.
+    /// openraft makes a new client per follower for every leadership check behind a read-index round, and
+    /// sends one heartbeat with it; those clients borrow a stream here instead of opening one per round.
+    /// A std mutex, held only to take or put one.
+    idle_append_streams: Mutex<HashMap<String, Vec<AppendStream>>>,
+    /// Addresses whose peer does not serve the AppendEntries stream (an older version): unary calls there.
+    unary_append: Mutex<BTreeSet<String>>,
 }
 
 /// Why a peer call failed.
@@ -113,6 +123,8 @@ impl PeerChannels {
             unreachable: Mutex::new(BTreeSet::new()),
             span: tracing::Span::current(),
             metrics: OnceLock::new(),
+            idle_append_streams: Mutex::new(HashMap::new()),
+            unary_append: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -139,6 +151,34 @@ impl PeerChannels {
                 }
             }
         }
+    }
+
+    /// An idle AppendEntries stream to `addr`, if there is one.
+    fn take_idle_stream(&self, addr: &str) -> Option<AppendStream> {
+        self.idle_append_streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(addr)?
+            .pop()
+    }
+
+    /// Keeps a stream with no message in flight for the next client of `addr`; drops it when enough are kept.
+    fn keep_idle_stream(&self, addr: &str, stream: AppendStream) {
+        let mut idle = self
+            .idle_append_streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let streams = idle.entry(addr.to_string()).or_default();
+        if streams.len() < APPEND_STREAMS_IDLE_MAX {
+            streams.push(stream);
+        }
+    }
+
+    fn appends_are_unary(&self, addr: &str) -> bool {
+        self.unary_append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(addr)
     }
 
     /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later).
@@ -209,6 +249,7 @@ impl PeerChannels {
             payload,
             leader_quorum_age_ms: self.leader_quorum_age_ms(),
             seq: 0,
+            deadline_ms: 0,
         }
     }
 
@@ -303,7 +344,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             log_progress: self.log_progress.clone(),
             append_stream: None,
-            append_seq: 0,
         }
     }
 }
@@ -314,17 +354,30 @@ pub struct RaftPeer {
     addr: String,
     peers: Arc<PeerChannels>,
     log_progress: watch::Receiver<LogProgress>,
-    /// The AppendEntries stream to this peer, opened by the first AppendEntries and dropped after any failure
-    /// (the next call opens a new one).
+    /// The AppendEntries stream this client uses: borrowed from `PeerChannels` or opened by its first
+    /// AppendEntries, dropped after a failure (the next call gets another), given back when the client is
+    /// dropped with no message in flight on it.
     append_stream: Option<AppendStream>,
-    /// The `seq` of the last AppendEntries message sent on any stream of this client.
-    append_seq: u64,
 }
 
 /// One open AppendEntries stream: where messages go and where their replies come from.
 struct AppendStream {
     messages: mpsc::Sender<RaftMessage>,
     replies: tonic::Streaming<RaftReply>,
+    /// The `seq` of the last message sent on it.
+    seq: u64,
+    /// A message was sent and its reply not yet read (its call was given up on).
+    in_flight: bool,
+}
+
+impl Drop for RaftPeer {
+    fn drop(&mut self) {
+        if let Some(stream) = self.append_stream.take() {
+            if !stream.in_flight {
+                self.peers.keep_idle_stream(&self.addr, stream);
+            }
+        }
+    }
 }
 
 /// Which Raft RPC a call is.
@@ -360,10 +413,14 @@ impl RaftPeer {
         leader_commit.min(synced)
     }
 
-    /// Sends one AppendEntries message on this peer's stream, opening the stream first if there is none, and
-    /// waits for its reply. A reply with an older `seq` answers a message whose call was given up (openraft
-    /// drops a call at its own deadline) and is skipped. Not bounded in time here: the caller bounds it.
-    async fn append_on_stream(&mut self, payload: Vec<u8>) -> Result<RaftReply, tonic::Status> {
+    /// Sends one AppendEntries message on this client's stream (opening one if it has none) and waits for its
+    /// reply. A reply with an older `seq` answers a message whose call was given up (openraft drops a call at
+    /// its own deadline) and is skipped. Not bounded in time here: the caller bounds it.
+    async fn append_on_stream(
+        &mut self,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<RaftReply, tonic::Status> {
         if self.append_stream.is_none() {
             let mut client = self
                 .peers
@@ -374,24 +431,44 @@ impl RaftPeer {
                 .append_entries_stream(tonic::Request::new(ReceiverStream::new(outgoing)))
                 .await?
                 .into_inner();
-            self.append_stream = Some(AppendStream { messages, replies });
+            self.append_stream = Some(AppendStream {
+                messages,
+                replies,
+                seq: 0,
+                in_flight: false,
+            });
         }
         let stream = self
             .append_stream
             .as_mut()
             .expect("the stream was opened above");
-        self.append_seq += 1;
-        let seq = self.append_seq;
+        stream.seq += 1;
+        let seq = stream.seq;
         let mut message = self.peers.envelope(self.target, payload);
         message.seq = seq;
+        message.deadline_ms = deadline.as_millis().max(1) as u64;
+        stream.in_flight = true;
         stream
             .messages
             .send(message)
             .await
             .map_err(|_| tonic::Status::unavailable("the append-entries stream has closed"))?;
         loop {
-            match stream.replies.message().await? {
-                Some(reply) if reply.seq == seq => return Ok(reply),
+            let reply = stream.replies.message().await.map_err(|status| {
+                // A status the peer sent arrives in trailers, without a source; one with a source is the
+                // connection failing under the stream (a reset, the peer killed), which a unary call reports
+                // as a transport error.
+                if std::error::Error::source(&status).is_some() {
+                    tonic::Status::unavailable(transport_detail(&status))
+                } else {
+                    status
+                }
+            })?;
+            match reply {
+                Some(reply) if reply.seq == seq => {
+                    stream.in_flight = false;
+                    return Ok(reply);
+                }
                 Some(reply) if reply.seq < seq => continue,
                 Some(reply) => {
                     return Err(tonic::Status::internal(format!(
@@ -493,20 +570,55 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         request.leader_commit = self
             .commit_to_send(request.leader_commit, COMMIT_SYNC_WAIT_MAX.min(budget / 2))
             .await;
-        let deadline = budget.saturating_sub(started.elapsed());
-        let payload = postcard::to_stdvec(&request)
-            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
-        let reply = match tokio::time::timeout(deadline, self.append_on_stream(payload)).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "no answer within {deadline:?}"
-            ))),
-        };
-        if reply.is_err() {
+        if self.peers.appends_are_unary(&self.addr) {
+            let option = RPCOption::new(budget.saturating_sub(started.elapsed()));
+            return self.call(RaftRpc::AppendEntries, &request, &option).await;
+        }
+        let mut retried = false;
+        let reply = loop {
+            if self.append_stream.is_none() {
+                self.append_stream = self.peers.take_idle_stream(&self.addr);
+            }
+            // A stream that was already open may have lost its connection while idle.
+            let was_open = self.append_stream.is_some();
+            let payload = postcard::to_stdvec(&request)
+                .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+            let deadline = budget.saturating_sub(started.elapsed());
+            let reply = match tokio::time::timeout(
+                deadline,
+                self.append_on_stream(payload, deadline),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(status)) => Err(status),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {deadline:?}"
+                ))),
+            };
+            let Err(status) = &reply else {
+                break reply;
+            };
             // Whatever is left on the stream (a reply still on its way, a broken connection) is not trusted.
             self.append_stream = None;
-        }
+            if status.code() == tonic::Code::Unimplemented {
+                // A peer of an older version: this message and every later one go as unary calls.
+                tracing::info!(parent: &self.peers.span, target_node = self.target, "peer has no append-entries stream; using unary calls");
+                self.peers
+                    .unary_append
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(self.addr.clone());
+                let option = RPCOption::new(budget.saturating_sub(started.elapsed()));
+                return self.call(RaftRpc::AppendEntries, &request, &option).await;
+            }
+            // Once, on a new stream, when an old one turned out broken: AppendEntries is idempotent.
+            if was_open && !retried && status.code() == tonic::Code::Unavailable {
+                retried = true;
+                continue;
+            }
+            break reply;
+        };
         self.decode_reply(RaftRpc::AppendEntries, reply)
     }
 
@@ -531,7 +643,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
 }
 
 #[cfg(test)]
-mod commit_tests {
+mod tests {
     use openraft::LeaderId;
 
     use super::*;
@@ -543,15 +655,18 @@ mod commit_tests {
         LogId::new(LeaderId::new(1, 1), index)
     }
 
-    fn peer(progress: watch::Receiver<LogProgress>) -> RaftPeer {
+    fn peer_at(addr: &str, progress: watch::Receiver<LogProgress>) -> RaftPeer {
         RaftPeer {
             target: 2,
-            addr: "127.0.0.1:1".to_string(),
+            addr: addr.to_string(),
             peers: PeerChannels::new(1, "test".to_string(), BTreeMap::new(), None),
             log_progress: progress,
             append_stream: None,
-            append_seq: 0,
         }
+    }
+
+    fn peer(progress: watch::Receiver<LogProgress>) -> RaftPeer {
+        peer_at("127.0.0.1:1", progress)
     }
 
     /// Followers are never told a commit index beyond the leader's synced log: a message waits, boundedly,
@@ -588,5 +703,177 @@ mod commit_tests {
         let progress = sender.await.unwrap();
         progress.send_modify(|progress| progress.synced = None);
         assert_eq!(peer.commit_to_send(Some(id(8)), short).await, None);
+    }
+
+    /// A peer that answers every AppendEntries with success, unary or on streams (unless `has_stream` is
+    /// false, as in an older version), and counts the calls and the streams opened.
+    #[derive(Default)]
+    struct FakePeer {
+        has_stream: bool,
+        unary_calls: Arc<std::sync::atomic::AtomicU64>,
+        stream_calls: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    fn success() -> Vec<u8> {
+        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(AppendEntriesResponse::Success);
+        postcard::to_stdvec(&result).unwrap()
+    }
+
+    #[tonic::async_trait]
+    impl raftkv_proto::peer::peer_server::Peer for FakePeer {
+        async fn append_entries(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.unary_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(tonic::Response::new(RaftReply {
+                payload: success(),
+                seq: 0,
+            }))
+        }
+
+        type AppendEntriesStreamStream = ReceiverStream<Result<RaftReply, tonic::Status>>;
+
+        async fn append_entries_stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<RaftMessage>>,
+        ) -> Result<tonic::Response<Self::AppendEntriesStreamStream>, tonic::Status> {
+            self.stream_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !self.has_stream {
+                return Err(tonic::Status::unimplemented("no such method"));
+            }
+            let mut messages = request.into_inner();
+            let (replies, stream) = mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Ok(Some(message)) = messages.message().await {
+                    let reply = RaftReply {
+                        payload: success(),
+                        seq: message.seq,
+                    };
+                    if replies.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(tonic::Response::new(ReceiverStream::new(stream)))
+        }
+
+        async fn vote(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn read_index(
+            &self,
+            _request: tonic::Request<ReadIndexRequest>,
+        ) -> Result<tonic::Response<ReadIndexReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// Serves `fake` on a free port; returns its address and what stops it.
+    fn serve(
+        fake: FakePeer,
+    ) -> (
+        String,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(raftkv_proto::peer::peer_server::PeerServer::new(fake))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        (addr, stop, server)
+    }
+
+    async fn heartbeat(peer: &mut RaftPeer) {
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let response = tokio::time::timeout(
+            DONE_WITHIN,
+            peer.append_entries(request, RPCOption::new(Duration::from_secs(5))),
+        )
+        .await
+        .expect("the call ends")
+        .expect("the call succeeds");
+        assert!(matches!(response, AppendEntriesResponse::Success));
+    }
+
+    /// Clients made one after another for the same peer (openraft makes one per follower for each
+    /// leadership check) share one stream instead of opening one each.
+    #[tokio::test]
+    async fn clients_one_after_another_share_one_stream() {
+        let fake = FakePeer {
+            has_stream: true,
+            ..FakePeer::default()
+        };
+        let (unary_calls, stream_calls) = (fake.unary_calls.clone(), fake.stream_calls.clone());
+        let (addr, stop, server) = serve(fake);
+        let (_progress, receiver) = watch::channel(LogProgress::default());
+        let peers = PeerChannels::new(1, "test".to_string(), BTreeMap::new(), None);
+        for _ in 0..5 {
+            let mut peer = peer_at(&addr, receiver.clone());
+            peer.peers = peers.clone();
+            heartbeat(&mut peer).await;
+            heartbeat(&mut peer).await;
+        }
+        assert_eq!(stream_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(unary_calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let _ = stop.send(());
+        drop(peers);
+        tokio::time::timeout(DONE_WITHIN, server)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A peer that answers `Unimplemented` to the stream gets unary AppendEntries: the message that found out
+    /// and every later one, without asking for the stream again.
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_calls() {
+        let fake = FakePeer::default();
+        let (unary_calls, stream_calls) = (fake.unary_calls.clone(), fake.stream_calls.clone());
+        let (addr, stop, server) = serve(fake);
+        let (_progress, receiver) = watch::channel(LogProgress::default());
+        let mut peer = peer_at(&addr, receiver);
+        for _ in 0..3 {
+            heartbeat(&mut peer).await;
+        }
+        assert_eq!(stream_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(unary_calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let _ = stop.send(());
+        tokio::time::timeout(DONE_WITHIN, server)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
     }
 }

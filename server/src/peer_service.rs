@@ -13,6 +13,7 @@
 //! each message, and a refusal ends the stream. The unary `AppendEntries` stays, with the same handling.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
 use raftkv_proto::peer::peer_server::Peer;
@@ -175,8 +176,10 @@ impl PeerService {
         Self::encode_reply(result).map(Response::new)
     }
 
-    /// Handles one AppendEntries message, from a unary call or from the stream.
+    /// Handles one AppendEntries message, from a unary call or from the stream. The leader's quorum age is
+    /// counted from when the message arrived, however long openraft took with it.
     async fn handle_append_entries(&self, message: RaftMessage) -> Result<RaftReply, Status> {
+        let received = Instant::now();
         let quorum_age = message.leader_quorum_age_ms;
         let request: AppendEntriesRequest<TypeConfig> =
             self.open(message, "append-entries", false)?;
@@ -184,7 +187,9 @@ impl PeerService {
         let result = self.raft.append_entries(request).await;
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.leader_contact.touch(quorum_age);
+                let handling = received.elapsed().as_millis() as u64;
+                self.leader_contact
+                    .touch(quorum_age.map(|age| age.saturating_add(handling)));
                 self.leader_contact.record_leader_commit(leader_commit);
             }
         }
@@ -193,7 +198,9 @@ impl PeerService {
 
     /// Answers the messages of one AppendEntries stream in order, each with its `seq`, until the leader ends the
     /// stream, a message is refused (the refusal ends the stream) or the node starts to shut down (the stream
-    /// ends with `Unavailable`). Each message is bounded by `SERVER_REQUEST_TIMEOUT`, as a unary call is.
+    /// ends with `Unavailable`). Each message is worked on for at most its `deadline_ms` (the leader has given
+    /// up on it by then, as a unary call's `grpc-timeout` says), and never longer than
+    /// `SERVER_REQUEST_TIMEOUT`; one that runs out ends the stream with `DeadlineExceeded`.
     async fn serve_append_stream(
         self,
         mut messages: Streaming<RaftMessage>,
@@ -213,15 +220,14 @@ impl PeerService {
                 Err(status) => Err(status),
                 Ok(Some(message)) => {
                     let seq = message.seq;
-                    match tokio::time::timeout(
-                        SERVER_REQUEST_TIMEOUT,
-                        self.handle_append_entries(message),
-                    )
-                    .await
-                    {
+                    let bound = match message.deadline_ms {
+                        0 => SERVER_REQUEST_TIMEOUT,
+                        millis => Duration::from_millis(millis).min(SERVER_REQUEST_TIMEOUT),
+                    };
+                    match tokio::time::timeout(bound, self.handle_append_entries(message)).await {
                         Ok(reply) => reply.map(|reply| RaftReply { seq, ..reply }),
                         Err(_) => Err(Status::deadline_exceeded(format!(
-                            "append-entries not handled within {SERVER_REQUEST_TIMEOUT:?}"
+                            "append-entries not handled within {bound:?}"
                         ))),
                     }
                 }

@@ -470,6 +470,7 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
                     payload,
                     leader_quorum_age_ms,
                     seq: 0,
+                    deadline_ms: 0,
                 });
                 let result = runtime.block_on(async {
                     match rpc {

@@ -191,6 +191,7 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
         payload,
         leader_quorum_age_ms: None,
         seq: 0,
+        deadline_ms: 0,
     };
     assert_refused(
         "a peer message over the peer message limit",
