@@ -6,8 +6,8 @@
 # which goes first from round to round, prints one table of raftkv/etcd ratios (medians over the rounds) and
 # stops everything it started, by pid, whatever happens (trap on exit).
 #
-# Durability is the same on both sides: etcd fsyncs its WAL before it acknowledges, raftkv flushes its log
-# (sled flush) before it acknowledges. Timing is the same: heartbeat 100 ms, election timeout 1000 ms.
+# Durability is the same on both sides: etcd fsyncs its WAL before it acknowledges, raftkv fdatasyncs its
+# WAL on a majority (the leader's own sync before anything acts on the entry) before it acknowledges. Timing is the same: heartbeat 100 ms, election timeout 1000 ms.
 #
 # Usage: scripts/bench-vs-etcd.sh [--rounds N] [--duration 10s] [--clients 64] [--key-space 10000]
 #                                 [--memory-keys 1000000] [--only WORKLOAD,...] [--out DIR] [--report DIR]
