@@ -710,6 +710,8 @@ mod tests {
     #[derive(Default)]
     struct FakePeer {
         has_stream: bool,
+        /// Stream messages are received (and announced here) but never answered.
+        silent: Option<mpsc::Sender<u64>>,
         unary_calls: Arc<std::sync::atomic::AtomicU64>,
         stream_calls: Arc<std::sync::atomic::AtomicU64>,
     }
@@ -747,8 +749,13 @@ mod tests {
             }
             let mut messages = request.into_inner();
             let (replies, stream) = mpsc::channel(4);
+            let silent = self.silent.clone();
             tokio::spawn(async move {
                 while let Ok(Some(message)) = messages.message().await {
+                    if let Some(received) = &silent {
+                        let _ = received.send(message.seq).await;
+                        continue;
+                    }
                     let reply = RaftReply {
                         payload: success(),
                         seq: message.seq,
@@ -875,5 +882,49 @@ mod tests {
             .expect("the server stops")
             .unwrap()
             .unwrap();
+    }
+
+    /// A connection that breaks while a reply is awaited makes the peer unreachable, as a unary call's
+    /// transport failure does, not a refusal (which openraft would not back off from).
+    #[tokio::test]
+    async fn a_connection_lost_under_a_stream_is_unreachable() {
+        let (received, mut receipts) = mpsc::channel(4);
+        let fake = FakePeer {
+            has_stream: true,
+            silent: Some(received),
+            ..FakePeer::default()
+        };
+        let (server_addr, stop, server) = serve(fake);
+        // A one-connection TCP relay in front of the peer: aborting it cuts the connection.
+        let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay_listener.local_addr().unwrap().to_string();
+        let relay = tokio::spawn(async move {
+            let (mut inbound, _) = relay_listener.accept().await.unwrap();
+            let mut outbound = tokio::net::TcpStream::connect(&server_addr).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        });
+        let (_progress, receiver) = watch::channel(LogProgress::default());
+        let mut peer = peer_at(&relay_addr, receiver);
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        let call = peer.append_entries(request, RPCOption::new(DONE_WITHIN));
+        let cut = async {
+            tokio::time::timeout(DONE_WITHIN, receipts.recv())
+                .await
+                .expect("the message reaches the peer");
+            relay.abort();
+        };
+        let (result, ()) = tokio::join!(call, cut);
+        match result {
+            Err(RPCError::Unreachable(_)) => {}
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+        drop(peer);
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(DONE_WITHIN, server).await;
     }
 }
