@@ -421,38 +421,44 @@ impl RaftPeer {
         payload: Vec<u8>,
         deadline: Duration,
     ) -> Result<RaftReply, tonic::Status> {
-        if self.append_stream.is_none() {
-            let mut client = self
-                .peers
-                .client(self.target, &self.addr)
-                .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-            let (messages, outgoing) = mpsc::channel(APPEND_STREAM_MESSAGES_MAX);
-            let replies = client
-                .append_entries_stream(tonic::Request::new(ReceiverStream::new(outgoing)))
-                .await?
-                .into_inner();
-            self.append_stream = Some(AppendStream {
-                messages,
-                replies,
-                seq: 0,
-                in_flight: false,
-            });
-        }
-        let stream = self
-            .append_stream
-            .as_mut()
-            .expect("the stream was opened above");
-        stream.seq += 1;
-        let seq = stream.seq;
         let mut message = self.peers.envelope(self.target, payload);
-        message.seq = seq;
         message.deadline_ms = deadline.as_millis().max(1) as u64;
-        stream.in_flight = true;
-        stream
-            .messages
-            .send(message)
-            .await
-            .map_err(|_| tonic::Status::unavailable("the append-entries stream has closed"))?;
+        let stream = match self.append_stream.as_mut() {
+            Some(stream) => {
+                stream.seq += 1;
+                message.seq = stream.seq;
+                stream.in_flight = true;
+                stream.messages.send(message).await.map_err(|_| {
+                    tonic::Status::unavailable("the append-entries stream has closed")
+                })?;
+                stream
+            }
+            None => {
+                let mut client = self
+                    .peers
+                    .client(self.target, &self.addr)
+                    .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+                let (messages, outgoing) = mpsc::channel(APPEND_STREAM_MESSAGES_MAX);
+                // The first message is queued before the stream opens, so it leaves with the request's
+                // headers instead of after the reply's: on a slow link the message takes one trip, as a unary
+                // call's does, and reaches the follower even if its reply is too late.
+                message.seq = 1;
+                messages
+                    .try_send(message)
+                    .expect("a new channel has room for one message");
+                let replies = client
+                    .append_entries_stream(tonic::Request::new(ReceiverStream::new(outgoing)))
+                    .await?
+                    .into_inner();
+                self.append_stream.insert(AppendStream {
+                    messages,
+                    replies,
+                    seq: 1,
+                    in_flight: true,
+                })
+            }
+        };
+        let seq = stream.seq;
         loop {
             let reply = stream.replies.message().await.map_err(|status| {
                 // A status the peer sent arrives in trailers, without a source; one with a source is the
@@ -599,7 +605,9 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             let Err(status) = &reply else {
                 break reply;
             };
-            // Whatever is left on the stream (a reply still on its way, a broken connection) is not trusted.
+            // Whatever is left on the stream (a reply still on its way, a broken connection) is not trusted:
+            // the next message goes on a new stream, which it opens on its way (see `append_on_stream`), so
+            // a link slower than the deadline still delivers every message, as unary calls did.
             self.append_stream = None;
             if status.code() == tonic::Code::Unimplemented {
                 // A peer of an older version: this message and every later one go as unary calls.

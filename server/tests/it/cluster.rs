@@ -255,7 +255,9 @@ async fn append_entries_stream_answers_in_order_and_ends_on_a_refusal() {
     let cluster = TestCluster::start(3, &fast_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let follower = if leader == 1 { 2 } else { 1 };
-    let before = cluster.status(follower).await.unwrap();
+    // The follower has everything the new leader appended (its first entry may still be on its way).
+    let leader_log = cluster.status(leader).await.unwrap().last_log_index;
+    let before = cluster.wait_applied(follower, leader_log).await;
     let mut peer = PeerClient::connect(format!("http://{}", cluster.addr(follower)))
         .await
         .unwrap();
