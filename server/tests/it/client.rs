@@ -127,8 +127,10 @@ async fn read_pinned_to_dead_node_fails_fast() {
 async fn a_reading_client_learns_the_leader() {
     const READS: usize = 6;
     let cluster = TestCluster::start(3, &fast_timing());
-    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
-    cluster.client().put("k", "v").await.unwrap();
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let revision = cluster.client().put("k", "v").await.unwrap();
+    // A leader every node names, not one an election right after start-up is about to replace.
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], revision).await;
     // A second client, which has written nothing and so knows no leader.
     let reader = cluster.client();
     let mut served_by = Vec::new();

@@ -9,7 +9,7 @@ use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
 use raftkv_server::raft_types::{NodeId, TypeConfig, Vote};
 
-use crate::harness::{fast_timing, read_at_once, wait_until, TestCluster, WAIT_MAX};
+use crate::harness::{fast_timing, read_at_once, TestCluster};
 
 fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
     ReadOptions {
@@ -323,19 +323,8 @@ async fn concurrent_linearizable_reads_share_quorum_rounds() {
     cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let client = cluster.client();
     let revision = client.put("shared", "x").await.unwrap();
-    // The leader that committed the write, once every node has applied it and names it: an election right
-    // after start-up can otherwise move leadership between finding a leader and pinning the reads to it.
-    let leader = wait_until("every node names one leader", WAIT_MAX, || async {
-        let mut leaders = Vec::new();
-        for id in [1, 2, 3] {
-            leaders.push(cluster.wait_applied(id, revision).await.leader_id);
-        }
-        (leaders
-            .iter()
-            .all(|leader| *leader == leaders[0] && *leader != 0))
-        .then(|| leaders[0])
-    })
-    .await;
+    // The leader that committed the write, once every node has applied it and names it.
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], revision).await;
     let before = cluster.status(leader).await.unwrap().read_index_rounds;
     read_at_once(&client, cluster.addr(leader), "shared", b"x", READS).await;
     let rounds = cluster.status(leader).await.unwrap().read_index_rounds - before;

@@ -265,6 +265,22 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until each of `ids` has applied `revision` and all name one leader; returns it. An election right
+    /// after start-up can move leadership between finding a leader and using it: this waits it out.
+    pub async fn wait_for_agreed_leader(&self, ids: &[u64], revision: u64) -> u64 {
+        wait_until("every node names one leader", WAIT_MAX, || async {
+            let mut leaders = Vec::new();
+            for id in ids {
+                leaders.push(self.wait_applied(*id, revision).await.leader_id);
+            }
+            (leaders
+                .iter()
+                .all(|leader| *leader == leaders[0] && *leader != 0))
+            .then(|| leaders[0])
+        })
+        .await
+    }
+
     /// Waits until node `id` knows `leader` as its leader.
     pub async fn wait_knows_leader(&self, id: u64, leader: u64) -> StatusResponse {
         wait_until(
