@@ -824,6 +824,23 @@ mod tests {
         (addr, stop, server)
     }
 
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops a server made by `serve` and waits until it has stopped.
+    async fn shut_down(
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
+        let _ = stop.send(());
+        tokio::time::timeout(DONE_WITHIN, server)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
+
     async fn heartbeat(peer: &mut RaftPeer) {
         let request = AppendEntriesRequest::<TypeConfig> {
             vote: openraft::Vote::new_committed(1, 1),
@@ -859,15 +876,13 @@ mod tests {
             heartbeat(&mut peer).await;
             heartbeat(&mut peer).await;
         }
-        assert_eq!(stream_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(unary_calls.load(std::sync::atomic::Ordering::Relaxed), 0);
-        let _ = stop.send(());
+        assert_eq!(
+            (count(&stream_calls), count(&unary_calls)),
+            (1, 0),
+            "streams opened, unary calls"
+        );
         drop(peers);
-        tokio::time::timeout(DONE_WITHIN, server)
-            .await
-            .expect("the server stops")
-            .unwrap()
-            .unwrap();
+        shut_down(stop, server).await;
     }
 
     /// A peer that answers `Unimplemented` to the stream gets unary AppendEntries: the message that found out
@@ -882,14 +897,12 @@ mod tests {
         for _ in 0..3 {
             heartbeat(&mut peer).await;
         }
-        assert_eq!(stream_calls.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(unary_calls.load(std::sync::atomic::Ordering::Relaxed), 3);
-        let _ = stop.send(());
-        tokio::time::timeout(DONE_WITHIN, server)
-            .await
-            .expect("the server stops")
-            .unwrap()
-            .unwrap();
+        assert_eq!(
+            (count(&stream_calls), count(&unary_calls)),
+            (1, 3),
+            "streams asked for, unary calls"
+        );
+        shut_down(stop, server).await;
     }
 
     /// A connection that breaks while a reply is awaited makes the peer unreachable, as a unary call's
