@@ -48,6 +48,8 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Interval of HTTP/2 keep-alive pings on peer connections; a connection that stops answering is dropped and
 /// redialled instead of holding requests on a dead path.
 pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a keep-alive ping may go unanswered.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a leader's AppendEntries may wait for the leader's own log sync to reach the commit index it
 /// announces (see `RaftPeer::commit_to_send`); after it the message goes with the synced part only. At most
 /// half the RPC's own deadline, and the call gets what is left.
@@ -58,8 +60,6 @@ pub const APPEND_STREAM_MESSAGES_MAX: usize = 1;
 /// Idle AppendEntries streams kept per peer address for later clients (see `PeerChannels`): as many as
 /// read-index rounds may overlap (`read_index::READ_INDEX_ROUNDS_IN_FLIGHT_MAX`).
 pub const APPEND_STREAMS_IDLE_MAX: usize = 4;
-/// How long a keep-alive ping may go unanswered.
-pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where and how to reach peers; shared by every peer client and the follower read path.
 pub struct PeerChannels {
@@ -172,6 +172,14 @@ impl PeerChannels {
         if streams.len() < APPEND_STREAMS_IDLE_MAX {
             streams.push(stream);
         }
+    }
+
+    /// Records that the peer at `addr` does not serve the AppendEntries stream.
+    fn mark_appends_unary(&self, addr: &str) {
+        self.unary_append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(addr.to_string());
     }
 
     fn appends_are_unary(&self, addr: &str) -> bool {
@@ -612,11 +620,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             if status.code() == tonic::Code::Unimplemented {
                 // A peer of an older version: this message and every later one go as unary calls.
                 tracing::info!(parent: &self.peers.span, target_node = self.target, "peer has no append-entries stream; using unary calls");
-                self.peers
-                    .unary_append
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(self.addr.clone());
+                self.peers.mark_appends_unary(&self.addr);
                 let option = RPCOption::new(budget.saturating_sub(started.elapsed()));
                 return self.call(RaftRpc::AppendEntries, &request, &option).await;
             }

@@ -70,10 +70,11 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Server-side bound on any request, whatever deadline the client sent.
 pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval of the HTTP/2 pings the server sends on an idle connection, and how long one may go unanswered
-/// before the connection is closed: a peer that vanished without closing its connection (a dead host, a
-/// real partition) does not keep an AppendEntries stream and its task here for ever.
+/// Interval of the HTTP/2 pings the server sends on an idle connection: a peer that vanished without closing
+/// its connection (a dead host, a real partition) does not keep an AppendEntries stream and its task here for
+/// ever.
 pub const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long one of those pings may go unanswered before the connection is closed.
 pub const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest the whole shutdown may take.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
