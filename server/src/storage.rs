@@ -1166,6 +1166,19 @@ mod tests {
         .unwrap();
     }
 
+    /// Applies `entries` on a clone of `state_machine` in the background and checks that it is still waiting
+    /// after `NOT_DONE_WITHIN`.
+    async fn apply_waiting(
+        state_machine: &StateMachineStore,
+        entries: Vec<Entry>,
+    ) -> tokio::task::JoinHandle<Result<Vec<BatchResponse>, StorageError>> {
+        let mut waiting = state_machine.clone();
+        let pending = tokio::spawn(async move { waiting.apply(entries).await });
+        tokio::time::sleep(NOT_DONE_WITHIN).await;
+        assert!(!pending.is_finished(), "applied an unsynced entry");
+        pending
+    }
+
     /// `apply` of an entry the WAL holds unsynced waits for its sync; an entry synced, or one the WAL does
     /// not hold, is applied at once; a failed WAL fails the apply.
     #[tokio::test]
@@ -1181,10 +1194,7 @@ mod tests {
         state_machine.log_progress = receiver;
 
         state_machine.apply([put(1, NODE, 1)]).await.unwrap();
-        let mut waiting = state_machine.clone();
-        let pending = tokio::spawn(async move { waiting.apply([put(1, NODE, 2)]).await });
-        tokio::time::sleep(NOT_DONE_WITHIN).await;
-        assert!(!pending.is_finished(), "applied an unsynced entry");
+        let pending = apply_waiting(&state_machine, vec![put(1, NODE, 2)]).await;
         assert_eq!(
             state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
             Some(1)
@@ -1197,11 +1207,7 @@ mod tests {
             .unwrap();
 
         // Entry 3 is written and unsynced, entry 4 not in the WAL: the batch waits for entry 3.
-        let mut waiting = state_machine.clone();
-        let pending =
-            tokio::spawn(async move { waiting.apply([put(1, NODE, 3), put(1, NODE, 4)]).await });
-        tokio::time::sleep(NOT_DONE_WITHIN).await;
-        assert!(!pending.is_finished(), "applied an unsynced entry 3");
+        let pending = apply_waiting(&state_machine, vec![put(1, NODE, 3), put(1, NODE, 4)]).await;
         progress.send_modify(|progress| progress.synced = id(3));
         tokio::time::timeout(DONE_WITHIN, pending)
             .await
