@@ -55,6 +55,8 @@ pub enum ApiError {
     NoLeader,
     #[error("cannot confirm this read with a quorum: {0}")]
     NoQuorum(String),
+    #[error("this node leads, but no quorum has acknowledged it for {quorum_age_ms} ms (the limit is {limit_ms} ms): it may be cut off from the other nodes, which may elect another leader; the write was not proposed, try another node")]
+    LeaderWithoutQuorum { quorum_age_ms: u64, limit_ms: u64 },
     #[error("node has not heard from a leader {}, over the bound of {bound_millis} ms", millis_since_leader.map(|millis| format!("for {millis} ms")).unwrap_or_else(|| "since it started".to_string()))]
     TooStale {
         millis_since_leader: Option<u64>,
@@ -87,7 +89,7 @@ impl ApiError {
             ApiError::Busy(_) => "busy",
             ApiError::NotLeader { .. } => "not_leader",
             ApiError::NoLeader => "no_leader",
-            ApiError::NoQuorum(_) => "no_quorum",
+            ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => "no_quorum",
             ApiError::TooStale { .. } => "too_stale",
             ApiError::RevisionTimeout { .. } => "revision_timeout",
             ApiError::Indeterminate(_) => "indeterminate",
@@ -109,6 +111,7 @@ pub fn to_status(error: ApiError) -> Status {
         ApiError::NotLeader { .. }
         | ApiError::NoLeader
         | ApiError::NoQuorum(_)
+        | ApiError::LeaderWithoutQuorum { .. }
         | ApiError::ShuttingDown => Code::Unavailable,
         ApiError::TooStale { .. } | ApiError::SequenceTooOld { .. } | ApiError::Membership(_) => {
             Code::FailedPrecondition
@@ -147,6 +150,9 @@ pub struct Api {
     pub reader: Reader,
     pub proposals: Arc<Semaphore>,
     pub writes: WriteBatcher,
+    /// A leader that no quorum has acknowledged for longer than this refuses writes before proposing them
+    /// (`ElectionTiming::voter_lease`: past it the other voters may elect someone else).
+    pub leader_quorum_lapse_max: Duration,
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {
@@ -273,6 +279,24 @@ impl Api {
         }
     }
 
+    /// Refuses a write on a node that is not the leader, or that leads but has not been acknowledged by a
+    /// quorum for longer than `leader_quorum_lapse_max`: openraft 0.9 has no check-quorum, so a leader cut
+    /// off from the others keeps its role, and a write proposed there would wait out its deadline and end
+    /// indeterminate, while the client could have gone to the new leader at once. A leader that has no
+    /// acknowledgement yet has just been elected by a quorum and is not refused.
+    fn ensure_leader_with_quorum(&self) -> Result<(), ApiError> {
+        self.ensure_leader()?;
+        let quorum_age_ms = self.raft.metrics().borrow().millis_since_quorum_ack;
+        let limit_ms = self.leader_quorum_lapse_max.as_millis() as u64;
+        match quorum_age_ms {
+            Some(quorum_age_ms) if quorum_age_ms > limit_ms => Err(ApiError::LeaderWithoutQuorum {
+                quorum_age_ms,
+                limit_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Proposes a write and waits for its response. Nothing is proposed unless the command is valid and this
     /// node believes it is the leader.
     async fn write(
@@ -286,7 +310,7 @@ impl Api {
                 "{PROPOSALS_PENDING_MAX} proposals already pending on this node; retry later"
             ))
         })?;
-        self.ensure_leader()?;
+        self.ensure_leader_with_quorum()?;
         let request = state_machine::Request { session, command };
         // The batcher bounds the batch's commit by WRITE_COMMIT_TIMEOUT too; this bounds the wait for a batch.
         let response =

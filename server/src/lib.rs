@@ -4,11 +4,13 @@
 
 pub mod api;
 pub mod config;
+pub mod election;
 pub mod health;
 pub mod network;
 pub mod node;
 pub mod observer;
 pub mod peer_service;
+pub mod pre_vote;
 pub mod raft_types;
 pub mod read_index;
 pub mod reads;

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::pre_vote::{PreVoteReply, PreVoteRequest};
 use crate::raft_types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
 use crate::wal::LogProgress;
 
@@ -79,6 +80,11 @@ pub struct PeerChannels {
     /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
     /// last acknowledged it (`leader_quorum_age_ms`).
     metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
+    /// A leader that no quorum has acknowledged for longer than this stops sending AppendEntries (see
+    /// `PeerChannels::quorum_lost_for`); set with the metrics.
+    leader_silent_after: OnceLock<Duration>,
+    /// Whether this node is silent as a leader without a quorum now: logged once when it starts and ends.
+    silent_as_leader: std::sync::atomic::AtomicBool,
     /// AppendEntries streams not in use, per dialled address, at most `APPEND_STREAMS_IDLE_MAX` each.
     /// openraft makes a new client per follower for every leadership check behind a read-index round, and
     /// sends one heartbeat with it; those clients borrow a stream here instead of opening one per round.
@@ -123,6 +129,8 @@ impl PeerChannels {
             unreachable: Mutex::new(BTreeSet::new()),
             span: tracing::Span::current(),
             metrics: OnceLock::new(),
+            leader_silent_after: OnceLock::new(),
+            silent_as_leader: std::sync::atomic::AtomicBool::new(false),
             idle_append_streams: Mutex::new(HashMap::new()),
             unary_append: Mutex::new(BTreeSet::new()),
         })
@@ -189,9 +197,46 @@ impl PeerChannels {
             .contains(addr)
     }
 
-    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later).
-    pub fn set_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later), and
+    /// how long a leader without a quorum goes on sending AppendEntries.
+    pub fn set_metrics(
+        &self,
+        metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+        leader_silent_after: Duration,
+    ) {
         let _ = self.metrics.set(metrics);
+        let _ = self.leader_silent_after.set(leader_silent_after);
+    }
+
+    /// While this node leads but no quorum has acknowledged it for longer than `leader_silent_after`: how long.
+    ///
+    /// Such a leader sends no AppendEntries. openraft 0.9 has no check-quorum, so a leader cut off from most
+    /// voters keeps its role, and its messages to the few it still reaches refresh their vote lease: they
+    /// then refuse to elect anyone, and a majority that can talk among itself may be unable to elect a
+    /// leader until the partition heals (openraft #2080, a "bridge" partition). Silent, it lets their lease
+    /// run out. It learns it was replaced from the new leader's first message; nothing it held was
+    /// committed without a quorum, so nothing is lost by its silence.
+    fn quorum_lost_for(&self) -> Option<Duration> {
+        let limit = *self.leader_silent_after.get()?;
+        let age = self.leader_quorum_age_ms().map(Duration::from_millis);
+        let silent = age.is_some_and(|age| age > limit);
+        let was_silent = self
+            .silent_as_leader
+            .swap(silent, std::sync::atomic::Ordering::Relaxed);
+        match (was_silent, silent) {
+            (false, true) => {
+                tracing::warn!(parent: &self.span, quorum_age = ?age, ?limit, "no quorum has acknowledged this leader for too long; it stops sending to its followers so that they can elect a leader that has one")
+            }
+            (true, false) => {
+                tracing::info!(parent: &self.span, "this node is no longer a leader without a quorum")
+            }
+            _ => {}
+        }
+        if silent {
+            age
+        } else {
+            None
+        }
     }
 
     /// While leader: milliseconds since a quorum last acknowledged this node.
@@ -291,6 +336,48 @@ impl PeerChannels {
                 message: format!("no answer within {timeout:?}"),
             }),
         }
+    }
+}
+
+impl PeerChannels {
+    /// Asks `target` (advertised at `advertised`) whether it would vote for this node now (see `pre_vote`).
+    pub async fn pre_vote(
+        &self,
+        target: NodeId,
+        advertised: &str,
+        request: &PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<PreVoteReply, PeerCallError> {
+        let addr = self.address_of(target, advertised);
+        let mut client = self.client(target, &addr)?;
+        let payload = postcard::to_stdvec(request).map_err(|error| PeerCallError::Malformed {
+            target,
+            message: format!("cannot encode a pre-vote: {error}"),
+        })?;
+        let mut message = tonic::Request::new(self.envelope(target, payload));
+        message.set_timeout(timeout);
+        let reply = match tokio::time::timeout(timeout, client.pre_vote(message)).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) if is_transport_failure(&status) => {
+                return Err(PeerCallError::Unreachable {
+                    target,
+                    addr,
+                    message: transport_detail(&status),
+                })
+            }
+            Ok(Err(status)) => return Err(PeerCallError::Refused { target, status }),
+            Err(_) => {
+                return Err(PeerCallError::Unreachable {
+                    target,
+                    addr,
+                    message: format!("no answer within {timeout:?}"),
+                })
+            }
+        };
+        postcard::from_bytes(&reply.payload).map_err(|error| PeerCallError::Malformed {
+            target,
+            message: format!("pre-vote reply does not decode: {error}"),
+        })
     }
 }
 
@@ -579,6 +666,13 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         mut request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if let Some(quorum_age) = self.peers.quorum_lost_for() {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!(
+                    "this leader has had no quorum for {quorum_age:?}; not sending"
+                )),
+            )));
+        }
         let started = Instant::now();
         let budget = option.hard_ttl();
         request.leader_commit = self
@@ -781,6 +875,13 @@ mod tests {
         }
 
         async fn vote(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn pre_vote(
             &self,
             _request: tonic::Request<RaftMessage>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {

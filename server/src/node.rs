@@ -39,6 +39,7 @@ use tracing::Instrument;
 
 use crate::api::{Api, PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
+use crate::election::{ElectionTiming, Elector};
 use crate::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
 use crate::observer::Observer;
@@ -124,12 +125,19 @@ pub struct Node {
     span: tracing::Span,
 }
 
+/// openraft's configuration. Its own election timer is off: `election::Elector` campaigns (after a pre-vote)
+/// instead. openraft still uses two of its timing fields: `election_timeout_max` becomes the lease during which
+/// its voters refuse votes after a leader message, which we want to be `ElectionTiming::voter_lease`; and
+/// `election_timeout_min` is the deadline of its vote calls. Its own randomized timeout is never drawn.
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let voter_lease_ms = election_timing(config).voter_lease().as_millis() as u64;
+    let heartbeat_ms = config.heartbeat_interval.as_millis() as u64;
     let raft_config = openraft::Config {
         cluster_name: config.cluster_id.clone(),
-        heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: config.election_timeout_min.as_millis() as u64,
-        election_timeout_max: config.election_timeout_max.as_millis() as u64,
+        heartbeat_interval: heartbeat_ms,
+        // Flags ensure election_timeout_min > 2 x heartbeat, so this lies above the heartbeat and below the lease.
+        election_timeout_min: (voter_lease_ms / 2).max(heartbeat_ms + 1),
+        election_timeout_max: voter_lease_ms,
         install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
         max_payload_entries: APPEND_ENTRIES_BATCH_MAX,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
@@ -137,10 +145,17 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         max_in_snapshot_log_to_keep: config.log_keep_entries,
         enable_tick: true,
         enable_heartbeat: true,
-        enable_elect: true,
+        enable_elect: false,
         ..Default::default()
     };
     raft_config.validate().context("invalid raft timing flags")
+}
+
+fn election_timing(config: &NodeConfig) -> ElectionTiming {
+    ElectionTiming {
+        election_timeout_min: config.election_timeout_min,
+        election_timeout_max: config.election_timeout_max,
+    }
 }
 
 impl Node {
@@ -182,7 +197,10 @@ impl Node {
         )
         .await
         .context("cannot start raft")?;
-        peers.set_metrics(raft.metrics());
+        peers.set_metrics(
+            raft.metrics(),
+            election_timing(&config).leader_silent_after(),
+        );
 
         let mut tasks = JoinSet::new();
         let (stopping, stopped) = watch::channel(false);
@@ -213,6 +231,7 @@ impl Node {
             reader,
             proposals: proposals.clone(),
             writes,
+            leader_quorum_lapse_max: election_timing(&config).voter_lease(),
         };
         let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
@@ -222,8 +241,16 @@ impl Node {
             batcher,
             leader_contact: leader_contact.clone(),
             snapshot_received: Arc::default(),
+            voter_lease: election_timing(&config).voter_lease(),
             draining: draining_signal,
         };
+        let elector = Elector {
+            node_id: config.id,
+            raft: raft.clone(),
+            peers: peers.clone(),
+            timing: election_timing(&config),
+        };
+        tasks.spawn(elector.run(stopped.clone()).instrument(span.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health = HealthPublisher::new(health_reporter.clone()).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()

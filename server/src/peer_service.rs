@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::api::{to_status, ApiError};
 use crate::node::{SERVER_REQUEST_TIMEOUT, SNAPSHOT_CHUNK_BYTES};
+use crate::pre_vote::{self, PreVoteRequest, VoterView};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
@@ -52,6 +53,8 @@ pub struct PeerService {
     pub leader_contact: Arc<LeaderContact>,
     /// The snapshot being received (its id) and the end of the bytes received of it so far.
     pub snapshot_received: Arc<Mutex<Option<(String, u64)>>>,
+    /// How long a voter refuses to vote after it last heard from a leader (`ElectionTiming::voter_lease`).
+    pub voter_lease: Duration,
     /// Becomes true when the node starts to shut down: AppendEntries streams end after the message in hand,
     /// so that they do not hold the drain of requests in flight.
     pub draining: watch::Receiver<bool>,
@@ -269,6 +272,50 @@ impl Peer for PeerService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let request = self.open(request.into_inner(), "vote", true)?;
         Self::reply(&self.raft.vote(request).await)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let message = request.into_inner();
+        let from = message.from;
+        let request: PreVoteRequest = self.open(message, "pre-vote", true)?;
+        let node_id = self.node_id;
+        let leader_quorum_age = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.millis_since_quorum_ack.map(Duration::from_millis)
+        };
+        let last_log_id = self.raft.data_metrics().borrow().last_log;
+        let view = self
+            .raft
+            .with_raft_state(move |state| {
+                let vote = state.vote_ref();
+                let candidate_is_voter = state
+                    .membership_state
+                    .effective()
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .any(|set| set.contains(&from));
+                let view = VoterView {
+                    node_id,
+                    state: state.server_state,
+                    term: vote.leader_id().term,
+                    vote_committed: vote.is_committed(),
+                    since_vote_refreshed: state
+                        .vote_last_modified()
+                        .map(|at| tokio::time::Instant::now().saturating_duration_since(at)),
+                    last_log_id,
+                    leader_quorum_age,
+                };
+                (view, candidate_is_voter)
+            })
+            .await;
+        let Ok((view, candidate_is_voter)) = view else {
+            return Err(to_status(ApiError::ShuttingDown));
+        };
+        let reply = pre_vote::decide(&view, &request, candidate_is_voter, self.voter_lease);
+        tracing::debug!(from, term = request.term, ?reply, "pre-vote");
+        Self::reply(&reply)
     }
 
     async fn install_snapshot(

@@ -11,8 +11,10 @@
 //! the next round, so a burst still costs few rounds.
 //!
 //! Lease: a successful round that *started* at `t` proves no other leader can be elected before
-//! `t + election_timeout_min`, because every follower that acknowledged it refuses votes until an election
-//! timeout has passed without hearing from the leader. The lease therefore holds until
+//! `t + election_timeout_min`: every follower that acknowledged it refuses real votes for
+//! `election::ElectionTiming::voter_lease` (= `election_timeout_min`, openraft's voter lease as
+//! `node::raft_config` sets it) after it accepted the round's message, and does not campaign itself before that
+//! much silence (`election`); any new leader needs one of them. The lease therefore holds until
 //! `t + election_timeout_min - drift_margin`; `drift_margin` covers the clock-rate difference between nodes.
 //!
 //! Follower reads: `ReadIndexForwarder` runs the same loop (`run_rounds`) with a peer call to the leader as

@@ -151,6 +151,74 @@ async fn isolated_leader_is_replaced_and_converges_after_heal() {
     cluster.shutdown().await;
 }
 
+/// A follower cut off for many election timeouts and then healed does not disturb the leader: it never
+/// raises its term while alone (its pre-votes find no quorum), so the leader keeps its role and its term, and
+/// every write during and after the partition succeeds. Without pre-vote the follower campaigns in ever higher
+/// terms and, on heal, its term deposes the leader (the check on terms fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_follower_rejoins_without_disturbing_the_leader() {
+    // How long the follower stays cut off: ten times the test timing's longest election timeout.
+    const ISOLATION: Duration = Duration::from_secs(6);
+    const WRITE_INTERVAL: Duration = Duration::from_millis(50);
+    let dir = TempDir::new().unwrap();
+    let cluster = start(3, &dir).await;
+    let (leader, term) = cluster
+        .wait_for_leader(&cluster.ids(), 1, WAIT_MAX)
+        .await
+        .unwrap();
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let client = cluster.client().unwrap();
+    client.put("before", "x").await.unwrap();
+
+    cluster.mesh().isolate(follower).unwrap();
+    let isolated_at = tokio::time::Instant::now();
+    let mut writes = 0;
+    let mut follower_terms = Vec::new();
+    while isolated_at.elapsed() < ISOLATION {
+        client
+            .put(format!("during-{writes}"), "x")
+            .await
+            .unwrap_or_else(|error| panic!("write {writes} during the isolation failed: {error}"));
+        writes += 1;
+        if let Some(status) = cluster.status(follower).await {
+            follower_terms.push(status.term);
+        }
+        tokio::time::sleep(WRITE_INTERVAL).await;
+    }
+    assert!(
+        !follower_terms.is_empty() && follower_terms.iter().all(|seen| *seen == term),
+        "the isolated follower left term {term}: {follower_terms:?}"
+    );
+
+    cluster.mesh().heal();
+    let last = client.put("after-heal", "x").await.unwrap();
+    let status = cluster
+        .wait_status(follower, WAIT_MAX, "catch up after heal", |status| {
+            status.applied_index >= last
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.leader_id, status.term),
+        (leader, term),
+        "the healed follower follows another leader or term"
+    );
+    // A few more election timeouts: a disruption would show as a new term on some node.
+    for i in 0..20 {
+        client.put(format!("after-{i}"), "x").await.unwrap();
+        tokio::time::sleep(WRITE_INTERVAL).await;
+    }
+    for id in cluster.ids() {
+        let status = cluster.status(id).await.expect("status");
+        assert_eq!(
+            (status.leader_id, status.term),
+            (leader, term),
+            "node {id} after the heal"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 /// The read ladder across a partition. On the cut-off (deposed) leader: linearizable is refused at once,
 /// lease is refused once the lease lapses, stale answers with the old value and a growing
 /// milliseconds-since-leader, max_staleness is refused past its bound. On the majority every mode answers

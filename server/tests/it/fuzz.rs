@@ -26,6 +26,7 @@ use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::RaftMessage;
 use raftkv_server::network::{NetworkFactory, PeerChannels};
 use raftkv_server::peer_service::{decode_payload, PeerService};
+use raftkv_server::pre_vote::PreVoteRequest;
 use raftkv_server::raft_types::{Entry, LogId, Node, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use raftkv_server::read_index::ReadIndexBatcher;
 use raftkv_server::reads::LeaderContact;
@@ -147,6 +148,11 @@ fn append_entries() -> impl Strategy<Value = AppendEntriesRequest<TypeConfig>> {
 fn vote_request() -> impl Strategy<Value = VoteRequest<NodeId>> {
     (vote(), prop::option::of(log_id()))
         .prop_map(|(vote, last_log_id)| VoteRequest::new(vote, last_log_id))
+}
+
+fn pre_vote_request() -> impl Strategy<Value = PreVoteRequest> {
+    (any::<u64>(), prop::option::of(log_id()))
+        .prop_map(|(term, last_log_id)| PreVoteRequest { term, last_log_id })
 }
 
 fn install_snapshot() -> impl Strategy<Value = InstallSnapshotRequest<TypeConfig>> {
@@ -427,6 +433,7 @@ async fn in_process_node() -> InProcessNode {
         batcher,
         leader_contact: LeaderContact::new(),
         snapshot_received: Arc::default(),
+        voter_lease: std::time::Duration::from_millis(150),
         draining: tokio::sync::watch::channel(false).1,
     };
     InProcessNode {
@@ -456,6 +463,7 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
         message_bytes(append_entries()).prop_map(|bytes| (0u8, bytes)),
         message_bytes(vote_request()).prop_map(|bytes| (1u8, bytes)),
         message_bytes(install_snapshot()).prop_map(|bytes| (2u8, bytes)),
+        message_bytes(pre_vote_request()).prop_map(|bytes| (3u8, bytes)),
     ];
     let mut runner = TestRunner::new(Config::default());
     let codes_seen = std::sync::Mutex::new(BTreeSet::new());
@@ -476,7 +484,8 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
                     match rpc {
                         0 => node.service.append_entries(message).await,
                         1 => node.service.vote(message).await,
-                        _ => node.service.install_snapshot(message).await,
+                        2 => node.service.install_snapshot(message).await,
+                        _ => node.service.pre_vote(message).await,
                     }
                 });
                 let code = match result {

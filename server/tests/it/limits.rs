@@ -32,6 +32,23 @@ const FLOOD_CONNECTIONS: usize = 32;
 /// Requests in the flood beyond the limit.
 const FLOOD_EXTRA: usize = 512;
 
+/// Test timing with a leader that goes on taking writes for 5 s after its quorum stops answering.
+fn slow_quorum_lapse_timing() -> Vec<String> {
+    [
+        "--heartbeat-interval-ms",
+        "50",
+        "--election-timeout-min-ms",
+        "5000",
+        "--election-timeout-max-ms",
+        "6000",
+        "--lease-drift-margin-ms",
+        "100",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect()
+}
+
 async fn kv_client(addr: &str) -> KvClient<Channel> {
     KvClient::connect(format!("http://{addr}"))
         .await
@@ -238,10 +255,12 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
 
 /// With the followers down nothing commits, so every write the leader accepts stays pending; a flood of more
 /// than `PROPOSALS_PENDING_MAX` concurrent puts gets `ResourceExhausted` (kind `busy`) for the excess, at
-/// once. Once the followers are back the pending writes commit, and not one refused key exists.
+/// once. Once the followers are back the pending writes commit, and not one refused key exists. The election
+/// timeouts are long here: a leader that no quorum acknowledged for `election_timeout_min` refuses writes
+/// before it counts them (`no_quorum`), and the flood must all arrive before that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_over_the_pending_limit_are_refused_and_never_written() {
-    let mut cluster = TestCluster::start(3, &fast_timing());
+    let mut cluster = TestCluster::start(3, &slow_quorum_lapse_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let leader_addr = cluster.addr(leader);
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
