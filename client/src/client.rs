@@ -18,7 +18,8 @@ use raftkv_proto::kv::kv_client::KvClient;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{classify, from_status, Attempt, ClientError};
+use crate::breaker::Breakers;
+use crate::error::{classify, from_status, never_connected, Attempt, ClientError};
 use crate::tls::{handshake_failure, TlsConfig};
 
 /// How long dialling a node may take.
@@ -153,6 +154,9 @@ struct Shared {
     leader: Mutex<Option<String>>,
     /// Rotates the first endpoint tried when no leader is known.
     next_endpoint: AtomicU64,
+    /// Endpoints that refused a connection lately, skipped for a cool-down. A std mutex, never held across
+    /// an await.
+    breakers: Mutex<Breakers>,
 }
 
 /// A handle to a cluster. Cheap to clone; clones share channels and the leader cache.
@@ -219,6 +223,7 @@ impl Client {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 next_endpoint: AtomicU64::new(0),
+                breakers: Mutex::new(Breakers::default()),
             }),
         })
     }
@@ -277,22 +282,51 @@ impl Client {
             .clone()
     }
 
-    /// The endpoint to try for attempt `attempt`: the cached leader if any, else the endpoints in turn.
-    fn pick(&self, prefer_leader: bool) -> String {
-        if prefer_leader {
-            if let Some(leader) = self
-                .shared
+    /// The endpoint to try next: the cached leader if `prefer_leader` and it is not cooling down after a
+    /// failure, else the next endpoint in turn that is not. `None` when every endpoint is cooling down.
+    fn pick(&self, prefer_leader: bool) -> Option<String> {
+        let now = Instant::now();
+        let leader = if prefer_leader {
+            self.shared
                 .leader
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone()
-            {
-                return leader;
+        } else {
+            None
+        };
+        let endpoints = self.endpoints();
+        let mut breakers = self
+            .shared
+            .breakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(leader) = leader {
+            if breakers.admit(&leader, now) {
+                return Some(leader);
             }
         }
-        let endpoints = self.endpoints();
-        let next = self.shared.next_endpoint.fetch_add(1, Ordering::Relaxed) as usize;
-        endpoints[next % endpoints.len()].clone()
+        let first = self.shared.next_endpoint.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..endpoints.len())
+            .map(|offset| &endpoints[(first + offset) % endpoints.len()])
+            .find(|endpoint| breakers.admit(endpoint, now))
+            .cloned()
+    }
+
+    /// Records how an attempt on `endpoint` ended for its breaker: a connection that could not be made or
+    /// broke trips it; any answer closes it.
+    fn record_attempt(&self, endpoint: &str, result: Result<(), &tonic::Status>) {
+        let mut breakers = self
+            .shared
+            .breakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
+            Err(status) if is_connection_failure(status) => {
+                breakers.failed(endpoint, Instant::now())
+            }
+            _ => breakers.succeeded(endpoint),
+        }
     }
 
     fn set_leader(&self, leader: Option<String>) {
@@ -360,10 +394,13 @@ impl Client {
     }
 
     /// Runs `call` against endpoints until it succeeds, fails for good, or the deadline passes.
-    /// `pinned` sends every attempt to one endpoint and does not retry transport failures.
+    /// `pinned` sends every attempt to one endpoint and does not retry transport failures. Without it, an
+    /// attempt goes to the leader if `prefer_leader` and one is known, else to the endpoints in turn, skipping
+    /// those cooling down after a failed connection; when every endpoint is, the call ends at once.
     async fn with_retries<T, F, Fut>(
         &self,
         is_write: bool,
+        prefer_leader: bool,
         pinned: Option<&str>,
         mut call: F,
     ) -> Result<T, ClientError>
@@ -377,13 +414,23 @@ impl Client {
         let mut may_have_applied = false;
         let mut last_error = String::new();
         let mut hinted: Option<String> = None;
+        let mut every_endpoint_down = false;
         for _ in 0..ATTEMPTS_MAX {
             let endpoint = match (pinned, hinted.take()) {
                 (Some(pinned), _) => pinned.to_string(),
                 (None, Some(hint)) => hint,
-                (None, None) => self.pick(true),
+                (None, None) => match self.pick(prefer_leader) {
+                    Some(endpoint) => endpoint,
+                    // Every node refused a connection lately: nothing to wait for.
+                    None => {
+                        every_endpoint_down = true;
+                        break;
+                    }
+                },
             };
-            match call(endpoint.clone(), deadline).await {
+            let result = call(endpoint.clone(), deadline).await;
+            self.record_attempt(&endpoint, result.as_ref().map(|_| ()));
+            match result {
                 Ok(value) => {
                     if pinned.is_none() && is_write {
                         self.set_leader(Some(endpoint));
@@ -418,6 +465,10 @@ impl Client {
                                 hinted = Some(leader);
                                 continue;
                             }
+                            if is_connection_failure(&status) {
+                                // Another node may answer at once; the breaker keeps this one out.
+                                continue;
+                            }
                         }
                     }
                 }
@@ -435,7 +486,7 @@ impl Client {
                 message: last_error,
             });
         }
-        if is_write {
+        if is_write || every_endpoint_down {
             return Err(ClientError::Unavailable {
                 message: last_error,
                 endpoints: self.endpoints(),
@@ -448,7 +499,7 @@ impl Client {
     }
 
     async fn write(&self, write: Write) -> Result<Written, ClientError> {
-        self.with_retries(true, None, |endpoint, deadline| {
+        self.with_retries(true, true, None, |endpoint, deadline| {
             let write = write.clone();
             async move {
                 let mut client = self
@@ -512,13 +563,9 @@ impl Client {
             key,
             read: Some(read_options(options)),
         };
-        self.with_retries(false, options.endpoint.as_deref(), |endpoint, deadline| {
+        let pinned = options.endpoint.as_deref();
+        self.with_retries(false, prefer_leader, pinned, |endpoint, deadline| {
             let request = request.clone();
-            let endpoint = if options.endpoint.is_none() && !prefer_leader {
-                self.pick(false)
-            } else {
-                endpoint
-            };
             async move {
                 let mut client = self
                     .kv_client(&endpoint)
@@ -558,27 +605,32 @@ impl Client {
             limit,
             read: Some(read_options(options)),
         };
-        self.with_retries(false, options.endpoint.as_deref(), |endpoint, deadline| {
-            let request = request.clone();
-            async move {
-                let mut client = self
-                    .kv_client(&endpoint)
-                    .map_err(|error| tonic::Status::internal(error.to_string()))?;
-                let response = client
-                    .scan(self.request(request, deadline))
-                    .await?
-                    .into_inner();
-                let envelope = response.envelope.unwrap_or_default();
-                if options.endpoint.is_none() {
-                    self.learn_leader_from(&endpoint, &envelope);
+        self.with_retries(
+            false,
+            true,
+            options.endpoint.as_deref(),
+            |endpoint, deadline| {
+                let request = request.clone();
+                async move {
+                    let mut client = self
+                        .kv_client(&endpoint)
+                        .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                    let response = client
+                        .scan(self.request(request, deadline))
+                        .await?
+                        .into_inner();
+                    let envelope = response.envelope.unwrap_or_default();
+                    if options.endpoint.is_none() {
+                        self.learn_leader_from(&endpoint, &envelope);
+                    }
+                    Ok(ScanResult {
+                        kvs: response.kvs,
+                        more: response.more,
+                        envelope,
+                    })
                 }
-                Ok(ScanResult {
-                    kvs: response.kvs,
-                    more: response.more,
-                    envelope,
-                })
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -620,7 +672,7 @@ impl Client {
         F: Fn(AdminClient<Channel>, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.with_retries(false, None, |endpoint, deadline| {
+        self.with_retries(false, true, None, |endpoint, deadline| {
             let client = self.admin_client(&endpoint);
             let call = client.map(|client| call(client, deadline));
             async move {
@@ -687,6 +739,14 @@ impl Client {
         })
         .await
     }
+}
+
+/// True when a status says the node could not be reached at all: the connection was refused or never made,
+/// or it broke. Such a node is skipped for a cool-down. A node that answered, even with an error, is alive;
+/// a request that ran out of time proves nothing about the node and does not count.
+fn is_connection_failure(status: &tonic::Status) -> bool {
+    crate::error::kind(status).is_none()
+        && (never_connected(status) || status.code() == tonic::Code::Unavailable)
 }
 
 /// A serial client session: numbers its writes for exactly-once application and carries the highest revision

@@ -1,11 +1,13 @@
 //! raftkv client library: leader discovery, failover, retries with backoff under a deadline, exactly-once
 //! write sessions, typed errors, and reads that return their read envelope. The `raftkv` CLI is built on it.
 
+mod breaker;
 mod client;
 pub mod error;
 pub mod names;
 mod tls;
 
+pub use breaker::{ENDPOINT_COOLDOWN_INITIAL, ENDPOINT_COOLDOWN_MAX};
 pub use client::{
     CasResult, Client, ClientConfig, Consistency, Expected, GetResult, KeyValue, ReadEnvelope,
     ReadOptions, ScanRange, ScanResult, Session, ATTEMPTS_MAX, BACKOFF_INITIAL, BACKOFF_MAX,

@@ -179,7 +179,13 @@ mod tests {
 
     /// A row of the rule's table: its name, a voter's view, the candidate's last log id, whether the candidate
     /// is a voter, and the expected answer (`None` = granted, else the refusal's kind).
-    type Row = (&'static str, VoterView, Option<LogId>, bool, Option<&'static str>);
+    type Row = (
+        &'static str,
+        VoterView,
+        Option<LogId>,
+        bool,
+        Option<&'static str>,
+    );
 
     #[test]
     fn pre_vote_rule_table() {
