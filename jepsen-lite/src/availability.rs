@@ -4,23 +4,25 @@
 //!
 //! Fault windows are read by [`crate::faults`] (a `start` event and the next `stop` of the same fault; a start
 //! without a stop lasts to the end of the history). For each window:
-//! - `ok_fraction`: of the operations invoked in the window, the fraction that completed `ok`;
-//! - `longest_unavailability_ms`: the longest stretch of the window in which no operation completed `ok`;
-//! - `recovery_ms`: from the window's end (the heal) to the first `ok` completion of a write (write, cas or add)
-//!   invoked after it: how long the cluster took to accept writes again;
-//! - `slo_met`: `ok_fraction >= slo.ok_fraction_min` and `recovery_ms <= slo.recovery_ms_max`.
+//! - `served_fraction`: of the operations invoked in the window, the fraction the cluster served: completed
+//!   `ok`, or a cas answered with a mismatch (an answer, not an outage: the cas was decided by the leader);
+//! - `longest_unavailability_ms`: the longest stretch of the window in which no operation was served;
+//! - `recovery_ms`: from the window's end (the heal) to the first served write (write, cas or add) invoked
+//!   after it: how long the cluster took to accept writes again;
+//! - `slo_met`: `served_fraction >= slo.served_fraction_min` and `recovery_ms <= slo.recovery_ms_max`.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::faults::{self, FaultWindow};
-use crate::history::{Function, History, Status};
+use crate::history::{Function, History, Operation, Status};
+use crate::workload::CAS_MISMATCH;
 
 /// What a run promises its clients under faults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Slo {
-    /// Least fraction of operations invoked in a fault window that must complete `ok`.
-    pub ok_fraction_min: f64,
+    /// Least fraction of operations invoked in a fault window that must be served.
+    pub served_fraction_min: f64,
     /// Longest time from a heal until writes succeed again.
     pub recovery_ms_max: u64,
 }
@@ -33,8 +35,8 @@ pub struct WindowIndicators {
     pub start_ns: u64,
     pub end_ns: u64,
     pub operations: usize,
-    pub ok: usize,
-    pub ok_fraction: f64,
+    pub served: usize,
+    pub served_fraction: f64,
     pub longest_unavailability_ms: u64,
     /// `None` when no write succeeded after the heal.
     pub recovery_ms: Option<u64>,
@@ -47,9 +49,9 @@ pub struct AvailabilityReport {
     pub slo: Slo,
     /// True when every window met the SLO.
     pub slo_met: bool,
-    /// Operations invoked outside every fault window, and the fraction of them that completed `ok`.
+    /// Operations invoked outside every fault window, and the fraction of them that were served.
     pub calm_operations: usize,
-    pub calm_ok_fraction: Option<f64>,
+    pub calm_served_fraction: Option<f64>,
     pub windows: Vec<WindowIndicators>,
 }
 
@@ -70,16 +72,28 @@ pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
     faults::fault_windows(history, history_end)
 }
 
+/// Whether the cluster served `op`: it completed `ok`, or it is a cas the cluster answered with a mismatch.
+pub fn served(op: &Operation) -> bool {
+    match op.status {
+        Status::Ok => true,
+        Status::Fail => {
+            op.f == Function::Cas
+                && op.extra.get("error").and_then(Value::as_str) == Some(CAS_MISMATCH)
+        }
+        _ => false,
+    }
+}
+
 /// Computes the indicators of every fault window of `history` and judges them against `slo`.
 pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
     let windows = fault_windows(history);
-    let mut ok_times: Vec<u64> = history
+    let mut served_times: Vec<u64> = history
         .operations
         .iter()
-        .filter(|op| op.status == Status::Ok)
+        .filter(|op| served(op))
         .filter_map(|op| op.complete_time)
         .collect();
-    ok_times.sort_unstable();
+    served_times.sort_unstable();
     let in_any_window = |time: u64| {
         windows
             .iter()
@@ -90,7 +104,7 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
         .iter()
         .filter(|op| !in_any_window(op.invoke_time))
         .collect();
-    let calm_ok = calm.iter().filter(|op| op.status == Status::Ok).count();
+    let calm_served = calm.iter().filter(|op| served(op)).count();
     let indicators: Vec<WindowIndicators> = windows
         .iter()
         .map(|window| {
@@ -99,15 +113,15 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
                 .iter()
                 .filter(|op| window.start_ns <= op.invoke_time && op.invoke_time < window.end_ns)
                 .collect();
-            let ok = invoked.iter().filter(|op| op.status == Status::Ok).count();
-            let ok_fraction = if invoked.is_empty() {
+            let served_count = invoked.iter().filter(|op| served(op)).count();
+            let served_fraction = if invoked.is_empty() {
                 1.0
             } else {
-                ok as f64 / invoked.len() as f64
+                served_count as f64 / invoked.len() as f64
             };
             let mut longest = 0;
             let mut previous = window.start_ns;
-            for &time in ok_times
+            for &time in served_times
                 .iter()
                 .filter(|&&time| window.start_ns <= time && time <= window.end_ns)
             {
@@ -120,14 +134,14 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
                 .iter()
                 .filter(|op| {
                     matches!(op.f, Function::Write | Function::Cas | Function::Add)
-                        && op.status == Status::Ok
+                        && served(op)
                         && op.invoke_time >= window.end_ns
                 })
                 .filter_map(|op| op.complete_time)
                 .min()
                 .map(|time| time - window.end_ns);
             let recovery_ms = recovery_ns.map(|ns| ns / 1_000_000);
-            let slo_met = ok_fraction >= slo.ok_fraction_min
+            let slo_met = served_fraction >= slo.served_fraction_min
                 && recovery_ms.is_some_and(|ms| ms <= slo.recovery_ms_max);
             WindowIndicators {
                 fault: window.fault.clone(),
@@ -135,8 +149,8 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
                 start_ns: window.start_ns,
                 end_ns: window.end_ns,
                 operations: invoked.len(),
-                ok,
-                ok_fraction,
+                served: served_count,
+                served_fraction,
                 longest_unavailability_ms: longest / 1_000_000,
                 recovery_ms,
                 slo_met,
@@ -147,7 +161,7 @@ pub fn check(history: &History, slo: Slo) -> AvailabilityReport {
         slo,
         slo_met: indicators.iter().all(|window| window.slo_met),
         calm_operations: calm.len(),
-        calm_ok_fraction: (!calm.is_empty()).then(|| calm_ok as f64 / calm.len() as f64),
+        calm_served_fraction: (!calm.is_empty()).then(|| calm_served as f64 / calm.len() as f64),
         windows: indicators,
     }
 }
@@ -192,7 +206,7 @@ mod tests {
             op(1, "write", "ok", "3", 340),
         ];
         let slo = Slo {
-            ok_fraction_min: 0.5,
+            served_fraction_min: 0.5,
             recovery_ms_max: 100,
         };
         let report = check(&history(&lines), slo);
@@ -201,7 +215,7 @@ mod tests {
         assert_eq!(window.fault, "kill");
         assert_eq!(window.description, "killed node 1");
         assert_eq!(window.operations, 2);
-        assert_eq!(window.ok_fraction, 0.5);
+        assert_eq!(window.served_fraction, 0.5);
         // No ok completion from 150 ms to the heal at 300 ms.
         assert_eq!(window.longest_unavailability_ms, 150);
         assert_eq!(window.recovery_ms, Some(40));
@@ -211,11 +225,49 @@ mod tests {
         let strict = check(
             &history(&lines),
             Slo {
-                ok_fraction_min: 0.9,
+                served_fraction_min: 0.9,
                 recovery_ms_max: 100,
             },
         );
         assert!(!strict.slo_met);
+    }
+
+    /// A cas that did not match is an answer: it counts as served, for the fraction, the outage and the
+    /// recovery; a failed write and a failed read do not.
+    #[test]
+    fn a_cas_answered_with_a_mismatch_is_served() {
+        let cas = |process: u64, kind: &str, error: Option<&str>, time_ms: u64| {
+            let error = error.map_or(String::new(), |error| format!(r#","error":"{error}""#));
+            format!(
+                r#"{{"process":{process},"type":"{kind}","f":"cas","key":"a","value":[1,2]{error},"time":{}}}"#,
+                time_ms * MS
+            )
+        };
+        let lines = vec![
+            nemesis("start", 100),
+            cas(0, "invoke", None, 110),
+            cas(0, "fail", Some(CAS_MISMATCH), 120),
+            cas(1, "invoke", None, 130),
+            cas(1, "fail", Some("no_quorum"), 140),
+            op(2, "read", "invoke", "null", 150),
+            op(2, "read", "fail", "null", 160),
+            nemesis("stop", 300),
+            cas(0, "invoke", None, 310),
+            cas(0, "fail", Some(CAS_MISMATCH), 330),
+        ];
+        let report = check(
+            &history(&lines),
+            Slo {
+                served_fraction_min: 0.3,
+                recovery_ms_max: 100,
+            },
+        );
+        let window = &report.windows[0];
+        assert_eq!((window.operations, window.served), (3, 1));
+        // Served at 120 ms: the outage is from there to the heal.
+        assert_eq!(window.longest_unavailability_ms, 180);
+        assert_eq!(window.recovery_ms, Some(30));
+        assert!(window.slo_met);
     }
 
     #[test]
@@ -232,7 +284,7 @@ mod tests {
         let report = check(
             &history(&lines),
             Slo {
-                ok_fraction_min: 0.0,
+                served_fraction_min: 0.0,
                 recovery_ms_max: 1000,
             },
         );

@@ -470,7 +470,7 @@ fn availability_section(page: &mut String, results: &Value) {
         ("start (s)", "start_ns"),
         ("end (s)", "end_ns"),
         ("operations", "operations"),
-        ("ok", "ok_fraction"),
+        ("served", "served_fraction"),
         ("longest unavailability (ms)", "longest_unavailability_ms"),
         ("recovery (ms)", "recovery_ms"),
         ("SLO", "slo_met"),
@@ -487,7 +487,7 @@ fn availability_section(page: &mut String, results: &Value) {
                     ("start_ns" | "end_ns", Some(value)) => value
                         .as_u64()
                         .map_or_else(|| value_text(value), seconds_text),
-                    ("ok_fraction", Some(value)) => value.as_f64().map_or_else(
+                    ("served_fraction", Some(value)) => value.as_f64().map_or_else(
                         || value_text(value),
                         |fraction| format!("{:.1}%", fraction * 100.0),
                     ),

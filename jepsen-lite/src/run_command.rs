@@ -69,18 +69,20 @@ pub struct RunCommand {
     /// Deadline of one operation, retries included; a write past it is recorded as info
     #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
     operation_timeout: Duration,
-    /// SLO: least fraction of operations in a fault window that must succeed
+    /// SLO: least fraction of operations in a fault window that must be served (succeed, or be a cas answered
+    /// with a mismatch)
     #[arg(long, default_value_t = 0.5)]
-    slo_ok_fraction: f64,
+    slo_served_fraction: f64,
     /// SLO: longest time from a heal until writes succeed again
     #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
     slo_recovery: Duration,
     /// Keep the nodes' data directories (logs are always kept)
     #[arg(long)]
     keep_data: bool,
-    /// Use the server's default (production) election timing instead of the fast timing experiments use
+    /// Run the nodes at the server's default timing (heartbeat, election timeouts, lease margin) instead of
+    /// the fast timing that keeps experiments short, so availability figures show what users get
     #[arg(long)]
-    default_timing: bool,
+    server_defaults: bool,
     /// Run the cluster with TLS: a throwaway CA and node certificates under OUT/cluster/tls, mutual TLS
     /// between peers (through the proxy mesh), clients and observer trusting the CA
     #[arg(long)]
@@ -127,7 +129,7 @@ impl RunCommand {
             seed,
             out: self.out,
             server_binary,
-            server_args: if self.default_timing {
+            server_args: if self.server_defaults {
                 Vec::new()
             } else {
                 fast_timing_args()
@@ -136,7 +138,7 @@ impl RunCommand {
             operation_timeout: self.operation_timeout,
             recovery_timeout: self.recovery_timeout,
             slo: Slo {
-                ok_fraction_min: self.slo_ok_fraction,
+                served_fraction_min: self.slo_served_fraction,
                 recovery_ms_max: self.slo_recovery.as_millis() as u64,
             },
             keep_data: self.keep_data,
@@ -213,10 +215,10 @@ pub async fn run(command: RunCommand) -> anyhow::Result<ExitCode> {
     );
     for window in &results.availability.windows {
         println!(
-            "window       {:<17} {:<28} ok {:>5.1}%  longest outage {:>5} ms  recovery {:>6}  SLO {}",
+            "window       {:<17} {:<28} served {:>5.1}%  longest outage {:>5} ms  recovery {:>6}  SLO {}",
             window.fault,
             window.description,
-            window.ok_fraction * 100.0,
+            window.served_fraction * 100.0,
             window.longest_unavailability_ms,
             window
                 .recovery_ms

@@ -511,8 +511,8 @@ pub fn validate(config: &RunConfig) -> anyhow::Result<()> {
     if config.max_staleness.is_some() && config.read_consistency != Consistency::Stale {
         bail!("--max-staleness only applies to --read-consistency stale");
     }
-    if !(0.0..=1.0).contains(&config.slo.ok_fraction_min) {
-        bail!("--slo-ok-fraction must be between 0 and 1");
+    if !(0.0..=1.0).contains(&config.slo.served_fraction_min) {
+        bail!("--slo-served-fraction must be between 0 and 1");
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub const SET_PREFIX: &str = "set/";
 pub const SET_KEY: &str = "set";
 /// Register values are drawn from `0..REGISTER_VALUES` (few values make cas succeed often).
 pub const REGISTER_VALUES: i64 = 5;
+/// The `error` of a cas completion that failed because the register held another value: the cluster answered,
+/// so availability counts it as served.
+pub const CAS_MISMATCH: &str = "cas_mismatch";
 /// Elements read per page by the set's final read.
 pub const SET_READ_PAGE: u32 = 1000;
 /// Most pages one final set read may take (bounds the loop: far more elements than a run adds).
@@ -293,7 +296,7 @@ pub async fn execute(
                     Outcome::new(EventType::Ok, value).with("revision", result.revision)
                 }
                 Ok(result) => Outcome::new(EventType::Fail, value)
-                    .with("error", "cas_mismatch")
+                    .with("error", CAS_MISMATCH)
                     .with(
                         "current",
                         result

@@ -277,12 +277,12 @@ fn synthetic_run() -> (History, Value, Report) {
     let report = check_history(&history, Model::Register).expect("the synthetic history checks");
     let mut results = results_of(&report, "partition-halves,kill");
     results["availability"] = json!({
-        "verdict": "invalid", "slo_ok_fraction": 0.9,
+        "verdict": "invalid", "slo_served_fraction": 0.9,
         "windows": [
             {"fault": "partition-halves", "start_ns": PARTITION_NS.0, "end_ns": PARTITION_NS.1, "operations": 310,
-             "ok_fraction": 0.62, "longest_unavailability_ms": 1200, "recovery_ms": 140, "slo_met": false},
+             "served_fraction": 0.62, "longest_unavailability_ms": 1200, "recovery_ms": 140, "slo_met": false},
             {"fault": "kill", "start_ns": KILL_NS.0, "end_ns": KILL_NS.1, "operations": 200,
-             "ok_fraction": 0.97, "longest_unavailability_ms": 300, "recovery_ms": null, "slo_met": true}
+             "served_fraction": 0.97, "longest_unavailability_ms": 300, "recovery_ms": null, "slo_met": true}
         ]
     });
     results["liveness"] =

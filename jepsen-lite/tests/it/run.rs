@@ -37,7 +37,7 @@ fn short_config(dir: &TempDir, nodes: u64, workload: WorkloadKind, nemesis: &str
         operation_timeout: Duration::from_secs(3),
         recovery_timeout: Duration::from_secs(30),
         slo: Slo {
-            ok_fraction_min: 0.0,
+            served_fraction_min: 0.0,
             recovery_ms_max: 30_000,
         },
         keep_data: false,
