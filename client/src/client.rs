@@ -18,7 +18,7 @@ use raftkv_proto::kv::kv_client::KvClient;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::breaker::Breakers;
+use crate::breaker::{Breakers, ENDPOINT_COOLDOWN_INITIAL};
 use crate::error::{classify, from_status, never_connected, Attempt, ClientError};
 use crate::tls::{handshake_failure, TlsConfig};
 
@@ -313,6 +313,16 @@ impl Client {
             .cloned()
     }
 
+    /// Whether `endpoint` is not cooling down after a failed connection (a leader hint to a node that just
+    /// refused one is not followed: the hint is older than the failure).
+    fn may_try(&self, endpoint: &str) -> bool {
+        self.shared
+            .breakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(endpoint, Instant::now())
+    }
+
     /// Records how an attempt on `endpoint` ended for its breaker: a connection that could not be made or
     /// broke trips it; any answer closes it.
     fn record_attempt(&self, endpoint: &str, result: Result<(), &tonic::Status>) {
@@ -424,14 +434,19 @@ impl Client {
                     // Every node refused a connection lately: nothing to wait for.
                     None => {
                         every_endpoint_down = true;
+                        if last_error.is_empty() {
+                            last_error = format!(
+                                "every endpoint refused a connection within the last {ENDPOINT_COOLDOWN_INITIAL:?} or more"
+                            );
+                        }
                         break;
                     }
                 },
             };
             let result = call(endpoint.clone(), deadline).await;
-            self.record_attempt(&endpoint, result.as_ref().map(|_| ()));
             match result {
                 Ok(value) => {
+                    self.record_attempt(&endpoint, Ok(()));
                     if pinned.is_none() && is_write {
                         self.set_leader(Some(endpoint));
                     }
@@ -439,8 +454,10 @@ impl Client {
                 }
                 Err(status) => {
                     if let Some(error) = handshake_failure(&status, &endpoint) {
+                        // The node is up; the TLS settings are wrong, and no other node will differ.
                         return Err(error);
                     }
+                    self.record_attempt(&endpoint, Err(&status));
                     last_error = format!("{endpoint}: {}", status.message());
                     match classify(&status, is_write) {
                         Attempt::Fail => return Err(from_status(&status)),
@@ -450,7 +467,7 @@ impl Client {
                         } => {
                             may_have_applied |= maybe;
                             if let Some(pinned) = pinned {
-                                if crate::error::kind(&status).is_none() {
+                                if !crate::error::from_node(&status) {
                                     return Err(ClientError::Connection {
                                         endpoint: pinned.to_string(),
                                         message: status.message().to_string(),
@@ -459,7 +476,10 @@ impl Client {
                                 return Err(from_status(&status));
                             }
                             self.forget_leader(&endpoint);
-                            if let Some(leader) = leader_addr.filter(|leader| *leader != endpoint) {
+                            let hint = leader_addr
+                                .filter(|leader| *leader != endpoint)
+                                .filter(|leader| self.may_try(leader));
+                            if let Some(leader) = hint {
                                 // Follow the hint at once: the request was not applied anywhere.
                                 self.set_leader(Some(leader.clone()));
                                 hinted = Some(leader);
@@ -643,7 +663,7 @@ impl Client {
             .await
         {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) if crate::error::kind(&status).is_none() => Err(handshake_failure(
+            Err(status) if !crate::error::from_node(&status) => Err(handshake_failure(
                 &status, endpoint,
             )
             .unwrap_or_else(|| match status.code() {
@@ -745,7 +765,7 @@ impl Client {
 /// or it broke. Such a node is skipped for a cool-down. A node that answered, even with an error, is alive;
 /// a request that ran out of time proves nothing about the node and does not count.
 fn is_connection_failure(status: &tonic::Status) -> bool {
-    crate::error::kind(status).is_none()
+    !crate::error::from_node(status)
         && (never_connected(status) || status.code() == tonic::Code::Unavailable)
 }
 

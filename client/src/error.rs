@@ -6,12 +6,7 @@
 
 use std::time::Duration;
 
-/// Metadata key naming the kind of error (set by the server).
-pub const ERROR_KIND_KEY: &str = "raftkv-error";
-/// Metadata key of the leader's node id in a not-leader answer.
-pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
-/// Metadata key of the leader's client address in a not-leader answer.
-pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
+use raftkv_proto::contract::{ErrorKind, ERROR_KIND_KEY, LEADER_ADDR_KEY};
 
 /// Everything a client call can fail with.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -101,12 +96,18 @@ pub(crate) enum Attempt {
     Fail,
 }
 
-/// The server's error kind, if the status came from a raftkv node.
-pub(crate) fn kind(status: &tonic::Status) -> Option<&str> {
+/// True when a raftkv node sent the status (it names an error kind); false when the transport made it.
+pub(crate) fn from_node(status: &tonic::Status) -> bool {
+    status.metadata().get(ERROR_KIND_KEY).is_some()
+}
+
+/// The node's error kind; `None` from the transport, or for a kind this version does not know.
+pub(crate) fn kind(status: &tonic::Status) -> Option<ErrorKind> {
     status
         .metadata()
         .get(ERROR_KIND_KEY)
         .and_then(|value| value.to_str().ok())
+        .and_then(ErrorKind::from_name)
 }
 
 /// Classifies a failed attempt.
@@ -117,19 +118,23 @@ pub(crate) fn classify(status: &tonic::Status, is_write: bool) -> Attempt {
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     match kind(status) {
-        Some("not_leader") => Attempt::Retry {
+        Some(ErrorKind::NotLeader) => Attempt::Retry {
             leader_addr,
             may_have_applied: false,
         },
-        Some("no_leader" | "no_quorum" | "shutting_down" | "busy") => Attempt::Retry {
+        Some(
+            ErrorKind::NoLeader | ErrorKind::NoQuorum | ErrorKind::ShuttingDown | ErrorKind::Busy,
+        ) => Attempt::Retry {
             leader_addr: None,
             may_have_applied: false,
         },
-        Some("indeterminate") => Attempt::Retry {
+        Some(ErrorKind::Indeterminate) => Attempt::Retry {
             leader_addr: None,
             may_have_applied: true,
         },
         Some(_) => Attempt::Fail,
+        // A kind from a newer node: final, as its code says.
+        None if from_node(status) => Attempt::Fail,
         // No kind: the failure came from the transport. A connection that was never made carried nothing; a
         // write on a connection that broke or timed out may have reached the leader.
         None => match status.code() {
@@ -172,10 +177,10 @@ pub(crate) fn never_connected(status: &tonic::Status) -> bool {
 pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
     let message = status.message().to_string();
     match kind(status) {
-        Some("too_stale") => ClientError::TooStale(message),
-        Some("revision_timeout") => ClientError::RevisionTimeout(message),
-        Some("indeterminate") => ClientError::Indeterminate { message },
-        Some("busy") => ClientError::Busy(message),
+        Some(ErrorKind::TooStale) => ClientError::TooStale(message),
+        Some(ErrorKind::RevisionTimeout) => ClientError::RevisionTimeout(message),
+        Some(ErrorKind::Indeterminate) => ClientError::Indeterminate { message },
+        Some(ErrorKind::Busy) => ClientError::Busy(message),
         _ => match status.code() {
             tonic::Code::InvalidArgument => ClientError::InvalidArgument(message),
             tonic::Code::OutOfRange => ClientError::OutOfRange(message),

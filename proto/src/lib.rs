@@ -1,5 +1,8 @@
 //! Generated gRPC types and services of raftkv: `kv` (client and admin API) and `peer` (Raft traffic between
-//! nodes). The only crate both `server` and `client` share; it holds no logic.
+//! nodes), and the `contract`: the metadata keys and error kinds both sides must spell alike. The only crate
+//! both `server` and `client` share; it holds no logic.
+
+pub mod contract;
 
 /// The client-facing key-value and admin API (`raftkv.v1`).
 pub mod kv {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
+use raftkv_proto::contract::{ErrorKind, ERROR_KIND_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
 use raftkv_proto::kv;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataValue;
@@ -23,12 +24,6 @@ use crate::state_machine::{self, Command, Expected, Rejection, Response, ScanRan
 use crate::telemetry;
 use crate::write_batch::{WriteBatcher, WriteError};
 
-/// Metadata key naming the kind of error.
-pub const ERROR_KIND_KEY: &str = "raftkv-error";
-/// Metadata key of the leader's node id in a not-leader answer.
-pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
-/// Metadata key of the leader's client address in a not-leader answer.
-pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
 /// Longest a proposed write may take to commit and apply before it is reported indeterminate.
 pub const WRITE_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Proposals in flight on this node at once; beyond it writes are refused (`ResourceExhausted`) before they
@@ -81,22 +76,22 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The stable name of the error kind, sent as `raftkv-error`.
-    pub fn kind(&self) -> &'static str {
+    /// The error's kind, sent as `raftkv-error`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ApiError::InvalidArgument(_) => "invalid_argument",
-            ApiError::OutOfRange(_) => "out_of_range",
-            ApiError::Busy(_) => "busy",
-            ApiError::NotLeader { .. } => "not_leader",
-            ApiError::NoLeader => "no_leader",
-            ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => "no_quorum",
-            ApiError::TooStale { .. } => "too_stale",
-            ApiError::RevisionTimeout { .. } => "revision_timeout",
-            ApiError::Indeterminate(_) => "indeterminate",
-            ApiError::SequenceTooOld { .. } => "sequence_too_old",
-            ApiError::Membership(_) => "membership",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::Internal(_) => "internal",
+            ApiError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ApiError::OutOfRange(_) => ErrorKind::OutOfRange,
+            ApiError::Busy(_) => ErrorKind::Busy,
+            ApiError::NotLeader { .. } => ErrorKind::NotLeader,
+            ApiError::NoLeader => ErrorKind::NoLeader,
+            ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => ErrorKind::NoQuorum,
+            ApiError::TooStale { .. } => ErrorKind::TooStale,
+            ApiError::RevisionTimeout { .. } => ErrorKind::RevisionTimeout,
+            ApiError::Indeterminate(_) => ErrorKind::Indeterminate,
+            ApiError::SequenceTooOld { .. } => ErrorKind::SequenceTooOld,
+            ApiError::Membership(_) => ErrorKind::Membership,
+            ApiError::ShuttingDown => ErrorKind::ShuttingDown,
+            ApiError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
@@ -121,7 +116,10 @@ pub fn to_status(error: ApiError) -> Status {
     };
     let mut status = Status::new(code, error.to_string());
     let metadata = status.metadata_mut();
-    metadata.insert(ERROR_KIND_KEY, MetadataValue::from_static(error.kind()));
+    metadata.insert(
+        ERROR_KIND_KEY,
+        MetadataValue::from_static(error.kind().as_str()),
+    );
     if let ApiError::NotLeader {
         leader_id,
         leader_addr,

@@ -392,7 +392,10 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
             status.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
         ))
-        && status.metadata().get(crate::api::ERROR_KIND_KEY).is_none()
+        && status
+            .metadata()
+            .get(raftkv_proto::contract::ERROR_KIND_KEY)
+            .is_none()
 }
 
 /// A transport failure with its causes ("transport error" alone does not say that, e.g., the peer's

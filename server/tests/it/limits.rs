@@ -294,9 +294,9 @@ async fn proposals_over_the_pending_limit_are_refused_and_never_written() {
                 assert_eq!(
                     status
                         .metadata()
-                        .get("raftkv-error")
+                        .get(raftkv_proto::contract::ERROR_KIND_KEY)
                         .and_then(|kind| kind.to_str().ok()),
-                    Some("busy"),
+                    Some(raftkv_proto::contract::ErrorKind::Busy.as_str()),
                     "{status:?}"
                 );
                 assert!(

@@ -171,16 +171,17 @@ async fn read_index_call(
 async fn mtls_cluster_writes_reads_on_a_follower_and_elects_a_new_leader() {
     let pki = Pki::new("cluster CA");
     let mut cluster = tls_cluster(&pki, 3);
-    let (leader, term) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let client = cluster.client();
     let revision = client
         .put("greeting", "hello")
         .await
         .expect("write over TLS");
-
+    // The write may have committed before a follower's TLS link to the leader was up, and an election right
+    // after start-up can move leadership: wait for the leader every node names.
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], revision).await;
+    let term = cluster.wait_knows_leader(leader, leader).await.term;
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    // The write may have committed before this follower's TLS link to the leader was up.
-    cluster.wait_knows_leader(follower, leader).await;
     let read = client
         .get(
             "greeting",
@@ -350,7 +351,10 @@ async fn peer_with_a_certificate_from_another_ca_fails_the_handshake() {
             let status = read_index_call(&mut peer, 1).await.unwrap_err();
             assert_ne!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
             assert!(
-                status.metadata().get("raftkv-error").is_none(),
+                status
+                    .metadata()
+                    .get(raftkv_proto::contract::ERROR_KIND_KEY)
+                    .is_none(),
                 "a node service answered: {status:?}"
             );
             format!("{status:?}")

@@ -1,0 +1,110 @@
+//! The names server and client must agree on beyond the .proto files: the gRPC metadata keys raftkv adds to
+//! its statuses and the kinds of error it names there. Defined once, here, and used by both sides; a string
+//! of the contract spelled anywhere else is a bug.
+
+/// Metadata key naming the kind of error of a status a node sent (one of [`ErrorKind`]'s names). A status
+/// without it came from the transport (a connection refused, a deadline), not from a node.
+pub const ERROR_KIND_KEY: &str = "raftkv-error";
+/// Metadata key of the leader's node id in a `not_leader` status.
+pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
+/// Metadata key of the leader's client address in a `not_leader` status.
+pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
+
+/// The kinds of error a node names in `raftkv-error`. The gRPC code carries the class; the kind says exactly
+/// what happened and whether a write may have been applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is malformed or breaks a limit; nothing was written.
+    InvalidArgument,
+    /// The request asks for more than a limit allows; nothing was written.
+    OutOfRange,
+    /// The node is overloaded (too many proposals or reads pending); nothing was written.
+    Busy,
+    /// This node is not the leader; the leader, if known, is in `raftkv-leader-id` / `raftkv-leader-addr`.
+    NotLeader,
+    /// No leader is known to this node.
+    NoLeader,
+    /// A quorum could not be reached (a read could not be confirmed, or a leader has lost its quorum); a write
+    /// refused so was not proposed.
+    NoQuorum,
+    /// A bounded stale read was refused: the node has not heard from a leader within the bound.
+    TooStale,
+    /// The node did not apply up to the requested revision in time.
+    RevisionTimeout,
+    /// The write was proposed but its outcome is unknown: it may have been applied.
+    Indeterminate,
+    /// A session's write carries a sequence older than the last one applied.
+    SequenceTooOld,
+    /// A membership change was refused.
+    Membership,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// Something the node did not expect.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for tests and tools that list them.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::OutOfRange,
+        ErrorKind::Busy,
+        ErrorKind::NotLeader,
+        ErrorKind::NoLeader,
+        ErrorKind::NoQuorum,
+        ErrorKind::TooStale,
+        ErrorKind::RevisionTimeout,
+        ErrorKind::Indeterminate,
+        ErrorKind::SequenceTooOld,
+        ErrorKind::Membership,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+    ];
+
+    /// The name sent in `raftkv-error`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::OutOfRange => "out_of_range",
+            ErrorKind::Busy => "busy",
+            ErrorKind::NotLeader => "not_leader",
+            ErrorKind::NoLeader => "no_leader",
+            ErrorKind::NoQuorum => "no_quorum",
+            ErrorKind::TooStale => "too_stale",
+            ErrorKind::RevisionTimeout => "revision_timeout",
+            ErrorKind::Indeterminate => "indeterminate",
+            ErrorKind::SequenceTooOld => "sequence_too_old",
+            ErrorKind::Membership => "membership",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind a `raftkv-error` value names; `None` for a name this version does not know.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_name_and_names_are_distinct() {
+        let mut names = std::collections::BTreeSet::new();
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(kind));
+            assert!(names.insert(kind.as_str()), "{kind} named twice");
+        }
+        assert_eq!(ErrorKind::from_name("no_such_kind"), None);
+    }
+}
