@@ -319,15 +319,6 @@ impl Api {
                     )))
                 }
                 Ok(Ok(response)) => response,
-                Ok(Err(WriteError::NotLeader {
-                    leader_id,
-                    leader_addr,
-                })) => {
-                    return Err(ApiError::NotLeader {
-                        leader_id,
-                        leader_addr,
-                    })
-                }
                 Ok(Err(WriteError::Indeterminate(reason))) => {
                     return Err(ApiError::Indeterminate(reason))
                 }

@@ -26,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::Raft;
 use crate::state_machine::{Batch, Request, Response, WRITE_BYTES_MAX};
 use crate::telemetry;
 
@@ -58,13 +58,8 @@ pub const WRITE_BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Why a write was not answered with its response.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
-    /// Not proposed: this node is not the leader.
-    #[error("this node is not the leader")]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    /// Proposed, outcome unknown (the batch timed out or raft stopped): it may or may not have committed.
+    /// Proposed, outcome unknown (the batch timed out, leadership moved, or raft stopped): it may or may not
+    /// have committed.
     #[error("{0}")]
     Indeterminate(String),
     /// Not proposed: the batcher has stopped (the node is shutting down).
@@ -198,11 +193,19 @@ async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
             "a batch of {count} writes was answered with {} responses",
             response.data.responses.len()
         ))),
+        // openraft answers ForwardToLeader both to a write it refused at the door (this node had just lost
+        // leadership) and to one it had appended and then cut from its log when a new leader's entries
+        // replaced it. The second may still commit: another node may hold the entry and be elected with it.
+        // Nothing tells the two apart, so both are indeterminate (the api checked leadership just before, so
+        // the first is a narrow race); a retry with the same session is applied at most once.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            Err(WriteError::NotLeader {
-                leader_id: forward.leader_id,
-                leader_addr: forward.leader_node.map(|node| node.addr),
-            })
+            Err(WriteError::Indeterminate(format!(
+                "leadership moved while the write was pending{}: it may have been appended here and may still commit",
+                forward
+                    .leader_id
+                    .map(|id| format!(" (node {id} leads now)"))
+                    .unwrap_or_default()
+            )))
         }
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
             Err(WriteError::Internal(error.to_string()))
