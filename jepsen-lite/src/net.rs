@@ -29,7 +29,7 @@ pub use control::{
 pub use link::{
     format_duration, parse_duration, Direction, LinkState, ACCEPT_ERROR_BACKOFF, CHUNK_BYTES_MAX,
     CONNECTIONS_PER_FRONT_MAX, CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, EARLY_BYTES_MAX,
-    FIRST_HEAD_TIMEOUT, MEMBER_WAIT_TIMEOUT, QUEUE_SEGMENTS_MAX,
+    FIRST_HEAD_TIMEOUT, QUEUE_SEGMENTS_MAX,
 };
 pub use mesh::{
     front_port, link_port, parse_nodes, Attribution, LinkStatus, Mesh, NodeRoutes, PeerRoute,

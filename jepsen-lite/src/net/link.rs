@@ -16,9 +16,11 @@
 //! A mesh attributed by header has no proxy per link: a [`Front`] listens in front of node j, every other node
 //! dials it, and each accepted connection is bound to link i->j once one of its requests names its sender i
 //! (see `sniff` for the reading of request heads, which does no I/O). The connection then follows link i->j's
-//! state exactly as a connection accepted on that link's own proxy would. Before the first request that names
-//! a sender, the front dials nothing; requests that name none (etcd's RTT probes, `/version`) pass on a
-//! connection not yet bound, and the first head that names a sender binds it before any of its bytes go on.
+//! state exactly as a connection accepted on that link's own proxy would. The front dials nothing before the
+//! connection's first request head is complete; requests that name no sender (etcd's RTT probes, `/version`)
+//! pass on a connection not yet bound, and the first head that names a sender binds it before any of its bytes
+//! go on. A sender whose member id is registered for no node yet passes until it is registered (members start
+//! before their ids can be read, and cannot start without their peers), then binds at once.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,10 +71,6 @@ pub const CONNECTIONS_PER_FRONT_MAX: usize = 256;
 
 /// How long a front waits for a new connection's first request head before it resets the connection.
 pub const FIRST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a front holds a request whose sender is a member registered for no node (`net member`) before it
-/// resets the connection.
-pub const MEMBER_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 // A first head and the read that completed it fit in the bytes kept before dialling.
 const _: () = assert!(HEAD_BYTES_MAX + CHUNK_BYTES_MAX <= EARLY_BYTES_MAX);
@@ -643,8 +641,8 @@ enum FirstHead {
 }
 
 /// Proxies one connection accepted on a front: reads its first request head before dialling, binds the
-/// connection to the link from the head's sender (or leaves it unbound with a sniffer that binds it later)
-/// and relays it.
+/// connection to the link its sender travels (or leaves it unbound, with a sniffer that binds it later) and
+/// relays it.
 async fn proxy_front_connection(
     mut client: TcpStream,
     routes: Arc<FrontRoutes>,
@@ -669,33 +667,25 @@ async fn proxy_front_connection(
             return reset(client);
         }
     };
+    if let Some(member) = sender {
+        if let Sender::FrontNode = lookup(&routes, member) {
+            warn!(node, %member, "a request names the front's own node as its sender; resetting its connection");
+            return reset(client);
+        }
+    }
     let (state, state_rx) = watch::channel(LinkState::Pass);
     let (rebind, rebinds) = mpsc::channel(1);
-    let (source, count, sniffer) = match sender {
-        Some(member) => match resolve(&routes, member).await {
-            Ok(link) => (
-                link.state,
-                Some(ConnectionCount::new(link.connections)),
-                None,
-            ),
-            Err(Abort::Unattributable(reason)) => {
-                warn!(node, %reason, "cannot tell which node opened a connection; resetting it");
-                return reset(client);
-            }
-            Err(_) => return,
-        },
-        None => {
-            let sniffer = Sniffer {
-                scanner: RequestScanner::new(),
-                pending: std::mem::take(&mut early),
-                routes: Arc::clone(&routes),
-                rebind,
-            };
-            (unattributed, None, Some(sniffer))
-        }
-    };
+    // A first head that names its sender binds the connection before anything is dialled; otherwise the
+    // sniffer reads on from the start, the first head included.
+    let sniffer = sender.is_none().then(|| Sniffer {
+        scanner: RequestScanner::new(),
+        pending: std::mem::take(&mut early),
+        node,
+        rebind,
+    });
+    let binding = Binding::start(state, Arc::clone(&routes), unattributed, sender);
     tokio::select! {
-        () = follow(state, source, rebinds, count) => {}
+        () = binding.follow(rebinds) => {}
         () = relay(client, routes.target, state_rx, early, sniffer) => {}
     }
 }
@@ -719,48 +709,44 @@ async fn read_first_head(
     }
 }
 
-/// The link a member's requests travel: from the node the member is registered for to the front's node.
-/// Waits up to `MEMBER_WAIT_TIMEOUT` for the member to be registered.
-async fn resolve(routes: &FrontRoutes, member: MemberId) -> Result<LinkWatch, Abort> {
-    let mut members = routes.members.clone();
-    let lookup = async {
-        loop {
-            let node = members.borrow_and_update().get(&member).copied();
-            if let Some(node) = node {
-                return Ok(node);
-            }
-            members.changed().await.map_err(|_| Abort::MeshStopped)?;
-        }
-    };
-    let from = tokio::time::timeout(MEMBER_WAIT_TIMEOUT, lookup)
-        .await
-        .map_err(|_| {
-            Abort::Unattributable(format!(
-                "member {member} is registered for no node after {MEMBER_WAIT_TIMEOUT:?}; register it with `jepsen-lite net member NODE {member}`"
-            ))
-        })??;
-    routes.links.get(&from).cloned().ok_or_else(|| {
-        Abort::Unattributable(format!(
-            "member {member} is node {from}, the node behind this front; a node does not dial itself"
-        ))
-    })
+/// Which link a member's requests to a front travel.
+enum Sender {
+    /// The member is registered as node i: link i->front's node.
+    Link(LinkWatch),
+    /// No node is registered with this member id (yet).
+    Unregistered,
+    /// The member is the node behind the front, which never dials itself.
+    FrontNode,
 }
 
-/// Reads the request bytes of a front connection not bound to a link yet, and binds it at the first request
-/// head that names its sender.
+fn lookup(routes: &FrontRoutes, member: MemberId) -> Sender {
+    let from = routes.members.borrow().get(&member).copied();
+    match from {
+        None => Sender::Unregistered,
+        Some(from) => routes
+            .links
+            .get(&from)
+            .cloned()
+            .map_or(Sender::FrontNode, Sender::Link),
+    }
+}
+
+/// Reads the request bytes of a front connection not bound to a link yet, and hands the sender of the first
+/// request head that names one to the connection's binding.
 struct Sniffer {
     scanner: RequestScanner,
     /// Bytes read but not let go yet: the start of a head or of a chunk line (under `HEAD_BYTES_MAX` plus one
     /// read, as the scanner refuses longer heads and lines).
     pending: Vec<u8>,
-    routes: Arc<FrontRoutes>,
+    /// The node behind the front, for messages.
+    node: u64,
     rebind: mpsc::Sender<Rebind>,
 }
 
 impl Sniffer {
-    /// Takes bytes the client sent; returns the bytes that may be queued now and whether the connection is now
-    /// bound (then every later byte goes straight on). Bytes let go before a binding head are queued with it,
-    /// after the binding, so they never overtake it.
+    /// Takes bytes the client sent; returns the bytes that may be queued now and whether the sniffer is done
+    /// (the connection's sender is known, so every later byte goes straight on). Bytes let go before the head
+    /// that names the sender are queued with it, after the binding, so they never overtake it.
     async fn admit(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, bool), Abort> {
         self.pending.extend_from_slice(bytes);
         let mut settled = 0;
@@ -772,19 +758,26 @@ impl Sniffer {
                     return Ok((std::mem::replace(&mut self.pending, rest), false));
                 }
                 Ok(Step::Sender { sender, .. }) => {
-                    let link = resolve(&self.routes, sender).await?;
                     let (done, bound) = oneshot::channel();
                     self.rebind
-                        .send(Rebind { link, done })
+                        .send(Rebind {
+                            member: sender,
+                            done,
+                        })
                         .await
                         .map_err(|_| Abort::MeshStopped)?;
-                    bound.await.map_err(|_| Abort::MeshStopped)?;
+                    if !bound.await.map_err(|_| Abort::MeshStopped)? {
+                        return Err(Abort::Unattributable(format!(
+                            "a request names member {sender}, node {} itself, as its sender",
+                            self.node
+                        )));
+                    }
                     return Ok((std::mem::take(&mut self.pending), true));
                 }
                 Err(error) => {
                     return Err(Abort::Unattributable(format!(
                         "a request to node {} cannot be read: {error}",
-                        self.routes.node
+                        self.node
                     )))
                 }
             }
@@ -792,10 +785,11 @@ impl Sniffer {
     }
 }
 
-/// Binds a front connection to a link; `done` answers once the connection's state is the link's.
+/// The sniffer found the connection's sender; `done` answers once the connection follows its link or waits
+/// for the member to be registered (`true`), or when the member is the front's own node (`false`).
 struct Rebind {
-    link: LinkWatch,
-    done: oneshot::Sender<()>,
+    member: MemberId,
+    done: oneshot::Sender<bool>,
 }
 
 /// Counts a connection on a link for as long as it lives.
@@ -814,32 +808,100 @@ impl Drop for ConnectionCount {
     }
 }
 
-/// Keeps a front connection's own state equal to its source's: the front's (always `Pass`) until a rebind,
-/// then the bound link's. Returns when the source closes (the mesh stops), which ends the connection.
-async fn follow(
+/// Which state a front connection follows: the front's own (always `Pass`) until its sender is known and
+/// registered as a node, then that node's link into the front's node.
+struct Binding {
+    /// The connection's own state, which its pumps watch.
     state: watch::Sender<LinkState>,
-    mut source: watch::Receiver<LinkState>,
-    mut rebinds: mpsc::Receiver<Rebind>,
-    mut count: Option<ConnectionCount>,
-) {
-    let mut rebinds_open = true;
-    loop {
-        state.send_replace(*source.borrow_and_update());
-        tokio::select! {
-            changed = source.changed() => {
-                if changed.is_err() {
-                    return;
+    routes: Arc<FrontRoutes>,
+    members: watch::Receiver<BTreeMap<MemberId, u64>>,
+    source: watch::Receiver<LinkState>,
+    /// A sender not registered yet: the connection binds as soon as it is.
+    waiting_for: Option<MemberId>,
+    count: Option<ConnectionCount>,
+}
+
+impl Binding {
+    fn start(
+        state: watch::Sender<LinkState>,
+        routes: Arc<FrontRoutes>,
+        unattributed: watch::Receiver<LinkState>,
+        sender: Option<MemberId>,
+    ) -> Binding {
+        let members = routes.members.clone();
+        let mut binding = Binding {
+            state,
+            routes,
+            members,
+            source: unattributed,
+            waiting_for: None,
+            count: None,
+        };
+        if let Some(member) = sender {
+            // The caller has refused a first head that names the front's own node.
+            binding.bind(member);
+        }
+        binding
+            .state
+            .send_replace(*binding.source.borrow_and_update());
+        binding
+    }
+
+    /// Follows the member's link when it is registered, or waits for it to be. False, and nothing changes, when
+    /// the member is the front's own node.
+    fn bind(&mut self, member: MemberId) -> bool {
+        match lookup(&self.routes, member) {
+            Sender::Link(link) => {
+                self.source = link.state;
+                self.count = Some(ConnectionCount::new(link.connections));
+                self.waiting_for = None;
+                true
+            }
+            Sender::Unregistered => {
+                debug!(node = self.routes.node, %member, "a request names a member registered for no node yet; it passes until registered");
+                self.waiting_for = Some(member);
+                true
+            }
+            Sender::FrontNode => false,
+        }
+    }
+
+    /// Keeps the connection's state equal to its source's, binding it when the sniffer finds its sender or
+    /// when that sender is registered. Returns when the source closes (the mesh stops), which ends the
+    /// connection.
+    async fn follow(mut self, mut rebinds: mpsc::Receiver<Rebind>) {
+        let mut rebinds_open = true;
+        let mut members_open = true;
+        loop {
+            self.state.send_replace(*self.source.borrow_and_update());
+            tokio::select! {
+                changed = self.source.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                rebind = rebinds.recv(), if rebinds_open => match rebind {
+                    Some(Rebind { member, done }) => {
+                        let bound = self.bind(member);
+                        self.state.send_replace(*self.source.borrow_and_update());
+                        let _ = done.send(bound);
+                    }
+                    None => rebinds_open = false,
+                },
+                changed = self.members.changed(), if members_open && self.waiting_for.is_some() => {
+                    match (changed, self.waiting_for) {
+                        (Ok(()), Some(member)) => {
+                            // Registered as the front's own node: it stays unbound; the mesh refuses nothing
+                            // else a misconfigured member id could mean.
+                            if !self.bind(member) {
+                                warn!(node = self.routes.node, %member, "a connection's sender was registered as the front's own node; it stays unbound");
+                                self.waiting_for = None;
+                            }
+                        }
+                        _ => members_open = false,
+                    }
                 }
             }
-            rebind = rebinds.recv(), if rebinds_open => match rebind {
-                Some(Rebind { link, done }) => {
-                    source = link.state;
-                    let _previous = count.replace(ConnectionCount::new(link.connections));
-                    state.send_replace(*source.borrow_and_update());
-                    let _ = done.send(());
-                }
-                None => rebinds_open = false,
-            },
         }
     }
 }

@@ -696,28 +696,37 @@ async fn front_passes_requests_without_a_sender_until_one_names_it() {
 }
 
 #[tokio::test]
-async fn front_holds_a_request_from_an_unregistered_member_until_it_is_registered() {
-    // Members start before their ids are known: their requests wait, undialled, and go on once registered.
+async fn front_binds_a_connection_as_soon_as_its_sender_is_registered() {
+    // Members start before their ids can be read (and cannot start without their peers), so a request from a
+    // member registered for no node passes; once registered, the connection follows its link at once.
     let (mesh, listeners) = header_mesh(false).await;
-    let head = request_head("/raft/stream/msgappv2/c3", Some(MEMBERS[2]));
-    let mut near = TcpStream::connect(mesh.front(1).unwrap()).await.unwrap();
-    send(&mut near, &head).await;
-    assert!(
-        timeout(QUIET, listeners[0].accept()).await.is_err(),
-        "node 1 was dialled for an unregistered member"
-    );
+    mesh.isolate(3).unwrap();
+    let (mut near, mut far) = through_front(
+        &mesh,
+        &listeners,
+        1,
+        &request_head("/raft/stream/msgappv2/c3", Some(MEMBERS[2])),
+    )
+    .await;
+    wait_for_link_connections(&mesh, 3, 1, 0).await;
+
     mesh.set_member(3, MEMBERS[2]).unwrap();
-    let (mut far, _) = timeout(WAIT, listeners[0].accept()).await.unwrap().unwrap();
-    expect_bytes(&mut far, &head).await;
     wait_for_link_connections(&mesh, 3, 1, 1).await;
+    send(&mut far, b"held reply").await;
+    send(&mut near, b"held request").await;
+    expect_silence(&mut near, "toward node 3 once registered and isolated").await;
+    expect_silence(&mut far, "toward node 1 from node 3 once registered").await;
+    mesh.heal();
+    expect_bytes(&mut near, b"held reply").await;
+    expect_bytes(&mut far, b"held request").await;
     stop(mesh).await;
 }
 
 #[tokio::test]
 async fn front_resets_connections_it_cannot_attribute() {
     // Bytes that are no HTTP/1.1 request (a TLS hello), a malformed sender, a member that is the front's own
-    // node, and a malformed request later on an unbound connection: each connection is closed and, for the
-    // first three, the node behind the front is never dialled.
+    // node, and, on connections not bound yet, a malformed request or one from the front's own node later on:
+    // each connection is closed and, for the first three, the node behind the front is never dialled.
     let (mesh, listeners) = header_mesh(true).await;
     let front = mesh.front(2).unwrap();
     for (first, what) in [
@@ -749,6 +758,12 @@ async fn front_resets_connections_it_cannot_attribute() {
     .await;
     expect_closed(&mut near, "a malformed second request").await;
     expect_closed(&mut far, "node 2's end of a malformed second request").await;
+
+    let (mut near, mut far) =
+        through_front(&mesh, &listeners, 2, &request_head("/version", None)).await;
+    send(&mut near, &request_head("/raft", Some(MEMBERS[1]))).await;
+    expect_closed(&mut near, "a second request from node 2 to itself").await;
+    expect_closed(&mut far, "node 2's end of a request from itself").await;
     stop(mesh).await;
 }
 
