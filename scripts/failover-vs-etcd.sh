@@ -450,24 +450,25 @@ run_round() { # system fault round order
     leader=$LEADER term=$TERM
     if [ "$fault" = kill ]; then
         if [ "$system" = raftkv ]; then pid=${RAFTKV_PIDS[$leader]}; else pid=${ETCD_PIDS[$leader]}; fi
-        kill -KILL "$pid"
+        # Reaped at once, in braces, so bash's notice of a killed job goes nowhere rather than into the log.
+        { kill -KILL "$pid"; fault_ms=$(now_ms); wait "$pid" || true; } 2>/dev/null
+        # Reaped, its pid may be reused: the trap must not signal it.
+        if [ "$system" = raftkv ]; then RAFTKV_PIDS[$leader]=""; else ETCD_PIDS[$leader]=""; fi
     else
         mesh "$system" isolate "$leader"
+        fault_ms=$(now_ms)
     fi
-    fault_ms=$(now_ms)
     watch_new_leader "$system" "$(survivors "$system" "$leader")" "$term" "$fault_ms" >"$WORK/new-leader.txt" &
     watcher=$!
     first_write "$system" "$fault_ms" "$round" >"$WORK/first-write.txt" &
     writer=$!
     MEASURE_PIDS=("$watcher" "$writer")
-    # Braces: bash's notice of the leader killed by this round goes nowhere, not into the log.
-    { wait "$watcher" "$writer"; } 2>/dev/null
+    wait "$watcher" "$writer"
     MEASURE_PIDS=()
     read -r leader_ms new_leader new_term <"$WORK/new-leader.txt"
     read -r write_ms attempts <"$WORK/first-write.txt"
 
     if [ "$fault" = kill ]; then
-        { wait "$pid" || true; } 2>/dev/null
         if [ "$system" = raftkv ]; then start_raftkv_node "$leader"; else start_etcd_member "$leader"; fi
     else
         mesh "$system" heal
