@@ -632,7 +632,7 @@ async fn front_accept_loop(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Why a front connection's first request head did not name a sender.
+/// Why a front connection has no first request head to be attributed by.
 enum FirstHead {
     /// The client closed or failed before a complete head.
     Closed,
