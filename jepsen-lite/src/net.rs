@@ -4,14 +4,20 @@
 //! one way. Whole topologies (partitions, isolation, majorities ring, bridge) are set at once, and a small
 //! line protocol lets another process (`jepsen-lite net ...`) drive a long-lived mesh.
 //!
-//! Code map: `link` is one proxy and the meaning of each [`LinkState`]; `topology` is the pure connectivity
-//! matrix and the group-spec parser; `mesh` owns the links, the port layout and the route map; `control` is the
-//! control protocol, its server and its client. Invariant: only `link` touches proxied bytes, and `topology`
-//! does no I/O.
+//! For systems whose members each advertise one peer address that every other member dials (etcd), the mesh
+//! can instead be attributed by header: one proxy in front of each node, and each connection bound to link
+//! i->j by the sender its HTTP requests name (see [`Attribution`]).
+//!
+//! Code map: `link` is one proxy (a link's own, or a node's front) and the meaning of each [`LinkState`];
+//! `sniff` reads HTTP/1.1 request heads and framing to tell who sent a request; `topology` is the pure
+//! connectivity matrix and the group-spec parser; `mesh` owns the links and fronts, the port layout and the
+//! route map; `control` is the control protocol, its server and its client. Invariant: only `link` touches
+//! proxied bytes, and `sniff` and `topology` do no I/O.
 
 mod control;
 mod link;
 mod mesh;
+mod sniff;
 mod topology;
 
 use std::net::SocketAddr;
@@ -22,11 +28,16 @@ pub use control::{
 };
 pub use link::{
     format_duration, parse_duration, Direction, LinkState, ACCEPT_ERROR_BACKOFF, CHUNK_BYTES_MAX,
-    CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, EARLY_BYTES_MAX, QUEUE_SEGMENTS_MAX,
+    CONNECTIONS_PER_FRONT_MAX, CONNECTIONS_PER_LINK_MAX, CONNECT_TIMEOUT, EARLY_BYTES_MAX,
+    FIRST_HEAD_TIMEOUT, QUEUE_SEGMENTS_MAX,
 };
 pub use mesh::{
-    link_port, parse_nodes, LinkStatus, Mesh, NodeRoutes, PeerRoute, PortLayout,
-    BASE_LAYOUT_NODE_ID_MAX, LISTEN_IP,
+    front_port, link_port, parse_nodes, Attribution, LinkStatus, Mesh, NodeRoutes, PeerRoute,
+    PortLayout, BASE_LAYOUT_NODE_ID_MAX, LISTEN_IP,
+};
+pub use sniff::{
+    parse_head, Body, MemberId, RequestHead, RequestScanner, SniffError, Step,
+    CHUNK_LINE_BYTES_MAX, HEADER_LINES_MAX, HEAD_BYTES_MAX, METHOD_BYTES_MAX, SENDER_HEADER,
 };
 pub use topology::{majority, parse_groups, Connectivity};
 
@@ -74,4 +85,8 @@ pub enum NetError {
     InvalidLinkState(String),
     #[error("invalid control command {line:?}: {reason}")]
     InvalidCommand { line: String, reason: String },
+    #[error("member ids mean something only to a mesh attributed by header; start it with `net serve --attribute header`")]
+    MembersNeedHeaderAttribution,
+    #[error("member {member} is already registered as node {node}; a member is one node")]
+    MemberTaken { member: String, node: u64 },
 }

@@ -1,12 +1,14 @@
 //! `jepsen-lite net ...`: run the partition proxy mesh as a long-lived process (`net serve`) and drive it from
 //! other processes (`net partition 1,2/3`, `net isolate 2`, `net heal`, `net ring`, `net bridge`,
-//! `net one-way 1 2`, `net delay 50ms [--link 1-2]`, `net reset 1 2`, `net status`). Client commands validate
-//! their input locally, send one control request (see `jepsen_lite::net` control protocol) and print every
-//! link's state afterwards.
+//! `net one-way 1 2`, `net delay 50ms [--link 1-2]`, `net reset 1 2`, `net member 2 8e9e05c52164694d`,
+//! `net status`). Client commands validate their input locally, send one control request (see
+//! `jepsen_lite::net` control protocol) and print every link's state afterwards.
 //!
 //! `net serve` prints, on stdout, one line per node with its `--peer-route` arguments
 //! (`node 1 --peer-route 2=127.0.0.1:7112 --peer-route 3=127.0.0.1:7113`), then `ready control=IP:PORT` once
 //! the control port answers; with `--routes-file` it first writes the same map as JSON (a `RoutesFile`).
+//! With `--attribute header` every route to node j is j's front (`node 1 --peer-route 2=127.0.0.1:7102 ...`):
+//! the address node j advertises to its peers.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,10 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use jepsen_lite::net::{
-    parse_duration, parse_groups, parse_link, parse_nodes, request, serve_control, Command,
-    LinkStatus, Mesh, PortLayout, RoutesFile,
+    parse_duration, parse_groups, parse_link, parse_nodes, request, serve_control, Attribution,
+    Command, LinkStatus, MemberId, Mesh, PortLayout, RoutesFile,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -85,6 +87,25 @@ pub enum NetCommand {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Register the member id that node ID's requests name as their sender (a mesh served with
+    /// --attribute header; etcd: `etcdctl member list --hex`)
+    Member {
+        id: u64,
+        /// The member id in hex, e.g. 8e9e05c52164694d
+        member: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+/// `--attribute`: how the mesh tells which node opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttributeArg {
+    /// One proxy per directed link i->j; node i dials link i->j's port (raftkv's --peer-route)
+    Port,
+    /// One proxy (front) per node that every peer dials; the X-Server-From header of each connection's HTTP
+    /// requests names the dialling member (etcd's peer traffic, plaintext); register ids with `net member`
+    Header,
 }
 
 #[derive(Debug, Args)]
@@ -92,9 +113,13 @@ pub struct ServeArgs {
     /// The nodes and their real addresses
     #[arg(long, value_name = "ID=IP:PORT,...")]
     nodes: String,
-    /// Link i->j listens on PORT + 10*i + j (node ids 1..=9); without it the OS picks free ports
+    /// Link i->j listens on PORT + 10*i + j, or with --attribute header node j's front on PORT + j (node ids
+    /// 1..=9); without it the OS picks free ports
     #[arg(long, value_name = "PORT")]
     base_port: Option<u16>,
+    /// How the mesh tells which node opened a connection
+    #[arg(long, value_enum, default_value_t = AttributeArg::Port)]
+    attribute: AttributeArg,
     /// Where to answer control requests (port 0 lets the OS pick; the address is printed)
     #[arg(long, env = "JEPSEN_LITE_CONTROL", value_name = "IP:PORT")]
     control: SocketAddr,
@@ -138,6 +163,14 @@ pub async fn run(command: NetCommand) -> anyhow::Result<ExitCode> {
             (Command::Delay { delay, link }, control)
         }
         NetCommand::Status { control } => (Command::Status, control),
+        NetCommand::Member {
+            id,
+            member,
+            control,
+        } => {
+            let member: MemberId = member.parse()?;
+            (Command::Member { node: id, member }, control)
+        }
     };
     let links = request(&control.control, &request_command).await?;
     if control.json {
@@ -156,7 +189,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_or(PortLayout::OsAssigned, PortLayout::Base);
     // Registered before `ready` is printed, so a supervisor may signal as soon as it reads that line.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-    let mesh = Mesh::start(nodes, layout).await?;
+    let attribution = match args.attribute {
+        AttributeArg::Port => Attribution::Port,
+        AttributeArg::Header => Attribution::Header,
+    };
+    let mesh = Mesh::start_attributed(nodes, layout, attribution).await?;
     let listener = TcpListener::bind(args.control)
         .await
         .with_context(|| format!("cannot listen for control requests on {}", args.control))?;

@@ -1,7 +1,7 @@
 //! The control protocol of a long-lived mesh (`jepsen-lite net serve`): its commands, its server and its
 //! client. One request per TCP connection: the client sends one line of text, the same words as the CLI
 //! (`partition 1,2/3`, `isolate 2`, `heal`, `ring`, `bridge`, `one-way 1 2`, `delay 50ms [1-2]`, `reset 1 2`,
-//! `status`), and the server answers with one line of JSON, `{"ok":true,"error":null,"links":[...]}` (every
+//! `member 2 8e9e05c52164694d`, `status`), and the server answers with one line of JSON, `{"ok":true,"error":null,"links":[...]}` (every
 //! link after the command) or `{"ok":false,"error":"...","links":[]}`, then closes. Plain text in, JSON out:
 //! `echo status | nc 127.0.0.1 PORT` works by hand, and programs get typed answers.
 //!
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::link::{format_duration, parse_duration, LinkState};
 use super::mesh::{LinkStatus, Mesh, NodeRoutes};
+use super::sniff::MemberId;
 use super::topology::parse_groups;
 use super::NetError;
 
@@ -60,6 +61,8 @@ pub enum Command {
         delay: Duration,
         link: Option<(u64, u64)>,
     },
+    /// Requests naming `member` as their sender come from node `node` (a mesh attributed by header).
+    Member { node: u64, member: MemberId },
 }
 
 impl Command {
@@ -99,12 +102,16 @@ impl Command {
                 delay: parse_duration(delay)?,
                 link: Some(parse_link(link)?),
             }),
+            ["member", node_id, member] => Ok(Command::Member {
+                node: node(node_id)?,
+                member: member.parse().map_err(|error| invalid(&format!("{error}")))?,
+            }),
             [] => Err(invalid("the request is empty")),
             [verb, ..] => match *verb {
                 "status" | "heal" | "ring" | "bridge" | "partition" | "isolate" | "one-way"
-                | "reset" | "delay" => Err(invalid("wrong number of arguments")),
+                | "reset" | "delay" | "member" => Err(invalid("wrong number of arguments")),
                 _ => Err(invalid(
-                    "unknown command; expected status, heal, partition, isolate, ring, bridge, one-way, reset or delay",
+                    "unknown command; expected status, heal, partition, isolate, ring, bridge, one-way, reset, delay or member",
                 )),
             },
         }
@@ -132,6 +139,7 @@ impl Command {
                 mesh.delay_all(*delay);
                 Ok(())
             }
+            Command::Member { node, member } => mesh.set_member(*node, *member),
         }
     }
 }
@@ -167,6 +175,7 @@ impl fmt::Display for Command {
                 }
                 Ok(())
             }
+            Command::Member { node, member } => write!(f, "member {node} {member}"),
         }
     }
 }
@@ -355,6 +364,10 @@ mod tests {
                 delay: Duration::from_millis(50),
                 link: Some((1, 2)),
             },
+            Command::Member {
+                node: 2,
+                member: MemberId(0x8e9e_05c5_2164_694d),
+            },
         ] {
             let line = command.to_string();
             assert_eq!(Command::parse(&line).unwrap(), command, "{line}");
@@ -373,6 +386,9 @@ mod tests {
             ("delay 50", "invalid duration"),
             ("delay 50ms 1", "invalid link"),
             ("heal now", "wrong number of arguments"),
+            ("member 2", "wrong number of arguments"),
+            ("member two 1a", "\"two\" is not a node id"),
+            ("member 2 node-two", "invalid member id"),
         ] {
             let error = Command::parse(line).unwrap_err().to_string();
             assert!(error.contains(reason), "{line:?}: {error}");

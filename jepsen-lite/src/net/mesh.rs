@@ -1,11 +1,19 @@
-//! The mesh: one [`Link`] proxy per directed pair of nodes, the route map that tells each node which proxy to
-//! dial for each peer (`--peer-route`), and the operations that set link states one by one or a whole topology at
-//! once. The mesh owns every link task and stops them in [`Mesh::shutdown`].
+//! The mesh: one [`Link`] per directed pair of nodes, the route map that tells each node which proxy to dial for
+//! each peer (`--peer-route`), and the operations that set link states one by one or a whole topology at once.
+//! The mesh owns every link and front task and stops them in [`Mesh::shutdown`].
+//!
+//! Attribution: how the mesh knows which node opened a connection, hence which link's state governs it. By
+//! [`Attribution::Port`], each link has its own proxy and node i dials link i->j's port for peer j. By
+//! [`Attribution::Header`], for systems whose members each advertise one peer address that every other member
+//! dials (etcd), each node j has one proxy in front of it (its front) that every peer dials, and a connection
+//! belongs to link i->j once one of its HTTP requests names its sender, a member id that
+//! [`Mesh::set_member`] registered as node i.
 //!
 //! Port layout. With [`PortLayout::Base`], link i->j listens on [`link_port`]`(base, i, j) = base + 10*i + j`,
 //! so node ids must be 1..=9 (`--base-port 7100`: link 1->2 on 7112, link 3->1 on 7131; the whole mesh fits in
-//! base+12..=base+98). With [`PortLayout::OsAssigned`] every link binds port 0, which tests use. Links always
-//! listen on 127.0.0.1.
+//! base+12..=base+98); node j's front listens on [`front_port`]`(base, j) = base + j`. With
+//! [`PortLayout::OsAssigned`] every link and front binds port 0, which tests use. They always listen on
+//! 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,9 +21,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::link::{Link, LinkState};
+use super::link::{bind_listener, Front, FrontRoutes, Link, LinkState};
+use super::sniff::MemberId;
 use super::topology::Connectivity;
 use super::NetError;
 
@@ -24,6 +34,17 @@ pub const LISTEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// The largest node id the deterministic port layout supports (`base + 10*from + to` stays unique below 10).
 pub const BASE_LAYOUT_NODE_ID_MAX: u64 = 9;
+
+/// How the mesh tells which node opened a proxied connection (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attribution {
+    /// One proxy per directed link: the port a node dialled says who it is.
+    #[default]
+    Port,
+    /// One proxy per node: the `X-Server-From` header of the connection's requests says who dialled
+    /// (plaintext HTTP/1.1, as etcd's peers speak without TLS).
+    Header,
+}
 
 /// How each link's listening port is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +64,15 @@ pub fn link_port(base: u16, from: u64, to: u64) -> Result<u16, NetError> {
     }
     let offset = (10 * from + to) as u16;
     base.checked_add(offset)
+        .ok_or(NetError::BasePortTooHigh(base))
+}
+
+/// The port of node `node`'s front in the deterministic layout: `base + node`, for ids 1..=9.
+pub fn front_port(base: u16, node: u64) -> Result<u16, NetError> {
+    if !(1..=BASE_LAYOUT_NODE_ID_MAX).contains(&node) {
+        return Err(NetError::NodeIdOutsideLayout(node));
+    }
+    base.checked_add(node as u16)
         .ok_or(NetError::BasePortTooHigh(base))
 }
 
@@ -121,8 +151,14 @@ impl NodeRoutes {
 #[derive(Debug)]
 pub struct Mesh {
     nodes: BTreeMap<u64, SocketAddr>,
+    attribution: Attribution,
     links: BTreeMap<(u64, u64), Link>,
-    /// One task per link (its accept loop and connections); each ends once its link is dropped.
+    /// Node id -> its front (attribution by header only).
+    fronts: BTreeMap<u64, Front>,
+    /// Member id -> node id, as registered with [`Mesh::set_member`] (attribution by header only).
+    members: watch::Sender<BTreeMap<MemberId, u64>>,
+    /// One task per link proxy or front (its accept loop and connections); each ends once its link or front
+    /// is dropped.
     tasks: JoinSet<()>,
 }
 
@@ -132,6 +168,16 @@ impl Mesh {
         nodes: BTreeMap<u64, SocketAddr>,
         layout: PortLayout,
     ) -> Result<Mesh, NetError> {
+        Mesh::start_attributed(nodes, layout, Attribution::Port).await
+    }
+
+    /// Starts a mesh attributed as asked, every link passing: by port, one proxy per directed pair of distinct
+    /// nodes; by header, one front per node.
+    pub async fn start_attributed(
+        nodes: BTreeMap<u64, SocketAddr>,
+        layout: PortLayout,
+        attribution: Attribution,
+    ) -> Result<Mesh, NetError> {
         if nodes.len() < 2 {
             return Err(NetError::TooFewNodes {
                 topology: "a mesh",
@@ -139,10 +185,25 @@ impl Mesh {
                 nodes: nodes.len(),
             });
         }
-        let mut links = BTreeMap::new();
-        let mut tasks = JoinSet::new();
-        for &from in nodes.keys() {
-            for (&to, &target) in &nodes {
+        let (members, _) = watch::channel(BTreeMap::new());
+        let mut mesh = Mesh {
+            nodes,
+            attribution,
+            links: BTreeMap::new(),
+            fronts: BTreeMap::new(),
+            members,
+            tasks: JoinSet::new(),
+        };
+        match attribution {
+            Attribution::Port => mesh.start_link_proxies(layout).await?,
+            Attribution::Header => mesh.start_fronts(layout).await?,
+        }
+        Ok(mesh)
+    }
+
+    async fn start_link_proxies(&mut self, layout: PortLayout) -> Result<(), NetError> {
+        for &from in self.nodes.keys() {
+            for (&to, &target) in &self.nodes {
                 if from == to {
                     continue;
                 }
@@ -151,15 +212,86 @@ impl Mesh {
                     PortLayout::Base(base) => link_port(base, from, to)?,
                 };
                 let (link, run) = Link::bind(SocketAddr::new(LISTEN_IP, port), target).await?;
-                tasks.spawn(run);
-                links.insert((from, to), link);
+                self.tasks.spawn(run);
+                self.links.insert((from, to), link);
             }
         }
-        Ok(Mesh {
-            nodes,
-            links,
-            tasks,
-        })
+        Ok(())
+    }
+
+    async fn start_fronts(&mut self, layout: PortLayout) -> Result<(), NetError> {
+        let mut listeners = BTreeMap::new();
+        for &node in self.nodes.keys() {
+            let port = match layout {
+                PortLayout::OsAssigned => 0,
+                PortLayout::Base(base) => front_port(base, node)?,
+            };
+            listeners.insert(node, bind_listener(SocketAddr::new(LISTEN_IP, port)).await?);
+        }
+        for &from in self.nodes.keys() {
+            for (&to, &target) in &self.nodes {
+                if from != to {
+                    let front = listeners[&to].1;
+                    self.links
+                        .insert((from, to), Link::behind_front(front, target));
+                }
+            }
+        }
+        for (node, (listener, listen)) in listeners {
+            let routes = FrontRoutes {
+                node,
+                target: self.nodes[&node],
+                links: self
+                    .links
+                    .iter()
+                    .filter(|((_, to), _)| *to == node)
+                    .map(|(&(from, _), link)| (from, link.watch()))
+                    .collect(),
+                members: self.members.subscribe(),
+            };
+            let (front, run) = Front::start(listener, listen, routes);
+            self.tasks.spawn(run);
+            self.fronts.insert(node, front);
+        }
+        Ok(())
+    }
+
+    /// How the mesh tells who opened a connection.
+    pub fn attribution(&self) -> Attribution {
+        self.attribution
+    }
+
+    /// Node `node`'s front address, where every peer dials it (attribution by header only).
+    pub fn front(&self, node: u64) -> Option<SocketAddr> {
+        self.fronts.get(&node).map(|front| front.listen)
+    }
+
+    /// Registers `member` as node `node`: requests that name it as their sender travel link `node`->j. A node
+    /// has one member id; registering another replaces it. Only for a mesh attributed by header.
+    pub fn set_member(&self, node: u64, member: MemberId) -> Result<(), NetError> {
+        if self.attribution != Attribution::Header {
+            return Err(NetError::MembersNeedHeaderAttribution);
+        }
+        self.check_node(node)?;
+        let holder = self.members.borrow().get(&member).copied();
+        match holder {
+            Some(other) if other != node => Err(NetError::MemberTaken {
+                member: member.to_string(),
+                node: other,
+            }),
+            _ => {
+                self.members.send_modify(|members| {
+                    members.retain(|_, registered| *registered != node);
+                    members.insert(member, node);
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// The registered member ids and their nodes.
+    pub fn members(&self) -> BTreeMap<MemberId, u64> {
+        self.members.borrow().clone()
     }
 
     /// The nodes and their real addresses.
@@ -283,13 +415,19 @@ impl Mesh {
             .collect()
     }
 
-    /// Stops every link: listeners close, proxied connections close, and every link task is awaited.
+    /// Stops every link and front: listeners close, proxied connections close, and every task is awaited.
     pub async fn shutdown(self) {
         let Mesh {
-            links, mut tasks, ..
+            links,
+            fronts,
+            members,
+            mut tasks,
+            ..
         } = self;
-        // Dropping the state senders is the stop signal every link and connection watches.
+        // Dropping the state senders is the stop signal every link, front and connection watches.
         drop(links);
+        fronts.into_values().for_each(Front::stop);
+        drop(members);
         while tasks.join_next().await.is_some() {}
     }
 

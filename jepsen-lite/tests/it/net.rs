@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use jepsen_lite::net::{
-    request, serve_control, Command, ControlError, LinkState, LinkStatus, Mesh, PortLayout,
-    RoutesFile, CONTROL_REQUEST_BYTES_MAX,
+    request, serve_control, Attribution, Command, ControlError, LinkState, LinkStatus, MemberId,
+    Mesh, NetError, PortLayout, RoutesFile, CONTROL_REQUEST_BYTES_MAX,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -563,4 +563,322 @@ async fn net_serve_process_is_driven_by_the_client_commands_and_stops_on_sigterm
         .expect("net serve stops in time after SIGTERM")
         .unwrap();
     assert!(status.success(), "net serve exited with {status}");
+}
+
+// --- a mesh attributed by header (etcd's peers) ---------------------------------------------------------------
+
+/// Member ids the header tests register for nodes 1, 2 and 3.
+const MEMBERS: [MemberId; 3] = [MemberId(0xa1), MemberId(0xb2), MemberId(0xc3)];
+
+/// A request head as etcd's stream reader sends it, naming `sender` when given.
+fn request_head(target: &str, sender: Option<MemberId>) -> Vec<u8> {
+    let from = sender.map_or(String::new(), |member| {
+        format!("X-Server-From: {member}\r\n")
+    });
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{from}Accept-Encoding: gzip\r\n\r\n")
+        .into_bytes()
+}
+
+/// Three node listeners behind a mesh attributed by header; `register` members registered for nodes 1..=3.
+async fn header_mesh(register: bool) -> (Mesh, Vec<TcpListener>) {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let nodes: BTreeMap<u64, SocketAddr> = listeners
+        .iter()
+        .zip(1..)
+        .map(|(listener, id)| (id, listener.local_addr().unwrap()))
+        .collect();
+    let mesh = Mesh::start_attributed(nodes, PortLayout::OsAssigned, Attribution::Header)
+        .await
+        .unwrap();
+    if register {
+        for (node, member) in (1..).zip(MEMBERS) {
+            mesh.set_member(node, member).unwrap();
+        }
+    }
+    (mesh, listeners)
+}
+
+/// Dials node `to`'s front, sends `first`, and accepts the proxied connection at node `to`.
+async fn through_front(
+    mesh: &Mesh,
+    listeners: &[TcpListener],
+    to: u64,
+    first: &[u8],
+) -> (TcpStream, TcpStream) {
+    let front = mesh.front(to).expect("a front per node");
+    let mut near = timeout(WAIT, TcpStream::connect(front))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    send(&mut near, first).await;
+    let (mut far, _) = timeout(WAIT, listeners[to as usize - 1].accept())
+        .await
+        .expect("the front dials the target in time")
+        .unwrap();
+    expect_bytes(&mut far, first).await;
+    (near, far)
+}
+
+/// Waits until link `from`->`to` of `mesh` holds `connections` connections.
+async fn wait_for_link_connections(mesh: &Mesh, from: u64, to: u64, connections: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = mesh
+            .snapshot()
+            .into_iter()
+            .find(|link| (link.from, link.to) == (from, to))
+            .expect("link exists")
+            .connections;
+        if now == connections {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "link {from}->{to} holds {now} connections, expected {connections}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn front_binds_a_connection_to_the_link_its_sender_travels() {
+    // Node 1's stream request to node 2's front binds the connection to link 1->2: cutting link 2->1 leaves it
+    // alone, cutting 1->2 holds bytes both ways with the connection open, heal delivers them in order.
+    let (mesh, listeners) = header_mesh(true).await;
+    let (mut near, mut far) = through_front(
+        &mesh,
+        &listeners,
+        2,
+        &request_head("/raft/stream/message/a1", Some(MEMBERS[0])),
+    )
+    .await;
+    wait_for_link_connections(&mesh, 1, 2, 1).await;
+
+    mesh.set_link(2, 1, LinkState::Cut).unwrap();
+    send(&mut far, b"stream bytes").await;
+    expect_bytes(&mut near, b"stream bytes").await;
+
+    mesh.isolate(1).unwrap();
+    send(&mut far, b"held reply").await;
+    send(&mut near, b"held request").await;
+    expect_silence(&mut near, "toward node 1 while it is isolated").await;
+    expect_silence(&mut far, "toward node 2 while node 1 is isolated").await;
+
+    mesh.heal();
+    expect_bytes(&mut near, b"held reply").await;
+    expect_bytes(&mut far, b"held request").await;
+    stop(mesh).await;
+}
+
+#[tokio::test]
+async fn front_passes_requests_without_a_sender_until_one_names_it() {
+    // A probe opens the connection while link 1->2 is cut: it names no sender, so it passes. The next request
+    // on the same connection names node 1: it is held until heal, and the connection counts on link 1->2.
+    let (mesh, listeners) = header_mesh(true).await;
+    mesh.set_link(1, 2, LinkState::Cut).unwrap();
+    let (mut near, mut far) =
+        through_front(&mesh, &listeners, 2, &request_head("/raft/probing", None)).await;
+    send(&mut far, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    expect_bytes(&mut near, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    wait_for_link_connections(&mesh, 1, 2, 0).await;
+
+    let pipeline = request_head("/raft", Some(MEMBERS[0]));
+    send(&mut near, &pipeline).await;
+    expect_silence(&mut far, "a request naming node 1 over cut link 1->2").await;
+    wait_for_link_connections(&mesh, 1, 2, 1).await;
+
+    mesh.heal();
+    expect_bytes(&mut far, &pipeline).await;
+    stop(mesh).await;
+}
+
+#[tokio::test]
+async fn front_binds_a_connection_as_soon_as_its_sender_is_registered() {
+    // Members start before their ids can be read (and cannot start without their peers), so a request from a
+    // member registered for no node passes; once registered, the connection follows its link at once.
+    let (mesh, listeners) = header_mesh(false).await;
+    mesh.isolate(3).unwrap();
+    let (mut near, mut far) = through_front(
+        &mesh,
+        &listeners,
+        1,
+        &request_head("/raft/stream/msgappv2/c3", Some(MEMBERS[2])),
+    )
+    .await;
+    wait_for_link_connections(&mesh, 3, 1, 0).await;
+
+    mesh.set_member(3, MEMBERS[2]).unwrap();
+    wait_for_link_connections(&mesh, 3, 1, 1).await;
+    send(&mut far, b"held reply").await;
+    send(&mut near, b"held request").await;
+    expect_silence(&mut near, "toward node 3 once registered and isolated").await;
+    expect_silence(&mut far, "toward node 1 from node 3 once registered").await;
+    mesh.heal();
+    expect_bytes(&mut near, b"held reply").await;
+    expect_bytes(&mut far, b"held request").await;
+    stop(mesh).await;
+}
+
+#[tokio::test]
+async fn front_resets_connections_it_cannot_attribute() {
+    // Bytes that are no HTTP/1.1 request (a TLS hello), a malformed sender, a member that is the front's own
+    // node, and, on connections not bound yet, a malformed request or one from the front's own node later on:
+    // each connection is closed and, for the first three, the node behind the front is never dialled.
+    let (mesh, listeners) = header_mesh(true).await;
+    let front = mesh.front(2).unwrap();
+    for (first, what) in [
+        (b"\x16\x03\x01\x02\x00\x01\x00".to_vec(), "a TLS hello"),
+        (
+            b"GET /raft HTTP/1.1\r\nX-Server-From: node-1\r\n\r\n".to_vec(),
+            "a malformed sender",
+        ),
+        (
+            request_head("/raft", Some(MEMBERS[1])),
+            "node 2 dialling itself",
+        ),
+    ] {
+        let mut near = TcpStream::connect(front).await.unwrap();
+        send(&mut near, &first).await;
+        expect_closed(&mut near, what).await;
+    }
+    assert!(
+        timeout(QUIET, listeners[1].accept()).await.is_err(),
+        "node 2 was dialled for a connection the front cannot attribute"
+    );
+
+    let (mut near, mut far) =
+        through_front(&mesh, &listeners, 2, &request_head("/version", None)).await;
+    send(
+        &mut near,
+        b"POST /raft HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    )
+    .await;
+    expect_closed(&mut near, "a malformed second request").await;
+    expect_closed(&mut far, "node 2's end of a malformed second request").await;
+
+    let (mut near, mut far) =
+        through_front(&mesh, &listeners, 2, &request_head("/version", None)).await;
+    send(&mut near, &request_head("/raft", Some(MEMBERS[1]))).await;
+    expect_closed(&mut near, "a second request from node 2 to itself").await;
+    expect_closed(&mut far, "node 2's end of a request from itself").await;
+    stop(mesh).await;
+}
+
+#[tokio::test]
+async fn members_belong_to_header_meshes_one_node_each() {
+    let (mesh, _listeners) = header_mesh(true).await;
+    assert!(matches!(
+        mesh.set_member(2, MEMBERS[0]),
+        Err(NetError::MemberTaken { node: 1, .. })
+    ));
+    assert!(matches!(
+        mesh.set_member(4, MemberId(0xd4)),
+        Err(NetError::UnknownNode(4))
+    ));
+    // Registering node 1 again replaces its id.
+    mesh.set_member(1, MemberId(0xd4)).unwrap();
+    let members: Vec<(MemberId, u64)> = mesh.members().into_iter().collect();
+    assert_eq!(
+        members,
+        vec![(MEMBERS[1], 2), (MEMBERS[2], 3), (MemberId(0xd4), 1)]
+    );
+    stop(mesh).await;
+
+    let nodes: BTreeMap<u64, SocketAddr> = (1..=2)
+        .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 1))))
+        .collect();
+    let port_mesh = Mesh::start(nodes, PortLayout::OsAssigned).await.unwrap();
+    assert!(matches!(
+        port_mesh.set_member(1, MEMBERS[0]),
+        Err(NetError::MembersNeedHeaderAttribution)
+    ));
+    assert_eq!(port_mesh.front(1), None);
+    stop(port_mesh).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_front_connections_bound_or_not() {
+    let (mesh, listeners) = header_mesh(true).await;
+    let (mut bound_near, mut bound_far) = through_front(
+        &mesh,
+        &listeners,
+        3,
+        &request_head("/raft/stream/message/a1", Some(MEMBERS[0])),
+    )
+    .await;
+    let (mut unbound_near, mut unbound_far) =
+        through_front(&mesh, &listeners, 3, &request_head("/raft/probing", None)).await;
+    stop(mesh).await;
+    expect_closed(&mut bound_near, "a bound connection's client end").await;
+    expect_closed(&mut bound_far, "a bound connection's node end").await;
+    expect_closed(&mut unbound_near, "an unbound connection's client end").await;
+    expect_closed(&mut unbound_far, "an unbound connection's node end").await;
+}
+
+#[tokio::test]
+async fn net_serve_attributed_by_header_routes_every_peer_to_one_front_and_takes_members() {
+    // The binary with --attribute header: every route to node j is j's one front, whoever dials it;
+    // `net member` registers ids and refuses a malformed or taken one with one line and exit 2.
+    let mut node_listeners = Vec::new();
+    for _ in 0..3 {
+        node_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let nodes = node_listeners
+        .iter()
+        .zip(1..)
+        .map(|(listener, id)| format!("{id}={}", listener.local_addr().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut serve = tokio::process::Command::new(BINARY)
+        .args(["net", "serve", "--attribute", "header", "--nodes", &nodes])
+        .args(["--control", "127.0.0.1:0"])
+        .env_remove("JEPSEN_LITE_CONTROL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start net serve");
+    let (route_lines, control) = read_until_ready(&mut serve).await;
+    // "node 1 --peer-route 2=ADDR --peer-route 3=ADDR": (from, to) -> ADDR.
+    let mut routes = BTreeMap::new();
+    for line in &route_lines {
+        let words: Vec<&str> = line.split(' ').collect();
+        let from: u64 = words[1].parse().unwrap();
+        for route in words[2..].chunks(2) {
+            assert_eq!(route[0], "--peer-route", "{line}");
+            let (to, via) = route[1].split_once('=').unwrap();
+            routes.insert((from, to.parse::<u64>().unwrap()), via.to_string());
+        }
+    }
+    assert_eq!(routes.len(), 6, "{route_lines:?}");
+    for to in 1..=3u64 {
+        let vias: std::collections::BTreeSet<&String> = routes
+            .iter()
+            .filter(|((_, target), _)| *target == to)
+            .map(|(_, via)| via)
+            .collect();
+        assert_eq!(
+            vias.len(),
+            1,
+            "node {to} has more than one front: {route_lines:?}"
+        );
+    }
+
+    let (code, _, stderr) = jepsen_lite(&["net", "member", "1", "a1", "--control", &control]).await;
+    assert_eq!(code, 0, "{stderr}");
+    for (bad, reason) in [
+        (["net", "member", "2", "not-hex"], "invalid member id"),
+        (["net", "member", "2", "a1"], "already registered as node 1"),
+    ] {
+        let mut args = bad.to_vec();
+        args.extend(["--control", control.as_str()]);
+        let (code, _, stderr) = jepsen_lite(&args).await;
+        assert_eq!(code, 2, "{bad:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{bad:?}: {stderr}");
+        assert!(stderr.contains(reason), "{bad:?}: {stderr}");
+    }
+    serve.kill().await.unwrap();
 }
