@@ -1,5 +1,5 @@
 //! `raftkv`: parse the command line, run one command against the cluster, print one clear line on failure
-//! and exit with the code DESIGN.md gives (0 ok, 1 failed, 2 usage/connection, 3 indeterminate).
+//! and exit with the code docs/design.md gives (0 ok, 1 failed, 2 usage/connection, 3 indeterminate).
 
 mod bench;
 mod cli;

@@ -191,7 +191,7 @@ fn assert_exit(output: &Output, code: i32) {
     );
 }
 
-/// Every command in simple, table and JSON form, with the exit codes of DESIGN.md.
+/// Every command in simple, table and JSON form, with the exit codes of docs/design.md.
 #[test]
 fn every_command_in_each_format_with_exit_codes() {
     let cluster = Cluster::start();

@@ -19,7 +19,7 @@ pub struct CheckCommand {
     /// The workload model the history came from: register or set.
     #[arg(long, value_parser = parse_model)]
     model: Model,
-    /// The history, one JSON object per line (DESIGN.md, "History format").
+    /// The history, one JSON object per line (docs/design.md, "History format").
     file: PathBuf,
 }
 

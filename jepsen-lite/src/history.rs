@@ -1,4 +1,4 @@
-//! The history: what clients saw, one JSON object per line (DESIGN.md section 4), and its parsed form.
+//! The history: what clients saw, one JSON object per line (docs/design.md, "History format"), and its parsed form.
 //!
 //! This module owns the wire format of `history.jsonl` in both directions. Writers (the harness) build an [`Event`]
 //! per invoke or completion and serialize it with [`Event::to_line`]; readers call [`History::parse`] (or

@@ -1,6 +1,6 @@
 //! `jepsen-lite run`: the command line of one partition experiment, and the summary it prints.
 //!
-//! The flags are DESIGN.md's; this module only turns them into a [`RunConfig`], calls [`runner::run`] and prints
+//! The flags are those of docs/design.md, "jepsen-lite"; this module only turns them into a [`RunConfig`], calls [`runner::run`] and prints
 //! what was found. Exit code: 0 every check passed, 1 an anomaly was found (or the cluster did not recover), 2 the
 //! checker could not decide or the harness itself failed.
 

@@ -15,7 +15,7 @@
 //! - at most `WRITE_BATCHES_IN_FLIGHT_MAX` (one) batch is proposed and not yet applied; while it is, new
 //!   writes gather for the next batch. A lone write on an idle leader is proposed at once, alone.
 //!
-//! Every write of a batch gets the entry's index as its revision (DESIGN.md: the Raft log index of the entry
+//! Every write of a batch gets the entry's index as its revision (docs/design.md, "Revisions": the Raft log index of the entry
 //! that carried it). Writes are answered in order of the batch's responses; a batch that fails answers every
 //! write with the same error, and all of its writes either committed together or not at all.
 
