@@ -10,7 +10,7 @@
 //! - there was no pre-vote, so a node back from a partition deposed a healthy leader with its higher term.
 //!
 //! The rule here is Raft's (and etcd's): a voter that has heard nothing from a leader for a random time in
-//! `[election_timeout_min, election_timeout_max)`, drawn again for every attempt, asks every voter for a
+//! `[election_timeout_min, election_timeout_max)`, drawn again for every term and every attempt, asks every voter for a
 //! pre-vote (`pre_vote`), and campaigns (`Raft::trigger().elect()`) only if a quorum of every voter set would
 //! grant it. openraft's voters refuse real votes for `voter_lease` = `election_timeout_min` after they last
 //! accepted a leader message (openraft derives that lease from the `election_timeout_max` it is given, see
@@ -151,10 +151,17 @@ impl Elector {
     pub async fn run(self, mut stopping: watch::Receiver<bool>) {
         let mut timeout = self.timing.draw(&mut rand::rng());
         let mut quiet_since = Instant::now();
+        let mut term_seen = None;
         loop {
             let Some(view) = self.view().await else {
                 return;
             };
+            // A new term is a new election: draw again, as etcd does when it resets its timer for a term. A
+            // node that never campaigns would otherwise keep one draw for ever, and when its leader dies only
+            // the other survivors' fresh draws would race (a survivor that drew long loses every race).
+            if term_seen.replace(view.term) != Some(view.term) {
+                timeout = self.timing.draw(&mut rand::rng());
+            }
             match next_step(self.node_id, &view, timeout, quiet_since.elapsed()) {
                 Step::Campaign => {
                     self.attempt(&view).await;
