@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
-use raftkv_server::raft_types::{Entry, LogId};
-use raftkv_server::state_machine::{Batch, Command, Request};
+use raftkv_server::kv::state_machine::{Batch, Command, Request};
+use raftkv_server::raft::types::{Entry, LogId};
 use raftkv_server::storage::{self, StoreOptions, SyncMode};
 
 /// Entries each writer appends unless the first argument says otherwise.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::raft_types::NodeId;
+use crate::raft::types::NodeId;
 
 /// Default cluster id: nodes and data dirs of one cluster share it; a message for another cluster is refused.
 pub const CLUSTER_ID_DEFAULT: &str = "raftkv";

@@ -37,21 +37,22 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
-use crate::api::{Api, PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT};
+use crate::api::{Api, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
-use crate::election::{ElectionTiming, Elector};
-use crate::health::{HealthPublisher, HEALTH_SERVICES};
-use crate::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
-use crate::observer::Observer;
-use crate::peer_service::PeerService;
-use crate::raft_types::{Node as RaftNode, Raft};
-use crate::read_index::{ReadIndexBatcher, ReadIndexForwarder};
+use crate::kv::state_machine::ENTRY_BYTES_MAX;
+use crate::kv::state_machine::WRITE_BYTES_MAX;
+use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
+use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
+use crate::ops::observer::Observer;
+use crate::ops::telemetry;
+use crate::raft::election::{ElectionTiming, Elector};
+use crate::raft::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
+use crate::raft::peer_service::{PeerService, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_CHUNK_TIMEOUT};
+use crate::raft::types::{Node as RaftNode, Raft};
+use crate::reads::read_index::{ReadIndexBatcher, ReadIndexForwarder};
 use crate::reads::{LeaderContact, Reader, FOLLOWER_READ_INDEX_TIMEOUT};
-use crate::state_machine::WRITE_BYTES_MAX;
 use crate::storage::{self, LogStore, OpenError};
-use crate::telemetry;
 use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECTIONS_PENDING_MAX};
-use crate::write_batch::{WriteBatcher, ENTRY_BYTES_MAX};
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
@@ -64,13 +65,6 @@ pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// so a few dozen per message already make few, large messages.
 pub const APPEND_ENTRIES_BATCH_MAX: u64 = 64;
 const _: () = assert!(APPEND_ENTRIES_BATCH_MAX as usize * ENTRY_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
-/// Bytes per snapshot chunk sent to a lagging follower; a received chunk over it is refused
-/// (`InvalidArgument`, see `peer_service`).
-pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
-/// Deadline for one snapshot chunk to be received and stored.
-pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Server-side bound on any request, whatever deadline the client sent.
-pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interval of the HTTP/2 pings the server sends on an idle connection: a peer that vanished without closing
 /// its connection (a dead host, a real partition) does not keep an AppendEntries stream and its task here for
 /// ever.

@@ -7,7 +7,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use raftkv_client::{ClientError, Consistency, ReadOptions};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
-use raftkv_server::raft_types::{NodeId, TypeConfig, Vote};
+use raftkv_server::raft::types::{NodeId, TypeConfig, Vote};
 
 use crate::harness::{fast_timing, read_at_once, TestCluster};
 
@@ -183,13 +183,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("empty key", Vec::new(), b"v".to_vec()),
         (
             "key over limit",
-            vec![b'k'; raftkv_server::state_machine::KEY_BYTES_MAX + 1],
+            vec![b'k'; raftkv_server::kv::state_machine::KEY_BYTES_MAX + 1],
             b"v".to_vec(),
         ),
         (
             "value over limit",
             b"k".to_vec(),
-            vec![b'v'; raftkv_server::state_machine::VALUE_BYTES_MAX + 1],
+            vec![b'v'; raftkv_server::kv::state_machine::VALUE_BYTES_MAX + 1],
         ),
     ];
     for (what, key, value) in cases {

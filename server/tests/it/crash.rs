@@ -216,7 +216,7 @@ async fn check_replicas_agree(cluster: &TestCluster, client: &Client) -> Result<
     let leader_view = client
         .scan(
             ScanRange::Prefix(Vec::new()),
-            raftkv_server::state_machine::SCAN_LIMIT_MAX as u32,
+            raftkv_server::kv::state_machine::SCAN_LIMIT_MAX as u32,
             &ReadOptions::default(),
         )
         .await
@@ -233,7 +233,7 @@ async fn check_replicas_agree(cluster: &TestCluster, client: &Client) -> Result<
         let view = client
             .scan(
                 ScanRange::Prefix(Vec::new()),
-                raftkv_server::state_machine::SCAN_LIMIT_MAX as u32,
+                raftkv_server::kv::state_machine::SCAN_LIMIT_MAX as u32,
                 &options,
             )
             .await

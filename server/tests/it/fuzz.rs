@@ -24,18 +24,20 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::RaftMessage;
-use raftkv_server::network::{NetworkFactory, PeerChannels};
-use raftkv_server::peer_service::{decode_payload, PeerService};
-use raftkv_server::pre_vote::PreVoteRequest;
-use raftkv_server::raft_types::{Entry, LogId, Node, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
-use raftkv_server::read_index::ReadIndexBatcher;
-use raftkv_server::reads::LeaderContact;
-use raftkv_server::state_machine::{
+use raftkv_server::kv::state_machine::{
     Batch, Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, StateMachine,
     KEY_BYTES_MAX, VALUE_BYTES_MAX,
 };
+use raftkv_server::raft::network::{NetworkFactory, PeerChannels};
+use raftkv_server::raft::peer_service::{decode_payload, PeerService};
+use raftkv_server::raft::pre_vote::PreVoteRequest;
+use raftkv_server::raft::types::{
+    Entry, LogId, Node, NodeId, Raft, SnapshotMeta, TypeConfig, Vote,
+};
+use raftkv_server::reads::read_index::ReadIndexBatcher;
+use raftkv_server::reads::LeaderContact;
 use raftkv_server::storage;
-use raftkv_server::wal::{OpenError, Wal};
+use raftkv_server::storage::wal::{OpenError, Wal};
 
 /// Longest run of random bytes tried as a message.
 const RANDOM_BYTES_MAX: usize = 512;

@@ -16,11 +16,12 @@ use raftkv_proto::kv;
 use raftkv_proto::kv::kv_client::KvClient;
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
-use raftkv_server::api::PROPOSALS_PENDING_MAX;
-use raftkv_server::network::PEER_MESSAGE_BYTES_MAX;
-use raftkv_server::node::{CLIENT_REQUEST_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
-use raftkv_server::raft_types::{SnapshotMeta, TypeConfig, Vote};
-use raftkv_server::state_machine::{KEY_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX};
+use raftkv_server::kv::state_machine::{KEY_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX};
+use raftkv_server::kv::write_batch::PROPOSALS_PENDING_MAX;
+use raftkv_server::node::CLIENT_REQUEST_BYTES_MAX;
+use raftkv_server::raft::network::PEER_MESSAGE_BYTES_MAX;
+use raftkv_server::raft::peer_service::SNAPSHOT_CHUNK_BYTES;
+use raftkv_server::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use tonic::transport::Channel;
 use tonic::Code;
 

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use raftkv_server::state_machine::{
+use raftkv_server::kv::state_machine::{
     Command, Expected, KeyValue, Request, Response, ScanRange, SessionRef, StateMachine,
 };
 

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader};
-use raftkv_server::raft_types::{Entry, LogId, Node, StorageError, TypeConfig, Vote};
-use raftkv_server::state_machine::{Batch, Command, Request};
+use raftkv_server::kv::state_machine::{Batch, Command, Request};
+use raftkv_server::raft::types::{Entry, LogId, Node, StorageError, TypeConfig, Vote};
+use raftkv_server::storage::wal::{RECORD_BYTES_MAX, RECORD_HEADER_BYTES, WAL_DIR};
 use raftkv_server::storage::{self, LogStore, OpenError, StateMachineStore, StoreOptions};
-use raftkv_server::wal::{RECORD_BYTES_MAX, RECORD_HEADER_BYTES, WAL_DIR};
 use tempfile::TempDir;
 
 const CLUSTER_ID: &str = "test-cluster";
@@ -42,7 +42,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder 
 #[test]
 fn store_passes_openraft_suite() {
     Suite::test_all(Builder {
-        wal_segment_bytes: raftkv_server::wal::SEGMENT_BYTES,
+        wal_segment_bytes: raftkv_server::storage::wal::SEGMENT_BYTES,
     })
     .expect("openraft storage suite");
 }
@@ -514,10 +514,10 @@ async fn wal_segments_are_preallocated_and_their_zero_tail_is_the_end() {
     let (_, path) = segments(dir.path()).pop().unwrap();
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
-        raftkv_server::wal::SEGMENT_BYTES
+        raftkv_server::storage::wal::SEGMENT_BYTES
     );
     let records_end = data_len(&path);
-    assert!(records_end > 0 && records_end < raftkv_server::wal::SEGMENT_BYTES);
+    assert!(records_end > 0 && records_end < raftkv_server::storage::wal::SEGMENT_BYTES);
     {
         let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).expect("reopen");
         assert_eq!(indexes(&all_entries(&mut log).await), vec![1, 2, 3]);
@@ -526,7 +526,7 @@ async fn wal_segments_are_preallocated_and_their_zero_tail_is_the_end() {
     assert!(data_len(&path) > records_end, "appended inside the file");
     assert_eq!(
         fs::metadata(&path).unwrap().len(),
-        raftkv_server::wal::SEGMENT_BYTES
+        raftkv_server::storage::wal::SEGMENT_BYTES
     );
     let (mut log, _) = storage::open(dir.path(), 1, CLUSTER_ID).expect("reopen");
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use crate::state_machine::{Batch, BatchResponse};
+use crate::kv::state_machine::{Batch, BatchResponse};
 
 openraft::declare_raft_types!(
     /// raftkv's Raft types: log entries carry a `state_machine::Batch` of

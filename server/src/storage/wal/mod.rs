@@ -54,8 +54,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
-use crate::raft_types::{Entry, LogId};
-use crate::write_batch::ENTRY_BYTES_MAX;
+use crate::kv::state_machine::ENTRY_BYTES_MAX;
+use crate::raft::types::{Entry, LogId};
 
 /// Size at which nodes start a new segment.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;

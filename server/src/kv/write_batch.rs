@@ -26,28 +26,15 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::raft_types::Raft;
-use crate::state_machine::{Batch, Request, Response, WRITE_BYTES_MAX};
-use crate::telemetry;
-
-/// Most writes in one log entry.
-pub const WRITE_BATCH_WRITES_MAX: usize = 512;
-/// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
-/// `state_machine::WRITE_BYTES_MAX`). Bounds the size of an entry, and so of an AppendEntries message.
-pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
-/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
-/// prefixes.
-pub const WRITE_FRAMING_BYTES_MAX: usize = 64;
-/// Largest encoded log entry of client writes: a full batch (or one write, if that is larger) with framing.
-/// The WAL's record limit and the peer message limit are checked against it at compile time.
-pub const ENTRY_BYTES_MAX: usize = {
-    let payload = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
-        WRITE_BATCH_BYTES_MAX
-    } else {
-        WRITE_BYTES_MAX
-    };
-    payload + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX
+use crate::kv::state_machine::{
+    Batch, Request, Response, WRITE_BATCH_BYTES_MAX, WRITE_BATCH_WRITES_MAX,
 };
+use crate::ops::telemetry;
+use crate::raft::types::Raft;
+
+/// Client writes in flight on this node at once (the api holds a permit for each until it is answered); beyond it writes are refused (`ResourceExhausted`) before they
+/// are proposed, so nothing is written.
+pub const PROPOSALS_PENDING_MAX: usize = 4_096;
 /// Batches proposed and not yet applied at once. One: while a batch commits, every write that arrives
 /// gathers for the next, so batches are as large as the load makes them and the per-entry work (a flush on
 /// each node, an AppendEntries per follower, a core round) is paid least often. Measured with 64 clients on
@@ -233,7 +220,7 @@ async fn propose(raft: Raft, batch: Vec<Waiting>, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::Command;
+    use crate::kv::state_machine::Command;
 
     fn put(key: &str, value_bytes: usize) -> Waiting {
         let (reply, _) = oneshot::channel();

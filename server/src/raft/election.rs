@@ -29,9 +29,9 @@ use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::network::PeerChannels;
-use crate::pre_vote::{PreVoteReply, PreVoteRequest};
-use crate::raft_types::{LogId, NodeId, Raft};
+use crate::raft::network::PeerChannels;
+use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
+use crate::raft::types::{LogId, NodeId, Raft};
 
 /// How often the elector looks again when it has nothing to wait for (a leader, a learner, a node not yet
 /// initialized): it then learns of a change of role within this.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::raft_types::NodeId;
+use crate::raft::types::NodeId;
 
 /// Entries the applied index may trail the leader's commit index while the node still reports SERVING: a
 /// node catching up after a restart or a partition reports NOT_SERVING until it is this close.
@@ -91,7 +91,7 @@ impl HealthPublisher {
     pub async fn publish(&mut self, health: &Health) {
         let serving = *health == Health::Serving;
         // Set on every call, not only on change: idle gauges leave the scrape (`GAUGE_IDLE_TIMEOUT`).
-        metrics::gauge!(crate::telemetry::HEALTH_SERVING).set(if serving { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::ops::telemetry::HEALTH_SERVING).set(if serving { 1.0 } else { 0.0 });
         if self.current == Some(serving) {
             return;
         }

@@ -36,9 +36,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::pre_vote::{PreVoteReply, PreVoteRequest};
-use crate::raft_types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
-use crate::wal::LogProgress;
+use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
+use crate::raft::types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
+use crate::storage::wal::LogProgress;
 
 /// Largest peer message sent or accepted. An AppendEntries message is at most `APPEND_ENTRIES_BATCH_MAX`
 /// entries of one write batch each (`node` checks at compile time that they fit), and a snapshot chunk is

@@ -14,12 +14,12 @@ use metrics::{counter, gauge};
 use openraft::ServerState;
 use tokio::sync::{watch, Semaphore};
 
-use crate::api::PROPOSALS_PENDING_MAX;
-use crate::health::{assess, Health, HealthInputs, HealthPublisher};
-use crate::raft_types::{LogId, NodeId, Raft, RaftMetrics};
+use crate::kv::write_batch::PROPOSALS_PENDING_MAX;
+use crate::ops::health::{assess, Health, HealthInputs, HealthPublisher};
+use crate::ops::telemetry as names;
+use crate::raft::types::{LogId, NodeId, Raft, RaftMetrics};
 use crate::reads::LeaderContact;
 use crate::storage::{LogStore, StorageStats};
-use crate::telemetry as names;
 
 /// How often gauges and health are refreshed when nothing else wakes the observer.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);

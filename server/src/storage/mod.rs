@@ -54,6 +54,8 @@
 // openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+pub mod wal;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Debug;
@@ -75,11 +77,11 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::raft_types::{
+use crate::kv::state_machine::{BatchResponse, StateMachine};
+use crate::raft::types::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
-use crate::state_machine::{BatchResponse, StateMachine};
-use crate::wal::{self, LogProgress, Wal};
+use wal::{LogProgress, Wal};
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
@@ -1022,7 +1024,7 @@ mod tests {
     use openraft::{LeaderId, Membership};
 
     use super::*;
-    use crate::state_machine::{Batch, Command, Request};
+    use crate::kv::state_machine::{Batch, Command, Request};
 
     const NODE: NodeId = 1;
     /// Long enough that an `apply` that does not wait would have finished.

@@ -17,6 +17,24 @@ pub const KEY_BYTES_MAX: usize = 4 * 1024;
 pub const VALUE_BYTES_MAX: usize = 64 * 1024;
 /// Most key and value bytes one write carries: a cas with a key, an expected value and a new value.
 pub const WRITE_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX;
+/// Most writes in one log entry (one `Batch`); the leader's write batcher fills entries up to these limits.
+pub const WRITE_BATCH_WRITES_MAX: usize = 512;
+/// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
+/// `WRITE_BYTES_MAX`). Bounds the size of an entry, and so of an AppendEntries message.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
+/// prefixes.
+pub const WRITE_FRAMING_BYTES_MAX: usize = 64;
+/// Largest encoded log entry of client writes: a full batch (or one write, if that is larger) with framing.
+/// The WAL's record limit and the peer message limit are checked against it at compile time.
+pub const ENTRY_BYTES_MAX: usize = {
+    let payload = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
+        WRITE_BATCH_BYTES_MAX
+    } else {
+        WRITE_BYTES_MAX
+    };
+    payload + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX
+};
 /// Most keys one scan returns; a scan asking for more is refused (`OutOfRange`).
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 /// Keys a scan returns when it does not say.

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::network::PeerChannels;
-use crate::raft_types::{NodeId, Raft};
-use crate::telemetry;
+use crate::ops::telemetry;
+use crate::raft::network::PeerChannels;
+use crate::raft::types::{NodeId, Raft};
 
 /// Reads that may wait for the next round at once; beyond it a read is refused (`ResourceExhausted`).
 pub const READ_WAITERS_MAX: usize = 65_536;

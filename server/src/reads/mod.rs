@@ -9,16 +9,18 @@
 //!   not heard from a leader within the bound (monotonic clock).
 //! - `min_revision` (any mode): wait (bounded) until applied >= min_revision.
 
+pub mod read_index;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use crate::api::ApiError;
-use crate::raft_types::{NodeId, Raft};
-use crate::read_index::{ReadIndexBatcher, ReadIndexError, ReadIndexForwarder};
+use crate::error::ApiError;
+use crate::raft::types::{NodeId, Raft};
 use crate::storage::{Applied, StateMachineStore};
+use read_index::{ReadIndexBatcher, ReadIndexError, ReadIndexForwarder};
 
 /// Longest a read waits for this node to apply up to its read index or its `min_revision`.
 pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(2);

@@ -25,13 +25,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::api::{to_status, ApiError};
-use crate::node::{SERVER_REQUEST_TIMEOUT, SNAPSHOT_CHUNK_BYTES};
-use crate::pre_vote::{self, PreVoteRequest, VoterView};
-use crate::raft_types::{NodeId, Raft, TypeConfig};
-use crate::read_index::{ReadIndexBatcher, ReadIndexError};
+use crate::api::to_status;
+use crate::api::SERVER_REQUEST_TIMEOUT;
+use crate::error::ApiError;
+use crate::raft::pre_vote::{self, PreVoteRequest, VoterView};
+use crate::raft::types::{NodeId, Raft, TypeConfig};
+use crate::reads::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
 
+/// Bytes per snapshot chunk a leader sends to a lagging follower; a received chunk over it is refused
+/// (`InvalidArgument`), before openraft writes it into its in-memory buffer.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Deadline for one snapshot chunk to be received and stored.
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Replies of one AppendEntries stream waiting to be sent. The leader sends a message only after the reply to
 /// the one before, so one is enough; the rest is slack.
 pub const APPEND_STREAM_REPLIES_MAX: usize = 4;

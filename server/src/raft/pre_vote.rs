@@ -24,7 +24,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
-use crate::raft_types::{LogId, NodeId};
+use crate::raft::types::{LogId, NodeId};
 
 /// What a would-be candidate sends each voter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

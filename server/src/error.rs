@@ -1,0 +1,73 @@
+//! The domain errors of serving a client: what can go wrong, in words, and its kind on the wire. `api` turns
+//! them into gRPC statuses (`api::to_status`, the one mapping); `reads` and the peer service produce them too,
+//! which is why they live here rather than in `api`.
+
+use std::time::Duration;
+
+use raftkv_proto::contract::ErrorKind;
+
+use crate::raft::types::NodeId;
+
+/// Everything that can go wrong serving a client, before it becomes a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("this node is not the leader{}", leader_id.map(|id| format!("; the leader is node {id}")).unwrap_or_default())]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("no leader is known to this node")]
+    NoLeader,
+    #[error("cannot confirm this read with a quorum: {0}")]
+    NoQuorum(String),
+    #[error("this node leads, but no quorum has acknowledged it for {quorum_age_ms} ms (the limit is {limit_ms} ms): it may be cut off from the other nodes, which may elect another leader; the write was not proposed, try another node")]
+    LeaderWithoutQuorum { quorum_age_ms: u64, limit_ms: u64 },
+    #[error("node has not heard from a leader {}, over the bound of {bound_millis} ms", millis_since_leader.map(|millis| format!("for {millis} ms")).unwrap_or_else(|| "since it started".to_string()))]
+    TooStale {
+        millis_since_leader: Option<u64>,
+        bound_millis: u64,
+    },
+    #[error("node has applied up to revision {applied}, still short of {wanted} after {waited:?}")]
+    RevisionTimeout {
+        wanted: u64,
+        applied: u64,
+        waited: Duration,
+    },
+    #[error("the write was proposed but its outcome is unknown: it may have been applied ({0})")]
+    Indeterminate(String),
+    #[error("session sequence is older than the last one applied ({last_sequence})")]
+    SequenceTooOld { last_sequence: u64 },
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The error's kind, sent as `raftkv-error`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ApiError::OutOfRange(_) => ErrorKind::OutOfRange,
+            ApiError::Busy(_) => ErrorKind::Busy,
+            ApiError::NotLeader { .. } => ErrorKind::NotLeader,
+            ApiError::NoLeader => ErrorKind::NoLeader,
+            ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => ErrorKind::NoQuorum,
+            ApiError::TooStale { .. } => ErrorKind::TooStale,
+            ApiError::RevisionTimeout { .. } => ErrorKind::RevisionTimeout,
+            ApiError::Indeterminate(_) => ErrorKind::Indeterminate,
+            ApiError::SequenceTooOld { .. } => ErrorKind::SequenceTooOld,
+            ApiError::Membership(_) => ErrorKind::Membership,
+            ApiError::ShuttingDown => ErrorKind::ShuttingDown,
+            ApiError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}

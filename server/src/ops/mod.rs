@@ -1,0 +1,6 @@
+//! What operators see of a node: the observer (the one reader of openraft's metrics watch: gauges, lifecycle
+//! log lines, health), the health decision and its gRPC publication, and the Prometheus metrics.
+
+pub mod health;
+pub mod observer;
+pub mod telemetry;
