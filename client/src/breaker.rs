@@ -19,8 +19,9 @@ pub const ENDPOINT_COOLDOWN_MAX: Duration = Duration::from_secs(8);
 enum State {
     /// Failed: skipped until `until`.
     Open { until: Instant, cooldown: Duration },
-    /// The cool-down is over and one request is probing it; others skip it until the probe ends.
-    HalfOpen { cooldown: Duration },
+    /// The cool-down is over and one request is probing it; others skip it until the probe ends, or until
+    /// `until` if its outcome never comes back (the caller gave up on it): then another probe may go.
+    HalfOpen { until: Instant, cooldown: Duration },
 }
 
 /// The breakers of every endpoint a client knows; an endpoint without one is healthy (closed).
@@ -37,12 +38,31 @@ impl Breakers {
             return true;
         };
         match *state {
-            State::Open { until, cooldown } if now >= until => {
-                *state = State::HalfOpen { cooldown };
+            State::Open { until, cooldown } | State::HalfOpen { until, cooldown }
+                if now >= until =>
+            {
+                *state = State::HalfOpen {
+                    until: now + cooldown,
+                    cooldown,
+                };
                 true
             }
             State::Open { .. } | State::HalfOpen { .. } => false,
         }
+    }
+
+    /// When the first of `endpoints` stops cooling down: `now` if one is not cooling down.
+    pub fn next_admission(&self, endpoints: &[String], now: Instant) -> Instant {
+        endpoints
+            .iter()
+            .map(|endpoint| match self.states.get(endpoint) {
+                None => now,
+                Some(State::Open { until, .. } | State::HalfOpen { until, .. }) => {
+                    (*until).max(now)
+                }
+            })
+            .min()
+            .unwrap_or(now)
     }
 
     /// `endpoint` answered (whatever it said): it is alive.
@@ -54,7 +74,7 @@ impl Breakers {
     /// fails.
     pub fn failed(&mut self, endpoint: &str, now: Instant) {
         let cooldown = match self.states.get(endpoint) {
-            Some(State::HalfOpen { cooldown }) => (*cooldown * 2).min(ENDPOINT_COOLDOWN_MAX),
+            Some(State::HalfOpen { cooldown, .. }) => (*cooldown * 2).min(ENDPOINT_COOLDOWN_MAX),
             Some(State::Open { cooldown, .. }) => *cooldown,
             None => ENDPOINT_COOLDOWN_INITIAL,
         };
@@ -100,6 +120,29 @@ mod tests {
             "closed again after the probe answered"
         );
         assert!(breakers.admit(A, after));
+    }
+
+    #[test]
+    fn a_probe_whose_outcome_never_comes_back_lets_another_through_later() {
+        let start = Instant::now();
+        let mut breakers = Breakers::default();
+        breakers.failed(A, start);
+        let after = start + ENDPOINT_COOLDOWN_INITIAL;
+        assert!(breakers.admit(A, after), "the probe goes through");
+        // Its caller gave up: neither succeeded nor failed is recorded.
+        assert!(!admissible(
+            &breakers,
+            after + ENDPOINT_COOLDOWN_INITIAL / 2
+        ));
+        assert!(admissible(&breakers, after + ENDPOINT_COOLDOWN_INITIAL));
+        assert_eq!(
+            breakers.next_admission(&[A.to_string()], after),
+            after + ENDPOINT_COOLDOWN_INITIAL
+        );
+        assert_eq!(
+            breakers.next_admission(&["127.0.0.1:2".to_string()], after),
+            after
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! timeout or a lost connection applies it at most once; a write whose fate is unknown when the deadline
 //! passes is `ClientError::Indeterminate`, never reported as failed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use raftkv_proto::kv::kv_client::KvClient;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::breaker::{Breakers, ENDPOINT_COOLDOWN_INITIAL};
+use crate::breaker::Breakers;
 use crate::error::{classify, from_status, never_connected, Attempt, ClientError};
 use crate::tls::{handshake_failure, TlsConfig};
 
@@ -406,7 +406,8 @@ impl Client {
     /// Runs `call` against endpoints until it succeeds, fails for good, or the deadline passes.
     /// `pinned` sends every attempt to one endpoint and does not retry transport failures. Without it, an
     /// attempt goes to the leader if `prefer_leader` and one is known, else to the endpoints in turn, skipping
-    /// those cooling down after a failed connection; when every endpoint is, the call ends at once.
+    /// those cooling down after a failed connection: when every endpoint refused a connection during this call it
+    /// ends at once; when some cool down after failures of earlier calls it waits for the first to be let through.
     async fn with_retries<T, F, Fut>(
         &self,
         is_write: bool,
@@ -425,21 +426,36 @@ impl Client {
         let mut last_error = String::new();
         let mut hinted: Option<String> = None;
         let mut every_endpoint_down = false;
+        // Endpoints that refused a connection (or broke it) during this call.
+        let mut refused: BTreeSet<String> = BTreeSet::new();
         for _ in 0..ATTEMPTS_MAX {
             let endpoint = match (pinned, hinted.take()) {
                 (Some(pinned), _) => pinned.to_string(),
                 (None, Some(hint)) => hint,
                 (None, None) => match self.pick(prefer_leader) {
                     Some(endpoint) => endpoint,
-                    // Every node refused a connection lately: nothing to wait for.
                     None => {
-                        every_endpoint_down = true;
-                        if last_error.is_empty() {
-                            last_error = format!(
-                                "every endpoint refused a connection within the last {ENDPOINT_COOLDOWN_INITIAL:?} or more"
-                            );
+                        let endpoints = self.endpoints();
+                        if endpoints.iter().all(|endpoint| refused.contains(endpoint)) {
+                            // Every node refused a connection during this call: say so now, not at the deadline.
+                            every_endpoint_down = true;
+                            break;
                         }
-                        break;
+                        // The others cool down after failures of earlier calls, or are being probed: wait for the
+                        // first to be let through, within the deadline.
+                        let now = Instant::now();
+                        let wake = self
+                            .shared
+                            .breakers
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .next_admission(&endpoints, now)
+                            .max(now + BACKOFF_INITIAL);
+                        if wake >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(wake.into()).await;
+                        continue;
                     }
                 },
             };
@@ -458,6 +474,9 @@ impl Client {
                         return Err(error);
                     }
                     self.record_attempt(&endpoint, Err(&status));
+                    if is_connection_failure(&status) {
+                        refused.insert(endpoint.clone());
+                    }
                     last_error = format!("{endpoint}: {}", status.message());
                     match classify(&status, is_write) {
                         Attempt::Fail => return Err(from_status(&status)),

@@ -45,9 +45,10 @@ use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
 use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::ops::observer::Observer;
 use crate::ops::telemetry;
-use crate::raft::election::{ElectionTiming, Elector};
+use crate::raft::election::{ElectionGate, ElectionTiming, Elector};
 use crate::raft::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
 use crate::raft::peer_service::{PeerService, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_CHUNK_TIMEOUT};
+use crate::raft::quorum::{QuorumClock, SilencePolicy};
 use crate::raft::types::{Node as RaftNode, Raft};
 use crate::reads::read_index::{ReadIndexBatcher, ReadIndexForwarder};
 use crate::reads::{LeaderContact, Reader, FOLLOWER_READ_INDEX_TIMEOUT};
@@ -191,10 +192,16 @@ impl Node {
         )
         .await
         .context("cannot start raft")?;
-        peers.set_metrics(
+        let timing = election_timing(&config);
+        let quorum = Arc::new(QuorumClock::new(
             raft.metrics(),
-            election_timing(&config).leader_silent_after(),
-        );
+            SilencePolicy {
+                silent_after: timing.leader_silent_after(),
+                probe: timing.election_timeout_max,
+            },
+        ));
+        peers.set_quorum_clock(quorum.clone());
+        let election_gate = Arc::new(ElectionGate::default());
 
         let mut tasks = JoinSet::new();
         let (stopping, stopped) = watch::channel(false);
@@ -225,7 +232,8 @@ impl Node {
             reader,
             proposals: proposals.clone(),
             writes,
-            leader_quorum_lapse_max: election_timing(&config).voter_lease(),
+            leader_quorum_lapse_max: timing.voter_lease(),
+            quorum: quorum.clone(),
         };
         let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
@@ -235,14 +243,17 @@ impl Node {
             batcher,
             leader_contact: leader_contact.clone(),
             snapshot_received: Arc::default(),
-            voter_lease: election_timing(&config).voter_lease(),
+            voter_lease: timing.voter_lease(),
+            quorum,
+            election_gate: election_gate.clone(),
             draining: draining_signal,
         };
         let elector = Elector {
             node_id: config.id,
             raft: raft.clone(),
             peers: peers.clone(),
-            timing: election_timing(&config),
+            timing,
+            gate: election_gate,
         };
         tasks.spawn(elector.run(stopped.clone()).instrument(span.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

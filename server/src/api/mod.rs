@@ -24,6 +24,7 @@ use crate::kv::state_machine::{
 };
 use crate::kv::write_batch::{WriteBatcher, WriteError, PROPOSALS_PENDING_MAX};
 use crate::ops::telemetry;
+use crate::raft::quorum::QuorumClock;
 use crate::raft::types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
 
@@ -90,6 +91,8 @@ pub struct Api {
     /// A leader that no quorum has acknowledged for longer than this refuses writes before proposing them
     /// (`ElectionTiming::voter_lease`: past it the other voters may elect someone else).
     pub leader_quorum_lapse_max: Duration,
+    /// How long ago a quorum last acknowledged this node as leader.
+    pub quorum: Arc<QuorumClock>,
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {
@@ -219,11 +222,14 @@ impl Api {
     /// Refuses a write on a node that is not the leader, or that leads but has not been acknowledged by a
     /// quorum for longer than `leader_quorum_lapse_max`: openraft 0.9 has no check-quorum, so a leader cut
     /// off from the others keeps its role, and a write proposed there would wait out its deadline and end
-    /// indeterminate, while the client could have gone to the new leader at once. A leader that has no
-    /// acknowledgement yet has just been elected by a quorum and is not refused.
+    /// indeterminate, while the client could have gone to the new leader at once. Before its first
+    /// acknowledgement a leader's age counts from its election (`QuorumClock`).
     fn ensure_leader_with_quorum(&self) -> Result<(), ApiError> {
         self.ensure_leader()?;
-        let quorum_age_ms = self.raft.metrics().borrow().millis_since_quorum_ack;
+        let quorum_age_ms = self
+            .quorum
+            .leader_quorum_age()
+            .map(|age| age.as_millis() as u64);
         let limit_ms = self.leader_quorum_lapse_max.as_millis() as u64;
         match quorum_age_ms {
             Some(quorum_age_ms) if quorum_age_ms > limit_ms => Err(ApiError::LeaderWithoutQuorum {

@@ -33,6 +33,21 @@ use crate::raft::network::PeerChannels;
 use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
 use crate::raft::types::{LogId, NodeId, Raft};
 
+/// Orders a campaign against the leader messages this node accepts. The peer service holds a read guard
+/// while openraft handles an AppendEntries or snapshot chunk (each refreshes the vote's clock); the elector
+/// holds the write guard while it checks the silence one last time and starts the campaign. Without it, a
+/// leader message accepted between that check and the campaign would let this node vote for itself right after
+/// acknowledging a leader's quorum round, which the leader's lease read counts on it not doing.
+#[derive(Default)]
+pub struct ElectionGate(tokio::sync::RwLock<()>);
+
+impl ElectionGate {
+    /// Held while openraft handles one leader message.
+    pub async fn leader_message(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.0.read().await
+    }
+}
+
 /// How often the elector looks again when it has nothing to wait for (a leader, a learner, a node not yet
 /// initialized): it then learns of a change of role within this.
 pub const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -61,7 +76,7 @@ impl ElectionTiming {
     }
 
     /// How long a leader that no quorum acknowledges goes on sending to its followers before it falls silent
-    /// (`network::PeerChannels::quorum_lost_for`): twice the longest election timeout, by when the voters on
+    /// (`quorum::QuorumClock::silent_for`): twice the longest election timeout, by when the voters on
     /// the other side of any partition have had time to elect a leader of their own.
     pub fn leader_silent_after(&self) -> Duration {
         self.election_timeout_max * 2
@@ -144,6 +159,7 @@ pub struct Elector {
     pub raft: Raft,
     pub peers: Arc<PeerChannels>,
     pub timing: ElectionTiming,
+    pub gate: Arc<ElectionGate>,
 }
 
 impl Elector {
@@ -164,7 +180,7 @@ impl Elector {
             }
             match next_step(self.node_id, &view, timeout, quiet_since.elapsed()) {
                 Step::Campaign => {
-                    self.attempt(&view).await;
+                    self.attempt(&view, timeout).await;
                     quiet_since = Instant::now();
                     timeout = self.timing.draw(&mut rand::rng());
                 }
@@ -211,8 +227,9 @@ impl Elector {
         })
     }
 
-    /// One attempt: a pre-vote round, then a real campaign if a quorum would grant it.
-    async fn attempt(&self, view: &SelfView) {
+    /// One attempt: a pre-vote round, then a real campaign if a quorum would grant it and this node is still
+    /// silent for `timeout` once no leader message can come in between (`ElectionGate`).
+    async fn attempt(&self, view: &SelfView, timeout: Duration) {
         let last_log_id: Option<LogId> = self.raft.data_metrics().borrow().last_log;
         let request = PreVoteRequest {
             term: view.term + 1,
@@ -223,10 +240,29 @@ impl Elector {
             tracing::debug!(term = request.term, granted = ?granted, "pre-vote did not reach a quorum; not campaigning");
             return;
         }
+        let _no_leader_messages = self.gate.0.write().await;
+        let Some(now) = self.view().await else {
+            return;
+        };
+        // The pre-vote round took time: a leader may have been heard since.
+        let silence = now.since_vote_refreshed.unwrap_or(Duration::MAX);
+        let heard_from_leader = !now.is_only_voter(self.node_id)
+            && silence < timeout.min(self.timing.election_timeout_min);
+        if now.state == ServerState::Leader || now.term != view.term || heard_from_leader {
+            tracing::debug!(
+                ?silence,
+                "heard from a leader during the pre-vote; not campaigning"
+            );
+            return;
+        }
         tracing::info!(term = request.term, granted = ?granted, "pre-vote granted by a quorum; campaigning");
         if let Err(error) = self.raft.trigger().elect().await {
             tracing::debug!(%error, "cannot start a campaign: raft stopped");
+            return;
         }
+        // openraft takes requests in order: once this read is answered the campaign has started, and the gate
+        // may let leader messages in again.
+        let _ = self.view().await;
     }
 
     /// Asks every other voter for a pre-vote, concurrently, until a quorum granted, all answered or the

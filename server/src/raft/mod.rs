@@ -9,7 +9,8 @@
 //!   leader that lost its quorum;
 //! - `peer_service`: the server side of the peer API, which checks every envelope before decoding;
 //! - `election`: when this node campaigns (openraft's own timer is off);
-//! - `pre_vote`: the question a node asks before it campaigns, and the pure rule a voter answers by.
+//! - `pre_vote`: the question a node asks before it campaigns, and the pure rule a voter answers by;
+//! - `quorum`: how long ago a quorum vouched for this node as leader, and the silence of a leader without one.
 //!
 //! The order of duties openraft relies on is kept by `storage`: a vote or an appended entry is durable before
 //! openraft is told so.
@@ -18,4 +19,5 @@ pub mod election;
 pub mod network;
 pub mod peer_service;
 pub mod pre_vote;
+pub mod quorum;
 pub mod types;

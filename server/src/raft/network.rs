@@ -37,7 +37,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
-use crate::raft::types::{LogId, Node, NodeId, RaftMetrics, TypeConfig};
+use crate::raft::quorum::QuorumClock;
+use crate::raft::types::{LogId, Node, NodeId, TypeConfig};
 use crate::storage::wal::LogProgress;
 
 /// Largest peer message sent or accepted. An AppendEntries message is at most `APPEND_ENTRIES_BATCH_MAX`
@@ -77,14 +78,9 @@ pub struct PeerChannels {
     unreachable: Mutex<BTreeSet<NodeId>>,
     /// The node's span: openraft calls the network from tasks of its own, outside it.
     span: tracing::Span,
-    /// This node's Raft metrics, set once Raft exists: while leader, every message says how long ago a quorum
-    /// last acknowledged it (`leader_quorum_age_ms`).
-    metrics: OnceLock<tokio::sync::watch::Receiver<RaftMetrics>>,
-    /// A leader that no quorum has acknowledged for longer than this stops sending AppendEntries (see
-    /// `PeerChannels::quorum_lost_for`); set with the metrics.
-    leader_silent_after: OnceLock<Duration>,
-    /// Whether this node is silent as a leader without a quorum now: logged once when it starts and ends.
-    silent_as_leader: std::sync::atomic::AtomicBool,
+    /// This node's quorum clock, set once Raft exists: while leader, every message says how long ago a quorum
+    /// last acknowledged it (`leader_quorum_age_ms`), and a leader without a quorum falls silent.
+    quorum: OnceLock<Arc<QuorumClock>>,
     /// AppendEntries streams not in use, per dialled address, at most `APPEND_STREAMS_IDLE_MAX` each.
     /// openraft makes a new client per follower for every leadership check behind a read-index round, and
     /// sends one heartbeat with it; those clients borrow a stream here instead of opening one per round.
@@ -128,9 +124,7 @@ impl PeerChannels {
             channels: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(BTreeSet::new()),
             span: tracing::Span::current(),
-            metrics: OnceLock::new(),
-            leader_silent_after: OnceLock::new(),
-            silent_as_leader: std::sync::atomic::AtomicBool::new(false),
+            quorum: OnceLock::new(),
             idle_append_streams: Mutex::new(HashMap::new()),
             unary_append: Mutex::new(BTreeSet::new()),
         })
@@ -197,55 +191,26 @@ impl PeerChannels {
             .contains(addr)
     }
 
-    /// Gives the network this node's Raft metrics (Raft is built after the network, so this comes later), and
-    /// how long a leader without a quorum goes on sending AppendEntries.
-    pub fn set_metrics(
-        &self,
-        metrics: tokio::sync::watch::Receiver<RaftMetrics>,
-        leader_silent_after: Duration,
-    ) {
-        let _ = self.metrics.set(metrics);
-        let _ = self.leader_silent_after.set(leader_silent_after);
+    /// Gives the network this node's quorum clock (Raft is built after the network, so this comes later).
+    pub fn set_quorum_clock(&self, quorum: Arc<QuorumClock>) {
+        let _ = self.quorum.set(quorum);
     }
 
-    /// While this node leads but no quorum has acknowledged it for longer than `leader_silent_after`: how long.
-    ///
-    /// Such a leader sends no AppendEntries. openraft 0.9 has no check-quorum, so a leader cut off from most
-    /// voters keeps its role, and its messages to the few it still reaches refresh their vote lease: they
-    /// then refuse to elect anyone, and a majority that can talk among itself may be unable to elect a
-    /// leader until the partition heals (openraft #2080, a "bridge" partition). Silent, it lets their lease
-    /// run out. It learns it was replaced from the new leader's first message; nothing it held was
-    /// committed without a quorum, so nothing is lost by its silence.
-    fn quorum_lost_for(&self) -> Option<Duration> {
-        let limit = *self.leader_silent_after.get()?;
-        let age = self.leader_quorum_age_ms().map(Duration::from_millis);
-        let silent = age.is_some_and(|age| age > limit);
-        let was_silent = self
-            .silent_as_leader
-            .swap(silent, std::sync::atomic::Ordering::Relaxed);
-        match (was_silent, silent) {
-            (false, true) => {
-                tracing::warn!(parent: &self.span, quorum_age = ?age, ?limit, "no quorum has acknowledged this leader for too long; it stops sending to its followers so that they can elect a leader that has one")
-            }
-            (true, false) => {
-                tracing::info!(parent: &self.span, "this node is no longer a leader without a quorum")
-            }
-            _ => {}
-        }
-        if silent {
-            age
-        } else {
-            None
-        }
-    }
-
-    /// While leader: milliseconds since a quorum last acknowledged this node.
+    /// While this node leads: milliseconds since a quorum last acknowledged it (`QuorumClock`).
     fn leader_quorum_age_ms(&self) -> Option<u64> {
-        let metrics = self.metrics.get()?.borrow();
-        if metrics.state != openraft::ServerState::Leader {
-            return None;
-        }
-        metrics.millis_since_quorum_ack
+        self.quorum
+            .get()?
+            .leader_quorum_age()
+            .map(|age| age.as_millis() as u64)
+    }
+
+    /// While this node is a leader without a quorum in a silent phase (`QuorumClock::silent_for`), the error
+    /// an AppendEntries or snapshot chunk gets instead of being sent.
+    fn silence(&self) -> Option<Unreachable> {
+        let quorum_age = self.quorum.get()?.silent_for()?;
+        Some(Unreachable::new(&std::io::Error::other(format!(
+            "this leader has had no quorum for {quorum_age:?}; not sending"
+        ))))
     }
 
     /// The address to dial for `target`, whose advertised address is `advertised`.
@@ -669,12 +634,8 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         mut request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if let Some(quorum_age) = self.peers.quorum_lost_for() {
-            return Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other(format!(
-                    "this leader has had no quorum for {quorum_age:?}; not sending"
-                )),
-            )));
+        if let Some(silence) = self.peers.silence() {
+            return Err(RPCError::Unreachable(silence));
         }
         let started = Instant::now();
         let budget = option.hard_ttl();
@@ -739,6 +700,9 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if let Some(silence) = self.peers.silence() {
+            return Err(RPCError::Unreachable(silence));
+        }
         self.call(RaftRpc::InstallSnapshot, &request, &option).await
     }
 

@@ -28,7 +28,9 @@ use tracing::Instrument;
 use crate::api::to_status;
 use crate::api::SERVER_REQUEST_TIMEOUT;
 use crate::error::ApiError;
+use crate::raft::election::ElectionGate;
 use crate::raft::pre_vote::{self, PreVoteRequest, VoterView};
+use crate::raft::quorum::QuorumClock;
 use crate::raft::types::{NodeId, Raft, TypeConfig};
 use crate::reads::read_index::{ReadIndexBatcher, ReadIndexError};
 use crate::reads::LeaderContact;
@@ -61,6 +63,11 @@ pub struct PeerService {
     pub snapshot_received: Arc<Mutex<Option<(String, u64)>>>,
     /// How long a voter refuses to vote after it last heard from a leader (`ElectionTiming::voter_lease`).
     pub voter_lease: Duration,
+    /// This node's quorum age as leader, for the pre-vote rule.
+    pub quorum: Arc<QuorumClock>,
+    /// Leader messages are handled under its read guard, so that a campaign never starts in between the
+    /// elector's last look at the silence and the campaign (`ElectionGate`).
+    pub election_gate: Arc<ElectionGate>,
     /// Becomes true when the node starts to shut down: AppendEntries streams end after the message in hand,
     /// so that they do not hold the drain of requests in flight.
     pub draining: watch::Receiver<bool>,
@@ -104,6 +111,54 @@ impl PeerService {
                 *received_end = (*received_end).max(end)
             }
             _ => *received = Some((snapshot_id.clone(), end)),
+        }
+        Ok(())
+    }
+
+    /// Refuses a leader message whose vote is not a leader's (committed). Only a leader sends AppendEntries and
+    /// snapshots; openraft takes the message's vote as this node's, and an uncommitted one there breaks its
+    /// invariants (in a debug build it panics: the property test of the peer service found it).
+    fn check_leader_vote(vote: &crate::raft::types::Vote, what: &str) -> Result<(), Status> {
+        if vote.is_committed() {
+            return Ok(());
+        }
+        let message =
+            format!("{what} carries vote {vote}, which is not a leader's (not committed)");
+        tracing::warn!("refused peer message: {message}");
+        Err(Status::invalid_argument(message))
+    }
+
+    /// Refuses AppendEntries whose entries do not follow `prev_log_id` one index after another, in terms that
+    /// never go down (a leader always sends them so; openraft relies on it, and asserts it in a debug build,
+    /// where the property test of the peer service found both). An entry may be of a later term than the
+    /// message's vote: a deposed leader's replication can read entries its successor's term wrote, and the
+    /// receiver refuses the message by its vote.
+    // Leader ids order partially (two leaders of one term are incomparable): `!(a >= b)` is meant, not `a < b`.
+    #[allow(clippy::nonminimal_bool)]
+    fn check_entries_follow(request: &AppendEntriesRequest<TypeConfig>) -> Result<(), Status> {
+        let mut previous = request.prev_log_id;
+        for entry in &request.entries {
+            let due = previous.map_or(0, |log_id| log_id.index + 1);
+            let leader = entry.log_id.leader_id;
+            let refusal = if entry.log_id.index != due {
+                Some(format!(
+                    "holds entry {} where {due} was due",
+                    entry.log_id.index
+                ))
+            } else if previous.is_some_and(|previous| !(leader >= previous.leader_id)) {
+                Some(format!(
+                    "holds entry {} of term {} after one of a later or another leader",
+                    entry.log_id.index, leader.term
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                let message = format!("append-entries {refusal}");
+                tracing::warn!("refused peer message: {message}");
+                return Err(Status::invalid_argument(message));
+            }
+            previous = Some(entry.log_id);
         }
         Ok(())
     }
@@ -192,8 +247,13 @@ impl PeerService {
         let quorum_age = message.leader_quorum_age_ms;
         let request: AppendEntriesRequest<TypeConfig> =
             self.open(message, "append-entries", false)?;
+        Self::check_leader_vote(&request.vote, "append-entries")?;
+        Self::check_entries_follow(&request)?;
         let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
-        let result = self.raft.append_entries(request).await;
+        let result = {
+            let _campaigns_wait = self.election_gate.leader_message().await;
+            self.raft.append_entries(request).await
+        };
         if let Ok(response) = &result {
             if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
                 let handling = received.elapsed().as_millis() as u64;
@@ -285,11 +345,7 @@ impl Peer for PeerService {
         let from = message.from;
         let request: PreVoteRequest = self.open(message, "pre-vote", true)?;
         let node_id = self.node_id;
-        let leader_quorum_age = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.millis_since_quorum_ack.map(Duration::from_millis)
-        };
+        let leader_quorum_age = self.quorum.leader_quorum_age();
         let last_log_id = self.raft.data_metrics().borrow().last_log;
         let view = self
             .raft
@@ -333,8 +389,12 @@ impl Peer for PeerService {
         let from = message.from;
         let request: InstallSnapshotRequest<TypeConfig> =
             self.open(message, "install-snapshot", false)?;
+        Self::check_leader_vote(&request.vote, "install-snapshot")?;
         self.check_snapshot_chunk(from, &request)?;
-        let result = self.raft.install_snapshot(request).await;
+        let result = {
+            let _campaigns_wait = self.election_gate.leader_message().await;
+            self.raft.install_snapshot(request).await
+        };
         if result.is_ok() {
             self.leader_contact.touch(quorum_age);
         }

@@ -31,6 +31,7 @@ use raftkv_server::kv::state_machine::{
 use raftkv_server::raft::network::{NetworkFactory, PeerChannels};
 use raftkv_server::raft::peer_service::{decode_payload, PeerService};
 use raftkv_server::raft::pre_vote::PreVoteRequest;
+use raftkv_server::raft::quorum::{QuorumClock, SilencePolicy};
 use raftkv_server::raft::types::{
     Entry, LogId, Node, NodeId, Raft, SnapshotMeta, TypeConfig, Vote,
 };
@@ -436,6 +437,14 @@ async fn in_process_node() -> InProcessNode {
         leader_contact: LeaderContact::new(),
         snapshot_received: Arc::default(),
         voter_lease: std::time::Duration::from_millis(150),
+        quorum: Arc::new(QuorumClock::new(
+            raft.metrics(),
+            SilencePolicy {
+                silent_after: std::time::Duration::from_secs(1),
+                probe: std::time::Duration::from_secs(1),
+            },
+        )),
+        election_gate: Arc::default(),
         draining: tokio::sync::watch::channel(false).1,
     };
     InProcessNode {
