@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftkv_client::names::{consistency_name, role_name};
+
+use crate::args::{parse_duration, ConsistencyArg};
 use raftkv_client::{
     CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue,
     ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse, TlsConfig,
@@ -35,13 +37,6 @@ pub enum Output {
     Table,
     Json,
     Simple,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ConsistencyArg {
-    Linearizable,
-    Lease,
-    Stale,
 }
 
 /// raftkv: a client for a raftkv cluster.
@@ -157,28 +152,6 @@ pub struct ReadArgs {
     /// Read from this node only (HOST:PORT), with no failover.
     #[arg(long)]
     pub endpoint: Option<String>,
-}
-
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, or a bare number of milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 2s, 1m)"))?;
-    let seconds = match unit {
-        "" | "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s or m)")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{text:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! `raftkv`: parse the command line, run one command against the cluster, print one clear line on failure
 //! and exit with the code docs/design.md gives (0 ok, 1 failed, 2 usage/connection, 3 indeterminate).
 
+mod args;
 mod bench;
 mod cli;
 

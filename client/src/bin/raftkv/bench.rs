@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::task::JoinSet;
 
-use crate::cli::{parse_duration, ConsistencyArg};
+use crate::args::{parse_duration, ConsistencyArg};
 use report::{LatencySummary, Report};
 use schedule::{Schedule, Slot};
 
