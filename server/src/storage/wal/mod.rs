@@ -46,16 +46,23 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
+
+mod record;
+mod recovery;
+mod segment;
+
 use crate::raft::types::{Entry, LogId};
+use record::{decode_record, invalid_data};
+use segment::{preallocate, segment_name, sync_dir, Segment};
 
 /// Size at which nodes start a new segment.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -65,14 +72,10 @@ pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Directory of the segments inside the data dir.
 pub const WAL_DIR: &str = "wal";
-/// File name suffix of a segment.
-const SEGMENT_SUFFIX: &str = ".wal";
-/// Digits of the first index in a segment's name (`u64::MAX` has 20).
-const SEGMENT_NAME_DIGITS: usize = 20;
-/// Bytes read at once when reading a range of records (a larger record is read alone).
-const READ_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Buffer of the sequential reader that scans segments on open.
 const SCAN_BUFFER_BYTES: usize = 1024 * 1024;
+/// Bytes read at once when reading a range of records (a larger record is read alone).
+const READ_CHUNK_BYTES: u64 = 1024 * 1024;
 
 // The largest entry the leader makes (a full write batch, see `write_batch`) fits with room to spare, so a
 // write accepted by the API is never refused here.
@@ -157,44 +160,6 @@ struct State {
     dir_unsynced: bool,
 }
 
-struct Segment {
-    /// Index of its first record, also its name.
-    first: u64,
-    path: PathBuf,
-    file: Arc<File>,
-    /// Byte offset of each record: the record of index `first + k` starts at `offsets[k]`.
-    offsets: Vec<u64>,
-    /// Bytes of whole records: where the next one goes.
-    bytes: u64,
-}
-
-impl Segment {
-    fn last_index(&self) -> u64 {
-        self.first + self.offsets.len() as u64 - 1
-    }
-
-    /// Byte range of the `k`th record.
-    fn record(&self, k: usize) -> (u64, u64) {
-        let end = self.offsets.get(k + 1).copied().unwrap_or(self.bytes);
-        (self.offsets[k], end)
-    }
-}
-
-fn segment_name(first: u64) -> String {
-    format!(
-        "{first:0width$}{SEGMENT_SUFFIX}",
-        width = SEGMENT_NAME_DIGITS
-    )
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 /// Forgets a segment that is about to be deleted or was synced on its own.
 fn drop_unsynced(state: &mut State, file: &Arc<File>) {
     state
@@ -223,373 +188,7 @@ fn drop_purged_segments(state: &mut State) -> io::Result<()> {
     Ok(())
 }
 
-/// Extends `file` to `len` bytes (zeros, a sparse tail) if it is shorter. Appends then write inside the file
-/// instead of growing it, so their `fdatasync` need not also commit a new file size: 95-110 us instead of
-/// 140-175 us on the development machine's ext4 (`fallocate` measured the same; `set_len` needs no
-/// unsafe code). Recovery reads a tail of zeros as the end of the records (`scan_segment`).
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    if file.metadata()?.len() < len {
-        file.set_len(len)?;
-    }
-    Ok(())
-}
-
-/// Whether every byte `reader` has left is zero (a preallocated tail).
-fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
-    let mut chunk = vec![0u8; SCAN_BUFFER_BYTES];
-    loop {
-        let read = reader.read(&mut chunk)?;
-        if read == 0 {
-            return Ok(true);
-        }
-        if chunk[..read].iter().any(|byte| *byte != 0) {
-            return Ok(false);
-        }
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn invalid_data(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
-}
-
-/// Decodes a record's payload: exactly one entry, nothing after it.
-fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
-    match postcard::take_from_bytes::<Entry>(payload) {
-        Ok((entry, [])) => Ok(entry),
-        Ok((_, rest)) => Err(format!("{} bytes after the entry", rest.len())),
-        Err(error) => Err(format!("entry does not decode: {error}")),
-    }
-}
-
-/// Checks one record in `bytes` (header and payload, nothing else) and decodes its entry.
-fn decode_record(bytes: &[u8]) -> Result<Entry, String> {
-    if bytes.len() < RECORD_HEADER_BYTES {
-        return Err(format!(
-            "{} bytes is shorter than a record header",
-            bytes.len()
-        ));
-    }
-    let (header, payload) = bytes.split_at(RECORD_HEADER_BYTES);
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > RECORD_BYTES_MAX {
-        return Err(format!(
-            "length {len} is over RECORD_BYTES_MAX ({RECORD_BYTES_MAX})"
-        ));
-    }
-    if len != payload.len() {
-        return Err(format!(
-            "length {len} where the index says {}",
-            payload.len()
-        ));
-    }
-    if crc32fast::hash(payload) != crc {
-        return Err("crc mismatch".to_string());
-    }
-    decode_entry(payload)
-}
-
-/// What went wrong with the record at some offset while scanning: either it is not whole or its crc fails
-/// (`Torn`: a torn write if nothing valid follows it in the last segment), or it is whole and checksummed
-/// but wrong (`Bad`: always corruption).
-enum Damage {
-    Torn(String),
-    Bad(String),
-}
-
-/// Result of reading one segment from start to end.
-struct Scan {
-    offsets: Vec<u64>,
-    /// End of the last good record.
-    bytes: u64,
-    last: Option<LogId>,
-    /// The first record that is not good, and why.
-    damage: Option<(u64, Damage)>,
-}
-
-/// Reads a segment's records in order, checking each; stops at the first that is not good.
-fn scan_segment(file: &File, first: u64) -> io::Result<Scan> {
-    let len = file.metadata()?.len();
-    let mut reader = io::BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
-    let mut scan = Scan {
-        offsets: Vec::new(),
-        bytes: 0,
-        last: None,
-        damage: None,
-    };
-    let mut payload = Vec::new();
-    while scan.bytes < len {
-        let offset = scan.bytes;
-        let left = len - offset;
-        if left < RECORD_HEADER_BYTES as u64 {
-            // Too short for a record: the end of a preallocated tail if it is zeros.
-            if rest_is_zero(&mut reader)? {
-                break;
-            }
-            scan.damage = Some((
-                offset,
-                Damage::Torn(format!("{left} bytes left, less than a record header")),
-            ));
-            break;
-        }
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        reader.read_exact(&mut header)?;
-        let payload_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if payload_len == 0 {
-            // Zeros from here to the end are the preallocated space after the last record.
-            if crc == 0 && rest_is_zero(&mut reader)? {
-                break;
-            }
-            scan.damage = Some((offset, Damage::Torn("zero length".to_string())));
-            break;
-        }
-        if payload_len > RECORD_BYTES_MAX as u64 {
-            scan.damage = Some((
-                offset,
-                Damage::Torn(format!(
-                    "length {payload_len} is over RECORD_BYTES_MAX ({RECORD_BYTES_MAX})"
-                )),
-            ));
-            break;
-        }
-        if payload_len > left - RECORD_HEADER_BYTES as u64 {
-            scan.damage = Some((
-                offset,
-                Damage::Torn(format!(
-                    "record of {payload_len} bytes runs past the end of the file ({len} bytes)"
-                )),
-            ));
-            break;
-        }
-        payload.resize(payload_len as usize, 0);
-        reader.read_exact(&mut payload)?;
-        if crc32fast::hash(&payload) != crc {
-            scan.damage = Some((offset, Damage::Torn("crc mismatch".to_string())));
-            break;
-        }
-        let entry = match decode_entry(&payload) {
-            Ok(entry) => entry,
-            Err(reason) => {
-                scan.damage = Some((offset, Damage::Bad(reason)));
-                break;
-            }
-        };
-        let expected = first + scan.offsets.len() as u64;
-        if entry.log_id.index != expected {
-            scan.damage = Some((
-                offset,
-                Damage::Bad(format!(
-                    "entry has index {}, its position says {expected}",
-                    entry.log_id.index
-                )),
-            ));
-            break;
-        }
-        scan.offsets.push(offset);
-        scan.bytes = offset + (RECORD_HEADER_BYTES as u64) + payload_len;
-        scan.last = Some(entry.log_id);
-    }
-    Ok(scan)
-}
-
-/// The offset of the first valid record (whole, within the limit, crc matching, one entry) that starts
-/// strictly after `from` in `file`, if any. Used only on open, for a bad record in the last segment.
-fn find_valid_record_after(file: &File, from: u64) -> io::Result<Option<u64>> {
-    let len = file.metadata()?.len();
-    let start = from + 1;
-    if len < start + RECORD_HEADER_BYTES as u64 {
-        return Ok(None);
-    }
-    let mut rest = vec![0u8; (len - start) as usize];
-    file.read_exact_at(&mut rest, start)?;
-    for at in 0..=rest.len() - RECORD_HEADER_BYTES {
-        let payload_len =
-            u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if payload_len == 0
-            || payload_len > RECORD_BYTES_MAX
-            || payload_len > rest.len() - at - RECORD_HEADER_BYTES
-        {
-            continue;
-        }
-        let crc = u32::from_le_bytes(rest[at + 4..at + 8].try_into().expect("4 bytes"));
-        let payload = &rest[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len];
-        if crc32fast::hash(payload) == crc && decode_entry(payload).is_ok() {
-            return Ok(Some(start + at as u64));
-        }
-    }
-    Ok(None)
-}
-
 impl Wal {
-    /// Opens the WAL in `dir` (created if missing), recovering as the module docs say. `purged` is the
-    /// purge point the caller recorded; segments wholly at or below it are deleted (a purge cut short).
-    /// `segment_bytes` is the size at which a new segment is started (`SEGMENT_BYTES` for nodes).
-    pub fn open(
-        dir: &Path,
-        segment_bytes: u64,
-        sync: bool,
-        purged: Option<u64>,
-    ) -> Result<Wal, OpenError> {
-        let io_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| OpenError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let mut names = Vec::new();
-        for item in fs::read_dir(dir).map_err(io_error(dir))? {
-            let item = item.map_err(io_error(dir))?;
-            let name = item.file_name();
-            match name.to_str().and_then(parse_segment_name) {
-                Some(first) => names.push((first, item.path())),
-                None => tracing::warn!(file = %item.path().display(), "not a WAL segment; ignored"),
-            }
-        }
-        names.sort();
-
-        // Segments followed by one that starts at or below `purged + 1` hold only purged entries.
-        let mut doomed = Vec::new();
-        if let Some(purged) = purged {
-            while names.len() >= 2 && names[1].0 <= purged.saturating_add(1) {
-                doomed.push(names.remove(0).1);
-            }
-        }
-
-        let mut segments: VecDeque<Segment> = VecDeque::new();
-        let mut last: Option<LogId> = None;
-        let count = names.len();
-        for (position, (first, path)) in names.into_iter().enumerate() {
-            let is_last = position + 1 == count;
-            let corrupt = |offset: u64, reason: String| OpenError::Corrupt {
-                file: path.clone(),
-                offset,
-                reason,
-            };
-            match last {
-                Some(last) if first != last.index + 1 => {
-                    return Err(corrupt(
-                        0,
-                        format!(
-                            "the segment starts at index {first} but the previous one ends at {}",
-                            last.index
-                        ),
-                    ));
-                }
-                None => {
-                    if let Some(purged) = purged {
-                        if first > purged.saturating_add(1) {
-                            return Err(corrupt(
-                                0,
-                                format!(
-                                    "the first segment starts at index {first} but only entries up to {purged} \
-                                     were purged: {}..={} are missing",
-                                    purged + 1,
-                                    first - 1
-                                ),
-                            ));
-                        }
-                    }
-                }
-                Some(_) => {}
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_error(&path))?;
-            let mut scan = scan_segment(&file, first).map_err(io_error(&path))?;
-            if let Some((offset, damage)) = scan.damage.take() {
-                let reason = match damage {
-                    Damage::Bad(reason) => return Err(corrupt(offset, reason)),
-                    Damage::Torn(reason) if !is_last => {
-                        return Err(corrupt(
-                            offset,
-                            format!("{reason} (not in the last segment)"),
-                        ))
-                    }
-                    Damage::Torn(reason) => reason,
-                };
-                if let Some(valid) =
-                    find_valid_record_after(&file, offset).map_err(io_error(&path))?
-                {
-                    return Err(corrupt(
-                        offset,
-                        format!(
-                            "{reason}, and a valid record follows at byte {valid}: not a torn tail"
-                        ),
-                    ));
-                }
-                tracing::warn!(
-                    file = %path.display(),
-                    offset,
-                    cut_bytes = file.metadata().map(|meta| meta.len() - offset).unwrap_or(0),
-                    %reason,
-                    "torn write at the end of the WAL (a crash during an append); cutting it off"
-                );
-                file.set_len(offset).map_err(io_error(&path))?;
-                preallocate(&file, segment_bytes).map_err(io_error(&path))?;
-                if sync {
-                    file.sync_data().map_err(io_error(&path))?;
-                }
-            }
-            if scan.offsets.is_empty() {
-                if !is_last {
-                    return Err(corrupt(0, "empty segment before the last one".to_string()));
-                }
-                // Created by an append that did not get to write a whole record.
-                doomed.push(path);
-                continue;
-            }
-            last = scan.last;
-            segments.push_back(Segment {
-                first,
-                path,
-                file: Arc::new(file),
-                offsets: scan.offsets,
-                bytes: scan.bytes,
-            });
-        }
-        for path in doomed {
-            fs::remove_file(&path).map_err(io_error(&path))?;
-        }
-        let mut state = State {
-            segments,
-            purged,
-            last,
-            unsynced: Vec::new(),
-            dir_unsynced: false,
-        };
-        // A purge cut short may also leave segments that only a scan shows to be wholly purged.
-        drop_purged_segments(&mut state).map_err(io_error(dir))?;
-        // What was found may be only in the page cache (written before a kill -9, never synced): sync it
-        // now, so that everything this WAL holds is durable before it is acknowledged or applied.
-        if sync {
-            for segment in &state.segments {
-                segment.file.sync_data().map_err(io_error(&segment.path))?;
-            }
-            // A segment created just before the crash, and the removals above, are directory entries.
-            sync_dir(dir).map_err(io_error(dir))?;
-        }
-        let (progress, _) = watch::channel(LogProgress {
-            written: state.last,
-            synced: state.last,
-            failed: false,
-        });
-        Ok(Wal {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            sync,
-            state: RwLock::new(state),
-            sync_lock: Mutex::new(()),
-            failed: AtomicBool::new(false),
-            progress,
-        })
-    }
-
     /// Fails when an earlier mutation failed (see `failed`).
     fn check_healthy(&self) -> io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
@@ -1029,6 +628,7 @@ impl Wal {
 
 #[cfg(test)]
 mod tests {
+    use super::segment::{parse_segment_name, segment_name};
     use super::*;
 
     #[test]
