@@ -49,6 +49,7 @@ pub const FINAL_READ_ATTEMPTS_MAX: usize = 5;
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
     pub nodes: u64,
+    #[serde(serialize_with = "serialize_duration")]
     pub time_limit: Duration,
     pub concurrency: usize,
     /// Target operations per second over all clients; 0 runs every client as fast as it can.
@@ -58,11 +59,13 @@ pub struct RunConfig {
     pub keys: usize,
     #[serde(serialize_with = "serialize_consistency")]
     pub read_consistency: Consistency,
+    #[serde(serialize_with = "serialize_optional_duration")]
     pub max_staleness: Option<Duration>,
     /// Reads carry their session's revision (read-your-writes, monotonic reads).
     pub sessions: bool,
     #[serde(serialize_with = "serialize_display")]
     pub nemesis: NemesisSet,
+    #[serde(serialize_with = "serialize_duration")]
     pub nemesis_interval: Duration,
     pub seed: u64,
     pub out: PathBuf,
@@ -70,10 +73,13 @@ pub struct RunConfig {
     /// Extra `raftkv-server` flags (timing).
     pub server_args: Vec<String>,
     /// Deadline of one client attempt.
+    #[serde(serialize_with = "serialize_duration")]
     pub request_timeout: Duration,
     /// Deadline of one operation, retries included.
+    #[serde(serialize_with = "serialize_duration")]
     pub operation_timeout: Duration,
     /// Bound on the recovery after the final heal.
+    #[serde(serialize_with = "serialize_duration")]
     pub recovery_timeout: Duration,
     pub slo: Slo,
     /// Keep the nodes' data directories after the run.
@@ -87,6 +93,24 @@ fn serialize_consistency<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(consistency_name(*consistency))
+}
+
+/// Durations as people write them (`30s`, `500ms`), as the flags take them, not serde's `{secs, nanos}`.
+fn serialize_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::net::format_duration(*duration))
+}
+
+fn serialize_optional_duration<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serialize_duration(duration, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(

@@ -155,7 +155,15 @@ async fn register_run_with_linearizable_reads_passes_under_partitions_kills_and_
     assert!(
         report.contains("partition-leader") || report.contains("kill") || report.contains("pause")
     );
-    assert_eq!(results_json(&outcome)["verdict"], "valid");
+    let json = results_json(&outcome);
+    assert_eq!(json["verdict"], "valid");
+    // Durations as the flags take them, in results.json and so in the report's config table.
+    assert_eq!(json["config"]["time_limit"], "9s");
+    assert_eq!(json["config"]["nemesis_interval"], "1500ms");
+    assert!(
+        !report.contains("nanos"),
+        "a duration printed as serde's struct"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

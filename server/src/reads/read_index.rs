@@ -20,6 +20,7 @@
 //! Follower reads: `ReadIndexForwarder` runs the same loop (`run_rounds`) with a peer call to the leader as
 //! its round, so a read on a follower also only uses a call sent after it arrived.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -231,8 +232,17 @@ async fn round(raft: Raft, node_id: NodeId, waiters: Vec<Waiter>, lease: Arc<Lea
                 ) => ReadIndexError::NotLeader {
                     leader_id: forward.leader_id,
                 },
-                openraft::error::RaftError::APIError(error) => {
-                    ReadIndexError::NoQuorum(error.to_string())
+                openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(error),
+                ) => {
+                    let voter_sets = raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_joint_config()
+                        .clone();
+                    ReadIndexError::NoQuorum(quorum_shortfall(&error.got, &voter_sets))
                 }
                 openraft::error::RaftError::Fatal(_) => ReadIndexError::ShuttingDown,
             })
@@ -252,6 +262,34 @@ async fn round(raft: Raft, node_id: NodeId, waiters: Vec<Waiter>, lease: Arc<Lea
     for waiter in waiters {
         let _ = waiter.send(result.clone());
     }
+}
+
+/// Why a round failed, in words: which nodes answered, of which, and how many a quorum needs (per voter set
+/// during a joint membership change).
+pub fn quorum_shortfall(reached: &BTreeSet<NodeId>, voter_sets: &[BTreeSet<NodeId>]) -> String {
+    let list = |ids: &mut dyn Iterator<Item = &NodeId>| {
+        let ids: Vec<String> = ids.map(ToString::to_string).collect();
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    let sets: Vec<String> = voter_sets
+        .iter()
+        .map(|voters| {
+            format!(
+                "reached {} of voters {}, a quorum needs {}",
+                list(&mut voters.iter().filter(|id| reached.contains(id))),
+                list(&mut voters.iter()),
+                voters.len() / 2 + 1
+            )
+        })
+        .collect();
+    format!(
+        "{} (this node may be cut off from the others; try another node)",
+        sets.join("; and ")
+    )
 }
 
 /// Why a follower could not get a read index from the leader.
@@ -336,5 +374,23 @@ async fn forward(peers: Arc<PeerChannels>, waiters: Vec<ForwardWaiter>, timeout:
         });
     for waiter in waiters {
         let _ = waiter.reply.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_round_says_who_answered_and_how_many_were_needed() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(
+            quorum_shortfall(&set(&[1, 5]), &[set(&[1, 2, 3, 4, 5])]),
+            "reached 1, 5 of voters 1, 2, 3, 4, 5, a quorum needs 3 (this node may be cut off from the others; try another node)"
+        );
+        assert_eq!(
+            quorum_shortfall(&set(&[]), &[set(&[1, 2, 3]), set(&[3, 4, 5])]),
+            "reached none of voters 1, 2, 3, a quorum needs 2; and reached none of voters 3, 4, 5, a quorum needs 2 (this node may be cut off from the others; try another node)"
+        );
     }
 }
