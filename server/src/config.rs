@@ -295,3 +295,93 @@ fn tls_paths(args: &Args) -> Result<Option<TlsPaths>, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags every row starts from: a valid single node.
+    const BASE: &[&str] = &[
+        "raftkv-server",
+        "--listen",
+        "127.0.0.1:7001",
+        "--data-dir",
+        "/tmp/raftkv-config-test",
+    ];
+
+    /// `NodeConfig::from_args` on `BASE` plus `extra`: the error, or `None` when the flags are valid.
+    fn check(extra: &[&str]) -> Option<String> {
+        let id: &[&str] = if extra.contains(&"--id") {
+            &[]
+        } else {
+            &["--id", "1"]
+        };
+        let args =
+            Args::try_parse_from(BASE.iter().chain(id).chain(extra)).expect("clap parses the row");
+        NodeConfig::from_args(&args).err()
+    }
+
+    /// Each row: extra flags, and a piece of the error they must give (`None`: accepted). Every message says
+    /// which flag is wrong and, where there is one, what to do.
+    #[test]
+    fn flag_validation_table() {
+        let rows: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["--id", "0"], Some("--id must be a positive integer")),
+            (&["--cluster-id", ""], Some("--cluster-id must not be empty")),
+            (&["--initial-cluster", "1=127.0.0.1:7001,2=127.0.0.1:7002"], None),
+            (&["--initial-cluster", "2=127.0.0.1:7002,3=127.0.0.1:7003"], Some("--initial-cluster does not name this node (1); add 1=127.0.0.1:7001 or drop the flag")),
+            (&["--initial-cluster", "1=127.0.0.1:9999"], Some("--initial-cluster gives node 1 the address 127.0.0.1:9999, but it advertises 127.0.0.1:7001")),
+            (&["--initial-cluster", "1=127.0.0.1:7001,1=127.0.0.1:7001"], Some("--initial-cluster names node 1 twice")),
+            (&["--initial-cluster", "1=127.0.0.1:7001,x=127.0.0.1:7002"], Some("--initial-cluster: \"x\" is not a node id")),
+            (&["--initial-cluster", "1=127.0.0.1:7001,0=127.0.0.1:7002"], Some("--initial-cluster: node ids start at 1")),
+            (&["--initial-cluster", "1=127.0.0.1:7001,2=nowhere"], Some("--initial-cluster: \"nowhere\" is not HOST:PORT")),
+            (&["--initial-cluster", "1:127.0.0.1:7001"], Some("--initial-cluster expects ID=HOST:PORT")),
+            (&["--peer-route", "2=127.0.0.1:7102"], None),
+            (&["--peer-route", "1=127.0.0.1:7101"], Some("--peer-route names this node (1); routes are for peers")),
+            (&["--heartbeat-interval-ms", "0"], Some("--heartbeat-interval-ms must be above 0")),
+            (&["--heartbeat-interval-ms", "500"], Some("--election-timeout-min-ms (1000) must be more than twice --heartbeat-interval-ms (500)")),
+            (&["--heartbeat-interval-ms", "499"], None),
+            (&["--election-timeout-max-ms", "1000"], Some("--election-timeout-max-ms (1000) must be above --election-timeout-min-ms (1000)")),
+            (&["--lease-drift-margin-ms", "1000"], Some("--lease-drift-margin-ms (1000) must be below --election-timeout-min-ms (1000)")),
+            (&["--lease-drift-margin-ms", "999"], None),
+            (&["--metrics-listen", "127.0.0.1:7001"], Some("--metrics-listen 127.0.0.1:7001 overlaps --listen 127.0.0.1:7001; give metrics a port of their own")),
+            (&["--metrics-listen", "0.0.0.0:7001"], Some("overlaps --listen")),
+            (&["--metrics-listen", "127.0.0.1:7201"], None),
+            (&["--snapshot-after-entries", "0"], Some("--snapshot-after-entries must be above 0")),
+            (&["--tls-cert", "c.pem"], Some("TLS needs --tls-cert, --tls-key and --tls-ca together: add --tls-key and --tls-ca")),
+            (&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem"], None),
+            (&["--tls-require-client-cert"], Some("--tls-require-client-cert needs TLS")),
+        ];
+        for (extra, expected) in rows {
+            let got = check(extra);
+            match (expected, &got) {
+                (None, None) => {}
+                (Some(piece), Some(error)) => {
+                    assert!(
+                        error.contains(piece),
+                        "{extra:?}: {error:?} does not say {piece:?}"
+                    )
+                }
+                _ => panic!("{extra:?}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_lease_lasts_the_shortest_election_timeout_less_the_drift_margin() {
+        let args = Args::try_parse_from(BASE.iter().chain(&[
+            "--id",
+            "1",
+            "--election-timeout-min-ms",
+            "800",
+            "--election-timeout-max-ms",
+            "1600",
+            "--lease-drift-margin-ms",
+            "150",
+        ]))
+        .unwrap();
+        let config = NodeConfig::from_args(&args).unwrap();
+        assert_eq!(config.lease_duration, Duration::from_millis(650));
+    }
+}

@@ -110,3 +110,62 @@ impl HealthPublisher {
         self.current = Some(serving);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each row: who the node knows as leader, ms since it heard from it, applied and leader commit index, and
+    /// whether it serves (`None`) or a piece of the reason it does not.
+    #[test]
+    fn health_table() {
+        let bound = Duration::from_millis(2000);
+        let rows: &[(Option<NodeId>, Option<u64>, u64, u64, Option<&str>)] = &[
+            (Some(1), Some(50), 100, 100, None),
+            (Some(1), Some(2000), 100, 100, None),
+            (
+                Some(1),
+                Some(2001),
+                100,
+                100,
+                Some("no contact with the leader for 2001 ms, over the bound of 2000 ms"),
+            ),
+            (None, Some(50), 100, 100, Some("no leader known")),
+            (
+                Some(1),
+                None,
+                100,
+                100,
+                Some("no contact with the leader yet"),
+            ),
+            (Some(1), Some(50), 100, 1_100, None),
+            (
+                Some(1),
+                Some(50),
+                100,
+                1_101,
+                Some("applied index 100 is 1001 entries behind the leader's commit index 1101"),
+            ),
+            // A node ahead of what it heard of the leader's commit (it learnt it later) is not behind.
+            (Some(1), Some(50), 500, 100, None),
+        ];
+        for (leader_id, since_ms, applied_index, leader_commit_index, expected) in rows {
+            let inputs = HealthInputs {
+                leader_id: *leader_id,
+                since_leader: since_ms.map(Duration::from_millis),
+                applied_index: *applied_index,
+                leader_commit_index: *leader_commit_index,
+            };
+            match (assess(&inputs, bound), expected) {
+                (Health::Serving, None) => {}
+                (Health::NotServing(reason), Some(piece)) => {
+                    assert!(
+                        reason.contains(piece),
+                        "{inputs:?}: {reason:?} does not say {piece:?}"
+                    )
+                }
+                (got, _) => panic!("{inputs:?}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+}

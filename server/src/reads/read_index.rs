@@ -381,6 +381,67 @@ async fn forward(peers: Arc<PeerChannels>, waiters: Vec<ForwardWaiter>, timeout:
 mod tests {
     use super::*;
 
+    fn lease_of(duration_ms: u64) -> Lease {
+        Lease {
+            until: Mutex::new(None),
+            duration: Duration::from_millis(duration_ms),
+        }
+    }
+
+    const TERM_3: ReadIndexLease = ReadIndexLease {
+        term: 3,
+        leader_id: 1,
+    };
+    const TERM_4: ReadIndexLease = ReadIndexLease {
+        term: 4,
+        leader_id: 1,
+    };
+
+    /// The lease runs from the start of the round that earned it, never from its end; a later round extends
+    /// it, an older one (a round that started earlier but ended later) never shortens it; a new term replaces
+    /// it; a failed round revokes it.
+    #[test]
+    fn lease_validity_table() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let lease = lease_of(750);
+        assert!(lease.valid_at(t0).is_none(), "no round yet");
+        lease.extend(t0, TERM_3);
+        let rows = [(0, true), (749, true), (750, false), (5_000, false)];
+        for (at_ms, valid) in rows {
+            assert_eq!(
+                lease.valid_at(t0 + ms(at_ms)).is_some(),
+                valid,
+                "{at_ms} ms after the round started"
+            );
+        }
+        lease.extend(t0 + ms(500), TERM_3);
+        assert!(
+            lease.valid_at(t0 + ms(1_249)).is_some(),
+            "a later round extends it"
+        );
+        lease.extend(t0 + ms(100), TERM_3);
+        assert!(
+            lease.valid_at(t0 + ms(1_249)).is_some(),
+            "an older round never shortens it"
+        );
+        lease.extend(t0 + ms(100), TERM_4);
+        assert_eq!(
+            lease.valid_at(t0 + ms(800)).map(|lease| lease.term),
+            Some(4),
+            "a new term replaces it"
+        );
+        assert!(lease.valid_at(t0 + ms(850)).is_none());
+        lease.revoke();
+        assert!(
+            lease.valid_at(t0 + ms(200)).is_none(),
+            "a failed round revokes it"
+        );
+        let off = lease_of(0);
+        off.extend(t0, TERM_3);
+        assert!(off.valid_at(t0).is_none(), "a zero lease is never valid");
+    }
+
     #[test]
     fn a_failed_round_says_who_answered_and_how_many_were_needed() {
         let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
