@@ -115,12 +115,14 @@ impl HealthPublisher {
 mod tests {
     use super::*;
 
-    /// Each row: who the node knows as leader, ms since it heard from it, applied and leader commit index, and
+    /// A row: who the node knows as leader, ms since it heard from it, applied and leader commit index, and
     /// whether it serves (`None`) or a piece of the reason it does not.
+    type Row = (Option<NodeId>, Option<u64>, u64, u64, Option<&'static str>);
+
     #[test]
     fn health_table() {
         let bound = Duration::from_millis(2000);
-        let rows: &[(Option<NodeId>, Option<u64>, u64, u64, Option<&str>)] = &[
+        let rows: &[Row] = &[
             (Some(1), Some(50), 100, 100, None),
             (Some(1), Some(2000), 100, 100, None),
             (
