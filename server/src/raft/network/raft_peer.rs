@@ -115,14 +115,11 @@ impl RaftPeer {
         wait: Duration,
     ) -> Option<LogId> {
         let commit = leader_commit?;
-        let synced_to_commit = |progress: &LogProgress| {
-            progress.failed || progress.synced.is_some_and(|synced| synced >= commit)
-        };
-        if !synced_to_commit(&self.log_progress.borrow()) {
-            let _ = tokio::time::timeout(wait, self.log_progress.wait_for(synced_to_commit)).await;
+        let covered = |progress: &LogProgress| progress.covers_commit(commit);
+        if !covered(&self.log_progress.borrow()) {
+            let _ = tokio::time::timeout(wait, self.log_progress.wait_for(covered)).await;
         }
-        let synced = self.log_progress.borrow().synced;
-        leader_commit.min(synced)
+        self.log_progress.borrow().commit_to_announce(leader_commit)
     }
 
     /// Sends one AppendEntries message on this client's stream (opening one if it has none) and waits for its

@@ -95,9 +95,11 @@ pub enum OpenError {
 }
 
 /// How far the log is written and how far it is synced, published by the WAL at every change (see
-/// `Wal::progress`). The state machine applies no entry that is written here but not synced, and the network
-/// tells followers no commit index beyond `synced`: together they let the leader acknowledge its own append
-/// before its sync (see `storage`) while nothing becomes visible until the leader's copy is durable.
+/// `Wal::progress`), and the one rule built on it: **nothing acts on an entry the leader has not synced**.
+/// The state machine applies no entry that is written but not synced (`any_unsynced`), and the network
+/// tells followers no commit index beyond the synced log (`commit_to_announce`): together they let the leader
+/// acknowledge its own append before its sync (see `storage::log_store`) while nothing becomes visible until
+/// the leader's copy is durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogProgress {
     /// The last entry written (readable), synced or not; `None` when the WAL holds no entry.
@@ -115,6 +117,18 @@ impl LogProgress {
     pub fn unsynced(&self, index: u64) -> bool {
         self.written.is_some_and(|written| written.index >= index)
             && self.synced.is_none_or(|synced| synced.index < index)
+    }
+
+    /// The commit index a leader may announce to its followers for `commit`: never beyond its synced log.
+    /// `None` once nothing of it is synced.
+    pub fn commit_to_announce(&self, commit: Option<LogId>) -> Option<LogId> {
+        commit.min(self.synced)
+    }
+
+    /// Whether announcing `commit` needs no wait: the synced log covers it, or the WAL failed (nothing will
+    /// be synced again; the node stops on the next log call).
+    pub fn covers_commit(&self, commit: LogId) -> bool {
+        self.failed || self.synced.is_some_and(|synced| synced >= commit)
     }
 
     /// Whether any entry in `first..=last` is written and not yet synced. The synced entries are a prefix of
