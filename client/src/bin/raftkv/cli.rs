@@ -410,7 +410,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             let result: GetResult = client
                 .get(key.clone(), &read_options(&read))
                 .await
-                .map_err(fail)?;
+                .map_err(|error| failure(error, &endpoints, read.endpoint.as_deref()))?;
             let found = result.kv.is_some();
             match output {
                 Output::Json => println!(
@@ -459,7 +459,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             let result = client
                 .scan(range, limit, &read_options(&read))
                 .await
-                .map_err(fail)?;
+                .map_err(|error| failure(error, &endpoints, read.endpoint.as_deref()))?;
             match output {
                 Output::Json => {
                     for kv in &result.kvs {
