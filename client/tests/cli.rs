@@ -1,110 +1,46 @@
 //! CLI tests: run the `raftkv` binary against a real three-node cluster of `raftkv-server` processes and
 //! check every command in table and JSON form, the exit codes, the error line when no node is reachable, and
-//! `--ca` against a TLS node (certificates made in the test with rcgen).
+//! `--ca` against a TLS node (certificates from a throwaway CA made in the test).
 //!
-//! The server binary is found next to the `raftkv` binary in the target directory (`cargo test --workspace`
-//! builds both); the client crate does not depend on the server crate.
+//! Clusters, binaries, ports and certificates come from raftkv-testkit; what is left here is running the CLI
+//! against a cluster and reading what it prints. The kit finds `raftkv-server` next to the test executable in
+//! the target directory (`cargo test --workspace` builds it); the client crate does not depend on the server
+//! crate.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use raftkv_testkit::{cli_binary, free_port, Authority, ClusterSpec, TestCluster, WAIT_MAX};
 use serde_json::Value;
 
-const WAIT_MAX: Duration = Duration::from_secs(30);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn server_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_raftkv")).with_file_name("raftkv-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p raftkv-server` (cargo test --workspace does)",
-        path.display()
-    );
-    path
-}
-
+/// A cluster and the flags every `raftkv` call against it gets.
 struct Cluster {
-    children: Vec<Child>,
-    endpoints: Vec<String>,
+    nodes: TestCluster,
     /// Flags every `raftkv` call of the cluster gets (e.g. `--ca`).
     cli_args: Vec<String>,
-    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        Cluster::start_with(3, |_| Vec::new(), Vec::new())
+        Cluster::start_with(ClusterSpec::new(3), Vec::new())
     }
 
-    /// Starts `size` nodes, node `i` (from 0) with `node_args(i)`; `raftkv` calls get `cli_args`.
-    fn start_with(
-        size: usize,
-        node_args: impl Fn(usize) -> Vec<String>,
-        cli_args: Vec<String>,
-    ) -> Cluster {
-        let dir = tempfile::TempDir::new().unwrap();
-        let endpoints: Vec<String> = (0..size)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let initial = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let children = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                Command::new(server_binary())
-                    .args([
-                        "--id",
-                        &(i + 1).to_string(),
-                        "--listen",
-                        addr,
-                        "--initial-cluster",
-                        &initial,
-                    ])
-                    .args([
-                        "--heartbeat-interval-ms",
-                        "50",
-                        "--election-timeout-min-ms",
-                        "300",
-                        "--election-timeout-max-ms",
-                        "600",
-                    ])
-                    .args(node_args(i))
-                    .arg("--data-dir")
-                    .arg(dir.path().join(format!("node{}", i + 1)))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let cluster = Cluster {
-            children,
-            endpoints,
-            cli_args,
-            _dir: dir,
-        };
-        cluster.wait_for_leader();
-        cluster
+    /// Starts the cluster `spec` describes and waits for a leader; `raftkv` calls get `cli_args`.
+    fn start_with(spec: ClusterSpec, cli_args: Vec<String>) -> Cluster {
+        let nodes = TestCluster::with_spec(spec);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to wait for the leader");
+        runtime.block_on(nodes.wait_for_leader(&nodes.ids(), 1));
+        Cluster { nodes, cli_args }
     }
 
     fn endpoints(&self) -> String {
-        self.endpoints.join(",")
+        self.nodes.endpoints().join(",")
     }
 
     fn raftkv(&self, args: &[&str]) -> Output {
@@ -116,30 +52,11 @@ impl Cluster {
             .collect();
         raftkv(&self.endpoints(), &args, None)
     }
-
-    fn wait_for_leader(&self) {
-        let deadline = Instant::now() + WAIT_MAX;
-        loop {
-            let output = self.raftkv(&["-w", "json", "status"]);
-            let has_leader = String::from_utf8_lossy(&output.stdout).lines().any(|line| {
-                serde_json::from_str::<Value>(line).is_ok_and(|row| row["role"] == "leader")
-            });
-            if has_leader {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT_MAX:?}");
-            std::thread::sleep(POLL_INTERVAL);
-        }
-    }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The `raftkv` binary under test.
+fn raftkv_binary() -> PathBuf {
+    cli_binary().unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 fn raftkv(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -148,7 +65,7 @@ fn raftkv(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     } else {
         &["--timeout", "5s"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+    let mut child = Command::new(raftkv_binary())
         .args(["--endpoints", endpoints])
         .args(timeout)
         .args(args)
@@ -227,7 +144,7 @@ fn every_command_in_each_format_with_exit_codes() {
         "--min-revision",
         &revision.to_string(),
         "--endpoint",
-        &cluster.endpoints[2],
+        &cluster.nodes.addr(3),
     ]);
     assert_exit(&get, 0);
     assert!(
@@ -359,29 +276,20 @@ fn unreachable_cluster_gives_one_clear_line_and_exit_2() {
 /// A write whose only reachable node freezes (SIGSTOP) after the request was sent exits 3 with the UNKNOWN line.
 #[test]
 fn write_to_frozen_leader_exits_3() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     let status = cluster.raftkv(&["-w", "json", "status"]);
     let leader = json_lines(&status)
         .into_iter()
         .find(|row| row["role"] == "leader")
         .expect("a leader");
-    let index = leader["id"].as_u64().unwrap() as usize - 1;
-    let pid = cluster.children[index].id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let id = leader["id"].as_u64().unwrap();
+    cluster.nodes.pause(id);
     let output = raftkv(
-        &cluster.endpoints[index],
+        &cluster.nodes.addr(id),
         &["--timeout", "1500ms", "put", "frozen", "maybe"],
         None,
     );
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    cluster.nodes.resume(id);
     assert_exit(&output, 3);
     assert!(
         stderr(&output).starts_with("raftkv: UNKNOWN: the write may have been applied"),
@@ -398,58 +306,21 @@ fn completions_print_a_script() {
     assert!(stdout(&output).contains("raftkv"));
 }
 
-/// A CA and a node certificate (the peer name and 127.0.0.1) for one TLS node; returns (ca, cert, key).
-fn tls_files(dir: &std::path::Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, ca_name);
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params =
-        CertificateParams::new(vec!["raftkv-node".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let files = (
-        dir.join("ca.pem"),
-        dir.join("node.pem"),
-        dir.join("node-key.pem"),
-    );
-    std::fs::write(&files.0, ca_cert.pem()).unwrap();
-    std::fs::write(&files.1, cert.pem()).unwrap();
-    std::fs::write(&files.2, key.serialize_pem()).unwrap();
-    files
-}
-
 /// Against a TLS node: `--ca` (or `RAFTKV_CA`) works for writes, reads and status; without it, or with
 /// another CA, or with an unreadable CA file, the CLI exits 2 with one line that says to pass the right CA.
 #[test]
 fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
-    let pki = tempfile::TempDir::new().unwrap();
-    let (ca, cert, key) = tls_files(&pki.path().join("cluster"), "cluster CA");
+    let pki = Authority::temporary("cluster CA").unwrap();
+    let ca = pki.ca();
     let ca_arg = ca.display().to_string();
-    let node_tls = vec![
-        "--tls-cert".to_string(),
-        cert.display().to_string(),
-        "--tls-key".to_string(),
-        key.display().to_string(),
-        "--tls-ca".to_string(),
-        ca_arg.clone(),
-    ];
+    let node = pki.node(1, &[]).unwrap();
     let cluster = Cluster::start_with(
-        1,
-        |_| node_tls.clone(),
-        vec!["--ca".to_string(), ca_arg.clone()],
+        ClusterSpec {
+            node_args: BTreeMap::from([(1, pki.server_args(&node))]),
+            client_tls: Some(pki.client_tls().unwrap()),
+            ..ClusterSpec::new(1)
+        },
+        vec!["--ca".to_string(), ca_arg],
     );
 
     assert_exit(&cluster.raftkv(&["put", "greeting", "hello"]), 0);
@@ -460,9 +331,9 @@ fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
     assert_exit(&status, 0);
     assert_eq!(json_lines(&status)[0]["role"], "leader");
 
-    let from_env = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+    let from_env = Command::new(raftkv_binary())
         .args(["--endpoints", &cluster.endpoints(), "get", "greeting"])
-        .env("RAFTKV_CA", &ca)
+        .env("RAFTKV_CA", ca)
         .output()
         .unwrap();
     assert_exit(&from_env, 0);
@@ -481,7 +352,8 @@ fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
         &raftkv(&cluster.endpoints(), &["put", "greeting", "plain"], None),
         &["TLS", "--ca"],
     );
-    let (other_ca, _, _) = tls_files(&pki.path().join("other"), "another CA");
+    let other = Authority::temporary("another CA").unwrap();
+    let other_ca = other.ca();
     one_line(
         &raftkv(
             &cluster.endpoints(),
@@ -502,7 +374,7 @@ fn ca_flag_reaches_a_tls_node_and_its_absence_is_explained() {
         "{:?}",
         started.elapsed()
     );
-    let missing = pki.path().join("missing.pem");
+    let missing = pki.dir().join("missing.pem");
     one_line(
         &raftkv(
             &cluster.endpoints(),

@@ -16,7 +16,9 @@ use anyhow::Context as _;
 use raftkv_client::names::role_name;
 use raftkv_client::{Client, ClientConfig, ClientError, Consistency, GetResult, ReadOptions, Role};
 
-use crate::cluster::{fast_timing_args, Cluster, ClusterConfig};
+use raftkv_testkit::fast_timing;
+
+use crate::cluster::{Cluster, ClusterConfig};
 
 /// Nodes in the demo cluster.
 pub const DEMO_NODES: u64 = 5;
@@ -123,7 +125,7 @@ pub async fn split_brain(config: DemoConfig, out: &mut dyn Write) -> anyhow::Res
         nodes: DEMO_NODES,
         server_binary: config.server_binary,
         data_root: config.data_root,
-        extra_args: fast_timing_args(),
+        extra_args: fast_timing(),
         tls: false,
     })
     .await?;

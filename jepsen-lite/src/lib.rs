@@ -1,7 +1,6 @@
 //! jepsen-lite: runs partition experiments against a real raftkv cluster and checks what clients saw.
 
 pub mod availability;
-pub mod certs;
 pub mod checker;
 pub mod cluster;
 pub mod demo;

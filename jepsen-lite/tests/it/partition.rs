@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jepsen_lite::cluster::{fast_timing_args, find_server_binary, Cluster, ClusterConfig};
+use jepsen_lite::cluster::{Cluster, ClusterConfig};
 use jepsen_lite::net::LinkState;
 use raftkv_client::{Client, ClientConfig, ClientError, Consistency, ReadOptions, Role};
+use raftkv_testkit::{fast_timing, server_binary};
 use tempfile::TempDir;
 
 const WAIT_MAX: Duration = Duration::from_secs(30);
@@ -16,9 +17,9 @@ const READ_ATTEMPTS_MAX: usize = 5;
 async fn start(nodes: u64, dir: &TempDir) -> Cluster {
     let config = ClusterConfig {
         nodes,
-        server_binary: find_server_binary().expect("raftkv-server binary"),
+        server_binary: server_binary().expect("raftkv-server binary"),
         data_root: dir.path().to_path_buf(),
-        extra_args: fast_timing_args(),
+        extra_args: fast_timing(),
         tls: false,
     };
     Cluster::start(config).await.expect("start cluster")

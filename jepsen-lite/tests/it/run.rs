@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use jepsen_lite::availability::Slo;
 use jepsen_lite::checker::Verdict;
-use jepsen_lite::cluster::{fast_timing_args, find_server_binary};
 use jepsen_lite::demo::{self, DemoConfig};
 use jepsen_lite::history::History;
 use jepsen_lite::nemesis::NemesisSet;
 use jepsen_lite::runner::{self, RunConfig};
 use jepsen_lite::workload::WorkloadKind;
 use raftkv_client::Consistency;
+use raftkv_testkit::{fast_timing, server_binary};
 use tempfile::TempDir;
 
 /// A short run: two fault windows of 1.5 s with calm around them.
@@ -31,8 +31,8 @@ fn short_config(dir: &TempDir, nodes: u64, workload: WorkloadKind, nemesis: &str
         nemesis_interval: Duration::from_millis(1500),
         seed: 42,
         out: dir.path().to_path_buf(),
-        server_binary: find_server_binary().expect("raftkv-server binary"),
-        server_args: fast_timing_args(),
+        server_binary: server_binary().expect("raftkv-server binary"),
+        server_args: fast_timing(),
         request_timeout: Duration::from_secs(1),
         operation_timeout: Duration::from_secs(3),
         recovery_timeout: Duration::from_secs(30),
@@ -270,7 +270,7 @@ async fn split_brain_demo_shows_every_step_as_raft_promises() {
     let mut output = Vec::new();
     let passed = demo::split_brain(
         DemoConfig {
-            server_binary: find_server_binary().unwrap(),
+            server_binary: server_binary().unwrap(),
             data_root: dir.path().to_path_buf(),
         },
         &mut output,

@@ -1,12 +1,11 @@
 //! Client library behaviour against a real cluster when the cluster misbehaves: a leader SIGKILLed under a
 //! write load, a leader frozen mid-request, a read pinned to a dead node.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use raftkv_client::{Client, ClientConfig, ClientError, Consistency, Expected, ReadOptions};
 
-use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
+use raftkv_testkit::{fast_timing, wait_until, TestCluster, WAIT_MAX};
 
 /// One session increments a counter with cas (expected i-1, new i) while the leader is SIGKILLed. With a
 /// single writer, a cas that reports "not swapped" with the counter already at i could only be a retry of a
@@ -65,7 +64,7 @@ async fn session_writes_through_leader_kill_apply_exactly_once() {
 /// A write whose leader freezes (SIGSTOP) after the request was sent is reported indeterminate, not failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_to_frozen_leader_is_indeterminate() {
-    let cluster = TestCluster::start(3, &fast_timing());
+    let mut cluster = TestCluster::start(3, &fast_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let mut config = ClientConfig::new(vec![cluster.addr(leader)]);
     config.request_timeout = Duration::from_millis(500);
@@ -75,23 +74,9 @@ async fn write_to_frozen_leader_is_indeterminate() {
         .put("warm", "up")
         .await
         .expect("write before the freeze");
-    let pid = cluster.nodes[&leader]
-        .child
-        .as_ref()
-        .unwrap()
-        .id()
-        .to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    cluster.pause(leader);
     let result = client.put("frozen", "maybe").await;
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    cluster.resume(leader);
     match result {
         Err(ClientError::Indeterminate { .. }) => {}
         other => panic!("expected an indeterminate outcome, got {other:?}"),

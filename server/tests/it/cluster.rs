@@ -9,7 +9,9 @@ use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::RaftMessage;
 use raftkv_server::raft::types::{NodeId, TypeConfig, Vote};
 
-use crate::harness::{fast_timing, read_at_once, TestCluster};
+use raftkv_testkit::{fast_timing, TestCluster};
+
+use crate::harness::read_at_once;
 
 fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
     ReadOptions {
@@ -148,8 +150,9 @@ async fn sigterm_shuts_down_cleanly_and_restart_keeps_data() {
         last = client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
     }
     cluster.wait_applied(2, last).await;
-    let child = cluster.nodes.get_mut(&2).unwrap().child.take().unwrap();
-    let status = crate::harness::terminate(child, std::time::Duration::from_secs(15));
+    let status = cluster
+        .terminate(2, std::time::Duration::from_secs(15))
+        .await;
     assert!(
         status.success(),
         "node exited with {status:?} after SIGTERM"

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::harness::{fast_timing, TestCluster, WAIT_MAX};
+use raftkv_testkit::{fast_timing, TestCluster, WAIT_MAX};
 
 /// Seed when `RAFTKV_CRASH_SEED` is not set.
 const SEED_DEFAULT: u64 = 0x5eed_0009;
@@ -222,7 +222,7 @@ async fn check_replicas_agree(cluster: &TestCluster, client: &Client) -> Result<
         .await
         .map_err(|error| format!("linearizable scan of every key: {error}"))?;
     let applied = leader_view.envelope.applied_index;
-    for id in cluster.nodes.keys() {
+    for id in &cluster.ids() {
         cluster.wait_applied(*id, applied).await;
         let options = ReadOptions {
             consistency: Consistency::Stale,

@@ -25,7 +25,7 @@ use raftkv_server::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
+use raftkv_testkit::{fast_timing, wait_until, TestCluster, WAIT_MAX};
 
 /// Connections the proposal flood is spread over: one HTTP/2 connection admits a bounded number of
 /// concurrent streams, and the flood needs more than `PROPOSALS_PENDING_MAX` in flight at once.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftkv_client::{ClientError, Consistency, ReadOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,10 +14,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::harness::{
-    fast_timing, free_port, read_at_once, terminate, wait_until, TestCluster, POLL_INTERVAL,
-    WAIT_MAX,
+use raftkv_testkit::{
+    fast_timing, free_port, poll_until_blocking, server_binary, wait_until, ClusterSpec,
+    TestCluster, POLL_INTERVAL, WAIT_MAX,
 };
+
+use crate::harness::read_at_once;
 
 /// Bound for one scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -180,7 +182,10 @@ fn ok_operations(scrape: &Scrape, kind: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_writes_and_a_leader_change() {
     const WRITES: u64 = 20;
-    let mut cluster = TestCluster::start_with_metrics(3, &fast_timing());
+    let mut cluster = TestCluster::with_spec(ClusterSpec {
+        metrics: true,
+        ..ClusterSpec::new(3)
+    });
     let (leader, term) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
 
@@ -487,10 +492,9 @@ async fn reflection_lists_every_service() {
         .any(|service| service.name == "raftkv.v1.Kv"));
 }
 
-/// SIGTERMs a node and waits (bounded) for it to exit; returns whether it exited with 0.
-fn sigterm(cluster: &mut TestCluster, id: u64) -> std::process::ExitStatus {
-    let child = cluster.nodes.get_mut(&id).unwrap().child.take().unwrap();
-    tokio::task::block_in_place(|| terminate(child, SIGTERM_EXIT_MAX))
+/// SIGTERMs a node and waits (bounded) for it to exit; returns how it exited.
+async fn sigterm(cluster: &mut TestCluster, id: u64) -> std::process::ExitStatus {
+    cluster.terminate(id, SIGTERM_EXIT_MAX).await
 }
 
 /// Writers through `raftkv_client` keep writing unique keys while the leader is SIGTERMed: it exits 0 within
@@ -533,7 +537,7 @@ async fn sigterm_under_write_load_keeps_every_acknowledged_write() {
     })
     .await;
 
-    let status = sigterm(&mut cluster, leader);
+    let status = sigterm(&mut cluster, leader).await;
     assert!(
         status.success(),
         "the leader exited with {status:?} after SIGTERM"
@@ -564,7 +568,7 @@ async fn sigterm_under_write_load_keeps_every_acknowledged_write() {
     check_every_write(&client, &acknowledged, &through_restarted).await;
 
     for id in 1..=3 {
-        let status = sigterm(&mut cluster, id);
+        let status = sigterm(&mut cluster, id).await;
         assert!(
             status.success(),
             "node {id} exited with {status:?} after SIGTERM"
@@ -613,25 +617,22 @@ async fn check_every_write(
 /// Runs `raftkv-server` with `args` (and the default log filter), which must refuse to start: checks the
 /// exit code and that stderr is one line containing every piece of `expected`.
 pub fn check_startup_error(args: &[String], code: i32, expected: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raftkv-server"))
+    let binary = server_binary().unwrap_or_else(|error| panic!("{error:#}"));
+    let mut child = Command::new(binary)
         .args(args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start raftkv-server");
-    let deadline = Instant::now() + STARTUP_EXIT_MAX;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("raftkv-server {args:?} still running after {STARTUP_EXIT_MAX:?}");
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    };
+    let exited = poll_until_blocking("raftkv-server exits", STARTUP_EXIT_MAX, || {
+        child.try_wait().unwrap()
+    });
+    let status = exited.unwrap_or_else(|timed_out| {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("raftkv-server {args:?} still running: {timed_out}");
+    });
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(
@@ -777,7 +778,10 @@ fn startup_refuses_election_timeout_min_not_below_max() {
 async fn concurrent_writes_share_entries_but_never_a_key_revision() {
     const WRITERS: u64 = 32;
     const ROUNDS: u64 = 20;
-    let cluster = TestCluster::start_with_metrics(3, &fast_timing());
+    let cluster = TestCluster::with_spec(ClusterSpec {
+        metrics: true,
+        ..ClusterSpec::new(3)
+    });
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let client = cluster.client();
     let mut writers = tokio::task::JoinSet::new();
@@ -868,7 +872,10 @@ async fn concurrent_writes_share_entries_but_never_a_key_revision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_follower_reads_share_calls_to_the_leader() {
     const READS: u64 = 200;
-    let cluster = TestCluster::start_with_metrics(3, &fast_timing());
+    let cluster = TestCluster::with_spec(ClusterSpec {
+        metrics: true,
+        ..ClusterSpec::new(3)
+    });
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let follower = if leader == 1 { 2 } else { 1 };
     let client = cluster.client();

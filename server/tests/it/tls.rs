@@ -1,120 +1,45 @@
 //! TLS on real nodes: a mutual-TLS cluster end to end, and every way in without the right certificate refused
 //! with a clear error on the caller's side and a warning in the node's log. Certificates are made in each test
-//! with rcgen (`Pki`); nothing is read from the repository.
+//! with the test kit's throwaway CAs (`Authority`); nothing is read from the repository.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use raftkv_client::{Client, ClientConfig, ClientError, Consistency, ReadOptions, Role, TlsConfig};
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::ReadIndexRequest;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+use raftkv_testkit::certs::PEER_SERVER_NAME;
+use raftkv_testkit::{
+    wait_until, Authority, ClusterSpec, KeyPairFiles, TestCluster, Usage, WAIT_MAX,
 };
 use tempfile::TempDir;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::harness::{fast_timing, wait_until, TestCluster, WAIT_MAX};
 use crate::ops::{check_startup_error, node_args, with};
 
-/// The name node certificates carry and peers verify (the server's `tls::PEER_SERVER_NAME`).
-const PEER_NAME: &str = "raftkv-node";
 /// Deadline of one raw peer call in these tests.
 const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A certificate and key written to disk.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
+/// A CA made for one test, issuing into a temporary directory.
+fn authority(name: &str) -> Authority {
+    Authority::temporary(name).expect("a throwaway CA")
 }
 
-/// A CA made for one test, issuing certificates into a temporary directory.
-struct Pki {
-    dir: TempDir,
-    ca: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = TempDir::new().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, cert.pem()).unwrap();
-        Pki {
-            dir,
-            ca,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn issue(&self, stem: &str, names: &[&str], usages: Vec<ExtendedKeyUsagePurpose>) -> Issued {
-        let mut params = CertificateParams::new(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        params.distinguished_name.push(DnType::CommonName, stem);
-        params.extended_key_usages = usages;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let issued = Issued {
-            cert: self.dir.path().join(format!("{stem}.pem")),
-            key: self.dir.path().join(format!("{stem}-key.pem")),
-        };
-        std::fs::write(&issued.cert, cert.pem()).unwrap();
-        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
-        issued
-    }
-
-    /// A node certificate: the peer name and the local addresses, server and client authentication.
-    fn node(&self, id: u64) -> Issued {
-        self.issue(
-            &format!("node{id}"),
-            &[PEER_NAME, "localhost", "127.0.0.1"],
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        )
-    }
-
-    fn server_args(&self, node: &Issued) -> Vec<String> {
-        vec![
-            "--tls-cert".to_string(),
-            node.cert.display().to_string(),
-            "--tls-key".to_string(),
-            node.key.display().to_string(),
-            "--tls-ca".to_string(),
-            self.ca.display().to_string(),
-        ]
-    }
-
-    fn client_tls(&self) -> TlsConfig {
-        TlsConfig::from_files(&self.ca, None, None).unwrap()
-    }
+/// Node `id`'s certificate from `pki`: the peer name and the local addresses.
+fn node_cert(pki: &Authority, id: u64) -> KeyPairFiles {
+    pki.node(id, &[]).expect("a node certificate")
 }
 
 /// A TLS cluster of `size` nodes, each with its own certificate from `pki`.
-fn tls_cluster(pki: &Pki, size: u64) -> TestCluster {
-    let mut cluster = TestCluster::start_with_node_args(size, |id| {
-        let mut args = fast_timing();
-        args.extend(pki.server_args(&pki.node(id)));
-        args
-    });
-    cluster.client_tls = Some(pki.client_tls());
-    cluster
+fn tls_cluster(pki: &Authority, size: u64) -> TestCluster {
+    TestCluster::with_spec(ClusterSpec {
+        node_args: (1..=size)
+            .map(|id| (id, pki.server_args(&node_cert(pki, id))))
+            .collect(),
+        client_tls: Some(pki.client_tls().unwrap()),
+        ..ClusterSpec::new(size)
+    })
 }
 
 /// Waits until node `id`'s log contains `needle`.
@@ -130,11 +55,11 @@ async fn wait_for_log(cluster: &TestCluster, id: u64, needle: &str) {
 async fn raw_peer(
     addr: &str,
     ca: &Path,
-    identity: Option<&Issued>,
+    identity: Option<&KeyPairFiles>,
 ) -> Result<PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name(PEER_NAME);
+        .domain_name(PEER_SERVER_NAME);
     if let Some(issued) = identity {
         tls = tls.identity(Identity::from_pem(
             std::fs::read(&issued.cert).unwrap(),
@@ -169,7 +94,7 @@ async fn read_index_call(
 /// leader when the old one is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_cluster_writes_reads_on_a_follower_and_elects_a_new_leader() {
-    let pki = Pki::new("cluster CA");
+    let pki = authority("cluster CA");
     let mut cluster = tls_cluster(&pki, 3);
     cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let client = cluster.client();
@@ -235,7 +160,7 @@ async fn mtls_cluster_writes_reads_on_a_follower_and_elects_a_new_leader() {
 /// another CA; the node logs a warning for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_without_the_ca_is_refused_with_a_clear_error() {
-    let pki = Pki::new("cluster CA");
+    let pki = authority("cluster CA");
     let cluster = tls_cluster(&pki, 1);
     cluster.wait_for_leader(&[1], 1).await;
     let endpoint = cluster.addr(1);
@@ -258,9 +183,9 @@ async fn client_without_the_ca_is_refused_with_a_clear_error() {
     }
     wait_for_log(&cluster, 1, "refused a plaintext connection").await;
 
-    let other_ca = Pki::new("another CA");
+    let other_ca = authority("another CA");
     let mut config = ClientConfig::new(vec![endpoint.clone()]);
-    config.tls = Some(other_ca.client_tls());
+    config.tls = Some(other_ca.client_tls().unwrap());
     let untrusting = Client::new(config).unwrap();
     match untrusting.put("k", "v").await {
         Err(ClientError::Tls { message, .. }) => {
@@ -291,12 +216,12 @@ async fn client_without_the_ca_is_refused_with_a_clear_error() {
 /// through to the envelope checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_without_a_peer_certificate_is_refused_by_the_peer_service() {
-    let pki = Pki::new("cluster CA");
+    let pki = authority("cluster CA");
     let cluster = tls_cluster(&pki, 1);
     cluster.wait_for_leader(&[1], 1).await;
     let addr = cluster.addr(1);
 
-    let mut anonymous = raw_peer(&addr, &pki.ca, None)
+    let mut anonymous = raw_peer(&addr, pki.ca(), None)
         .await
         .expect("TLS without a client certificate is allowed on the port");
     let refused = read_index_call(&mut anonymous, 1).await.unwrap_err();
@@ -307,12 +232,10 @@ async fn peer_without_a_peer_certificate_is_refused_by_the_peer_service() {
     );
     wait_for_log(&cluster, 1, "refused a peer call").await;
 
-    let client_cert = pki.issue(
-        "a-client",
-        &["raftkv-client"],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    );
-    let mut client_as_peer = raw_peer(&addr, &pki.ca, Some(&client_cert)).await.unwrap();
+    let client_cert = pki
+        .issue("a-client", &["raftkv-client"], Usage::Client)
+        .unwrap();
+    let mut client_as_peer = raw_peer(&addr, pki.ca(), Some(&client_cert)).await.unwrap();
     let refused = read_index_call(&mut client_as_peer, 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     assert!(
@@ -322,7 +245,9 @@ async fn peer_without_a_peer_certificate_is_refused_by_the_peer_service() {
 
     // With a node certificate the call passes authentication and meets the envelope check instead (node 99
     // is not a member).
-    let mut peer = raw_peer(&addr, &pki.ca, Some(&pki.node(99))).await.unwrap();
+    let mut peer = raw_peer(&addr, pki.ca(), Some(&node_cert(&pki, 99)))
+        .await
+        .unwrap();
     let checked = read_index_call(&mut peer, 1).await.unwrap_err();
     assert_eq!(
         checked.code(),
@@ -336,16 +261,16 @@ async fn peer_without_a_peer_certificate_is_refused_by_the_peer_service() {
 /// request never reaches a service, and the node logs the refused handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_with_a_certificate_from_another_ca_fails_the_handshake() {
-    let pki = Pki::new("cluster CA");
+    let pki = authority("cluster CA");
     let cluster = tls_cluster(&pki, 1);
     cluster.wait_for_leader(&[1], 1).await;
-    let other_ca = Pki::new("another CA");
-    let impostor = other_ca.node(2);
+    let other_ca = authority("another CA");
+    let impostor = node_cert(&other_ca, 2);
 
     // TLS 1.3 lets the client finish its side before the server checks its certificate, so the refusal
     // surfaces when connecting or on the first call: as the server's alert, or as the connection closing
     // under the request, whichever the client reads first. Either way no service answered.
-    let refused = match raw_peer(&cluster.addr(1), &pki.ca, Some(&impostor)).await {
+    let refused = match raw_peer(&cluster.addr(1), pki.ca(), Some(&impostor)).await {
         Err(error) => format!("{error:?}"),
         Ok(mut peer) => {
             let status = read_index_call(&mut peer, 1).await.unwrap_err();
@@ -373,22 +298,20 @@ async fn peer_with_a_certificate_from_another_ca_fails_the_handshake() {
 /// a client without one is refused in the handshake with an error saying to pass --cert and --key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificate_is_asked_for_clearly() {
-    let pki = Pki::new("cluster CA");
-    let node = pki.node(1);
-    let mut cluster = TestCluster::start_with_node_args(1, |_| {
-        let mut args = fast_timing();
-        args.extend(pki.server_args(&node));
-        args.push("--tls-require-client-cert".to_string());
-        args
+    let pki = authority("cluster CA");
+    let client_cert = pki
+        .issue("a-client", &["raftkv-client"], Usage::Client)
+        .unwrap();
+    let mut required = pki.server_args(&node_cert(&pki, 1));
+    required.push("--tls-require-client-cert".to_string());
+    let cluster = TestCluster::with_spec(ClusterSpec {
+        node_args: BTreeMap::from([(1, required)]),
+        client_tls: Some(
+            TlsConfig::from_files(pki.ca(), Some(&client_cert.cert), Some(&client_cert.key))
+                .unwrap(),
+        ),
+        ..ClusterSpec::new(1)
     });
-    let client_cert = pki.issue(
-        "a-client",
-        &["raftkv-client"],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    );
-    cluster.client_tls = Some(
-        TlsConfig::from_files(&pki.ca, Some(&client_cert.cert), Some(&client_cert.key)).unwrap(),
-    );
     cluster.wait_for_leader(&[1], 1).await;
     cluster
         .client()
@@ -397,7 +320,7 @@ async fn required_client_certificate_is_asked_for_clearly() {
         .expect("a client with a certificate");
 
     let mut config = ClientConfig::new(vec![cluster.addr(1)]);
-    config.tls = Some(pki.client_tls());
+    config.tls = Some(pki.client_tls().unwrap());
     match Client::new(config).unwrap().put("k", "w").await {
         Err(ClientError::Tls { message, .. }) => {
             assert!(
@@ -412,9 +335,9 @@ async fn required_client_certificate_is_asked_for_clearly() {
 /// Every TLS configuration mistake stops the node at start with one line that says what to change.
 #[test]
 fn tls_config_errors_stop_the_node_with_one_line() {
-    let pki = Pki::new("cluster CA");
-    let node = pki.node(1);
-    let other_node = pki.node(2);
+    let pki = authority("cluster CA");
+    let node = node_cert(&pki, 1);
+    let other_node = node_cert(&pki, 2);
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("data");
     let base = || node_args(1, &data);
@@ -449,7 +372,7 @@ fn tls_config_errors_stop_the_node_with_one_line() {
     );
     let missing = dir.path().join("missing.pem");
     check_startup_error(
-        &tls(&missing, &node.key, &pki.ca),
+        &tls(&missing, &node.key, pki.ca()),
         1,
         &[&format!("cannot read --tls-cert {}", missing.display())],
     );
@@ -461,34 +384,29 @@ fn tls_config_errors_stop_the_node_with_one_line() {
         &["--tls-ca", "holds no certificate", "pass a PEM file"],
     );
     check_startup_error(
-        &tls(&node.cert, &garbage, &pki.ca),
+        &tls(&node.cert, &garbage, pki.ca()),
         1,
         &["--tls-key", "holds no private key"],
     );
     check_startup_error(
-        &tls(&node.cert, &other_node.key, &pki.ca),
+        &tls(&node.cert, &other_node.key, pki.ca()),
         1,
         &[
             "does not fit --tls-cert",
             "pass the key the certificate was issued for",
         ],
     );
-    let unnamed = pki.issue(
-        "unnamed",
-        &["localhost", "127.0.0.1"],
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-    );
+    let unnamed = pki
+        .issue("unnamed", &["localhost", "127.0.0.1"], Usage::Node)
+        .unwrap();
     check_startup_error(
-        &tls(&unnamed.cert, &unnamed.key, &pki.ca),
+        &tls(&unnamed.cert, &unnamed.key, pki.ca()),
         1,
         &["would be refused by peers", "raftkv-node"],
     );
-    let other_ca = Pki::new("another CA");
+    let other_ca = authority("another CA");
     check_startup_error(
-        &tls(&node.cert, &node.key, &other_ca.ca),
+        &tls(&node.cert, &node.key, other_ca.ca()),
         1,
         &["would be refused by peers", "issue it from --tls-ca"],
     );

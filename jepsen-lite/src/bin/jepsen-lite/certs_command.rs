@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use jepsen_lite::certs;
+use raftkv_testkit::certs;
 
 #[derive(Debug, Args)]
 pub struct CertsCommand {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use jepsen_lite::cluster::find_server_binary;
 use jepsen_lite::demo::{self, DemoConfig};
 
 #[derive(Debug, Subcommand)]
@@ -29,7 +28,7 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitCode> {
     let DemoCommand::SplitBrain(args) = command;
     let server_binary = match args.server_bin {
         Some(path) => path,
-        None => find_server_binary()?,
+        None => raftkv_testkit::server_binary()?,
     };
     if args.data_dir.exists() {
         std::fs::remove_dir_all(&args.data_dir)

@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::Args;
 use jepsen_lite::availability::Slo;
 use jepsen_lite::checker::Verdict;
-use jepsen_lite::cluster::{fast_timing_args, find_server_binary};
 use jepsen_lite::nemesis::NemesisSet;
 use jepsen_lite::net::parse_duration;
 use jepsen_lite::runner::{self, RunConfig};
@@ -111,7 +110,7 @@ impl RunCommand {
     fn into_config(self) -> anyhow::Result<RunConfig> {
         let server_binary = match self.server_bin {
             Some(path) => path,
-            None => find_server_binary()?,
+            None => raftkv_testkit::server_binary()?,
         };
         let seed = self.seed.unwrap_or_else(rand::random);
         Ok(RunConfig {
@@ -132,7 +131,7 @@ impl RunCommand {
             server_args: if self.server_defaults {
                 Vec::new()
             } else {
-                fast_timing_args()
+                raftkv_testkit::fast_timing()
             },
             request_timeout: self.request_timeout,
             operation_timeout: self.operation_timeout,
