@@ -152,6 +152,26 @@ fn every_command_in_each_format_with_exit_codes() {
         "{}",
         stdout(&get)
     );
+    // A read pinned to a node that refuses it names the node (it cannot reach a revision that far ahead).
+    let pinned = cluster.nodes.addr(3);
+    let refused = cluster.raftkv(&[
+        "get",
+        "greeting",
+        "--consistency",
+        "stale",
+        "--min-revision",
+        "1000000000",
+        "--endpoint",
+        &pinned,
+    ]);
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).starts_with(&format!(
+            "raftkv: {pinned} refused the read: revision not reached"
+        )),
+        "{}",
+        stderr(&refused)
+    );
     assert_exit(&cluster.raftkv(&["get", "missing"]), 1);
     let missing = cluster.raftkv(&["-w", "json", "get", "missing"]);
     assert_exit(&missing, 1);

@@ -761,11 +761,16 @@ fn startup_refuses_a_data_dir_of_another_cluster() {
 #[test]
 fn startup_refuses_election_timeout_min_not_below_max() {
     let dir = tempfile::tempdir().unwrap();
-    let args = set_flag(node_args(1, dir.path()), "--election-timeout-max-ms", "300");
+    let args = set_flag(
+        node_args(1, dir.path()),
+        "--election-timeout-min-ms",
+        "5000",
+    );
+    let args = set_flag(args, "--election-timeout-max-ms", "5000");
     check_startup_error(
         &args,
         2,
-        &["--election-timeout-max-ms (300) must be above --election-timeout-min-ms (300)"],
+        &["--election-timeout-max-ms (5000) must be above --election-timeout-min-ms (5000)"],
     );
 }
 
