@@ -77,8 +77,10 @@ pub struct ReadOptions {
     pub consistency: Consistency,
     /// With `Stale`: refuse if the node has not heard from a leader within this bound.
     pub max_staleness: Option<Duration>,
-    /// Wait until the node has applied at least this revision.
+    /// Wait until the node's store has reached at least this revision.
     pub min_revision: u64,
+    /// Read the store as it was at this revision (0: the current one).
+    pub revision: u64,
     /// Send the read to this endpoint only, with no failover.
     pub endpoint: Option<String>,
 }
@@ -135,6 +137,7 @@ enum Write {
     Put(kv::PutRequest),
     Delete(kv::DeleteRequest),
     Cas(kv::CasRequest),
+    Compact(kv::CompactRequest),
 }
 
 /// A write's response.
@@ -143,6 +146,7 @@ enum Written {
     Put(kv::PutResponse),
     Delete(kv::DeleteResponse),
     Cas(kv::CasResponse),
+    Compact(kv::CompactResponse),
 }
 
 struct Shared {
@@ -202,6 +206,7 @@ fn read_options(options: &ReadOptions) -> kv::ReadOptions {
             .max_staleness
             .map_or(0, |bound| bound.as_millis().max(1) as u64),
         min_revision: options.min_revision,
+        revision: options.revision,
     }
 }
 
@@ -557,6 +562,10 @@ impl Client {
                         .cas(self.request(request, deadline))
                         .await
                         .map(|r| Written::Cas(r.into_inner())),
+                    Write::Compact(request) => client
+                        .compact(self.request(request, deadline))
+                        .await
+                        .map(|r| Written::Compact(r.into_inner())),
                 }
             }
         })
@@ -585,6 +594,21 @@ impl Client {
         new_value: impl Into<Vec<u8>>,
     ) -> Result<CasResult, ClientError> {
         self.session().cas(key, expected, new_value).await
+    }
+
+    /// Discards the history before `revision` (through Raft, on every node). Returns the store's revision
+    /// when it was applied. Refused (`Compacted`, `FutureRevision`) if the history is already compacted that
+    /// far or the store has not reached `revision`.
+    pub async fn compact(&self, revision: u64) -> Result<kv::CompactResponse, ClientError> {
+        match self
+            .write(Write::Compact(kv::CompactRequest { revision }))
+            .await?
+        {
+            Written::Compact(response) => Ok(response),
+            _ => Err(ClientError::Other(
+                "the node answered a compaction with another response".to_string(),
+            )),
+        }
     }
 
     /// Reads one key.
@@ -898,7 +922,7 @@ impl Session {
         let mut options = options.clone();
         options.min_revision = options.min_revision.max(self.min_revision);
         let result = self.client.get(key, &options).await?;
-        self.saw(result.envelope.applied_index);
+        self.saw(result.envelope.revision);
         Ok(result)
     }
 }

@@ -32,6 +32,12 @@ pub enum ClientError {
     /// The node did not reach the requested revision in time.
     #[error("revision not reached: {0}")]
     RevisionTimeout(String),
+    /// The revision asked for is older than the oldest one kept; nothing changed.
+    #[error("compacted: {0}")]
+    Compacted(String),
+    /// The revision asked for is beyond the store's; nothing changed.
+    #[error("future revision: {0}")]
+    FutureRevision(String),
     /// The overall deadline passed while retrying a read or an admin call.
     #[error("deadline exceeded after {elapsed:?}: {last_error}")]
     DeadlineExceeded {
@@ -72,6 +78,8 @@ impl ClientError {
             ClientError::Indeterminate { .. } => "indeterminate",
             ClientError::TooStale(_) => "too_stale",
             ClientError::RevisionTimeout(_) => "revision_timeout",
+            ClientError::Compacted(_) => "compacted",
+            ClientError::FutureRevision(_) => "future_revision",
             ClientError::DeadlineExceeded { .. } => "deadline_exceeded",
             ClientError::Busy(_) => "busy",
             ClientError::FailedPrecondition(_) => "failed_precondition",
@@ -179,6 +187,8 @@ pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
     match kind(status) {
         Some(ErrorKind::TooStale) => ClientError::TooStale(message),
         Some(ErrorKind::RevisionTimeout) => ClientError::RevisionTimeout(message),
+        Some(ErrorKind::Compacted) => ClientError::Compacted(message),
+        Some(ErrorKind::FutureRevision) => ClientError::FutureRevision(message),
         Some(ErrorKind::Indeterminate) => ClientError::Indeterminate { message },
         Some(ErrorKind::Busy) => ClientError::Busy(message),
         _ => match status.code() {

@@ -132,7 +132,7 @@ fn every_command_in_each_format_with_exit_codes() {
     let row = &json_lines(&get)[0];
     assert_eq!(row["kv"]["value"], "hello");
     assert_eq!(row["envelope"]["consistency"], "linearizable");
-    assert!(row["envelope"]["applied_index"].as_u64().unwrap() >= revision);
+    assert!(row["envelope"]["revision"].as_u64().unwrap() >= revision);
     let get = cluster.raftkv(&[
         "-w",
         "table",
@@ -239,6 +239,112 @@ fn every_command_in_each_format_with_exit_codes() {
     assert_eq!(json_lines(&members).len(), 3);
     assert_exit(&cluster.raftkv(&["-w", "table", "members", "list"]), 0);
 }
+
+/// Reads at a past revision, on every node and in every mode; `compact` through the CLI; a read below the
+/// compaction point or above the store's revision exits 1 with the reason in words, and changes nothing.
+#[test]
+fn reads_at_a_revision_and_compaction() {
+    let cluster = Cluster::start();
+    let revision_of = |output: &Output| json_lines(output)[0]["revision"].as_u64().unwrap();
+    let first = revision_of(&cluster.raftkv(&["-w", "json", "put", "h", "one"]));
+    let second = revision_of(&cluster.raftkv(&["-w", "json", "put", "h", "two"]));
+    let deleted = revision_of(&cluster.raftkv(&["-w", "json", "delete", "h"]));
+    assert_eq!(
+        (second, deleted),
+        (first + 1, first + 2),
+        "one revision per change"
+    );
+
+    for consistency in ["linearizable", "lease", "stale"] {
+        let at = |revision: u64| {
+            cluster.raftkv(&[
+                "get",
+                "h",
+                "--consistency",
+                consistency,
+                "--min-revision",
+                &deleted.to_string(),
+                "--revision",
+                &revision.to_string(),
+            ])
+        };
+        assert_eq!(stdout(&at(first)), "one\n", "{consistency} at {first}");
+        assert_eq!(stdout(&at(second)), "two\n", "{consistency} at {second}");
+        assert_exit(&at(deleted), 1);
+    }
+    let scan = cluster.raftkv(&[
+        "-w",
+        "json",
+        "scan",
+        "--prefix",
+        "h",
+        "--revision",
+        &second.to_string(),
+    ]);
+    assert_exit(&scan, 0);
+    let rows = json_lines(&scan);
+    assert_eq!(rows[0]["kv"]["value"], "two");
+    assert_eq!(rows[0]["kv"]["mod_revision"], second);
+    assert_eq!(rows[1]["envelope"]["revision"], deleted);
+
+    let future = cluster.raftkv(&["get", "h", "--revision", &(deleted + 1_000).to_string()]);
+    assert_exit(&future, 1);
+    assert!(
+        stderr(&future).contains("is a future revision"),
+        "{}",
+        stderr(&future)
+    );
+
+    let compact = cluster.raftkv(&["-w", "json", "compact", &second.to_string()]);
+    assert_exit(&compact, 0);
+    assert_eq!(json_lines(&compact)[0]["compact_revision"], second);
+    let compacted = cluster.raftkv(&["get", "h", "--revision", &first.to_string()]);
+    assert_exit(&compacted, 1);
+    assert!(
+        stderr(&compacted).contains(&format!(
+            "revision {first} has been compacted: the oldest revision still readable is {second}"
+        )),
+        "{}",
+        stderr(&compacted)
+    );
+    // The compaction point stays readable; compacting again to it is refused and changes nothing.
+    let kept = cluster.raftkv(&["get", "h", "--revision", &second.to_string()]);
+    assert_eq!(stdout(&kept), "two\n");
+    let again = cluster.raftkv(&["compact", &second.to_string()]);
+    assert_exit(&again, 1);
+    assert!(
+        stderr(&again).contains("has been compacted"),
+        "{}",
+        stderr(&again)
+    );
+    let beyond = cluster.raftkv(&["compact", &(deleted + 1_000).to_string()]);
+    assert_exit(&beyond, 1);
+    assert!(
+        stderr(&beyond).contains("future revision"),
+        "{}",
+        stderr(&beyond)
+    );
+    // Every node compacts to the same point (followers apply it a heartbeat later: poll, bounded).
+    let mut rows = Vec::new();
+    for _ in 0..STATUS_POLLS_MAX {
+        rows = json_lines(&cluster.raftkv(&["-w", "json", "status"]));
+        if rows.iter().all(|row| row["compact_revision"] == second) {
+            break;
+        }
+        std::thread::sleep(STATUS_POLL_PAUSE);
+    }
+    for row in rows {
+        assert_eq!(
+            row["compact_revision"], second,
+            "every node compacted to one point: {row}"
+        );
+        assert_eq!(row["revision"], deleted, "nothing changed the store: {row}");
+    }
+}
+
+/// Status polls of `reads_at_a_revision_and_compaction`, and the pause between them.
+const STATUS_POLLS_MAX: usize = 50;
+const STATUS_POLL_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// With no node reachable: exit 2 and one line that says what to do, at once rather than after the whole
 /// `--timeout` (every endpoint refused a connection, so there is nothing to wait for); a read pinned to a dead

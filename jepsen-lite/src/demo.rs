@@ -94,9 +94,10 @@ fn show_value(result: &GetResult) -> String {
     });
     let envelope = &result.envelope;
     format!(
-        "{value}, served by node {} as {} at applied index {}, term {}, {} since it heard from a leader",
+        "{value}, served by node {} as {} at revision {} (applied index {}), term {}, {} since it heard from a leader",
         envelope.node_id,
         role_name(envelope.role),
+        envelope.revision,
         envelope.applied_index,
         envelope.term,
         envelope
@@ -344,7 +345,7 @@ async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Re
     for &node in &ids {
         cluster
             .wait_status(node, ELECTION_WAIT, "catch up", |status| {
-                status.applied_index >= revision
+                status.revision >= revision
             })
             .await?;
     }

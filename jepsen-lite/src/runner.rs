@@ -140,8 +140,8 @@ pub struct LivenessReport {
     pub converged_after_ms: Option<u64>,
     /// The revision of the probe write every node had to reach.
     pub probe_revision: Option<u64>,
-    /// Each node's applied index when liveness ended, `None` if it did not answer.
-    pub applied_index: Vec<(u64, Option<u64>)>,
+    /// Each node's store revision when liveness ended, `None` if it did not answer.
+    pub revision: Vec<(u64, Option<u64>)>,
     /// What happened, in words.
     pub summary: String,
 }
@@ -356,7 +356,7 @@ async fn liveness(cluster: &Cluster, client: &Client, bound: Duration) -> Livene
         loop {
             applied_index.clear();
             for &id in &ids {
-                let applied = cluster.status(id).await.map(|status| status.applied_index);
+                let applied = cluster.status(id).await.map(|status| status.revision);
                 applied_index.push((id, applied));
             }
             if applied_index
@@ -398,7 +398,7 @@ async fn liveness(cluster: &Cluster, client: &Client, bound: Duration) -> Livene
         write_after_ms,
         converged_after_ms,
         probe_revision,
-        applied_index,
+        revision: applied_index,
         summary,
     }
 }

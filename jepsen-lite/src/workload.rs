@@ -177,6 +177,7 @@ pub fn envelope_json(envelope: &ReadEnvelope) -> Value {
         "node_id": envelope.node_id,
         "role": role_name(envelope.role),
         "consistency": consistency_name(envelope.consistency),
+        "revision": envelope.revision,
         "applied_index": envelope.applied_index,
         "term": envelope.term,
         "leader_id": envelope.leader_id,
@@ -273,6 +274,7 @@ pub async fn execute(
                     .max_staleness
                     .filter(|_| policy.consistency == Consistency::Stale),
                 min_revision: 0,
+                revision: 0,
                 endpoint: Some(read_endpoint.to_string()),
             };
             let result = if policy.sessions {
@@ -322,6 +324,7 @@ pub async fn read_set(client: &Client, endpoint: &str) -> Outcome {
         consistency: Consistency::Linearizable,
         max_staleness: None,
         min_revision: 0,
+        revision: 0,
         endpoint: Some(endpoint.to_string()),
     };
     let end = {

@@ -29,8 +29,13 @@ pub enum ErrorKind {
     NoQuorum,
     /// A bounded stale read was refused: the node has not heard from a leader within the bound.
     TooStale,
-    /// The node did not apply up to the requested revision in time.
+    /// The node did not reach the requested revision (or read index) in time.
     RevisionTimeout,
+    /// The read names a revision older than the oldest one kept (or a compaction asks for one already
+    /// compacted); nothing changed.
+    Compacted,
+    /// The read (or compaction) names a revision the store has not reached; nothing changed.
+    FutureRevision,
     /// The write was proposed but its outcome is unknown: it may have been applied.
     Indeterminate,
     /// A session's write carries a sequence older than the last one applied.
@@ -45,7 +50,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tests and tools that list them.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::InvalidArgument,
         ErrorKind::OutOfRange,
         ErrorKind::Busy,
@@ -54,6 +59,8 @@ impl ErrorKind {
         ErrorKind::NoQuorum,
         ErrorKind::TooStale,
         ErrorKind::RevisionTimeout,
+        ErrorKind::Compacted,
+        ErrorKind::FutureRevision,
         ErrorKind::Indeterminate,
         ErrorKind::SequenceTooOld,
         ErrorKind::Membership,
@@ -72,6 +79,8 @@ impl ErrorKind {
             ErrorKind::NoQuorum => "no_quorum",
             ErrorKind::TooStale => "too_stale",
             ErrorKind::RevisionTimeout => "revision_timeout",
+            ErrorKind::Compacted => "compacted",
+            ErrorKind::FutureRevision => "future_revision",
             ErrorKind::Indeterminate => "indeterminate",
             ErrorKind::SequenceTooOld => "sequence_too_old",
             ErrorKind::Membership => "membership",

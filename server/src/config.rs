@@ -70,6 +70,18 @@ pub struct Args {
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up from the log.
     #[arg(long, default_value_t = 1_000)]
     pub log_keep_entries: u64,
+    /// Megabytes of sled's page cache, which holds the hot part of the keyspace and its history; the rest
+    /// stays on disk. Bounds the node's memory beyond a fixed overhead.
+    #[arg(long, default_value_t = crate::storage::CACHE_MB_DEFAULT)]
+    pub cache_mb: u64,
+    /// Discard history automatically: `revision` keeps the last --auto-compaction-retention revisions
+    /// (checked every minute); `periodic` keeps --auto-compaction-retention of time (a duration such as `30m`,
+    /// `1h`, `10s`, or a number of hours), compacting every tenth of it. Off unless a retention is given.
+    #[arg(long, value_enum, default_value_t = AutoCompactionMode::Periodic)]
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// How much history automatic compaction keeps (see --auto-compaction-mode); `0` turns it off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Log output format. `RUST_LOG` chooses what is logged (see README, "Logs").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -93,6 +105,65 @@ pub struct Args {
     /// without it only peer calls need a client certificate.
     #[arg(long, env = "RAFTKV_TLS_REQUIRE_CLIENT_CERT")]
     pub tls_require_client_cert: bool,
+}
+
+/// How --auto-compaction-retention is read (etcd's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// Automatic compaction, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this many revisions behind the current one.
+    Revision(u64),
+    /// Keep this much time of history.
+    Periodic(Duration),
+}
+
+/// Reads --auto-compaction-retention for `mode`: `None` when it is 0 (off).
+pub fn parse_auto_compaction(
+    mode: AutoCompactionMode,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, String> {
+    let retention = retention.trim();
+    let bad = || {
+        format!(
+            "--auto-compaction-retention {retention:?} is not {}",
+            match mode {
+                AutoCompactionMode::Revision => "a number of revisions (e.g. 1000)",
+                AutoCompactionMode::Periodic =>
+                    "a duration (e.g. 30m, 1h, 10s) or a number of hours",
+            }
+        )
+    };
+    match mode {
+        AutoCompactionMode::Revision => {
+            let revisions: u64 = retention.parse().map_err(|_| bad())?;
+            Ok((revisions > 0).then_some(AutoCompaction::Revision(revisions)))
+        }
+        AutoCompactionMode::Periodic => {
+            let duration = if let Ok(hours) = retention.parse::<u64>() {
+                Duration::from_secs(hours * 3600)
+            } else {
+                let split = retention
+                    .find(|c: char| !c.is_ascii_digit())
+                    .ok_or_else(bad)?;
+                let (number, unit) = retention.split_at(split);
+                let number: u64 = number.parse().map_err(|_| bad())?;
+                let unit_secs = match unit {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    _ => return Err(bad()),
+                };
+                Duration::from_secs(number * unit_secs)
+            };
+            Ok((!duration.is_zero()).then_some(AutoCompaction::Periodic(duration)))
+        }
+    }
 }
 
 /// Where the node's TLS material is; read and checked when the node starts (`tls::NodeTls::load`).
@@ -121,6 +192,8 @@ pub struct NodeConfig {
     pub lease_duration: Duration,
     pub snapshot_after_entries: u64,
     pub log_keep_entries: u64,
+    pub cache_mb: u64,
+    pub auto_compaction: Option<AutoCompaction>,
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the one port, or plaintext when `None`.
     pub tls: Option<TlsPaths>,
@@ -242,6 +315,11 @@ impl NodeConfig {
         if args.snapshot_after_entries == 0 {
             return Err("--snapshot-after-entries must be above 0".to_string());
         }
+        if args.cache_mb == 0 {
+            return Err("--cache-mb must be at least 1".to_string());
+        }
+        let auto_compaction =
+            parse_auto_compaction(args.auto_compaction_mode, &args.auto_compaction_retention)?;
         let tls = tls_paths(args)?;
         let lease_duration =
             Duration::from_millis(args.election_timeout_min_ms - args.lease_drift_margin_ms);
@@ -259,6 +337,8 @@ impl NodeConfig {
             lease_duration,
             snapshot_after_entries: args.snapshot_after_entries,
             log_keep_entries: args.log_keep_entries,
+            cache_mb: args.cache_mb,
+            auto_compaction,
             metrics_listen: args.metrics_listen,
             tls,
         })
@@ -349,6 +429,17 @@ mod tests {
             (&["--metrics-listen", "0.0.0.0:7001"], Some("overlaps --listen")),
             (&["--metrics-listen", "127.0.0.1:7201"], None),
             (&["--snapshot-after-entries", "0"], Some("--snapshot-after-entries must be above 0")),
+            (&["--cache-mb", "0"], Some("--cache-mb must be at least 1")),
+            (
+                &["--auto-compaction-retention", "soon"],
+                Some("--auto-compaction-retention \"soon\" is not a duration"),
+            ),
+            (
+                &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"],
+                Some("--auto-compaction-retention \"1h\" is not a number of revisions"),
+            ),
+            (&["--auto-compaction-retention", "30m"], None),
+            (&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "100"], None),
             (&["--tls-cert", "c.pem"], Some("TLS needs --tls-cert, --tls-key and --tls-ca together: add --tls-key and --tls-ca")),
             (&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem"], None),
             (&["--tls-require-client-cert"], Some("--tls-require-client-cert needs TLS")),

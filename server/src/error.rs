@@ -7,6 +7,7 @@ use std::time::Duration;
 use raftkv_proto::contract::ErrorKind;
 
 use crate::raft::types::NodeId;
+use crate::storage::ReadError;
 
 /// Everything that can go wrong serving a client, before it becomes a gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,21 @@ pub enum ApiError {
         millis_since_leader: Option<u64>,
         bound_millis: u64,
     },
-    #[error("node has applied up to revision {applied}, still short of {wanted} after {waited:?}")]
+    #[error("this node's store is at revision {reached}, still short of the min_revision {wanted} after {waited:?}; retry, or read from the leader")]
     RevisionTimeout {
+        wanted: u64,
+        reached: u64,
+        waited: Duration,
+    },
+    #[error("this node has applied up to log index {applied}, still short of the read index {wanted} after {waited:?}; retry, or read from the leader")]
+    ApplyTimeout {
         wanted: u64,
         applied: u64,
         waited: Duration,
     },
+    /// A read or compaction at a revision that is compacted or in the future (never `ReadError::Storage`).
+    #[error("{0}")]
+    Revision(ReadError),
     #[error("the write was proposed but its outcome is unknown: it may have been applied ({0})")]
     Indeterminate(String),
     #[error("session sequence is older than the last one applied ({last_sequence})")]
@@ -62,12 +72,25 @@ impl ApiError {
             ApiError::NoLeader => ErrorKind::NoLeader,
             ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => ErrorKind::NoQuorum,
             ApiError::TooStale { .. } => ErrorKind::TooStale,
-            ApiError::RevisionTimeout { .. } => ErrorKind::RevisionTimeout,
+            ApiError::RevisionTimeout { .. } | ApiError::ApplyTimeout { .. } => {
+                ErrorKind::RevisionTimeout
+            }
+            ApiError::Revision(ReadError::FutureRevision { .. }) => ErrorKind::FutureRevision,
+            ApiError::Revision(_) => ErrorKind::Compacted,
             ApiError::Indeterminate(_) => ErrorKind::Indeterminate,
             ApiError::SequenceTooOld { .. } => ErrorKind::SequenceTooOld,
             ApiError::Membership(_) => ErrorKind::Membership,
             ApiError::ShuttingDown => ErrorKind::ShuttingDown,
             ApiError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Storage(reason) => ApiError::Internal(reason),
+            error => ApiError::Revision(error),
         }
     }
 }

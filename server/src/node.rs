@@ -42,6 +42,7 @@ use crate::config::NodeConfig;
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
 use crate::kv::state_machine::WRITE_BYTES_MAX;
 use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
+use crate::ops::auto_compaction;
 use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::ops::observer::Observer;
 use crate::ops::telemetry;
@@ -52,7 +53,7 @@ use crate::raft::quorum::{QuorumClock, SilencePolicy};
 use crate::raft::types::{Node as RaftNode, Raft};
 use crate::reads::read_index::{ReadIndexBatcher, ReadIndexForwarder};
 use crate::reads::{LeaderContact, Reader, FOLLOWER_READ_INDEX_TIMEOUT};
-use crate::storage::{self, LogStore, OpenError};
+use crate::storage::{self, LogStore, OpenError, StoreOptions};
 use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECTIONS_PENDING_MAX};
 
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
@@ -174,9 +175,16 @@ impl Node {
             None => None,
         };
         check_data_dir(&config.data_dir)?;
-        let (log_store, state_machine) =
-            storage::open(&config.data_dir, config.id, &config.cluster_id)
-                .map_err(explain_open_error)?;
+        let (log_store, state_machine) = storage::open_with(
+            &config.data_dir,
+            config.id,
+            &config.cluster_id,
+            StoreOptions {
+                cache_bytes: config.cache_mb * 1024 * 1024,
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(explain_open_error)?;
         let peers = PeerChannels::new(
             config.id,
             config.cluster_id.clone(),
@@ -213,6 +221,18 @@ impl Node {
         let (writes, writes_task) =
             WriteBatcher::start(raft.clone(), PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT);
         tasks.spawn(writes_task.instrument(span.clone()));
+        if let Some(policy) = config.auto_compaction {
+            tasks.spawn(
+                auto_compaction::run(
+                    policy,
+                    raft.clone(),
+                    state_machine.clone(),
+                    writes.clone(),
+                    stopped.clone(),
+                )
+                .instrument(span.clone()),
+            );
+        }
         let (forwarder, forwarder_task) =
             ReadIndexForwarder::start(peers.clone(), FOLLOWER_READ_INDEX_TIMEOUT);
         tasks.spawn(forwarder_task.instrument(span.clone()));
@@ -482,7 +502,7 @@ fn explain_open_error(error: OpenError) -> anyhow::Error {
         OpenError::Sled { .. } => Some(
             "if another raftkv-server uses this --data-dir stop it first; otherwise move the damaged dir away and let the node catch up from the leader",
         ),
-        OpenError::Snapshot { .. } => Some(
+        OpenError::Snapshot { .. } | OpenError::Keyspace { .. } => Some(
             "move the data dir away and let the node catch up from the leader, or restore it from a backup",
         ),
         OpenError::WalCorrupt { .. } => Some(

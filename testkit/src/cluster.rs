@@ -539,16 +539,17 @@ impl Cluster {
         .await
     }
 
-    /// Waits at most `bound` until each of `ids` has applied `index` and all name one leader; returns it.
+    /// Waits at most `bound` until each of `ids` has reached store revision `revision` and all name one
+    /// leader; returns it.
     /// An election right after start-up can move leadership between finding a leader and using it: this
     /// waits it out.
     pub async fn wait_for_agreed_leader(
         &self,
         ids: &[u64],
-        index: u64,
+        revision: u64,
         bound: Duration,
     ) -> Result<u64, TimedOut> {
-        let what = format!("nodes {ids:?} have applied index {index} and name one leader");
+        let what = format!("nodes {ids:?} have reached revision {revision} and name one leader");
         poll_observing(&what, bound, move || async move {
             let mut seen = Vec::new();
             let mut leaders = Vec::new();
@@ -556,7 +557,7 @@ impl Cluster {
                 let status = self.status(*id).await;
                 seen.push(describe(*id, status.as_ref()));
                 match status {
-                    Some(status) if status.applied_index >= index => leaders.push(status.leader_id),
+                    Some(status) if status.revision >= revision => leaders.push(status.leader_id),
                     _ => {}
                 }
             }
@@ -574,8 +575,21 @@ impl Cluster {
         .await
     }
 
-    /// Waits at most `bound` until node `id` has applied at least `index`; returns its status.
+    /// Waits at most `bound` until node `id`'s store has reached at least `revision` (what a write returned);
+    /// returns its status.
     pub async fn wait_applied(
+        &self,
+        id: u64,
+        revision: u64,
+        bound: Duration,
+    ) -> Result<StatusResponse, TimedOut> {
+        let what = format!("revision {revision}");
+        self.wait_status(id, bound, &what, |status| status.revision >= revision)
+            .await
+    }
+
+    /// Waits at most `bound` until node `id` has applied the log up to at least `index`; returns its status.
+    pub async fn wait_applied_index(
         &self,
         id: u64,
         index: u64,
@@ -616,11 +630,12 @@ fn describe(id: u64, status: Option<&StatusResponse>) -> String {
                 |role| format!("{role:?}"),
             );
             format!(
-                "node {id} {} in term {}, leader {}, applied {}",
+                "node {id} {} in term {}, leader {}, applied index {}, revision {}",
                 role.to_lowercase(),
                 status.term,
                 status.leader_id,
-                status.applied_index
+                status.applied_index,
+                status.revision
             )
         }
     }

@@ -104,13 +104,18 @@ impl TestCluster {
     }
 
     /// See [`Cluster::wait_for_agreed_leader`].
-    pub async fn wait_for_agreed_leader(&self, ids: &[u64], index: u64) -> u64 {
-        expect(self.0.wait_for_agreed_leader(ids, index, WAIT_MAX).await)
+    pub async fn wait_for_agreed_leader(&self, ids: &[u64], revision: u64) -> u64 {
+        expect(self.0.wait_for_agreed_leader(ids, revision, WAIT_MAX).await)
     }
 
     /// See [`Cluster::wait_applied`].
-    pub async fn wait_applied(&self, id: u64, index: u64) -> StatusResponse {
-        expect(self.0.wait_applied(id, index, WAIT_MAX).await)
+    pub async fn wait_applied(&self, id: u64, revision: u64) -> StatusResponse {
+        expect(self.0.wait_applied(id, revision, WAIT_MAX).await)
+    }
+
+    /// See [`Cluster::wait_applied_index`].
+    pub async fn wait_applied_index(&self, id: u64, index: u64) -> StatusResponse {
+        expect(self.0.wait_applied_index(id, index, WAIT_MAX).await)
     }
 
     /// See [`Cluster::wait_status`].

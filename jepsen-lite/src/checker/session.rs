@@ -1,9 +1,9 @@
 //! The session checker: per client process, monotonic reads and read-your-writes, exactly, from revisions.
 //!
-//! Every committed write has a revision (its Raft log index) and every read reports, in its envelope, the
-//! applied index it was served at. The history carries them as extra fields: an `ok` write (or cas, or add)
-//! has `"revision": N`; an `ok` read has `"envelope": {"applied_index": N, ...}`. A client process runs one
-//! operation at a time, so its operations are ordered, and each read must be served at an applied index at least
+//! Every committed write has a revision (the store-wide counter of changes) and every read reports, in its
+//! envelope, the store revision it was served at. The history carries them as extra fields: an `ok` write (or cas, or add)
+//! has `"revision": N`; an `ok` read has `"envelope": {"revision": N, ...}`. A client process runs one
+//! operation at a time, so its operations are ordered, and each read must be served at a store revision at least
 //! as high as every revision the same process wrote before (read-your-writes) or read before (monotonic reads).
 //! Operations without these fields are skipped and counted; `info` and `fail` operations carry no revision the
 //! process could have relied on and are ignored.
@@ -37,7 +37,7 @@ pub struct SessionViolation {
     /// The offending read.
     pub read_op: usize,
     /// Where it was served.
-    pub applied_index: u64,
+    pub served_revision: u64,
     /// The revision the process had already written or read.
     pub required_revision: u64,
     /// The earlier write or read that established `required_revision`.
@@ -48,9 +48,9 @@ pub struct SessionViolation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionReport {
     pub verdict: Verdict,
-    /// Reads with an envelope applied index, checked.
+    /// Reads with an envelope served revision, checked.
     pub reads_checked: usize,
-    /// `ok` reads without an envelope applied index, skipped.
+    /// `ok` reads without an envelope served revision, skipped.
     pub reads_without_envelope: usize,
     /// `ok` writes, cas and adds with a revision.
     pub writes_with_revision: usize,
@@ -59,13 +59,9 @@ pub struct SessionReport {
     pub violations: Vec<SessionViolation>,
 }
 
-/// The applied index an `ok` read was served at, if its envelope says.
-pub fn applied_index(operation: &Operation) -> Option<u64> {
-    operation
-        .extra
-        .get("envelope")?
-        .get("applied_index")?
-        .as_u64()
+/// The served revision an `ok` read was served at, if its envelope says.
+pub fn served_revision(operation: &Operation) -> Option<u64> {
+    operation.extra.get("envelope")?.get("revision")?.as_u64()
 }
 
 /// The revision an `ok` write got, if recorded.
@@ -99,7 +95,7 @@ pub fn check(history: &History) -> SessionReport {
         .filter(|op| op.status == Status::Ok)
     {
         let (observed, guarantee) = if operation.f == Function::Read {
-            let Some(applied) = applied_index(operation) else {
+            let Some(applied) = served_revision(operation) else {
                 report.reads_without_envelope += 1;
                 continue;
             };
@@ -112,7 +108,7 @@ pub fn check(history: &History) -> SessionReport {
                             guarantee: floor.guarantee,
                             process: operation.process,
                             read_op: operation.index,
-                            applied_index: applied,
+                            served_revision: applied,
                             required_revision: floor.revision,
                             source_op: floor.source_op,
                         });

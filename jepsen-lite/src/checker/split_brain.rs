@@ -17,14 +17,14 @@
 //!   `leader` field of followers is reported in the timeline but not used here, because a follower's leader hint
 //!   can lag its term by one poll and would raise false alarms. Without observations this rule holds vacuously;
 //!   the report's `observations` count says so.
-//! - **No write acknowledged without a quorum**: a revision is the log index of the entry that carried the write,
-//!   and a committed index holds one entry forever. The leader packs concurrent writes into one entry, so
-//!   writes to different keys may share a revision, but never two writes to the same key (the leader keeps
-//!   same-key writes in separate entries). So two different acknowledged writes to one register (`ok` write or
-//!   cas with a `"revision"` extra field) with the same revision mean one of them was acknowledged by a leader
-//!   whose entry a quorum never kept: it was later overwritten. This catches a leader acknowledging without a
-//!   quorum even when the lost write is later hidden by overwrites the register checker cannot tell apart. Set
-//!   adds each write their own key, so the rule has nothing to compare among them.
+//! - **No write acknowledged without a quorum**: a revision is a store-wide counter that every committed change
+//!   increments, assigned by the state machine in log order, so it names one change forever. So two different
+//!   acknowledged writes to one register (`ok` write or cas with a `"revision"` extra field) with the same
+//!   revision mean one of them was acknowledged by a leader whose entry a quorum never kept: it was later
+//!   overwritten. This catches a leader acknowledging without a quorum even when the lost write is later hidden
+//!   by overwrites the register checker cannot tell apart. Set adds each write their own key, so the rule has
+//!   nothing to compare among them. (A failed cas reports the store's revision, not one of its own: only `ok`
+//!   writes count.)
 
 use std::collections::BTreeMap;
 
@@ -137,7 +137,7 @@ pub struct SplitBrainReport {
 /// Revision conflicts listed in the report.
 pub const REPORTED_CONFLICTS_MAX: usize = 100;
 
-/// Two or more acknowledged writes to one key that claim the same revision (log index).
+/// Two or more acknowledged writes to one key that claim the same revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RevisionConflict {
     pub key: String,

@@ -1,15 +1,15 @@
 //! The staleness checker: how far behind envelope-carrying reads were, and whether bounded reads kept their bound.
 //!
-//! Reads whose envelope (`"envelope": {"millis_since_leader": M, "applied_index": N, ...}`) reports how long ago
+//! Reads whose envelope (`"envelope": {"millis_since_leader": M, "revision": N, ...}`) reports how long ago
 //! the serving node heard from a leader are measured two ways: milliseconds since the leader, and revisions
 //! behind: the highest revision of any `ok` write that returned before the read was invoked (what the history
-//! proves was committed by then), minus the read's applied index (zero if not behind). A read with an extra field
+//! proves was committed by then), minus the read's served revision (zero if not behind). A read with an extra field
 //! `"max_staleness_ms": B` asked for a bound; serving it with `millis_since_leader > B` breaks the bound and makes
 //! the verdict invalid. The distributions are figures for the report, not verdicts.
 //!
 //! **Honest envelopes.** A read is exactly as stale as its envelope says when the value it returned is the key's
-//! value as of the applied index it reports. With the read's `"value_revision": V` (the revision of the value
-//! returned; absent for a missing key) and applied index `A`: V must not exceed A, and no acknowledged write to
+//! value as of the served revision it reports. With the read's `"value_revision": V` (the revision of the value
+//! returned; absent for a missing key) and served revision `A`: V must not exceed A, and no acknowledged write to
 //! the same key may have a revision R with V < R <= A (the node claims to have applied R but returned an older
 //! value). Either is a misreported envelope and makes the verdict invalid.
 
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::session::{applied_index, revision};
+use super::session::{revision, served_revision};
 use super::Verdict;
 use crate::history::{Function, History, Operation, Status};
 
@@ -71,7 +71,7 @@ pub struct StalenessReport {
     /// Milliseconds since the serving node heard from a leader.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub millis_since_leader: Option<Distribution>,
-    /// Revisions behind the latest write known committed at the read's invoke (reads with an applied index).
+    /// Revisions behind the latest write known committed at the read's invoke (reads with a served revision).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revisions_behind: Option<Distribution>,
     /// Reads that carried `max_staleness_ms`.
@@ -80,28 +80,28 @@ pub struct StalenessReport {
     pub bounded_reads_exceeded: usize,
     /// Up to [`REPORTED_EXCEEDED_MAX`] of them.
     pub exceeded: Vec<BoundExceeded>,
-    /// Reads whose envelope could be checked against the writes (an applied index and a known value revision).
+    /// Reads whose envelope could be checked against the writes (a served revision and a known value revision).
     pub envelopes_checked: usize,
-    /// Reads whose value was not the key's value at the applied index they reported.
+    /// Reads whose value was not the key's value at the served revision they reported.
     pub envelopes_misreported: usize,
     /// Up to [`REPORTED_EXCEEDED_MAX`] of them.
     pub misreported: Vec<MisreportedEnvelope>,
 }
 
-/// A read whose value is not the key's value at the applied index its envelope reports.
+/// A read whose value is not the key's value at the served revision its envelope reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MisreportedEnvelope {
     pub read_op: usize,
-    pub applied_index: u64,
+    pub served_revision: u64,
     /// The revision of the value returned (`None`: the key was absent).
     pub value_revision: Option<u64>,
     /// An acknowledged write to the key that the node should have shown (`None` when the value revision itself
-    /// is beyond the applied index).
+    /// is beyond the served revision).
     pub hidden_write_op: Option<usize>,
     pub hidden_write_revision: Option<u64>,
 }
 
-/// Checks every `ok` read with an applied index against the acknowledged writes to its key.
+/// Checks every `ok` read with a served revision against the acknowledged writes to its key.
 fn check_envelopes(history: &History, report: &mut StalenessReport) {
     // key -> sorted (revision, op) of acknowledged writes
     let mut writes: HashMap<&str, Vec<(u64, usize)>> = HashMap::new();
@@ -125,7 +125,7 @@ fn check_envelopes(history: &History, report: &mut StalenessReport) {
         .iter()
         .filter(|op| op.status == Status::Ok && op.f == Function::Read)
     {
-        let Some(applied) = applied_index(read) else {
+        let Some(applied) = served_revision(read) else {
             continue;
         };
         let value_revision = read.extra.get("value_revision").and_then(Value::as_u64);
@@ -143,7 +143,7 @@ fn check_envelopes(history: &History, report: &mut StalenessReport) {
         let misreported = if floor > applied {
             Some(MisreportedEnvelope {
                 read_op: read.index,
-                applied_index: applied,
+                served_revision: applied,
                 value_revision,
                 hidden_write_op: None,
                 hidden_write_revision: None,
@@ -151,7 +151,7 @@ fn check_envelopes(history: &History, report: &mut StalenessReport) {
         } else {
             hidden.map(|(revision, op)| MisreportedEnvelope {
                 read_op: read.index,
-                applied_index: applied,
+                served_revision: applied,
                 value_revision,
                 hidden_write_op: Some(op),
                 hidden_write_revision: Some(revision),
@@ -220,7 +220,7 @@ pub fn check(history: &History) -> StalenessReport {
             continue;
         };
         millis.push(since_leader);
-        if let Some(applied) = applied_index(read) {
+        if let Some(applied) = served_revision(read) {
             let latest = latest_committed_before(read.invoke_time).unwrap_or(0);
             behind.push(latest.saturating_sub(applied));
         }
@@ -265,7 +265,7 @@ mod tests {
         // Applied index 9 < the write's revision 10: the absent value is what the node had; stale but honest.
         let mut lines = WRITE_3_AT_10.to_vec();
         lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
-        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"applied_index":9,"millis_since_leader":400}}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"revision":9,"millis_since_leader":400}}"#);
         let report = check(&history(&lines));
         assert_eq!(report.verdict, Verdict::Valid);
         assert_eq!(report.envelopes_checked, 1);
@@ -277,23 +277,23 @@ mod tests {
         // Applied index 12 >= revision 10, yet the read returned the absent value: the envelope lies.
         let mut lines = WRITE_3_AT_10.to_vec();
         lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
-        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"applied_index":12,"millis_since_leader":0}}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":null,"time":4,"envelope":{"revision":12,"millis_since_leader":0}}"#);
         let report = check(&history(&lines));
         assert_eq!(report.verdict, Verdict::Invalid);
         assert_eq!(
             report.misreported,
             vec![MisreportedEnvelope {
                 read_op: 1,
-                applied_index: 12,
+                served_revision: 12,
                 value_revision: None,
                 hidden_write_op: Some(0),
                 hidden_write_revision: Some(10),
             }]
         );
-        // A value newer than the applied index is misreported too.
+        // A value newer than the served revision is misreported too.
         let mut lines = WRITE_3_AT_10.to_vec();
         lines.push(r#"{"process":1,"type":"invoke","f":"read","key":"a","value":null,"time":3}"#);
-        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":3,"time":4,"value_revision":10,"envelope":{"applied_index":8,"millis_since_leader":0}}"#);
+        lines.push(r#"{"process":1,"type":"ok","f":"read","key":"a","value":3,"time":4,"value_revision":10,"envelope":{"revision":8,"millis_since_leader":0}}"#);
         assert_eq!(check(&history(&lines)).envelopes_misreported, 1);
     }
 

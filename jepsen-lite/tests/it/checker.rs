@@ -212,7 +212,7 @@ fn other_checkers_report_what_and_where() {
     );
     assert_eq!(
         (
-            ryw.violations[0].applied_index,
+            ryw.violations[0].served_revision,
             ryw.violations[0].required_revision
         ),
         (4, 5)

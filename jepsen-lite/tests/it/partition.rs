@@ -109,7 +109,7 @@ async fn isolated_leader_is_replaced_and_converges_after_heal() {
         .wait_status(old_leader, WAIT_MAX, "step down and catch up", |status| {
             status.role == Role::Follower as i32
                 && status.term >= new_term
-                && status.applied_index >= last_revision
+                && status.revision >= last_revision
         })
         .await
         .unwrap();
@@ -195,7 +195,7 @@ async fn isolated_follower_rejoins_without_disturbing_the_leader() {
     let last = client.put("after-heal", "x").await.unwrap();
     let status = cluster
         .wait_status(follower, WAIT_MAX, "catch up after heal", |status| {
-            status.applied_index >= last
+            status.revision >= last
         })
         .await
         .unwrap();
@@ -431,7 +431,7 @@ async fn session_read_waits_for_own_write_and_times_out_when_partitioned() {
             i.to_string().into_bytes(),
             "the session did not read its own write"
         );
-        assert!(read.envelope.applied_index >= session.min_revision());
+        assert!(read.envelope.revision >= session.min_revision());
     }
 
     cluster.mesh().isolate(follower).unwrap();

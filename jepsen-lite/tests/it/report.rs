@@ -234,7 +234,7 @@ fn observations(lines: &mut Lines) {
                 );
             } else {
                 lines.push(at, json!({"process": "observer", "type": "observation", "node": node, "role": role,
-                    "term": term, "leader": leader, "time": at, "commit_index": 10, "applied_index": 10}));
+                    "term": term, "leader": leader, "time": at, "commit_index": 10, "revision": 10}));
             }
         }
         time += 100 * MS;

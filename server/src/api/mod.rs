@@ -19,6 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 pub use crate::error::ApiError;
+use crate::kv::changes::KeyspaceRead;
 use crate::kv::state_machine::{
     self, Command, Expected, Rejection, Response, ScanRange, SessionRef,
 };
@@ -27,6 +28,7 @@ use crate::ops::telemetry;
 use crate::raft::quorum::QuorumClock;
 use crate::raft::types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
+use crate::storage::ReadError;
 
 /// Server-side bound on any request the node serves (client, admin or peer, and each message of an
 /// AppendEntries stream), whatever deadline the caller sent.
@@ -51,7 +53,10 @@ pub fn to_status(error: ApiError) -> Status {
         ApiError::TooStale { .. } | ApiError::SequenceTooOld { .. } | ApiError::Membership(_) => {
             Code::FailedPrecondition
         }
-        ApiError::RevisionTimeout { .. } | ApiError::Indeterminate(_) => Code::DeadlineExceeded,
+        ApiError::Revision(_) => Code::OutOfRange,
+        ApiError::RevisionTimeout { .. }
+        | ApiError::ApplyTimeout { .. }
+        | ApiError::Indeterminate(_) => Code::DeadlineExceeded,
         ApiError::Internal(_) => Code::Internal,
     };
     let mut status = Status::new(code, error.to_string());
@@ -137,6 +142,8 @@ fn envelope(envelope: Envelope) -> kv::ReadEnvelope {
         term: envelope.term,
         leader_id: envelope.leader_id.unwrap_or(0),
         millis_since_leader: envelope.millis_since_leader,
+        revision: envelope.revision,
+        compact_revision: envelope.compact_revision,
     }
 }
 
@@ -165,6 +172,7 @@ fn read_request(options: Option<kv::ReadOptions>) -> Result<ReadRequest, ApiErro
         max_staleness: (options.max_staleness_ms > 0)
             .then(|| Duration::from_millis(options.max_staleness_ms)),
         min_revision: options.min_revision,
+        revision: options.revision,
     })
 }
 
@@ -277,6 +285,19 @@ impl Api {
             Response::Rejected(Rejection::Invalid(reason)) => {
                 Err(ApiError::InvalidArgument(reason))
             }
+            Response::Rejected(Rejection::Compacted {
+                requested,
+                compact_revision,
+            }) => Err(ApiError::Revision(ReadError::Compacted {
+                requested,
+                compact_revision,
+            })),
+            Response::Rejected(Rejection::FutureRevision { requested, current }) => {
+                Err(ApiError::Revision(ReadError::FutureRevision {
+                    requested,
+                    current,
+                }))
+            }
             response => Ok(response),
         }
     }
@@ -296,7 +317,7 @@ impl Api {
             .collect();
         kv::MembersResponse {
             members,
-            revision: stored.log_id().map_or(0, |log_id| log_id.index),
+            log_index: stored.log_id().map_or(0, |log_id| log_id.index),
         }
     }
 
@@ -434,13 +455,39 @@ impl kv::kv_server::Kv for Api {
             let key = request.key;
             let (kv, env) = self
                 .reader
-                .serve(read, |applied| applied.state.get(&key))
+                .serve(read, |applied| applied.keyspace.get(&key, read.revision))
                 .await
                 .map_err(to_status)?;
             Ok(GrpcResponse::new(kv::GetResponse {
                 kv: kv.map(to_kv),
                 envelope: Some(envelope(env)),
             }))
+        })
+        .await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<kv::CompactRequest>,
+    ) -> Result<GrpcResponse<kv::CompactResponse>, Status> {
+        observed("compact", telemetry::CONSISTENCY_NONE, async move {
+            let revision = request.into_inner().revision;
+            match self
+                .write(None, Command::Compact { revision })
+                .await
+                .map_err(to_status)?
+            {
+                Response::Compact {
+                    revision,
+                    compact_revision,
+                } => Ok(GrpcResponse::new(kv::CompactResponse {
+                    revision,
+                    compact_revision,
+                })),
+                other => Err(to_status(ApiError::Internal(format!(
+                    "compact answered with {other:?}"
+                )))),
+            }
         })
         .await
     }
@@ -483,7 +530,9 @@ impl kv::kv_server::Kv for Api {
             let read = read_request(request.read).map_err(to_status)?;
             let (result, env) = self
                 .reader
-                .serve(read, |applied| applied.state.scan(&range, limit))
+                .serve(read, |applied| {
+                    applied.keyspace.scan(&range, limit, read.revision)
+                })
                 .await
                 .map_err(to_status)?;
             Ok(GrpcResponse::new(kv::ScanResponse {
@@ -545,6 +594,12 @@ impl kv::admin_server::Admin for Api {
                 .elapsed()
                 .map(|elapsed| elapsed.as_millis() as u64)
         };
+        let (revision, compact_revision) = self.reader.state_machine.read(|applied| {
+            (
+                applied.keyspace.revision(),
+                applied.keyspace.compact_revision(),
+            )
+        });
         let commit_index = self
             .raft
             .with_raft_state(|state| state.committed.map_or(0, |log_id| log_id.index))
@@ -567,6 +622,8 @@ impl kv::admin_server::Admin for Api {
             learners,
             replication,
             read_index_rounds: self.reader.batcher.rounds(),
+            revision,
+            compact_revision,
         }))
     }
 

@@ -1,6 +1,8 @@
 //! What operators see of a node: the observer (the one reader of openraft's metrics watch: gauges, lifecycle
-//! log lines, health), the health decision and its gRPC publication, and the Prometheus metrics.
+//! log lines, health), the health decision and its gRPC publication, the Prometheus metrics, and automatic
+//! compaction.
 
+pub mod auto_compaction;
 pub mod health;
 pub mod observer;
 pub mod telemetry;

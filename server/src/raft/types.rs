@@ -1,8 +1,6 @@
 //! The openraft type configuration of raftkv, and short names for the openraft types the rest of the node
 //! uses, so that no other module spells out generic parameters.
 
-use std::io::Cursor;
-
 use crate::kv::state_machine::{Batch, BatchResponse};
 
 openraft::declare_raft_types!(
@@ -15,7 +13,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

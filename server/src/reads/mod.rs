@@ -7,7 +7,9 @@
 //!   it); refused on any other node.
 //! - `stale`: local state on any node, also with no leader; with `max_staleness` refused when the node has
 //!   not heard from a leader within the bound (monotonic clock).
-//! - `min_revision` (any mode): wait (bounded) until applied >= min_revision.
+//! - `min_revision` (any mode): wait (bounded) until the store's revision here is at least min_revision.
+//! - `revision` (any mode): once the mode is satisfied, read the store as it was at that revision (refused
+//!   if compacted or in the future).
 
 pub mod read_index;
 
@@ -18,11 +20,12 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use crate::error::ApiError;
+use crate::kv::changes::KeyspaceRead;
 use crate::raft::types::{NodeId, Raft};
-use crate::storage::{Applied, StateMachineStore};
+use crate::storage::{Applied, ReadError, StateMachineStore};
 use read_index::{ReadIndexBatcher, ReadIndexError, ReadIndexForwarder};
 
-/// Longest a read waits for this node to apply up to its read index or its `min_revision`.
+/// Longest a read waits for this node to apply up to its read index, or to reach its `min_revision`.
 pub const APPLY_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Deadline of a follower's read-index call to the leader.
 pub const FOLLOWER_READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,6 +48,8 @@ pub struct ReadRequest {
     pub consistency: Consistency,
     pub max_staleness: Option<Duration>,
     pub min_revision: u64,
+    /// Read the store as it was at this revision; 0 for the current one.
+    pub revision: u64,
 }
 
 /// This node's role as a reader sees it.
@@ -67,6 +72,10 @@ pub struct Envelope {
     pub term: u64,
     pub leader_id: Option<NodeId>,
     pub millis_since_leader: Option<u64>,
+    /// The store revision the node had reached when it served the read.
+    pub revision: u64,
+    /// The oldest revision still readable on the node.
+    pub compact_revision: u64,
 }
 
 /// When this node last heard from a leader that it accepted: updated by the peer service on every accepted
@@ -226,12 +235,30 @@ impl Reader {
                 let applied = self
                     .state_machine
                     .read(|applied| applied.last_applied.map_or(0, |log_id| log_id.index));
-                Err(ApiError::RevisionTimeout {
+                Err(ApiError::ApplyTimeout {
                     wanted: index,
                     applied,
                     waited: APPLY_WAIT_MAX,
                 })
             }
+        }
+    }
+
+    /// Waits until the store here has reached `revision`, at most `APPLY_WAIT_MAX`.
+    async fn wait_revision(&self, revision: u64) -> Result<(), ApiError> {
+        let mut published = self.state_machine.revision();
+        let reached =
+            tokio::time::timeout(APPLY_WAIT_MAX, published.wait_for(|now| *now >= revision))
+                .await
+                .map(|result| result.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::ShuttingDown),
+            Err(_) => Err(ApiError::RevisionTimeout {
+                wanted: revision,
+                reached: *published.borrow(),
+                waited: APPLY_WAIT_MAX,
+            }),
         }
     }
 
@@ -251,7 +278,7 @@ impl Reader {
     pub async fn serve<T>(
         &self,
         request: ReadRequest,
-        read: impl FnOnce(&Applied) -> T,
+        read: impl FnOnce(&Applied) -> Result<T, ReadError>,
     ) -> Result<(T, Envelope), ApiError> {
         let view = self.view();
         let mut applied_consistency = request.consistency;
@@ -299,14 +326,18 @@ impl Reader {
             }
         }
         if request.min_revision > 0 {
-            self.wait_applied(request.min_revision).await?;
+            self.wait_revision(request.min_revision).await?;
         }
-        let (value, applied_index) = self.state_machine.read(|applied| {
-            (
-                read(applied),
-                applied.last_applied.map_or(0, |log_id| log_id.index),
-            )
-        });
+        let (value, applied_index, revision, compact_revision) =
+            self.state_machine.read(|applied| {
+                (
+                    read(applied),
+                    applied.last_applied.map_or(0, |log_id| log_id.index),
+                    applied.keyspace.revision(),
+                    applied.keyspace.compact_revision(),
+                )
+            });
+        let value = value?;
         let view_after = self.view();
         let envelope = Envelope {
             node_id: self.node_id,
@@ -320,6 +351,8 @@ impl Reader {
             } else {
                 self.millis_since_leader(&view_after)
             },
+            revision,
+            compact_revision,
         };
         Ok((value, envelope))
     }

@@ -1,5 +1,5 @@
-//! Durable storage of a node: the Raft log in our own write-ahead log (`wal`), the vote and other metadata in
-//! sled, snapshots in files, and the applied state.
+//! Durable storage of a node: the Raft log in our own write-ahead log (`wal`); the vote and other metadata,
+//! and the keyspace with its history, in sled; snapshots in files.
 //!
 //! This is the only module that names sled. It implements openraft's v2 storage traits:
 //! `LogStore` (`RaftLogStorage` + `RaftLogReader`) and `StateMachineStore` (`RaftStateMachine` +
@@ -7,12 +7,14 @@
 //!
 //! Code map: `wal` (the log's files), `log_store` (the log and vote as openraft sees them), `flusher` (the
 //! group-commit thread that tells openraft an append is durable), `sled_files` (making sled's writes durable),
-//! `state_machine_store` (the applied state), `snapshot` (snapshot files and the builder); this file opens a
-//! data dir and wires them.
+//! `keyspace` (the keyspace, its history and the sessions in a sled tree), `state_machine_store` (applying
+//! entries, installing snapshots), `snapshot` (snapshot files and the builder); this file opens a data dir
+//! and wires them.
 //!
 //! Where things are. `<data-dir>/wal/`: the log entries (`wal::Wal`: segment files of checksummed records,
-//! an in-memory index of where each lies). `<data-dir>/raft/`: sled, tree `meta` only: node id, cluster id,
-//! vote, commit index, purge point. `<data-dir>/snapshots/`: the current snapshot.
+//! an in-memory index of where each lies). `<data-dir>/raft/`: sled; tree `meta`: node id, cluster id,
+//! vote, commit index, purge point, and the name of the keyspace tree; tree `keyspace-<generation>`: the
+//! keyspace (see `keyspace`). `<data-dir>/snapshots/`: the current snapshot.
 //!
 //! Why the log is not in sled. openraft 0.9's core awaits the callback of each append (`append_to_log` wraps
 //! it to block), so on a follower one flush per append bounds write latency (the leader's own appends no
@@ -43,9 +45,14 @@
 //! - `save_committed` is not flushed on its own: it reaches the disk with the next sled flush (a vote, a
 //!   purge, shutdown, or sled's own background flush); a commit index lost in a crash is re-learnt from the
 //!   leader.
-//! - The applied state lives in memory and is made durable by snapshots (written to a temporary file,
-//!   fsynced, renamed, directory fsynced) plus the log: on restart openraft re-applies the log from the
-//!   snapshot up to the persisted commit index.
+//! - `apply` writes each entry's changes and its log id to the keyspace tree in one atomic sled batch, not
+//!   flushed: the WAL is the source of truth. sled recovers a prefix of its writes after a crash, so the
+//!   keyspace is always the state after some applied entry, and the applied log id it holds says which; on
+//!   restart openraft re-applies the log from there up to the persisted commit index. Nothing is applied
+//!   twice (the id and the changes are one batch) and nothing is skipped, because `purge` flushes sled
+//!   durably before it deletes any entry: the log keeps every entry above what sled has made durable.
+//! - Snapshots (written to a temporary file, fsynced, renamed, directory fsynced) bound the log and bring
+//!   lagging followers up to date; installing one is described in `state_machine_store`.
 //!
 //! What a sled flush guarantees. sled 0.34.7's `flush` writes its buffers with `pwrite` and then calls
 //! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` on the written range of its one data file: the pages
@@ -60,6 +67,7 @@
 #![allow(clippy::result_large_err)]
 
 mod flusher;
+pub mod keyspace;
 mod log_store;
 mod sled_files;
 mod snapshot;
@@ -75,22 +83,22 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
-use crate::kv::state_machine::StateMachine;
 use crate::raft::types::{LogId, NodeId, StorageError};
 use flusher::run_flusher;
+pub use keyspace::{Keyspace, ReadError};
 pub use log_store::LogStore;
 use sled_files::{flush_durably, SledFiles};
-use snapshot::read_snapshot_file;
 pub use snapshot::SnapshotBuilder;
+use state_machine_store::SledHandles;
 pub use state_machine_store::{Applied, StateMachineStore};
 use wal::Wal;
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
 /// openraft's own bound on in-flight appends keeps rare.
 const FLUSH_QUEUE_MAX: usize = 65_536;
-/// Bytes that open every snapshot file, naming its format. 2: log entries carry write batches and the
-/// session table's responses lost the `Empty` variant; a format-1 snapshot is refused, not misread.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP2";
+/// Bytes that open every snapshot file, naming its format. 3: the keyspace with its history, streamed from
+/// sled; an older format is refused, not misread.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RKVSNAP3";
 /// File name of the current snapshot inside the snapshot directory.
 const SNAPSHOT_FILE: &str = "current.snap";
 
@@ -102,6 +110,13 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_NODE_ID: &[u8] = b"node_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Key in `meta` naming the sled tree that holds the keyspace.
+const KEY_KEYSPACE_TREE: &[u8] = b"keyspace_tree";
+/// Names of keyspace trees: this and a generation number, which each snapshot install increments.
+const KEYSPACE_TREE_PREFIX: &str = "keyspace-";
+/// sled's page cache when `--cache-mb` does not say: it bounds the memory the keyspace takes beyond what
+/// sled keeps per tree.
+pub const CACHE_MB_DEFAULT: u64 = 64;
 
 /// How far a flush goes before anything is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,6 +139,8 @@ pub struct StoreOptions {
     pub sync_mode: SyncMode,
     /// Size at which the WAL starts a new segment (`wal::SEGMENT_BYTES`; tests use tiny ones).
     pub wal_segment_bytes: u64,
+    /// Bytes of sled's page cache (`--cache-mb`).
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -131,6 +148,7 @@ impl Default for StoreOptions {
         StoreOptions {
             sync_mode: SyncMode::Device,
             wal_segment_bytes: wal::SEGMENT_BYTES,
+            cache_bytes: CACHE_MB_DEFAULT * 1024 * 1024,
         }
     }
 }
@@ -156,6 +174,8 @@ pub enum OpenError {
     },
     #[error("snapshot in {dir} is unreadable: {reason}")]
     Snapshot { dir: PathBuf, reason: String },
+    #[error("the keyspace in {dir} is unreadable: {reason}")]
+    Keyspace { dir: PathBuf, reason: String },
     #[error("the Raft log is corrupt: WAL segment {file} at byte {offset}: {reason}")]
     WalCorrupt {
         file: PathBuf,
@@ -213,6 +233,7 @@ pub fn open_with(
     let sled_dir = dir.join("raft");
     let db = sled::Config::new()
         .path(&sled_dir)
+        .cache_capacity(options.cache_bytes)
         .open()
         .map_err(sled_error)?;
     let files = SledFiles::open(&sled_dir, sync_mode).map_err(io_error)?;
@@ -310,35 +331,88 @@ pub fn open_with(
     let log_store = LogStore {
         node_id,
         db: db.clone(),
-        meta,
-        files,
+        meta: meta.clone(),
+        files: files.clone(),
         wal: Arc::new(wal),
         flush_sender,
         stats: stats.clone(),
         leading: Arc::new(Mutex::new(None)),
     };
-    let current = read_snapshot_file(&snapshot_dir).map_err(|reason| OpenError::Snapshot {
-        dir: snapshot_dir.clone(),
+    let keyspace_error = |reason: String| OpenError::Keyspace {
+        dir: sled_dir.clone(),
         reason,
-    })?;
-    let applied = match &current {
-        Some((meta, data)) => Applied {
-            state: StateMachine::decode(data).map_err(|reason| OpenError::Snapshot {
-                dir: snapshot_dir.clone(),
-                reason,
-            })?,
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        },
-        None => Applied::default(),
     };
+    // The keyspace tree in force; any other keyspace tree is a partial install that crashed.
+    let keyspace_tree = match meta.get(KEY_KEYSPACE_TREE).map_err(sled_error)? {
+        Some(name) => String::from_utf8_lossy(&name).into_owned(),
+        None => {
+            // A data dir of the versions that kept the keyspace in snapshot files cannot be read.
+            if let Err(reason) = snapshot::read_current_meta(&snapshot_dir) {
+                return Err(OpenError::Snapshot {
+                    dir: snapshot_dir.clone(),
+                    reason,
+                });
+            }
+            let name = format!("{KEYSPACE_TREE_PREFIX}0");
+            meta.insert(KEY_KEYSPACE_TREE, name.as_bytes())
+                .map_err(sled_error)?;
+            name
+        }
+    };
+    let generation: u64 = keyspace_tree
+        .strip_prefix(KEYSPACE_TREE_PREFIX)
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| keyspace_error(format!("unknown keyspace tree {keyspace_tree:?}")))?;
+    for name in db.tree_names() {
+        let leftover = std::str::from_utf8(&name)
+            .is_ok_and(|name| name.starts_with(KEYSPACE_TREE_PREFIX) && name != keyspace_tree);
+        if leftover {
+            db.drop_tree(&name).map_err(sled_error)?;
+        }
+    }
+    for leftover in [snapshot::BUILDING_FILE, snapshot::RECEIVING_FILE] {
+        match fs::remove_file(snapshot_dir.join(leftover)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(io_error(error)),
+            _ => {}
+        }
+    }
+    let tree = db.open_tree(keyspace_tree.as_bytes()).map_err(sled_error)?;
+    flush_durably(&db, &files).map_err(io_error)?;
+    let keyspace = Keyspace::open(tree).map_err(keyspace_error)?;
+    let (last_applied, membership) = keyspace.applied().map_err(keyspace_error)?;
+    let revision = crate::kv::changes::KeyspaceRead::revision(&keyspace);
+    let applied = Arc::new(RwLock::new(Applied {
+        keyspace,
+        last_applied,
+        membership,
+    }));
+    let maintenance = Arc::new(Mutex::new(()));
+    let (compactor, jobs) = std::sync::mpsc::channel();
+    {
+        let maintenance = maintenance.clone();
+        std::thread::Builder::new()
+            .name(format!("raftkv-compact-{node_id}"))
+            .spawn(move || state_machine_store::run_compactor(maintenance, jobs))
+            .map_err(io_error)?;
+    }
     let state_machine = StateMachineStore {
-        applied: Arc::new(RwLock::new(applied)),
+        applied,
+        sled: SledHandles {
+            db: db.clone(),
+            files: files.clone(),
+            meta: meta.clone(),
+        },
         snapshot_dir,
         snapshot_counter: Arc::new(AtomicU64::new(0)),
         stats,
         log_progress: progress,
+        revision: Arc::new(tokio::sync::watch::channel(revision).0),
+        maintenance,
+        generation: Arc::new(AtomicU64::new(generation)),
+        compactor,
     };
+    // History compacted before a crash may still hold versions the compaction had not deleted yet.
+    state_machine.wake_compactor();
     Ok((log_store, state_machine))
 }
 

@@ -1,19 +1,36 @@
-//! Snapshot files: the on-disk format (magic, header, state), written to a temporary file, synced and
-//! renamed into place; and the builder openraft runs to make one.
+//! Snapshot files: the format (magic, header, keyspace body), building one from sled while entries go on being
+//! applied, and reading one back to install it.
+//!
+//! A file is `SNAPSHOT_MAGIC`, the header's length (u64), the header (postcard `SnapshotMeta`), then the body
+//! `keyspace::export_body` writes. The file itself is openraft's `SnapshotData`: the leader sends it as it
+//! lies on disk, the follower receives it into `RECEIVING_FILE` and loads it into a new keyspace tree.
+//!
+//! A snapshot at revision R is a consistent cut without stopping writes: the history holds every version at
+//! or below R, and applying only adds versions above it. Sessions have no history, so their entries are
+//! copied when openraft asks for the builder (between two applies); the maintenance lock keeps the physical
+//! compaction from deleting versions the build still needs.
 
 use std::fs;
-use std::io::{self, Cursor, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::{ErrorSubject, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::keyspace::export_body;
 use super::{write_error, StorageStats, SNAPSHOT_FILE, SNAPSHOT_MAGIC};
-use crate::raft::types::{
-    LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::raft::types::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
+
+/// Where a snapshot is written while it is built, before it is renamed to `SNAPSHOT_FILE`.
+pub(super) const BUILDING_FILE: &str = "building.tmp";
+/// Where a snapshot sent by the leader is received, before it is installed.
+pub(super) const RECEIVING_FILE: &str = "receiving.tmp";
+/// Largest snapshot header accepted (a membership of a few nodes takes well under a kilobyte).
+const HEADER_BYTES_MAX: u64 = 1024 * 1024;
+/// Buffer of the file writer and reader.
+const FILE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// On-disk form of a snapshot's metadata.
 #[derive(Serialize, Deserialize)]
@@ -21,91 +38,163 @@ pub(super) struct SnapshotHeader {
     pub(super) meta: SnapshotMeta,
 }
 
-pub(super) fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<u64> {
-    let header =
-        postcard::to_stdvec(&SnapshotHeader { meta: meta.clone() }).map_err(io::Error::other)?;
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(SNAPSHOT_MAGIC)?;
-    file.write_all(&(header.len() as u64).to_be_bytes())?;
-    file.write_all(&header)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok((SNAPSHOT_MAGIC.len() + 8 + header.len() + data.len()) as u64)
-}
-
-pub(super) fn read_snapshot_file(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
-    let bytes = match fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error.to_string()),
-    };
-    let header_start = SNAPSHOT_MAGIC.len() + 8;
-    if bytes.len() < header_start || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-        return Err("not a raftkv snapshot file".to_string());
+/// Reads the magic and header of a snapshot file, leaving `input` at the start of the body.
+pub(super) fn read_header(input: &mut impl Read) -> Result<SnapshotMeta, String> {
+    let mut magic = [0; SNAPSHOT_MAGIC.len()];
+    input
+        .read_exact(&mut magic)
+        .map_err(|_| "not a raftkv snapshot file (too short)".to_string())?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(if magic.starts_with(b"RKVSNAP") {
+            format!(
+                "snapshot format {} is not this version's ({}); move the data dir aside and let the node catch up from the cluster",
+                String::from_utf8_lossy(&magic[7..]),
+                String::from_utf8_lossy(&SNAPSHOT_MAGIC[7..])
+            )
+        } else {
+            "not a raftkv snapshot file".to_string()
+        });
     }
-    let header_len = u64::from_be_bytes(
-        bytes[SNAPSHOT_MAGIC.len()..header_start]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    let header_end = usize::try_from(header_len)
-        .ok()
-        .and_then(|len| header_start.checked_add(len))
-        .filter(|end| *end <= bytes.len())
-        .ok_or_else(|| "snapshot header is truncated".to_string())?;
-    let header: SnapshotHeader = postcard::from_bytes(&bytes[header_start..header_end])
-        .map_err(|error| format!("snapshot header: {error}"))?;
-    Ok(Some((header.meta, bytes[header_end..].to_vec())))
+    let mut length = [0; 8];
+    input
+        .read_exact(&mut length)
+        .map_err(|_| "snapshot header is truncated".to_string())?;
+    let length = u64::from_be_bytes(length);
+    if length > HEADER_BYTES_MAX {
+        return Err(format!(
+            "snapshot header of {length} bytes is over the limit of {HEADER_BYTES_MAX}"
+        ));
+    }
+    let mut header = vec![0; length as usize];
+    input
+        .read_exact(&mut header)
+        .map_err(|_| "snapshot header is truncated".to_string())?;
+    let header: SnapshotHeader =
+        postcard::from_bytes(&header).map_err(|error| format!("snapshot header: {error}"))?;
+    Ok(header.meta)
 }
 
-/// Writes a snapshot file off the async threads; gives the data back with the file's size.
-pub(super) async fn persist_snapshot(
+/// The metadata of the current snapshot file, if there is one.
+pub(super) fn read_current_meta(dir: &Path) -> Result<Option<SnapshotMeta>, String> {
+    match fs::File::open(dir.join(SNAPSHOT_FILE)) {
+        Ok(file) => read_header(&mut BufReader::new(file)).map(Some),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Renames `from` (in `dir`) to the current snapshot and makes the rename durable.
+pub(super) fn make_current(dir: &Path, from: &str) -> io::Result<()> {
+    fs::rename(dir.join(from), dir.join(SNAPSHOT_FILE))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Opens the current snapshot file as openraft's snapshot data.
+pub(super) async fn open_current(dir: &Path, meta: SnapshotMeta) -> Result<Snapshot, StorageError> {
+    let file = tokio::fs::File::open(dir.join(SNAPSHOT_FILE))
+        .await
+        .map_err(|error| {
+            super::read_error(ErrorSubject::Snapshot(Some(meta.signature())), error)
+        })?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
+}
+
+/// What a snapshot is built from, captured between two applies.
+pub(super) struct Cut {
+    pub(super) tree: sled::Tree,
+    pub(super) revision: u64,
+    pub(super) compact_revision: u64,
+    pub(super) sessions: Vec<(sled::IVec, sled::IVec)>,
+    /// The keyspace generation the tree belongs to: an install in between makes the cut obsolete.
+    pub(super) generation: u64,
+}
+
+/// Builds a snapshot from a cut of the keyspace, off the apply path.
+pub struct SnapshotBuilder {
+    pub(super) meta: SnapshotMeta,
+    pub(super) cut: Option<Cut>,
+    pub(super) snapshot_dir: PathBuf,
+    pub(super) maintenance: Arc<Mutex<()>>,
+    pub(super) generation: Arc<AtomicU64>,
+    pub(super) stats: Arc<StorageStats>,
+}
+
+/// Writes the snapshot of `cut` to `BUILDING_FILE` and makes it current, unless an install made the cut
+/// obsolete or the current snapshot is already as new. Returns the meta of the snapshot now current.
+fn write_snapshot(
     dir: &Path,
     meta: &SnapshotMeta,
-    data: Vec<u8>,
-    stats: &StorageStats,
-) -> Result<(Vec<u8>, u64), StorageError> {
-    let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let (dir, file_meta) = (dir.to_path_buf(), meta.clone());
-    let (data, size) = tokio::task::spawn_blocking(move || {
-        let size = write_snapshot_file(&dir, &file_meta, &data);
-        (data, size)
-    })
-    .await
-    .map_err(|error| write_error(subject.clone(), error))?;
-    let size = size.map_err(|error| write_error(subject, error))?;
-    stats.snapshot_bytes.store(size, Ordering::Relaxed);
-    Ok((data, size))
-}
-
-/// Builds a snapshot from the state captured when openraft asked for a builder.
-pub struct SnapshotBuilder {
-    pub(super) data: Vec<u8>,
-    pub(super) last_applied: Option<LogId>,
-    pub(super) membership: StoredMembership,
-    pub(super) snapshot_dir: PathBuf,
-    pub(super) snapshot_id: String,
-    pub(super) stats: Arc<StorageStats>,
+    cut: Cut,
+    generation: &AtomicU64,
+    maintenance: &Mutex<()>,
+) -> Result<(SnapshotMeta, u64), String> {
+    let _maintenance = maintenance
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let current = read_current_meta(dir)?;
+    let obsolete = generation.load(Ordering::Acquire) != cut.generation
+        || current
+            .as_ref()
+            .is_some_and(|current| current.last_log_id >= meta.last_log_id);
+    if obsolete {
+        if let Some(current) = current {
+            let size = fs::metadata(dir.join(SNAPSHOT_FILE))
+                .map(|metadata| metadata.len())
+                .unwrap_or(0);
+            return Ok((current, size));
+        }
+    }
+    let header = postcard::to_stdvec(&SnapshotHeader { meta: meta.clone() })
+        .map_err(|error| error.to_string())?;
+    let path = dir.join(BUILDING_FILE);
+    let write = || -> io::Result<u64> {
+        let file = fs::File::create(&path)?;
+        let mut out = BufWriter::with_capacity(FILE_BUFFER_BYTES, file);
+        out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&(header.len() as u64).to_be_bytes())?;
+        out.write_all(&header)?;
+        export_body(
+            &cut.tree,
+            cut.revision,
+            cut.compact_revision,
+            &cut.sessions,
+            &mut out,
+        )?;
+        let file = out.into_inner().map_err(|error| error.into_error())?;
+        file.sync_all()?;
+        let size = file.metadata()?.len();
+        drop(file);
+        make_current(dir, BUILDING_FILE)?;
+        Ok(size)
+    };
+    let size = write().map_err(|error| error.to_string())?;
+    Ok((meta.clone(), size))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id: self.snapshot_id.clone(),
-        };
-        let data = std::mem::take(&mut self.data);
-        let (data, size) = persist_snapshot(&self.snapshot_dir, &meta, data, &self.stats).await?;
+        let subject = ErrorSubject::Snapshot(Some(self.meta.signature()));
+        let cut = self.cut.take().ok_or_else(|| {
+            write_error(
+                subject.clone(),
+                io::Error::other("a snapshot builder is used once"),
+            )
+        })?;
+        let (dir, meta) = (self.snapshot_dir.clone(), self.meta.clone());
+        let (generation, maintenance) = (self.generation.clone(), self.maintenance.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            write_snapshot(&dir, &meta, cut, &generation, &maintenance)
+        })
+        .await
+        .map_err(|error| write_error(subject.clone(), error))?;
+        let (meta, size) =
+            built.map_err(|reason| write_error(subject, io::Error::other(reason)))?;
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
         self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        open_current(&self.snapshot_dir, meta).await
     }
 }

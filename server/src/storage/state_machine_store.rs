@@ -1,43 +1,72 @@
-//! The applied state, as openraft's `RaftStateMachine`: applies committed entries to the in-memory key-value
-//! state (never an entry the WAL holds unsynced), serves reads from it, and builds and installs snapshots.
+//! The applied state as openraft sees it (`RaftStateMachine`): applies committed entries to the keyspace in
+//! sled, one atomic batch per entry with its log id; starts snapshot builds; installs snapshots into a new
+//! keyspace tree and switches to it atomically.
+//!
+//! Installing a snapshot: its body is loaded into a fresh tree `keyspace-<generation>`, sled is flushed
+//! durably, the `meta` tree's pointer (`KEY_KEYSPACE_TREE`) is switched to the new tree and flushed durably,
+//! and only then is the old tree dropped and the file made current. A crash before the switch leaves the old
+//! keyspace in force and a partial tree that `open` drops; a crash after it finds the new one.
 
-use std::fmt::Debug;
-use std::io::{self, Cursor};
+use std::fs;
+use std::io::{self, BufReader, Seek};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, OptionalSend};
 
-use super::snapshot::{persist_snapshot, read_snapshot_file, SnapshotBuilder};
+use super::keyspace::{compact_history, import_body, Keyspace};
+use super::sled_files::{flush_durably, SledFiles};
+use super::snapshot::{
+    make_current, open_current, read_current_meta, read_header, Cut, SnapshotBuilder,
+    RECEIVING_FILE,
+};
 use super::wal::LogProgress;
-use super::{read_error, write_error, StorageStats};
-use crate::kv::state_machine::{BatchResponse, StateMachine};
+use super::{read_error, write_error, StorageStats, KEYSPACE_TREE_PREFIX, KEY_KEYSPACE_TREE};
+use crate::kv::changes::{ChangeSet, KeyspaceRead};
+use crate::kv::state_machine::{apply_batch, BatchResponse};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The applied state: what reads see.
-#[derive(Debug, Default)]
 pub struct Applied {
-    pub state: StateMachine,
+    pub keyspace: Keyspace,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
 
-/// The state machine side of storage: applies entries to the in-memory state and keeps snapshots on disk.
-/// Clones share the same state; the node hands one to openraft and keeps one to serve reads.
+/// The sled handles installing a snapshot needs: the database (for new trees and flushes), its files (for
+/// durable flushes) and the `meta` tree (for the keyspace pointer).
+#[derive(Clone)]
+pub(super) struct SledHandles {
+    pub(super) db: sled::Db,
+    pub(super) files: Arc<Mutex<SledFiles>>,
+    pub(super) meta: sled::Tree,
+}
+
+/// The state machine side of storage. Clones share the same state; the node hands one to openraft and keeps
+/// one to serve reads.
 #[derive(Clone)]
 pub struct StateMachineStore {
     pub(super) applied: Arc<RwLock<Applied>>,
+    pub(super) sled: SledHandles,
     pub(super) snapshot_dir: PathBuf,
     pub(super) snapshot_counter: Arc<AtomicU64>,
     pub(super) stats: Arc<StorageStats>,
     /// The log's written and synced ends: `apply` waits until an entry it is given is synced.
     pub(super) log_progress: watch::Receiver<LogProgress>,
+    /// The store revision after the last applied entry.
+    pub(super) revision: Arc<watch::Sender<u64>>,
+    /// Held by a snapshot build, a step of the physical compaction and an install: they never overlap.
+    pub(super) maintenance: Arc<Mutex<()>>,
+    /// Counts keyspace trees: an install takes the next.
+    pub(super) generation: Arc<AtomicU64>,
+    /// Hands work to the physical compaction.
+    pub(super) compactor: mpsc::Sender<CompactionJob>,
 }
 
 impl StateMachineStore {
@@ -73,6 +102,139 @@ impl StateMachineStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         read(&applied)
     }
+
+    /// The store revision, published after every applied entry.
+    pub fn revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Has the physical compaction catch up with the keyspace's compaction point.
+    pub(super) fn wake_compactor(&self) {
+        let job = self.read(|applied| {
+            let point = applied.keyspace.compact_revision();
+            (point > 0).then(|| (applied.keyspace.tree().clone(), point))
+        });
+        if let Some(job) = job {
+            // The thread ends only when every sender is gone.
+            let _ = self.compactor.send(job);
+        }
+    }
+
+    /// Loads the snapshot received in `RECEIVING_FILE` into a new keyspace tree and switches to it.
+    /// `received` is the file openraft hands over: normally `RECEIVING_FILE` itself; any other file (a
+    /// snapshot built here, as openraft's test suite installs) is copied there first.
+    fn install_received(&self, meta: &SnapshotMeta, mut received: fs::File) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let _maintenance = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let path = self.snapshot_dir.join(RECEIVING_FILE);
+        let same_file = match (received.metadata(), fs::metadata(&path)) {
+            (Ok(given), Ok(expected)) => {
+                given.dev() == expected.dev() && given.ino() == expected.ino()
+            }
+            _ => false,
+        };
+        if !same_file {
+            let mut copy = || -> io::Result<()> {
+                received.seek(io::SeekFrom::Start(0))?;
+                let mut target = fs::File::create(&path)?;
+                io::copy(&mut received, &mut target)?;
+                target.sync_all()
+            };
+            copy().map_err(|error| format!("copying the snapshot to install: {error}"))?;
+        }
+        drop(received);
+        let mut input = BufReader::new(fs_open(&path)?);
+        let header = read_header(&mut input)?;
+        if header.last_log_id != meta.last_log_id {
+            return Err(format!(
+                "the received snapshot covers {:?}, not {:?} as its message says",
+                header.last_log_id, meta.last_log_id
+            ));
+        }
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let name = format!("{KEYSPACE_TREE_PREFIX}{generation}");
+        let sled = &self.sled;
+        // A tree of this name can only be left over from an install that crashed.
+        sled.db
+            .drop_tree(name.as_bytes())
+            .map_err(|error| error.to_string())?;
+        let tree = sled
+            .db
+            .open_tree(name.as_bytes())
+            .map_err(|error| error.to_string())?;
+        import_body(&tree, &mut input, meta.last_log_id, &meta.last_membership)
+            .map_err(|error| format!("loading the snapshot: {error}"))?;
+        flush_durably(&sled.db, &sled.files).map_err(|error| error.to_string())?;
+        sled.meta
+            .insert(KEY_KEYSPACE_TREE, name.as_bytes())
+            .map_err(|error| error.to_string())?;
+        flush_durably(&sled.db, &sled.files).map_err(|error| error.to_string())?;
+        let keyspace = Keyspace::open(tree)?;
+        let revision = keyspace.revision();
+        let old = {
+            let mut applied = self
+                .applied
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let old = std::mem::replace(&mut applied.keyspace, keyspace);
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            old
+        };
+        self.generation.store(generation, Ordering::Release);
+        let old_name = old.tree().name();
+        drop(old);
+        sled.db
+            .drop_tree(&old_name)
+            .map_err(|error| error.to_string())?;
+        make_current(&self.snapshot_dir, RECEIVING_FILE).map_err(|error| error.to_string())?;
+        self.revision.send_replace(revision);
+        Ok(())
+    }
+}
+
+fn fs_open(path: &std::path::Path) -> Result<fs::File, String> {
+    fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// A job for the physical compaction: a keyspace tree and the compaction point it has reached.
+pub(super) type CompactionJob = (sled::Tree, u64);
+
+/// The physical compaction: given a job when a compaction is applied (or a snapshot installed, or the store
+/// opened with history to compact), it deletes the versions no read can see any more, one step at a time
+/// under the maintenance lock, so that a snapshot build never loses a version it needs. Only the newest job
+/// waiting is done. It holds a tree only while it works, and ends when the store is dropped.
+pub(super) fn run_compactor(maintenance: Arc<Mutex<()>>, jobs: mpsc::Receiver<CompactionJob>) {
+    while let Ok(mut job) = jobs.recv() {
+        while let Ok(newer) = jobs.try_recv() {
+            job = newer;
+        }
+        let (tree, target) = job;
+        let mut resume = Vec::new();
+        loop {
+            let step = {
+                let _maintenance = maintenance
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                compact_history(&tree, target, &resume)
+            };
+            match step {
+                Ok(Some(next)) => resume = next,
+                Ok(None) => {
+                    tracing::debug!(compact_revision = target, "history compacted");
+                    break;
+                }
+                Err(error) => {
+                    // An install may have dropped the tree; it sends a job for the new one.
+                    tracing::debug!(%error, "compaction step stopped");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -91,94 +253,146 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             self.wait_synced(first.log_id.index, last.log_id).await?;
         }
-        let mut applied = self
-            .applied
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut compacted = false;
         let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if let Some(last) = applied.last_applied {
-                assert!(
-                    entry.log_id.index > last.index,
-                    "entries applied out of order"
-                );
+        let revision = {
+            let mut applied = self
+                .applied
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for entry in entries {
+                if let Some(last) = applied.last_applied {
+                    assert!(
+                        entry.log_id.index > last.index,
+                        "entries applied out of order"
+                    );
+                }
+                let subject = ErrorSubject::Apply(entry.log_id);
+                let (response, changes, membership) = match entry.payload {
+                    EntryPayload::Blank => (
+                        BatchResponse::default(),
+                        ChangeSet::unchanged(&applied.keyspace),
+                        None,
+                    ),
+                    EntryPayload::Normal(batch) => {
+                        let (response, changes) =
+                            apply_batch(&applied.keyspace, entry.log_id.index, &batch)
+                                .map_err(|error| read_error(subject.clone(), error))?;
+                        compacted |= changes.compact_revision.is_some();
+                        (response, changes, None)
+                    }
+                    EntryPayload::Membership(membership) => (
+                        BatchResponse::default(),
+                        ChangeSet::unchanged(&applied.keyspace),
+                        Some(StoredMembership::new(Some(entry.log_id), membership)),
+                    ),
+                };
+                applied
+                    .keyspace
+                    .write(&changes, Some(entry.log_id), membership.as_ref())
+                    .map_err(|error| write_error(subject, error))?;
+                applied.last_applied = Some(entry.log_id);
+                if let Some(membership) = membership {
+                    applied.membership = membership;
+                }
+                responses.push(response);
             }
-            applied.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => BatchResponse::default(),
-                EntryPayload::Normal(batch) => {
-                    applied.state.apply_batch(entry.log_id.index, &batch)
-                }
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    BatchResponse::default()
-                }
-            };
-            responses.push(response);
+            applied.keyspace.revision()
+        };
+        self.revision.send_if_modified(|published| {
+            let changed = *published != revision;
+            *published = revision;
+            changed
+        });
+        if compacted {
+            self.wake_compactor();
         }
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
-        let (data, last_applied, membership) = self.read(|applied| {
-            (
-                applied.state.encode(),
-                applied.last_applied,
-                applied.membership.clone(),
-            )
+        let generation = self.generation.load(Ordering::Acquire);
+        let (cut, last_applied, membership) = self.read(|applied| {
+            let keyspace = &applied.keyspace;
+            let sessions = keyspace.session_entries();
+            let cut = sessions.map(|sessions| Cut {
+                tree: keyspace.tree().clone(),
+                revision: keyspace.revision(),
+                compact_revision: keyspace.compact_revision(),
+                sessions,
+                generation,
+            });
+            (cut, applied.last_applied, applied.membership.clone())
         });
         let snapshot_id = match last_applied {
             Some(log_id) => format!("{}-{}-{counter}", log_id.leader_id.term, log_id.index),
             None => format!("0-0-{counter}"),
         };
+        if let Err(error) = &cut {
+            tracing::error!(%error, "reading the sessions for a snapshot failed");
+        }
         SnapshotBuilder {
-            data,
-            last_applied,
-            membership,
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            cut: cut.ok(),
             snapshot_dir: self.snapshot_dir.clone(),
-            snapshot_id,
+            maintenance: self.maintenance.clone(),
+            generation: self.generation.clone(),
             stats: self.stats.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshot_dir.join(RECEIVING_FILE);
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|error| write_error(ErrorSubject::Snapshot(None), error))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let data = snapshot.into_inner();
-        let state = StateMachine::decode(&data)
-            .map_err(|reason| read_error(subject.clone(), io::Error::other(reason)))?;
-        let (_, size) = persist_snapshot(&self.snapshot_dir, meta, data, &self.stats).await?;
-        let mut applied = self
-            .applied
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        applied.state = state;
-        applied.last_applied = meta.last_log_id;
-        applied.membership = meta.last_membership.clone();
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|error| write_error(subject.clone(), error))?;
+        let received = snapshot.into_std().await;
+        let store = self.clone();
+        let install_meta = meta.clone();
+        tokio::task::spawn_blocking(move || store.install_received(&install_meta, received))
+            .await
+            .map_err(|error| write_error(subject.clone(), error))?
+            .map_err(|reason| write_error(subject, io::Error::other(reason)))?;
         self.stats
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "snapshot installed");
+        self.wake_compactor();
+        tracing::info!(snapshot_id = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let dir = self.snapshot_dir.clone();
-        let current = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+        let meta = tokio::task::spawn_blocking(move || read_current_meta(&dir))
             .await
             .map_err(|error| read_error(ErrorSubject::Snapshot(None), error))?
             .map_err(|reason| read_error(ErrorSubject::Snapshot(None), io::Error::other(reason)))?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        match meta {
+            None => Ok(None),
+            Some(meta) => open_current(&self.snapshot_dir, meta).await.map(Some),
+        }
     }
 }

@@ -260,7 +260,7 @@ async fn append_entries_stream_answers_in_order_and_ends_on_a_refusal() {
     let follower = if leader == 1 { 2 } else { 1 };
     // The follower has everything the new leader appended (its first entry may still be on its way).
     let leader_log = cluster.status(leader).await.unwrap().last_log_index;
-    let before = cluster.wait_applied(follower, leader_log).await;
+    let before = cluster.wait_applied_index(follower, leader_log).await;
     let mut peer = PeerClient::connect(format!("http://{}", cluster.addr(follower)))
         .await
         .unwrap();

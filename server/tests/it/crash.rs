@@ -6,7 +6,12 @@
 //! is acknowledged. So after a crash the writer's surviving keys must be exactly `0..=k` where `k` is its
 //! last acknowledged key or the one after it (in flight, indeterminate: may or may not be there); a hole, a
 //! lost acknowledged key, a different value or revision, or revisions out of write order is a failure.
-//! Every node must also agree with the leader on every key and revision at the same applied index.
+//! Every node must also agree with the leader on every key at the leader's revision, and with the other
+//! nodes at earlier revisions still readable.
+//!
+//! While the writers run, a compactor compacts the history to a little behind the store's revision, and the
+//! nodes snapshot every few entries and keep a short log behind it, so compactions, snapshot builds and
+//! snapshot installs (a node restarted behind the others catches up by one) all race the kills.
 //!
 //! The suite runs a short seeded run. `RAFTKV_CRASH_SEED` picks another seed (a failure prints the seed that
 //! reproduces it) and `RAFTKV_CRASH_ROUNDS` runs more crash rounds:
@@ -31,6 +36,12 @@ const ROUNDS_DEFAULT: u64 = 3;
 const WRITERS: usize = 4;
 /// A round kills the cluster after a seeded random number of acknowledged writes in `0..=` this.
 const ACKS_PER_ROUND_MAX: u64 = 120;
+/// Revisions of history the compactor keeps behind the store's revision.
+const COMPACTION_KEEP: u64 = 10;
+/// Pause between two compactions.
+const COMPACTION_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// Flags that make nodes snapshot and purge their log often.
+const FREQUENT_SNAPSHOTS: [&str; 4] = ["--snapshot-after-entries", "20", "--log-keep-entries", "5"];
 /// Keys asked for per scan page when reading a writer's keys back.
 const SCAN_PAGE_KEYS: u32 = 1_000;
 
@@ -211,7 +222,8 @@ fn check_writer(writer: usize, log: &mut WriterLog, kvs: &[KeyValue]) -> Result<
     Ok(())
 }
 
-/// Every node, once it has applied what the leader had, holds the same keys at the same revisions.
+/// Every node holds the same keys at the same revisions: now (at the leader's revision) and in its history
+/// (at a few earlier revisions still readable).
 async fn check_replicas_agree(cluster: &TestCluster, client: &Client) -> Result<(), String> {
     let leader_view = client
         .scan(
@@ -221,37 +233,79 @@ async fn check_replicas_agree(cluster: &TestCluster, client: &Client) -> Result<
         )
         .await
         .map_err(|error| format!("linearizable scan of every key: {error}"))?;
-    let applied = leader_view.envelope.applied_index;
-    for id in &cluster.ids() {
-        cluster.wait_applied(*id, applied).await;
+    let now = leader_view.envelope.revision;
+    let oldest = leader_view.envelope.compact_revision.max(1);
+    let mut revisions = vec![now];
+    if now > oldest {
+        revisions.extend([
+            oldest,
+            oldest + (now - oldest) / 3,
+            oldest + 2 * (now - oldest) / 3,
+        ]);
+    }
+    let scan_at = |id: u64, revision: u64| {
         let options = ReadOptions {
             consistency: Consistency::Stale,
-            min_revision: applied,
-            endpoint: Some(cluster.addr(*id)),
+            min_revision: now,
+            revision,
+            endpoint: Some(cluster.addr(id)),
             ..Default::default()
         };
-        let view = client
-            .scan(
-                ScanRange::Prefix(Vec::new()),
-                raftkv_server::kv::state_machine::SCAN_LIMIT_MAX as u32,
-                &options,
-            )
-            .await
-            .map_err(|error| format!("stale scan of node {id}: {error}"))?;
-        // A node may have applied further than the leader's read: compare only what the leader saw.
-        let view: Vec<&KeyValue> = view
-            .kvs
-            .iter()
-            .filter(|kv| kv.mod_revision <= applied)
-            .collect();
-        let expected: Vec<&KeyValue> = leader_view.kvs.iter().collect();
-        if view != expected {
-            return Err(format!(
-                "node {id} disagrees with the leader at applied index {applied}"
-            ));
+        async move {
+            client
+                .scan(
+                    ScanRange::Prefix(Vec::new()),
+                    raftkv_server::kv::state_machine::SCAN_LIMIT_MAX as u32,
+                    &options,
+                )
+                .await
+                .map(|view| view.kvs)
+                .map_err(|error| format!("stale scan of node {id} at revision {revision}: {error}"))
+        }
+    };
+    for revision in revisions {
+        let mut reference: Option<(u64, Vec<KeyValue>)> = None;
+        if revision == now {
+            reference = Some((0, leader_view.kvs.clone()));
+        }
+        for id in &cluster.ids() {
+            cluster.wait_applied(*id, now).await;
+            let view = scan_at(*id, revision).await?;
+            match &reference {
+                None => reference = Some((*id, view)),
+                Some((from, expected)) if *expected != view => {
+                    let from = if *from == 0 {
+                        "the leader".to_string()
+                    } else {
+                        format!("node {from}")
+                    };
+                    return Err(format!(
+                        "node {id} disagrees with {from} at revision {revision} (the store is at {now})"
+                    ));
+                }
+                Some(_) => {}
+            }
         }
     }
     Ok(())
+}
+
+/// Compacts the history to `COMPACTION_KEEP` revisions behind the store's, every `COMPACTION_EVERY`, until
+/// aborted. Failures (no leader during a kill, a compaction that raced another) are expected and ignored.
+async fn run_compactor(client: Client) {
+    loop {
+        tokio::time::sleep(COMPACTION_EVERY).await;
+        let stale = ReadOptions {
+            consistency: Consistency::Stale,
+            ..Default::default()
+        };
+        if let Ok(read) = client.get("w0/00000000", &stale).await {
+            let target = read.envelope.revision.saturating_sub(COMPACTION_KEEP);
+            if target > read.envelope.compact_revision {
+                let _ = client.compact(target).await;
+            }
+        }
+    }
 }
 
 /// Runs the crash rounds on a cluster of `size` nodes; panics naming the seed on the first violation.
@@ -263,7 +317,9 @@ async fn crash_rounds(size: u64) {
     );
     let mut rng = StdRng::seed_from_u64(seed ^ size);
     let members: Vec<u64> = (1..=size).collect();
-    let mut cluster = TestCluster::start(size, &fast_timing());
+    let mut args = fast_timing();
+    args.extend(FREQUENT_SNAPSHOTS.iter().map(|flag| flag.to_string()));
+    let mut cluster = TestCluster::start(size, &args);
     let logs: Arc<Mutex<Vec<WriterLog>>> = Arc::new(Mutex::new(
         (0..WRITERS).map(|_| WriterLog::default()).collect(),
     ));
@@ -282,6 +338,7 @@ async fn crash_rounds(size: u64) {
                 acks.clone(),
             ));
         }
+        writers.spawn(run_compactor(client.clone()));
         let kill_after = rng.random_range(0..=ACKS_PER_ROUND_MAX);
         tokio::time::timeout(WAIT_MAX, acks_seen.wait_for(|count| *count >= kill_after))
             .await
@@ -323,7 +380,15 @@ async fn crash_rounds(size: u64) {
         total_acknowledged > 0,
         "no write was acknowledged in {rounds} rounds: the test checked nothing ({rerun})"
     );
-    eprintln!("{rounds} crash rounds on {size} node(s), {total_acknowledged} acknowledged writes, none lost ({rerun})");
+    let compacted = cluster
+        .status(1)
+        .await
+        .map_or(0, |status| status.compact_revision);
+    assert!(
+        compacted > 0,
+        "the compactor never compacted: the rounds did not exercise compaction ({rerun})"
+    );
+    eprintln!("{rounds} crash rounds on {size} node(s), {total_acknowledged} acknowledged writes, none lost, history compacted to {compacted} ({rerun})");
 }
 
 /// Three nodes SIGKILLed together at seeded random moments under four concurrent writers keep every

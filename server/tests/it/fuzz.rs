@@ -25,8 +25,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use raftkv_proto::peer::peer_server::Peer;
 use raftkv_proto::peer::RaftMessage;
 use raftkv_server::kv::state_machine::{
-    Batch, Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, StateMachine,
-    KEY_BYTES_MAX, VALUE_BYTES_MAX,
+    Batch, Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, KEY_BYTES_MAX,
+    VALUE_BYTES_MAX,
 };
 use raftkv_server::raft::network::{NetworkFactory, PeerChannels};
 use raftkv_server::raft::peer_service::{decode_payload, PeerService};
@@ -39,6 +39,7 @@ use raftkv_server::reads::read_index::ReadIndexBatcher;
 use raftkv_server::reads::LeaderContact;
 use raftkv_server::storage;
 use raftkv_server::storage::wal::{OpenError, Wal};
+use raftkv_server::storage::Keyspace;
 
 /// Longest run of random bytes tried as a message.
 const RANDOM_BYTES_MAX: usize = 512;
@@ -266,18 +267,21 @@ proptest! {
         let _ = postcard::from_bytes::<Entry>(&mutate(encoded, &entry_edits));
         let _ = postcard::from_bytes::<Entry>(&random);
 
-        let mut state = StateMachine::default();
-        for (revision, request) in history.iter().enumerate() {
-            state.apply(revision as u64 + 1, request);
+        let mut state = Keyspace::temporary().unwrap();
+        for (index, request) in history.iter().enumerate() {
+            state.apply(index as u64 + 1, &Batch::single(request.clone())).unwrap();
         }
-        let snapshot = state.encode();
-        prop_assert_eq!(StateMachine::decode(&snapshot), Ok(state.clone()));
-        // A decoded snapshot that passed the checks is usable: reading and writing it does not panic.
+        let snapshot = state.snapshot_body().unwrap();
+        let copy = Keyspace::from_snapshot_body(&snapshot).unwrap();
+        state.compact_all().unwrap();
+        copy.compact_all().unwrap();
+        prop_assert_eq!(copy.dump().unwrap(), state.dump().unwrap());
+        // A loaded snapshot that passed the checks is usable: reading and writing it does not panic.
         for bytes in [mutate(snapshot, &snapshot_edits), random] {
-            if let Ok(mut decoded) = StateMachine::decode(&bytes) {
-                let _ = decoded.scan(&ScanRange::Prefix(Vec::new()), usize::MAX);
-                for (revision, request) in history.iter().enumerate() {
-                    decoded.apply(1_000 + revision as u64, request);
+            if let Ok(mut decoded) = Keyspace::from_snapshot_body(&bytes) {
+                let _ = decoded.scan(&ScanRange::Prefix(Vec::new()), usize::MAX, 0);
+                for (index, request) in history.iter().enumerate() {
+                    let _ = decoded.apply(1_000 + index as u64, &Batch::single(request.clone()));
                 }
             }
         }
@@ -290,16 +294,18 @@ proptest! {
     fn state_machine_apply_rejects_bad_commands_cleanly(
         history in prop::collection::vec(request(), 1..HISTORY_MAX),
     ) {
-        let mut state = StateMachine::default();
-        let mut replica = StateMachine::default();
+        let mut state = Keyspace::temporary().unwrap();
+        let mut replica = Keyspace::temporary().unwrap();
+        let all = |state: &Keyspace| state.scan(&ScanRange::Prefix(Vec::new()), usize::MAX, 0).unwrap();
         // Per session: the last sequence applied and its response.
         let mut sessions: BTreeMap<u64, (u64, Response)> = BTreeMap::new();
         for (position, request) in history.iter().enumerate() {
-            let revision = position as u64 + 1;
-            let keys_before = state.scan(&ScanRange::Prefix(Vec::new()), usize::MAX);
-            let response = state.apply(revision, request);
-            prop_assert_eq!(&replica.apply(revision, request), &response);
-            let keys_after = state.scan(&ScanRange::Prefix(Vec::new()), usize::MAX);
+            let index = position as u64 + 1;
+            let batch = Batch::single(request.clone());
+            let keys_before = all(&state);
+            let response = state.apply(index, &batch).unwrap().responses.remove(0);
+            prop_assert_eq!(&replica.apply(index, &batch).unwrap().responses[0], &response);
+            let keys_after = all(&state);
             let last = request
                 .session
                 .and_then(|session| sessions.get(&session.client_id).cloned());
@@ -329,8 +335,11 @@ proptest! {
                 }
             }
         }
-        prop_assert_eq!(&state, &replica);
-        prop_assert_eq!(StateMachine::decode(&state.encode()), Ok(state));
+        prop_assert_eq!(state.dump().unwrap(), replica.dump().unwrap());
+        let copy = state.snapshot_copy().unwrap();
+        state.compact_all().unwrap();
+        copy.compact_all().unwrap();
+        prop_assert_eq!(copy.dump().unwrap(), state.dump().unwrap());
     }
 }
 

@@ -8,6 +8,7 @@ mod crash;
 mod fuzz;
 mod harness;
 mod limits;
+mod mvcc;
 mod ops;
 mod state_machine;
 mod storage;

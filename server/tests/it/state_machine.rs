@@ -1,19 +1,23 @@
-//! Data-driven state-machine tests: each file under `server/testdata/state_machine/` is a script of
-//! commands, each block followed by `----` and the output it must give. Run with `UPDATE_TESTDATA=1` to
-//! rewrite the expected output after a deliberate change, then review the diff.
+//! Data-driven state-machine tests, run on the real keyspace in sled: each file under
+//! `server/testdata/state_machine/` is a script of commands, each block followed by `----` and the output it
+//! must give. Run with `UPDATE_TESTDATA=1` to rewrite the expected output after a deliberate change, then
+//! review the diff.
 //!
-//! Commands (every write is one log entry; revisions count up from 1):
+//! Commands (every write is one log entry; the store revision counts up from 1 with each change):
 //! `put KEY VALUE [session=ID:SEQ]`, `delete KEY [session=..]`, `cas KEY value=OLD|revision=N|absent NEW
-//! [session=..]`, `get KEY`, `scan prefix=P [limit=N]`, `scan start=A [end=B] [limit=N]`,
+//! [session=..]`, `compact REV`, `get KEY [rev=N]`, `scan prefix=P [limit=N] [rev=N]`,
+//! `scan start=A [end=B] [limit=N] [rev=N]`, `batch CMD; CMD; ...` (writes in one entry),
 //! `fill-sessions FIRST COUNT` (one put each from sessions FIRST.., keys `fill/ID`), `sessions`,
-//! `snapshot-roundtrip` (encode, decode, compare, continue on the decoded copy).
+//! `snapshot-roundtrip` (through a snapshot body into a new keyspace, compare, continue on the copy).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use raftkv_server::kv::changes::KeyspaceRead;
 use raftkv_server::kv::state_machine::{
-    Command, Expected, KeyValue, Request, Response, ScanRange, SessionRef, StateMachine,
+    Batch, Command, Expected, KeyValue, Request, Response, ScanRange, SessionRef,
 };
+use raftkv_server::storage::Keyspace;
 
 fn show_kv(kv: &KeyValue) -> String {
     format!(
@@ -41,25 +45,41 @@ fn show_response(response: &Response) -> String {
             current.as_ref().map_or("<absent>".to_string(), show_kv)
         ),
         Response::Rejected(rejection) => format!("rejected {rejection:?}"),
+        Response::Compact {
+            revision,
+            compact_revision,
+        } => format!("compact revision={revision} compact_revision={compact_revision}"),
     }
 }
 
 struct Script {
-    state: StateMachine,
-    revision: u64,
+    state: Keyspace,
+    /// Log index of the last entry.
+    index: u64,
 }
 
 impl Script {
     fn write(&mut self, session: Option<SessionRef>, command: Command) -> String {
-        self.revision += 1;
-        show_response(
-            &self
-                .state
-                .apply(self.revision, &Request { session, command }),
-        )
+        self.entry(vec![Request { session, command }])
     }
 
-    fn run(&mut self, line: &str) -> String {
+    /// Applies one entry holding these writes; their responses, one per line.
+    fn entry(&mut self, writes: Vec<Request>) -> String {
+        self.index += 1;
+        let response = self
+            .state
+            .apply(self.index, &Batch { writes })
+            .expect("apply");
+        response
+            .responses
+            .iter()
+            .map(show_response)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The write a script line names, if it is one.
+    fn parse_write(line: &str) -> Option<Request> {
         let mut words: Vec<&str> = line.split_whitespace().collect();
         let session = match words.last().and_then(|word| word.strip_prefix("session=")) {
             Some(spec) => {
@@ -78,15 +98,15 @@ impl Script {
                 .map(|word| word.as_bytes().to_vec())
                 .unwrap_or_default()
         };
-        match words[0] {
-            "put" => self.write(
-                session,
-                Command::Put {
-                    key: arg(1),
-                    value: arg(2),
-                },
-            ),
-            "delete" => self.write(session, Command::Delete { key: arg(1) }),
+        let command = match words[0] {
+            "put" => Command::Put {
+                key: arg(1),
+                value: arg(2),
+            },
+            "delete" => Command::Delete { key: arg(1) },
+            "compact" => Command::Compact {
+                revision: words[1].parse().unwrap(),
+            },
             "cas" => {
                 let expected = match words[2].split_once('=') {
                     Some(("value", old)) => Expected::Value(old.as_bytes().to_vec()),
@@ -94,22 +114,48 @@ impl Script {
                     None if words[2] == "absent" => Expected::Absent,
                     _ => panic!("bad cas expectation in {line:?}"),
                 };
-                self.write(
-                    session,
-                    Command::Cas {
-                        key: arg(1),
-                        expected,
-                        value: arg(3),
-                    },
-                )
+                Command::Cas {
+                    key: arg(1),
+                    expected,
+                    value: arg(3),
+                }
             }
-            "get" => format!(
-                "get {}",
-                self.state
-                    .get(&arg(1))
-                    .as_ref()
-                    .map_or("<absent>".to_string(), show_kv)
-            ),
+            _ => return None,
+        };
+        Some(Request { session, command })
+    }
+
+    fn run(&mut self, line: &str) -> String {
+        if let Some(writes) = line.strip_prefix("batch ") {
+            let writes = writes
+                .split(';')
+                .map(|write| Self::parse_write(write.trim()).expect("a write in a batch"))
+                .collect();
+            return self.entry(writes);
+        }
+        if let Some(request) = Self::parse_write(line) {
+            return self.entry(vec![request]);
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let arg = |index: usize| -> Vec<u8> {
+            words
+                .get(index)
+                .map(|word| word.as_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        // `rev=N` anywhere reads at revision N.
+        let revision: u64 = words
+            .iter()
+            .find_map(|word| word.strip_prefix("rev="))
+            .map_or(0, |rev| rev.parse().unwrap());
+        match words[0] {
+            "get" => match self.state.get(&arg(1), revision) {
+                Ok(kv) => format!(
+                    "get {}",
+                    kv.as_ref().map_or("<absent>".to_string(), show_kv)
+                ),
+                Err(error) => format!("get refused: {error}"),
+            },
             "scan" => {
                 let mut prefix = None;
                 let (mut start, mut end, mut limit) = (Vec::new(), None, 100);
@@ -119,6 +165,7 @@ impl Script {
                         Some(("start", value)) => start = value.as_bytes().to_vec(),
                         Some(("end", value)) => end = Some(value.as_bytes().to_vec()),
                         Some(("limit", value)) => limit = value.parse().unwrap(),
+                        Some(("rev", _)) => {}
                         _ => panic!("bad scan argument {word:?}"),
                     }
                 }
@@ -126,7 +173,10 @@ impl Script {
                     Some(prefix) => ScanRange::Prefix(prefix),
                     None => ScanRange::Range { start, end },
                 };
-                let result = self.state.scan(&range, limit);
+                let result = match self.state.scan(&range, limit, revision) {
+                    Ok(result) => result,
+                    Err(error) => return format!("scan refused: {error}"),
+                };
                 let mut out = format!("scan {} keys more={}", result.kvs.len(), result.more);
                 for kv in &result.kvs {
                     write!(out, "\n  {}", show_kv(kv)).unwrap();
@@ -153,13 +203,26 @@ impl Script {
             }
             "sessions" => format!("sessions {}", self.state.session_count()),
             "snapshot-roundtrip" => {
-                let decoded = StateMachine::decode(&self.state.encode()).expect("decode snapshot");
-                assert_eq!(decoded, self.state, "snapshot round trip changed the state");
-                self.state = decoded;
+                let copy = self.state.snapshot_copy().expect("snapshot round trip");
+                self.state.compact_all().unwrap();
+                copy.compact_all().unwrap();
+                assert_eq!(
+                    copy.dump().unwrap(),
+                    self.state.dump().unwrap(),
+                    "snapshot round trip changed the state"
+                );
+                self.state = copy;
+                let keys = self
+                    .state
+                    .scan(&ScanRange::Prefix(Vec::new()), usize::MAX, 0)
+                    .unwrap()
+                    .kvs
+                    .len();
                 format!(
-                    "snapshot ok keys={} sessions={}",
-                    self.state.len(),
-                    self.state.session_count()
+                    "snapshot ok keys={keys} sessions={} revision={} compact_revision={}",
+                    self.state.session_count(),
+                    self.state.revision(),
+                    self.state.compact_revision()
                 )
             }
             other => panic!("unknown command {other:?}"),
@@ -171,8 +234,8 @@ impl Script {
 fn check(path: &Path) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut script = Script {
-        state: StateMachine::default(),
-        revision: 0,
+        state: Keyspace::temporary().expect("a temporary keyspace"),
+        index: 0,
     };
     let mut out = String::new();
     let mut lines = text.lines().peekable();

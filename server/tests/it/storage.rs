@@ -141,11 +141,12 @@ async fn reopened_store_keeps_vote_log_state_and_membership() {
             .collect::<BTreeSet<_>>(),
         voters
     );
-    let key5 = state_machine.read(|applied| applied.state.get(b"key5"));
-    assert_eq!(key5.expect("key5 applied before restart").mod_revision, 5);
+    let key5 = state_machine.read(|applied| applied.keyspace.get(b"key5", 0).unwrap());
+    // Entry 1 is the membership: key N is the (N-1)th write.
+    assert_eq!(key5.expect("key5 applied before restart").mod_revision, 4);
     assert!(
         state_machine
-            .read(|applied| applied.state.get(b"after-snapshot"))
+            .read(|applied| applied.keyspace.get(b"after-snapshot", 0).unwrap())
             .is_none(),
         "not applied yet"
     );
@@ -734,5 +735,120 @@ async fn dropped_store_keeps_no_wal_file_open() {
     assert_eq!(
         indexes(&all_entries(&mut log).await),
         (1..=10).collect::<Vec<_>>()
+    );
+}
+
+/// Entries 1..=count, each a put of `key<index>` = `value`, in term 1.
+fn puts(count: u64, value: &str) -> Vec<Entry> {
+    (1..=count)
+        .map(|index| {
+            let request = Request {
+                session: None,
+                command: Command::Put {
+                    key: format!("key{index}").into_bytes(),
+                    value: value.as_bytes().to_vec(),
+                },
+            };
+            Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Normal(Batch::single(request)),
+            }
+        })
+        .collect()
+}
+
+fn value_of(state_machine: &StateMachineStore, key: &str) -> Option<Vec<u8>> {
+    state_machine.read(|applied| {
+        applied
+            .keyspace
+            .get(key.as_bytes(), 0)
+            .unwrap()
+            .map(|kv| kv.value)
+    })
+}
+
+/// The applied state lives in sled: a reopened store has every applied entry without a snapshot, and says
+/// which entry it applied last, so openraft re-applies only what follows.
+#[tokio::test]
+async fn applied_state_is_in_sled_without_a_snapshot() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        state_machine.apply(puts(5, "v")).await.unwrap();
+    }
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    let (applied, _) = state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 5)));
+    assert_eq!(value_of(&state_machine, "key5"), Some(b"v".to_vec()));
+    assert!(state_machine
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Installing a snapshot replaces the keyspace atomically: a follower with other data installs a leader's
+/// snapshot and holds exactly the leader's keys, also after a restart. An install that crashed before the
+/// switch (a partial keyspace tree, a half-received file) is cleaned up at the next start, and the old
+/// keyspace is in force.
+#[tokio::test]
+async fn snapshot_install_switches_atomically_and_a_crashed_install_is_recovered() {
+    let leader_dir = TempDir::new().unwrap();
+    let (_, mut leader) = storage::open(leader_dir.path(), 1, CLUSTER_ID).unwrap();
+    leader.apply(puts(6, "leader")).await.unwrap();
+    let mut builder = leader.get_snapshot_builder().await;
+    let snapshot = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap();
+
+    let dir = TempDir::new().unwrap();
+    {
+        let (_, mut follower) = storage::open(dir.path(), 2, CLUSTER_ID).unwrap();
+        follower.apply(puts(3, "stale")).await.unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(value_of(&follower, "key6"), Some(b"leader".to_vec()));
+        assert_eq!(value_of(&follower, "key1"), Some(b"leader".to_vec()));
+    }
+    {
+        let (_, mut follower) = storage::open(dir.path(), 2, CLUSTER_ID).unwrap();
+        let (applied, _) = follower.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 6)));
+        assert_eq!(value_of(&follower, "key6"), Some(b"leader".to_vec()));
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id(1, 6)));
+    }
+
+    // A crash in the middle of the next install: a partial tree and a half-received file are left behind.
+    {
+        let db = sled::open(dir.path().join("raft")).unwrap();
+        let names: Vec<String> = db
+            .tree_names()
+            .iter()
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        assert!(
+            names.contains(&"keyspace-1".to_string()) && !names.contains(&"keyspace-0".to_string()),
+            "the install switched to a new tree and dropped the old one: {names:?}"
+        );
+        let partial = db.open_tree("keyspace-2").unwrap();
+        partial.insert(b"cgarbage", &b"not a record"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    fs::write(dir.path().join("snapshots/receiving.tmp"), b"half a snapsh").unwrap();
+    let (_, mut follower) = storage::open(dir.path(), 2, CLUSTER_ID).unwrap();
+    let (applied, _) = follower.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 6)), "the old keyspace is in force");
+    assert_eq!(value_of(&follower, "garbage"), None);
+    assert!(!dir.path().join("snapshots/receiving.tmp").exists());
+    drop(follower);
+    let db = sled::open(dir.path().join("raft")).unwrap();
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|name| name.as_ref() == b"keyspace-2"),
+        "the partial tree was dropped"
     );
 }

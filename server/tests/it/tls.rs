@@ -121,7 +121,7 @@ async fn mtls_cluster_writes_reads_on_a_follower_and_elects_a_new_leader() {
     assert_eq!(read.kv.unwrap().value, b"hello");
     assert_eq!(read.envelope.node_id, follower);
     assert_eq!(read.envelope.role, Role::Follower as i32);
-    assert!(read.envelope.applied_index >= revision);
+    assert!(read.envelope.revision >= revision);
 
     cluster.kill(leader);
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();

@@ -1,8 +1,9 @@
 //! The `raftkv` command line: flags (clap derive), running one command through the client library, printing
 //! its result as a table, JSON (one object per result) or plain text, and choosing the exit code.
 //!
-//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, key not found for `get`, a `bench` run in which
-//! some operations failed); 2 usage or connection error; 3 indeterminate (the write may have been applied).
+//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, key not found for `get`, a read or compaction at a
+//! compacted or future revision, a `bench` run in which some operations failed); 2 usage or connection error;
+//! 3 indeterminate (the write may have been applied).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -113,6 +114,9 @@ pub enum Command {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Discard the history before REVISION on every node (through Raft): reads at a lower revision are
+    /// refused from then on.
+    Compact { revision: u64 },
     /// One row per node: role, term, leader, indexes, lag, errors.
     Status,
     /// List or change the cluster's members.
@@ -146,9 +150,12 @@ pub struct ReadArgs {
     /// With --consistency stale: refuse if the node has not heard from a leader within this bound.
     #[arg(long, value_parser = parse_duration)]
     pub max_staleness: Option<Duration>,
-    /// Wait until the serving node has applied at least this revision.
+    /// Wait until the serving node's store has reached at least this revision.
     #[arg(long, default_value_t = 0)]
     pub min_revision: u64,
+    /// Read the store as it was at this revision (0: the current one).
+    #[arg(long, default_value_t = 0)]
+    pub revision: u64,
     /// Read from this node only (HOST:PORT), with no failover.
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -168,7 +175,8 @@ fn kv_json(kv: &KeyValue) -> Value {
 fn envelope_json(envelope: &ReadEnvelope) -> Value {
     json!({
         "node_id": envelope.node_id, "role": role_name(envelope.role),
-        "consistency": consistency_name(envelope.consistency), "applied_index": envelope.applied_index,
+        "consistency": consistency_name(envelope.consistency), "revision": envelope.revision,
+        "compact_revision": envelope.compact_revision, "applied_index": envelope.applied_index,
         "term": envelope.term, "leader_id": (envelope.leader_id != 0).then_some(envelope.leader_id),
         "millis_since_leader": envelope.millis_since_leader,
     })
@@ -176,10 +184,11 @@ fn envelope_json(envelope: &ReadEnvelope) -> Value {
 
 fn envelope_text(envelope: &ReadEnvelope) -> String {
     format!(
-        "node {} ({}) {} applied={} term={} leader={} since_leader={}",
+        "node {} ({}) {} revision={} applied_index={} term={} leader={} since_leader={}",
         envelope.node_id,
         role_name(envelope.role),
         consistency_name(envelope.consistency),
+        envelope.revision,
         envelope.applied_index,
         envelope.term,
         if envelope.leader_id == 0 {
@@ -224,6 +233,7 @@ fn read_options(read: &ReadArgs) -> ReadOptions {
         },
         max_staleness: read.max_staleness,
         min_revision: read.min_revision,
+        revision: read.revision,
         endpoint: read.endpoint.clone(),
     }
 }
@@ -237,6 +247,7 @@ pub struct Failure {
 fn failure(error: ClientError, endpoints: &[String], pinned: Option<&str>) -> Failure {
     let code = match &error {
         ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
+        ClientError::Compacted(_) | ClientError::FutureRevision(_) => EXIT_FAILED,
         _ => EXIT_USAGE,
     };
     let message = match &error {
@@ -496,6 +507,27 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(EXIT_OK)
         }
+        Command::Compact { revision } => {
+            let result = client
+                .compact(revision)
+                .await
+                .map_err(|error| failure(error, &endpoints, None))?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"op": "compact", "revision": result.revision, "compact_revision": result.compact_revision})
+                ),
+                Output::Table => print_table(
+                    &["compact_revision", "revision"],
+                    &[vec![
+                        result.compact_revision.to_string(),
+                        result.revision.to_string(),
+                    ]],
+                ),
+                Output::Simple => println!("compacted revision {}", result.compact_revision),
+            }
+            Ok(EXIT_OK)
+        }
         Command::Status => Ok(print_status(&client, output).await),
         Command::Bench(args) => {
             let report = crate::bench::run(&args, client.config().clone())
@@ -586,6 +618,7 @@ async fn print_status(client: &Client, output: Output) -> u8 {
                         "leader": (status.leader_id != 0).then_some(status.leader_id), "commit_index": status.commit_index,
                         "applied_index": status.applied_index, "last_log_index": status.last_log_index,
                         "snapshot_index": status.snapshot_index, "lag_entries": lag(status),
+                        "revision": status.revision, "compact_revision": status.compact_revision,
                         "millis_since_leader": status.millis_since_leader, "voters": status.voters,
                         "learners": status.learners, "error": Value::Null,
                     }),

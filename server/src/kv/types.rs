@@ -1,0 +1,294 @@
+//! The state machine's data: commands and the batches that carry them, responses, records and sessions, and
+//! the limits every key and value is checked against. Shared by the rules (`state_machine`), the change set
+//! (`changes`) and the storage; `state_machine` re-exports all of it.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest key accepted, in bytes. Longer keys are refused before proposal (`InvalidArgument`).
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Largest value accepted, in bytes. Larger values are refused before proposal (`InvalidArgument`). Together
+/// with the AppendEntries batch size it bounds a peer message (see `network::PEER_MESSAGE_BYTES_MAX`).
+pub const VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Most key and value bytes one write carries: a cas with a key, an expected value and a new value.
+pub const WRITE_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX;
+/// Most writes in one log entry (one `Batch`); the leader's write batcher fills entries up to these limits.
+pub const WRITE_BATCH_WRITES_MAX: usize = 512;
+/// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
+/// `WRITE_BYTES_MAX`). Bounds the size of an entry, and so of an AppendEntries message.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Framing one write adds to an entry, at most: its session (two varints), the command's tag and its length
+/// prefixes.
+pub const WRITE_FRAMING_BYTES_MAX: usize = 64;
+/// Largest encoded log entry of client writes: a full batch (or one write, if that is larger) with framing.
+/// The WAL's record limit and the peer message limit are checked against it at compile time.
+pub const ENTRY_BYTES_MAX: usize = {
+    let payload = if WRITE_BATCH_BYTES_MAX > WRITE_BYTES_MAX {
+        WRITE_BATCH_BYTES_MAX
+    } else {
+        WRITE_BYTES_MAX
+    };
+    payload + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX
+};
+/// Most keys one scan returns; a scan asking for more is refused (`OutOfRange`).
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+/// Keys a scan returns when it does not say.
+pub const SCAN_LIMIT_DEFAULT: usize = 1_000;
+/// Client sessions remembered for duplicate suppression. At the limit the session used least recently (by
+/// revision, so deterministically on every node) is forgotten; a retry on a forgotten session is applied
+/// again, so clients must not keep more than this many sessions busy at once. Each remembers its last
+/// response (a cas response holds the key's value), so the table holds at most this many values.
+pub const SESSIONS_MAX: usize = 10_000;
+
+/// A key's stored record: its value and revisions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key since it last did not exist.
+    pub create_revision: u64,
+    /// Revision of the write that set this value.
+    pub mod_revision: u64,
+    /// Writes to the key since it was created (1 after the creating write).
+    pub version: u64,
+}
+
+/// A key with its record, as returned to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+impl KeyValue {
+    pub fn new(key: &[u8], record: &Record) -> Self {
+        KeyValue {
+            key: key.to_vec(),
+            value: record.value.clone(),
+            create_revision: record.create_revision,
+            mod_revision: record.mod_revision,
+            version: record.version,
+        }
+    }
+}
+
+/// What a cas compares against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// The key must exist with exactly this value.
+    Value(Vec<u8>),
+    /// The key's `mod_revision` must equal this; 0 means the key must not exist.
+    Revision(u64),
+    /// The key must not exist.
+    Absent,
+}
+
+/// A write, as carried in a log entry. New variants go at the end: the WAL holds entries encoded by
+/// earlier versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expected: Expected,
+        value: Vec<u8>,
+    },
+    /// Discards the history before `revision`: reads at a lower revision are refused from then on. The
+    /// same point on every node, because it is a log entry.
+    Compact {
+        revision: u64,
+    },
+}
+
+/// Identifies one write of one client session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub client_id: u64,
+    pub sequence: u64,
+}
+
+/// One client write with the session it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub session: Option<SessionRef>,
+    pub command: Command,
+}
+
+/// The application data of a log entry: the writes the leader packed into it (see `write_batch`). They are
+/// applied in order and take consecutive revisions. The leader never puts two writes to the same key in one
+/// batch, so a cas sees every write to its key proposed before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub writes: Vec<Request>,
+}
+
+impl Batch {
+    /// A batch of one write.
+    pub fn single(request: Request) -> Self {
+        Batch {
+            writes: vec![request],
+        }
+    }
+}
+
+/// The outcome of applying one log entry: one response per write of its batch, in order (none for a blank or
+/// membership entry).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub responses: Vec<Response>,
+}
+
+/// The outcome of applying one write. `revision` is the write's own revision if it changed the store, else
+/// the store's revision when it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Put {
+        revision: u64,
+    },
+    Delete {
+        revision: u64,
+        deleted: bool,
+    },
+    Cas {
+        revision: u64,
+        swapped: bool,
+        current: Option<KeyValue>,
+    },
+    /// The command was not applied; nothing changed.
+    Rejected(Rejection),
+    /// History before `compact_revision` is discarded; `revision` is the store's revision.
+    Compact {
+        revision: u64,
+        compact_revision: u64,
+    },
+}
+
+/// Why a committed command changed nothing. These are decided deterministically from the command and state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The session already applied a later sequence number; this request is older than the one it remembers.
+    SequenceTooOld { last_sequence: u64 },
+    /// The command breaks a limit (only reachable if a proposer skipped validation).
+    Invalid(String),
+    /// A compaction to a revision the history was already compacted to (or past).
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    /// A compaction to a revision the store has not reached.
+    FutureRevision { requested: u64, current: u64 },
+}
+
+/// What the session table remembers of one client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub last_sequence: u64,
+    pub last_response: Response,
+    /// Log index of the entry that last touched the session: the eviction order.
+    pub last_index: u64,
+}
+
+/// Checks a key against the limits; the one place both the API (before proposal) and apply use.
+pub fn validate_key(key: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("key is empty".to_string());
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(format!(
+            "key is {} bytes, over the limit of {KEY_BYTES_MAX}",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a value against the limits.
+pub fn validate_value(value: &[u8]) -> Result<(), String> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(format!(
+            "value is {} bytes, over the limit of {VALUE_BYTES_MAX}",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+impl Command {
+    /// The key the command writes (empty for a compaction).
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
+            Command::Compact { .. } => &[],
+        }
+    }
+
+    /// Bytes of key and values the command carries: what it adds to a log entry, less framing. At most
+    /// `WRITE_BYTES_MAX` for a valid command.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let expected = match expected {
+                    Expected::Value(old) => old.len(),
+                    Expected::Revision(_) | Expected::Absent => 0,
+                };
+                key.len() + expected + value.len()
+            }
+            Command::Compact { .. } => 0,
+        }
+    }
+
+    /// Checks every key and value of the command against the limits.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::Put { key, value } | Command::Cas { key, value, .. } => {
+                validate_key(key)?;
+                validate_value(value)?;
+                if let Command::Cas {
+                    expected: Expected::Value(old),
+                    ..
+                } = self
+                {
+                    validate_value(old)?;
+                }
+                Ok(())
+            }
+            Command::Delete { key } => validate_key(key),
+            Command::Compact { revision: 0 } => {
+                Err("compaction revision must be at least 1".to_string())
+            }
+            Command::Compact { .. } => Ok(()),
+        }
+    }
+}
+
+/// The range a scan covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanRange {
+    /// Every key starting with this prefix (an empty prefix is every key).
+    Prefix(Vec<u8>),
+    /// Keys in `[start, end)`; `None` means no upper bound.
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+}
+
+/// Keys returned by a scan, and whether more were in range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanResult {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+}

@@ -1,0 +1,920 @@
+//! The keyspace in sled: the current value of every key, every version of every key until compacted (MVCC),
+//! the session table and the applied log id, in one sled tree, so that one sled batch writes an entry's
+//! changes and the applied log id together.
+//!
+//! Layout of the tree (every key starts with a one-byte prefix):
+//! - `c` key: the current record, `[create u64][version u64][mod u64][value]` (big-endian numbers).
+//!   Deleted keys have none.
+//! - `h` escaped-key `00 00` revision: one version, `[1][create u64][version u64][value]` for a value,
+//!   `[0]` for a deletion (a tombstone). The key is escaped (`00` becomes `00 FF`) and ended by `00 00`, so the
+//!   versions of a key lie together in revision order and keys keep their order: a range or prefix of keys is
+//!   a range of the tree.
+//! - `s` client-id: a session record (postcard); `o` last-index client-id: the sessions' eviction order.
+//! - `m` name: the store revision, the compaction point, the applied log id and the membership.
+//!
+//! Reads at the current revision use `c`; reads at an older one find, for each key, its last version at or
+//! below the revision in `h`. Compaction to revision C (`Command::Compact`) is logical at once: reads below C
+//! are refused. Physically, `compact_history` later deletes the versions no read at C or later can see (for
+//! each key, every version at or below C but the last, and that one too if it is a tombstone).
+
+use std::io::{self, Read, Write};
+use std::ops::Bound;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::kv::changes::{ChangeSet, KeyspaceRead, ReadFailure};
+use crate::kv::state_machine::{
+    apply_batch, Batch, BatchResponse, KeyValue, Record, ScanRange, ScanResult, SessionRecord,
+};
+use crate::raft::types::{LogId, StoredMembership};
+
+const CURRENT: u8 = b'c';
+const HISTORY: u8 = b'h';
+const SESSION: u8 = b's';
+const ORDER: u8 = b'o';
+// Meta keys start with `m`.
+const META_REVISION: &[u8] = b"mrevision";
+const META_COMPACT: &[u8] = b"mcompact";
+const META_APPLIED: &[u8] = b"mapplied";
+const META_MEMBERSHIP: &[u8] = b"mmembership";
+/// Key bytes that end an escaped key in a history key.
+const KEY_END: [u8; 2] = [0x00, 0x00];
+/// Versions examined per sled batch by the physical compaction: bounds how long one step holds the
+/// maintenance lock (and so delays a snapshot or an install).
+pub const COMPACTION_STEP_VERSIONS: usize = 10_000;
+/// Tree entries per sled batch when a snapshot is loaded.
+const IMPORT_BATCH_ENTRIES: usize = 10_000;
+/// Marks the end of the entries of a snapshot body.
+const BODY_END: u32 = u32::MAX;
+/// Longest key or value in a snapshot body: a session record holds a cas response (a key, a value) and framing.
+const BODY_FIELD_BYTES_MAX: usize = 1024 * 1024;
+
+/// A key of the history being read (prefix, escaped key, end mark) and its last version at or below the
+/// revision read, if any.
+type Group = (Vec<u8>, Option<(u64, sled::IVec)>);
+/// A raw tree entry.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+/// A read that could not be served at the revision it named, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("revision {requested} has been compacted: the oldest revision still readable is {compact_revision}")]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    #[error("revision {requested} is a future revision: the store is at revision {current}")]
+    FutureRevision { requested: u64, current: u64 },
+    #[error("reading the keyspace failed: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for ReadError {
+    fn from(error: sled::Error) -> Self {
+        ReadError::Storage(error.to_string())
+    }
+}
+
+fn failure(error: impl std::fmt::Display) -> ReadFailure {
+    ReadFailure(error.to_string())
+}
+
+fn prefixed(prefix: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + bytes.len());
+    key.push(prefix);
+    key.extend_from_slice(bytes);
+    key
+}
+
+/// Appends `key` escaped: every `00` becomes `00 FF`.
+fn push_escaped(out: &mut Vec<u8>, key: &[u8]) {
+    for &byte in key {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xFF);
+        }
+    }
+}
+
+/// `h` + escaped key + `00 00`: every history key of `key` starts with it.
+fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 11);
+    out.push(HISTORY);
+    push_escaped(&mut out, key);
+    out.extend_from_slice(&KEY_END);
+    out
+}
+
+fn history_key(key: &[u8], revision: u64) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+/// Splits a history key into the user key and the revision; `None` if it is not one.
+fn parse_history_key(raw: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let body = raw.strip_prefix(&[HISTORY])?;
+    let mut key = Vec::with_capacity(body.len());
+    let mut at = 0;
+    while at + 1 < body.len() {
+        match (body[at], body[at + 1]) {
+            (0, 0xFF) => {
+                key.push(0);
+                at += 2;
+            }
+            (0, 0) => {
+                let revision = body
+                    .get(at + 2..)?
+                    .try_into()
+                    .ok()
+                    .map(u64::from_be_bytes)?;
+                return Some((key, revision));
+            }
+            (0, _) => return None,
+            (byte, _) => {
+                key.push(byte);
+                at += 1;
+            }
+        }
+    }
+    None
+}
+
+/// The part of a history key before its revision (prefix, escaped key, end mark).
+fn history_group(raw: &[u8]) -> &[u8] {
+    &raw[..raw.len().saturating_sub(8)]
+}
+
+fn encode_current(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + record.value.len());
+    out.extend_from_slice(&record.create_revision.to_be_bytes());
+    out.extend_from_slice(&record.version.to_be_bytes());
+    out.extend_from_slice(&record.mod_revision.to_be_bytes());
+    out.extend_from_slice(&record.value);
+    out
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|slice| slice.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn decode_current(bytes: &[u8]) -> Result<Record, String> {
+    match (u64_at(bytes, 0), u64_at(bytes, 8), u64_at(bytes, 16)) {
+        (Some(create_revision), Some(version), Some(mod_revision)) => Ok(Record {
+            value: bytes[24..].to_vec(),
+            create_revision,
+            mod_revision,
+            version,
+        }),
+        _ => Err(format!(
+            "a current record of {} bytes is too short",
+            bytes.len()
+        )),
+    }
+}
+
+fn encode_version(record: Option<&Record>) -> Vec<u8> {
+    match record {
+        None => vec![0],
+        Some(record) => {
+            let mut out = Vec::with_capacity(17 + record.value.len());
+            out.push(1);
+            out.extend_from_slice(&record.create_revision.to_be_bytes());
+            out.extend_from_slice(&record.version.to_be_bytes());
+            out.extend_from_slice(&record.value);
+            out
+        }
+    }
+}
+
+/// Decodes a version written at `revision`: `None` for a tombstone.
+fn decode_version(bytes: &[u8], revision: u64) -> Result<Option<Record>, String> {
+    match bytes.first() {
+        Some(0) => Ok(None),
+        Some(1) => match (u64_at(bytes, 1), u64_at(bytes, 9)) {
+            (Some(create_revision), Some(version)) => Ok(Some(Record {
+                value: bytes[17..].to_vec(),
+                create_revision,
+                mod_revision: revision,
+                version,
+            })),
+            _ => Err(format!("a version of {} bytes is too short", bytes.len())),
+        },
+        _ => Err("a version has an unknown kind".to_string()),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding into memory cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|error| format!("stored {what} is malformed: {error}"))
+}
+
+fn meta_u64(tree: &sled::Tree, name: &[u8]) -> Result<u64, String> {
+    match tree.get(name).map_err(|error| error.to_string())? {
+        None => Ok(0),
+        Some(bytes) => {
+            u64_at(&bytes, 0).ok_or_else(|| "a stored revision is malformed".to_string())
+        }
+    }
+}
+
+/// The keyspace of one node, in one sled tree. Readers share it behind the state machine store's lock;
+/// `write` needs it exclusively.
+pub struct Keyspace {
+    tree: sled::Tree,
+    revision: u64,
+    compact_revision: u64,
+    session_count: usize,
+}
+
+impl Keyspace {
+    /// Opens the keyspace a tree holds (an empty tree is an empty keyspace).
+    pub fn open(tree: sled::Tree) -> Result<Self, String> {
+        let revision = meta_u64(&tree, META_REVISION)?;
+        let compact_revision = meta_u64(&tree, META_COMPACT)?;
+        let session_count = tree.scan_prefix([SESSION]).count();
+        Ok(Keyspace {
+            tree,
+            revision,
+            compact_revision,
+            session_count,
+        })
+    }
+
+    /// The tree the keyspace lives in.
+    pub(super) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// The last log id applied to this keyspace and the membership it holds.
+    pub(super) fn applied(&self) -> Result<(Option<LogId>, StoredMembership), String> {
+        let applied = match self.tree.get(META_APPLIED).map_err(|e| e.to_string())? {
+            Some(bytes) => Some(decode(&bytes, "applied log id")?),
+            None => None,
+        };
+        let membership = match self.tree.get(META_MEMBERSHIP).map_err(|e| e.to_string())? {
+            Some(bytes) => decode(&bytes, "membership")?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Writes what an entry changed, with the entry's log id (and the membership, if it changed), in one
+    /// atomic sled batch. Not flushed: the WAL holds the entry, and the log is purged only up to what a
+    /// flush has made durable (see the storage module).
+    pub fn write(
+        &mut self,
+        changes: &ChangeSet,
+        applied: Option<LogId>,
+        membership: Option<&StoredMembership>,
+    ) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        for (key, record) in &changes.current {
+            match record {
+                Some(record) => batch.insert(prefixed(CURRENT, key), encode_current(record)),
+                None => batch.remove(prefixed(CURRENT, key)),
+            }
+        }
+        for entry in &changes.history {
+            batch.insert(
+                history_key(&entry.key, entry.revision),
+                encode_version(entry.record.as_ref()),
+            );
+        }
+        for (client_id, record) in &changes.sessions {
+            let key = prefixed(SESSION, &client_id.to_be_bytes());
+            match record {
+                Some(record) => batch.insert(key, encode(record)),
+                None => batch.remove(key),
+            }
+        }
+        let order_key = |(index, client_id): &(u64, u64)| {
+            let mut key = prefixed(ORDER, &index.to_be_bytes());
+            key.extend_from_slice(&client_id.to_be_bytes());
+            key
+        };
+        for order in &changes.order_removed {
+            batch.remove(order_key(order));
+        }
+        for order in &changes.order_added {
+            batch.insert(order_key(order), &[]);
+        }
+        if changes.revision != self.revision {
+            batch.insert(META_REVISION, &changes.revision.to_be_bytes());
+        }
+        if let Some(compact_revision) = changes.compact_revision {
+            batch.insert(META_COMPACT, &compact_revision.to_be_bytes());
+        }
+        if let Some(applied) = applied {
+            batch.insert(META_APPLIED, encode(&applied));
+        }
+        if let Some(membership) = membership {
+            batch.insert(META_MEMBERSHIP, encode(membership));
+        }
+        self.tree.apply_batch(batch)?;
+        self.revision = changes.revision;
+        if let Some(compact_revision) = changes.compact_revision {
+            self.compact_revision = compact_revision;
+        }
+        self.session_count = changes.session_count;
+        Ok(())
+    }
+
+    /// Checks that `revision` (0: the current one) can be read and returns it.
+    fn readable(&self, revision: u64) -> Result<u64, ReadError> {
+        if revision == 0 {
+            return Ok(self.revision);
+        }
+        if revision > self.revision {
+            return Err(ReadError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision < self.compact_revision {
+            return Err(ReadError::Compacted {
+                requested: revision,
+                compact_revision: self.compact_revision,
+            });
+        }
+        Ok(revision)
+    }
+
+    /// The key as it was at `revision` (0: now).
+    pub fn get(&self, key: &[u8], revision: u64) -> Result<Option<KeyValue>, ReadError> {
+        let at = self.readable(revision)?;
+        if at == self.revision {
+            return Ok(self
+                .current(key)
+                .map_err(|error| ReadError::Storage(error.0))?
+                .map(|record| KeyValue::new(key, &record)));
+        }
+        let mut versions = self.tree.range(history_key(key, 0)..=history_key(key, at));
+        match versions.next_back().transpose()? {
+            None => Ok(None),
+            Some((raw, bytes)) => {
+                let (_, version_revision) = parse_history_key(&raw)
+                    .ok_or_else(|| ReadError::Storage("a history key is malformed".to_string()))?;
+                Ok(decode_version(&bytes, version_revision)
+                    .map_err(ReadError::Storage)?
+                    .map(|record| KeyValue::new(key, &record)))
+            }
+        }
+    }
+
+    /// The keys in `range` as they were at `revision` (0: now), in key order, at most `limit`.
+    pub fn scan(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        revision: u64,
+    ) -> Result<ScanResult, ReadError> {
+        let at = self.readable(revision)?;
+        if at == self.revision {
+            self.scan_current(range, limit)
+        } else {
+            self.scan_history(range, limit, at)
+        }
+    }
+
+    fn scan_current(&self, range: &ScanRange, limit: usize) -> Result<ScanResult, ReadError> {
+        let (start, end) = match range {
+            ScanRange::Prefix(prefix) => (prefixed(CURRENT, prefix), None),
+            ScanRange::Range { start, end } => (
+                prefixed(CURRENT, start),
+                end.as_ref().map(|end| prefixed(CURRENT, end)),
+            ),
+        };
+        let upper = match end {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Excluded(vec![CURRENT + 1]),
+        };
+        let mut kvs = Vec::new();
+        for item in self.tree.range((Bound::Included(start), upper)) {
+            let (raw, bytes) = item?;
+            let key = &raw[1..];
+            if let ScanRange::Prefix(prefix) = range {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+            }
+            if kvs.len() == limit {
+                return Ok(ScanResult { kvs, more: true });
+            }
+            let record = decode_current(&bytes).map_err(ReadError::Storage)?;
+            kvs.push(KeyValue::new(key, &record));
+        }
+        Ok(ScanResult { kvs, more: false })
+    }
+
+    fn scan_history(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        at: u64,
+    ) -> Result<ScanResult, ReadError> {
+        let (start, upper, prefix) = match range {
+            ScanRange::Prefix(prefix) => {
+                let mut start = vec![HISTORY];
+                push_escaped(&mut start, prefix);
+                (
+                    start.clone(),
+                    Bound::Excluded(vec![HISTORY + 1]),
+                    Some(start),
+                )
+            }
+            ScanRange::Range { start, end } => {
+                let mut from = vec![HISTORY];
+                push_escaped(&mut from, start);
+                let upper = match end {
+                    Some(end) => {
+                        let mut to = vec![HISTORY];
+                        push_escaped(&mut to, end);
+                        Bound::Excluded(to)
+                    }
+                    None => Bound::Excluded(vec![HISTORY + 1]),
+                };
+                (from, upper, None)
+            }
+        };
+        let mut kvs = Vec::new();
+        // The key being read and its last version at or below `at` so far.
+        let mut group: Option<Group> = None;
+        let finish = |group: Option<Group>, kvs: &mut Vec<KeyValue>| -> Result<bool, ReadError> {
+            if let Some((raw_group, Some((revision, bytes)))) = group {
+                if let Some(record) =
+                    decode_version(&bytes, revision).map_err(ReadError::Storage)?
+                {
+                    if kvs.len() == limit {
+                        return Ok(true);
+                    }
+                    let (key, _) = parse_history_key(&[raw_group.as_slice(), &[0; 8]].concat())
+                        .ok_or_else(|| {
+                            ReadError::Storage("a history key is malformed".to_string())
+                        })?;
+                    kvs.push(KeyValue::new(&key, &record));
+                }
+            }
+            Ok(false)
+        };
+        for item in self.tree.range((Bound::Included(start), upper)) {
+            let (raw, bytes) = item?;
+            if prefix
+                .as_ref()
+                .is_some_and(|prefix| !raw.starts_with(prefix))
+            {
+                break;
+            }
+            let raw_group = history_group(&raw);
+            let revision = u64_at(&raw, raw.len() - 8)
+                .ok_or_else(|| ReadError::Storage("a history key is malformed".to_string()))?;
+            let same = group
+                .as_ref()
+                .is_some_and(|(current, _)| current.as_slice() == raw_group);
+            if !same {
+                if finish(group.take(), &mut kvs)? {
+                    return Ok(ScanResult { kvs, more: true });
+                }
+                group = Some((raw_group.to_vec(), None));
+            }
+            if revision <= at {
+                if let Some((_, last)) = group.as_mut() {
+                    *last = Some((revision, bytes));
+                }
+            }
+        }
+        let more = finish(group.take(), &mut kvs)?;
+        Ok(ScanResult { kvs, more })
+    }
+
+    /// A keyspace in a temporary sled database, removed when dropped: for tests and tools.
+    pub fn temporary() -> Result<Keyspace, String> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|error| error.to_string())?;
+        let tree = db
+            .open_tree("keyspace-0")
+            .map_err(|error| error.to_string())?;
+        Keyspace::open(tree)
+    }
+
+    /// Applies the batch of the entry at `log_index` and writes what it changes, without a log id: the
+    /// state machine store's `apply`, for tests and tools.
+    pub fn apply(&mut self, log_index: u64, batch: &Batch) -> Result<BatchResponse, String> {
+        let (response, changes) =
+            apply_batch(self, log_index, batch).map_err(|error| error.to_string())?;
+        self.write(&changes, None, None)
+            .map_err(|error| error.to_string())?;
+        Ok(response)
+    }
+
+    /// Deletes every version no read can see any more, at once (the compaction thread does it in steps).
+    pub fn compact_all(&self) -> Result<(), String> {
+        let mut resume = Vec::new();
+        while let Some(next) = compact_history(&self.tree, self.compact_revision, &resume)
+            .map_err(|error| error.to_string())?
+        {
+            resume = next;
+        }
+        Ok(())
+    }
+
+    /// The keyspace as a snapshot body now, loaded into a new temporary keyspace: a snapshot's round trip,
+    /// for tests and tools.
+    pub fn snapshot_copy(&self) -> Result<Keyspace, String> {
+        Keyspace::from_snapshot_body(&self.snapshot_body()?)
+    }
+
+    /// The keyspace now as a snapshot body (what a snapshot file holds after its header).
+    pub fn snapshot_body(&self) -> Result<Vec<u8>, String> {
+        let sessions = self.session_entries().map_err(|error| error.to_string())?;
+        let mut body = Vec::new();
+        export_body(
+            &self.tree,
+            self.revision,
+            self.compact_revision,
+            &sessions,
+            &mut body,
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(body)
+    }
+
+    /// A temporary keyspace loaded from a snapshot body; a malformed body is refused.
+    pub fn from_snapshot_body(mut body: &[u8]) -> Result<Keyspace, String> {
+        let copy = Keyspace::temporary()?;
+        import_body(&copy.tree, &mut body, None, &StoredMembership::default())
+            .map_err(|error| error.to_string())?;
+        Keyspace::open(copy.tree)
+    }
+
+    /// Every entry of the tree but the applied log id and membership, in order: two replicas that applied the
+    /// same entries (and compacted as far) hold the same.
+    pub fn dump(&self) -> Result<Vec<RawEntry>, String> {
+        self.tree
+            .iter()
+            .filter(|item| {
+                item.as_ref().map_or(true, |(key, _)| {
+                    key != META_APPLIED && key != META_MEMBERSHIP
+                })
+            })
+            .map(|item| {
+                item.map(|(key, value)| (key.to_vec(), value.to_vec()))
+                    .map_err(|error| error.to_string())
+            })
+            .collect()
+    }
+
+    /// Sessions' raw entries (`s` and `o`): copied when a snapshot is started, since they have no history.
+    pub(super) fn session_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
+        self.tree
+            .scan_prefix([SESSION])
+            .chain(self.tree.scan_prefix([ORDER]))
+            .collect()
+    }
+}
+
+impl KeyspaceRead for Keyspace {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn compact_revision(&self) -> u64 {
+        self.compact_revision
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<Record>, ReadFailure> {
+        match self.tree.get(prefixed(CURRENT, key)).map_err(failure)? {
+            Some(bytes) => decode_current(&bytes).map(Some).map_err(ReadFailure),
+            None => Ok(None),
+        }
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, ReadFailure> {
+        match self
+            .tree
+            .get(prefixed(SESSION, &client_id.to_be_bytes()))
+            .map_err(failure)?
+        {
+            Some(bytes) => decode(&bytes, "session").map(Some).map_err(ReadFailure),
+            None => Ok(None),
+        }
+    }
+
+    fn session_count(&self) -> usize {
+        self.session_count
+    }
+
+    fn oldest_sessions(&self, count: usize) -> Result<Vec<(u64, u64)>, ReadFailure> {
+        self.tree
+            .scan_prefix([ORDER])
+            .take(count)
+            .map(|item| {
+                let (raw, _) = item.map_err(failure)?;
+                match (u64_at(&raw, 1), u64_at(&raw, 9)) {
+                    (Some(index), Some(client_id)) => Ok((index, client_id)),
+                    _ => Err(ReadFailure("a session order key is malformed".to_string())),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Which versions of one key's history (in revision order; `true` for a tombstone) a read at
+/// `compact_revision` or later cannot see: every version at or below it but the last, and that one too if it
+/// is a tombstone.
+fn obsolete_versions(
+    versions: &[(sled::IVec, bool)],
+    revisions: &[u64],
+    compact_revision: u64,
+) -> Vec<bool> {
+    let mut obsolete: Vec<bool> = revisions
+        .iter()
+        .map(|&revision| revision <= compact_revision)
+        .collect();
+    if let Some(last) = obsolete.iter().rposition(|&below| below) {
+        obsolete[last] = versions[last].1;
+    }
+    obsolete
+}
+
+/// One step of the physical compaction of `tree` to `compact_revision`: examines about
+/// `COMPACTION_STEP_VERSIONS` versions from `resume` (a history key; empty to start) and deletes the obsolete
+/// ones in one batch. Returns where the next step starts, or `None` when the whole history was examined.
+/// Safe while entries are applied: they only add versions above the compaction point.
+pub fn compact_history(
+    tree: &sled::Tree,
+    compact_revision: u64,
+    resume: &[u8],
+) -> Result<Option<Vec<u8>>, sled::Error> {
+    let start = if resume.is_empty() {
+        vec![HISTORY]
+    } else {
+        resume.to_vec()
+    };
+    let mut batch = sled::Batch::default();
+    let mut examined = 0;
+    let mut group: Vec<u8> = Vec::new();
+    let mut versions: Vec<(sled::IVec, bool)> = Vec::new();
+    let mut revisions: Vec<u64> = Vec::new();
+    let mut next = None;
+    let flush_group = |versions: &mut Vec<(sled::IVec, bool)>,
+                       revisions: &mut Vec<u64>,
+                       batch: &mut sled::Batch| {
+        let obsolete = obsolete_versions(versions, revisions, compact_revision);
+        for (index, (key, _)) in versions.iter().enumerate() {
+            if obsolete[index] {
+                batch.remove(key.clone());
+            }
+        }
+        versions.clear();
+        revisions.clear();
+    };
+    for item in tree.range(start..vec![HISTORY + 1]) {
+        let (raw, bytes) = item?;
+        let raw_group = history_group(&raw);
+        if raw_group != group.as_slice() {
+            flush_group(&mut versions, &mut revisions, &mut batch);
+            if examined >= COMPACTION_STEP_VERSIONS {
+                next = Some(raw_group.to_vec());
+                break;
+            }
+            group = raw_group.to_vec();
+        }
+        examined += 1;
+        let revision = u64_at(&raw, raw.len() - 8).unwrap_or(u64::MAX);
+        versions.push((raw.clone(), bytes.first() == Some(&0)));
+        revisions.push(revision);
+    }
+    flush_group(&mut versions, &mut revisions, &mut batch);
+    tree.apply_batch(batch)?;
+    Ok(next)
+}
+
+/// Bytes of a snapshot body, streamed: the revision and compaction point, the session entries, then every
+/// history version at or below the revision that a read at the compaction point or later can see, each as
+/// `[u32 length][tree key][u32 length][value]`; then `BODY_END` and the count of entries.
+pub fn export_body(
+    tree: &sled::Tree,
+    revision: u64,
+    compact_revision: u64,
+    sessions: &[(sled::IVec, sled::IVec)],
+    out: &mut impl Write,
+) -> io::Result<u64> {
+    let mut count = 0u64;
+    out.write_all(&revision.to_be_bytes())?;
+    out.write_all(&compact_revision.to_be_bytes())?;
+    let mut put = |out: &mut dyn Write, key: &[u8], value: &[u8]| -> io::Result<()> {
+        out.write_all(&(key.len() as u32).to_be_bytes())?;
+        out.write_all(key)?;
+        out.write_all(&(value.len() as u32).to_be_bytes())?;
+        out.write_all(value)?;
+        count += 1;
+        Ok(())
+    };
+    for (key, value) in sessions {
+        put(out, key, value)?;
+    }
+    let mut group: Vec<u8> = Vec::new();
+    let mut versions: Vec<(sled::IVec, bool)> = Vec::new();
+    let mut values: Vec<sled::IVec> = Vec::new();
+    let mut revisions: Vec<u64> = Vec::new();
+    let mut emit = |versions: &mut Vec<(sled::IVec, bool)>,
+                    values: &mut Vec<sled::IVec>,
+                    revisions: &mut Vec<u64>,
+                    out: &mut dyn Write|
+     -> io::Result<()> {
+        let obsolete = obsolete_versions(versions, revisions, compact_revision);
+        for (index, (key, _)) in versions.iter().enumerate() {
+            if !obsolete[index] {
+                put(out, key, &values[index])?;
+            }
+        }
+        versions.clear();
+        values.clear();
+        revisions.clear();
+        Ok(())
+    };
+    for item in tree.range(vec![HISTORY]..vec![HISTORY + 1]) {
+        let (raw, bytes) = item.map_err(io::Error::other)?;
+        let version_revision = u64_at(&raw, raw.len() - 8).unwrap_or(u64::MAX);
+        if version_revision > revision {
+            continue;
+        }
+        let raw_group = history_group(&raw);
+        if raw_group != group.as_slice() {
+            emit(&mut versions, &mut values, &mut revisions, out)?;
+            group = raw_group.to_vec();
+        }
+        versions.push((raw.clone(), bytes.first() == Some(&0)));
+        values.push(bytes);
+        revisions.push(version_revision);
+    }
+    emit(&mut versions, &mut values, &mut revisions, out)?;
+    out.write_all(&BODY_END.to_be_bytes())?;
+    out.write_all(&count.to_be_bytes())?;
+    Ok(count)
+}
+
+fn read_u32(input: &mut impl Read) -> io::Result<u32> {
+    let mut bytes = [0; 4];
+    input.read_exact(&mut bytes)?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+fn read_u64(input: &mut impl Read) -> io::Result<u64> {
+    let mut bytes = [0; 8];
+    input.read_exact(&mut bytes)?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn read_field(input: &mut impl Read, length: u32) -> io::Result<Vec<u8>> {
+    let length = length as usize;
+    if length > BODY_FIELD_BYTES_MAX {
+        return Err(io::Error::other(format!(
+            "a snapshot field of {length} bytes is over the limit of {BODY_FIELD_BYTES_MAX}"
+        )));
+    }
+    let mut bytes = vec![0; length];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Loads a snapshot body written by `export_body` into `tree` (which must be empty), rebuilding the current
+/// records from the history, and records `applied` and `membership` with it. Not flushed.
+pub fn import_body(
+    tree: &sled::Tree,
+    input: &mut impl Read,
+    applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> io::Result<()> {
+    let revision = read_u64(input)?;
+    let compact_revision = read_u64(input)?;
+    let mut count = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    // The last version read of the key being loaded: its current record, if a value.
+    let mut last: Option<(Vec<u8>, u64, Vec<u8>)> = None;
+    let current_of = |last: Option<(Vec<u8>, u64, Vec<u8>)>,
+                      batch: &mut sled::Batch|
+     -> io::Result<()> {
+        if let Some((raw, version_revision, value)) = last {
+            let (key, _) = parse_history_key(&raw)
+                .ok_or_else(|| io::Error::other("a history key in the snapshot is malformed"))?;
+            if let Some(record) =
+                decode_version(&value, version_revision).map_err(io::Error::other)?
+            {
+                batch.insert(prefixed(CURRENT, &key), encode_current(&record));
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let key_length = read_u32(input)?;
+        if key_length == BODY_END {
+            break;
+        }
+        let key = read_field(input, key_length)?;
+        let value_length = read_u32(input)?;
+        let value = read_field(input, value_length)?;
+        count += 1;
+        match key.first() {
+            Some(&HISTORY) => {
+                let (_, version_revision) = parse_history_key(&key).ok_or_else(|| {
+                    io::Error::other("a history key in the snapshot is malformed")
+                })?;
+                if version_revision > revision {
+                    return Err(io::Error::other("a snapshot version is past its revision"));
+                }
+                let same = last
+                    .as_ref()
+                    .is_some_and(|(raw, _, _)| history_group(raw) == history_group(&key));
+                if !same {
+                    current_of(last.take(), &mut batch)?;
+                }
+                last = Some((key.clone(), version_revision, value.clone()));
+            }
+            Some(&SESSION | &ORDER) => {}
+            _ => return Err(io::Error::other("a snapshot entry has an unknown kind")),
+        }
+        batch.insert(key, value);
+        in_batch += 1;
+        if in_batch >= IMPORT_BATCH_ENTRIES {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(io::Error::other)?;
+            in_batch = 0;
+        }
+    }
+    current_of(last.take(), &mut batch)?;
+    let expected = read_u64(input)?;
+    if expected != count {
+        return Err(io::Error::other(format!(
+            "the snapshot holds {count} entries but says {expected}"
+        )));
+    }
+    // Written as `write` writes them: only once they are above 0.
+    if revision > 0 {
+        batch.insert(META_REVISION, &revision.to_be_bytes());
+    }
+    if compact_revision > 0 {
+        batch.insert(META_COMPACT, &compact_revision.to_be_bytes());
+    }
+    if let Some(applied) = applied {
+        batch.insert(META_APPLIED, encode(&applied));
+    }
+    batch.insert(META_MEMBERSHIP, encode(membership));
+    tree.apply_batch(batch).map_err(io::Error::other)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keys_keep_key_order_and_round_trip() {
+        let keys: [&[u8]; 6] = [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00b"];
+        let mut encoded: Vec<Vec<u8>> = keys.iter().map(|key| history_key(key, 7)).collect();
+        let sorted = encoded.clone();
+        encoded.sort();
+        assert_eq!(encoded, sorted, "escaped keys sort as the keys do");
+        for key in keys {
+            assert_eq!(
+                parse_history_key(&history_key(key, 42)),
+                Some((key.to_vec(), 42))
+            );
+        }
+        assert!(history_key(b"a", u64::MAX) < history_key(b"a\x00", 0));
+        assert!(history_key(b"a", u64::MAX) < history_key(b"ab", 0));
+    }
+
+    #[test]
+    fn obsolete_versions_keep_the_last_value_at_or_below_the_point() {
+        let version = |tomb: bool| (sled::IVec::from(&b"k"[..]), tomb);
+        let versions = vec![
+            version(false),
+            version(true),
+            version(false),
+            version(false),
+        ];
+        assert_eq!(
+            obsolete_versions(&versions, &[1, 2, 3, 9], 5),
+            vec![true, true, false, false]
+        );
+        assert_eq!(
+            obsolete_versions(&versions[..2], &[1, 2], 5),
+            vec![true, true]
+        );
+        assert_eq!(
+            obsolete_versions(&versions, &[6, 7, 8, 9], 5),
+            vec![false; 4]
+        );
+    }
+}
