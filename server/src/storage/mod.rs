@@ -7,9 +7,9 @@
 //!
 //! Code map: `wal` (the log's files), `log_store` (the log and vote as openraft sees them), `flusher` (the
 //! group-commit thread that tells openraft an append is durable), `sled_files` (making sled's writes durable),
-//! `keyspace` (the keyspace, its history and the sessions in a sled tree), `state_machine_store` (applying
-//! entries, installing snapshots), `snapshot` (snapshot files and the builder); this file opens a data dir
-//! and wires them.
+//! `keyspace` (the keyspace, its history and the sessions in a sled tree), `compaction` (the physical
+//! compaction thread and the pins of snapshot builds), `state_machine_store` (applying entries, installing
+//! snapshots), `snapshot` (snapshot files and the builder); this file opens a data dir and wires them.
 //!
 //! Where things are. `<data-dir>/wal/`: the log entries (`wal::Wal`: segment files of checksummed records,
 //! an in-memory index of where each lies). `<data-dir>/raft/`: sled; tree `meta`: node id, cluster id,
@@ -66,6 +66,7 @@
 // openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+mod compaction;
 mod flusher;
 pub mod keyspace;
 mod log_store;
@@ -84,6 +85,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
 use crate::raft::types::{LogId, NodeId, StorageError};
+use compaction::Compactor;
 use flusher::run_flusher;
 pub use keyspace::{Keyspace, ReadError};
 pub use log_store::LogStore;
@@ -387,14 +389,7 @@ pub fn open_with(
         membership,
     }));
     let maintenance = Arc::new(Mutex::new(()));
-    let (compactor, jobs) = std::sync::mpsc::channel();
-    {
-        let maintenance = maintenance.clone();
-        std::thread::Builder::new()
-            .name(format!("raftkv-compact-{node_id}"))
-            .spawn(move || state_machine_store::run_compactor(maintenance, jobs))
-            .map_err(io_error)?;
-    }
+    let compactor = Compactor::start(node_id, maintenance.clone()).map_err(io_error)?;
     let state_machine = StateMachineStore {
         applied,
         sled: SledHandles {

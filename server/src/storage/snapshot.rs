@@ -7,8 +7,8 @@
 //!
 //! A snapshot at revision R is a consistent cut without stopping writes: the history holds every version at
 //! or below R, and applying only adds versions above it. Sessions have no history, so their entries are
-//! copied when openraft asks for the builder (between two applies); the maintenance lock keeps the physical
-//! compaction from deleting versions the build still needs.
+//! copied when openraft asks for the builder (between two applies); the cut pins its compaction point
+//! (`compaction::Pin`), so the physical compaction deletes no version the build still needs.
 
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use openraft::{ErrorSubject, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::compaction::Pin;
 use super::keyspace::export_body;
 use super::{write_error, StorageStats, SNAPSHOT_FILE, SNAPSHOT_MAGIC};
 use crate::raft::types::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
@@ -110,6 +111,8 @@ pub(super) struct Cut {
     pub(super) sessions: Vec<(sled::IVec, sled::IVec)>,
     /// The keyspace generation the tree belongs to: an install in between makes the cut obsolete.
     pub(super) generation: u64,
+    /// Holds the physical compaction at `compact_revision` until the build is done.
+    pub(super) _pin: Pin,
 }
 
 /// Builds a snapshot from a cut of the keyspace, off the apply path.

@@ -11,14 +11,15 @@ use std::fs;
 use std::io::{self, BufReader, Seek};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, OptionalSend};
 
-use super::keyspace::{compact_history, import_body, Keyspace};
+use super::compaction::Compactor;
+use super::keyspace::{import_body, Keyspace};
 use super::sled_files::{flush_durably, SledFiles};
 use super::snapshot::{
     make_current, open_current, read_current_meta, read_header, Cut, SnapshotBuilder,
@@ -65,8 +66,8 @@ pub struct StateMachineStore {
     pub(super) maintenance: Arc<Mutex<()>>,
     /// Counts keyspace trees: an install takes the next.
     pub(super) generation: Arc<AtomicU64>,
-    /// Hands work to the physical compaction.
-    pub(super) compactor: mpsc::Sender<CompactionJob>,
+    /// The physical compaction.
+    pub(super) compactor: Compactor,
 }
 
 impl StateMachineStore {
@@ -108,15 +109,31 @@ impl StateMachineStore {
         self.revision.subscribe()
     }
 
-    /// Has the physical compaction catch up with the keyspace's compaction point.
-    pub(super) fn wake_compactor(&self) {
-        let job = self.read(|applied| {
+    /// The keyspace's tree and compaction point, if it was ever compacted.
+    fn compaction_point(&self) -> Option<(sled::Tree, u64)> {
+        self.read(|applied| {
             let point = applied.keyspace.compact_revision();
             (point > 0).then(|| (applied.keyspace.tree().clone(), point))
-        });
-        if let Some(job) = job {
-            // The thread ends only when every sender is gone.
-            let _ = self.compactor.send(job);
+        })
+    }
+
+    /// Has the physical compaction catch up with the keyspace's compaction point.
+    pub(super) fn wake_compactor(&self) {
+        if let Some((tree, point)) = self.compaction_point() {
+            self.compactor.request(tree, point);
+        }
+    }
+
+    /// Deletes now, on this thread, the history no read can see any more, as far as snapshot builds in
+    /// progress allow (the compaction thread does it in the background); returns the point reached. For tests
+    /// and tools.
+    pub fn compact_now(&self) -> Result<u64, String> {
+        match self.compaction_point() {
+            Some((tree, point)) => self
+                .compactor
+                .compact_now(&tree, point)
+                .map_err(|error| error.to_string()),
+            None => Ok(0),
         }
     }
 
@@ -198,43 +215,6 @@ impl StateMachineStore {
 
 fn fs_open(path: &std::path::Path) -> Result<fs::File, String> {
     fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))
-}
-
-/// A job for the physical compaction: a keyspace tree and the compaction point it has reached.
-pub(super) type CompactionJob = (sled::Tree, u64);
-
-/// The physical compaction: given a job when a compaction is applied (or a snapshot installed, or the store
-/// opened with history to compact), it deletes the versions no read can see any more, one step at a time
-/// under the maintenance lock, so that a snapshot build never loses a version it needs. Only the newest job
-/// waiting is done. It holds a tree only while it works, and ends when the store is dropped.
-pub(super) fn run_compactor(maintenance: Arc<Mutex<()>>, jobs: mpsc::Receiver<CompactionJob>) {
-    while let Ok(mut job) = jobs.recv() {
-        while let Ok(newer) = jobs.try_recv() {
-            job = newer;
-        }
-        let (tree, target) = job;
-        let mut resume = Vec::new();
-        loop {
-            let step = {
-                let _maintenance = maintenance
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                compact_history(&tree, target, &resume)
-            };
-            match step {
-                Ok(Some(next)) => resume = next,
-                Ok(None) => {
-                    tracing::debug!(compact_revision = target, "history compacted");
-                    break;
-                }
-                Err(error) => {
-                    // An install may have dropped the tree; it sends a job for the new one.
-                    tracing::debug!(%error, "compaction step stopped");
-                    break;
-                }
-            }
-        }
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -322,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 compact_revision: keyspace.compact_revision(),
                 sessions,
                 generation,
+                _pin: self.compactor.pin(keyspace.compact_revision()),
             });
             (cut, applied.last_applied, applied.membership.clone())
         });

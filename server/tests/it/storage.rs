@@ -852,3 +852,73 @@ async fn snapshot_install_switches_atomically_and_a_crashed_install_is_recovered
         "the partial tree was dropped"
     );
 }
+
+/// An entry at `index` (term 1) carrying one command.
+fn command_entry(index: u64, command: Command) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Batch::single(Request {
+            session: None,
+            command,
+        })),
+    }
+}
+
+/// A snapshot is a cut at the revision it was started at, even when a compaction past that revision is
+/// applied, and physically carried out, while it is being built: the build pins its compaction point, and
+/// the compaction catches up once the build is done.
+#[tokio::test]
+async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs() {
+    let put = |value: &str| Command::Put {
+        key: b"k".to_vec(),
+        value: value.as_bytes().to_vec(),
+    };
+    let dir = TempDir::new().unwrap();
+    let (_, mut store) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    store
+        .apply(vec![
+            command_entry(1, put("one")),
+            command_entry(2, put("two")),
+        ])
+        .await
+        .unwrap();
+    let mut builder = store.get_snapshot_builder().await;
+    store
+        .apply(vec![
+            command_entry(3, put("three")),
+            command_entry(4, Command::Compact { revision: 3 }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.compact_now().unwrap(),
+        0,
+        "the build in progress pins the compaction at its cut's point"
+    );
+    let snapshot = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
+        .await
+        .unwrap();
+    drop(builder);
+    assert_eq!(
+        store.compact_now().unwrap(),
+        3,
+        "caught up once the build is done"
+    );
+
+    let copy_dir = TempDir::new().unwrap();
+    let (_, mut copy) = storage::open(copy_dir.path(), 2, CLUSTER_ID).unwrap();
+    copy.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    let at = |revision: u64| {
+        copy.read(|applied| {
+            applied
+                .keyspace
+                .get(b"k", revision)
+                .unwrap()
+                .map(|kv| kv.value)
+        })
+    };
+    assert_eq!(at(1), Some(b"one".to_vec()));
+    assert_eq!(at(2), Some(b"two".to_vec()));
+}
