@@ -109,7 +109,7 @@ impl Compactor {
 
     /// Compacts `tree` to `point` now, on the caller's thread, as far as the pins allow; returns the point
     /// reached.
-    pub(super) fn compact_now(&self, tree: &sled::Tree, point: u64) -> Result<u64, sled::Error> {
+    pub(super) fn compact_now(&self, tree: &sled::Tree, point: u64) -> Result<u64, String> {
         compact_to(tree, point, &self.pins, &self.maintenance)
     }
 }
@@ -121,7 +121,7 @@ fn compact_to(
     point: u64,
     pins: &Pins,
     maintenance: &Mutex<()>,
-) -> Result<u64, sled::Error> {
+) -> Result<u64, String> {
     let mut resume = Vec::new();
     loop {
         // Read at every step: a build that starts meanwhile pins a point the steps must respect.

@@ -49,9 +49,6 @@ const BODY_END: u32 = u32::MAX;
 /// Longest key or value in a snapshot body: a session record holds a cas response (a key, a value) and framing.
 const BODY_FIELD_BYTES_MAX: usize = 1024 * 1024;
 
-/// A key of the history being read (prefix, escaped key, end mark) and its last version at or below the
-/// revision read, if any.
-type Group = (Vec<u8>, Option<(u64, sled::IVec)>);
 /// A raw tree entry.
 pub type RawEntry = (Vec<u8>, Vec<u8>);
 
@@ -140,9 +137,87 @@ fn parse_history_key(raw: &[u8]) -> Option<(Vec<u8>, u64)> {
     None
 }
 
-/// The part of a history key before its revision (prefix, escaped key, end mark).
+/// The part of a history key before its revision (prefix, escaped key, end mark): the same for every version
+/// of a key.
 fn history_group(raw: &[u8]) -> &[u8] {
     &raw[..raw.len().saturating_sub(8)]
+}
+
+/// One version as the history holds it.
+struct Version {
+    /// The history key (prefix, escaped key, end mark, revision).
+    raw: sled::IVec,
+    value: sled::IVec,
+    revision: u64,
+}
+
+impl Version {
+    fn is_tombstone(&self) -> bool {
+        self.value.first() == Some(&0)
+    }
+
+    fn key(&self) -> Result<Vec<u8>, String> {
+        parse_history_key(&self.raw)
+            .map(|(key, _)| key)
+            .ok_or_else(|| "a history key is malformed".to_string())
+    }
+
+    /// The record this version set, or `None` for a deletion.
+    fn record(&self) -> Result<Option<Record>, String> {
+        decode_version(&self.value, self.revision)
+    }
+}
+
+/// The history entries of a tree range, a key at a time: each item holds every version of one key in the
+/// range, in revision order.
+struct KeyHistories {
+    entries: std::iter::Peekable<sled::Iter>,
+}
+
+impl KeyHistories {
+    fn new(entries: sled::Iter) -> Self {
+        KeyHistories {
+            entries: entries.peekable(),
+        }
+    }
+}
+
+impl Iterator for KeyHistories {
+    type Item = Result<Vec<Version>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut versions: Vec<Version> = Vec::new();
+        loop {
+            let Some(peeked) = self.entries.peek() else {
+                return (!versions.is_empty()).then_some(Ok(versions));
+            };
+            let same_key = match peeked {
+                Err(_) => versions.is_empty(),
+                Ok((raw, _)) => versions
+                    .first()
+                    .is_none_or(|first| history_group(&first.raw) == history_group(raw)),
+            };
+            if !same_key {
+                return Some(Ok(versions));
+            }
+            match self.entries.next()? {
+                Err(error) => return Some(Err(error.to_string())),
+                Ok((raw, value)) => match u64_at(&raw, raw.len().saturating_sub(8)) {
+                    Some(revision) if raw.len() > 8 => versions.push(Version {
+                        raw,
+                        value,
+                        revision,
+                    }),
+                    _ => return Some(Err("a history key is malformed".to_string())),
+                },
+            }
+        }
+    }
+}
+
+/// Every history entry of the tree from `start`.
+fn history_from(tree: &sled::Tree, start: Vec<u8>) -> KeyHistories {
+    KeyHistories::new(tree.range(start..vec![HISTORY + 1]))
 }
 
 fn encode_current(record: &Record) -> Vec<u8> {
@@ -419,78 +494,39 @@ impl Keyspace {
         limit: usize,
         at: u64,
     ) -> Result<ScanResult, ReadError> {
-        let (start, upper, prefix) = match range {
-            ScanRange::Prefix(prefix) => {
-                let mut start = vec![HISTORY];
-                push_escaped(&mut start, prefix);
-                (
-                    start.clone(),
-                    Bound::Excluded(vec![HISTORY + 1]),
-                    Some(start),
-                )
-            }
-            ScanRange::Range { start, end } => {
-                let mut from = vec![HISTORY];
-                push_escaped(&mut from, start);
-                let upper = match end {
-                    Some(end) => {
-                        let mut to = vec![HISTORY];
-                        push_escaped(&mut to, end);
-                        Bound::Excluded(to)
-                    }
-                    None => Bound::Excluded(vec![HISTORY + 1]),
-                };
-                (from, upper, None)
+        let escaped = |prefix: &[u8]| {
+            let mut out = vec![HISTORY];
+            push_escaped(&mut out, prefix);
+            out
+        };
+        let entries = match range {
+            ScanRange::Prefix(prefix) => self.tree.scan_prefix(escaped(prefix)),
+            ScanRange::Range {
+                start,
+                end: Some(end),
+            } => self.tree.range(escaped(start)..escaped(end)),
+            ScanRange::Range { start, end: None } => {
+                self.tree.range(escaped(start)..vec![HISTORY + 1])
             }
         };
         let mut kvs = Vec::new();
-        // The key being read and its last version at or below `at` so far.
-        let mut group: Option<Group> = None;
-        let finish = |group: Option<Group>, kvs: &mut Vec<KeyValue>| -> Result<bool, ReadError> {
-            if let Some((raw_group, Some((revision, bytes)))) = group {
-                if let Some(record) =
-                    decode_version(&bytes, revision).map_err(ReadError::Storage)?
-                {
-                    if kvs.len() == limit {
-                        return Ok(true);
-                    }
-                    let (key, _) = parse_history_key(&[raw_group.as_slice(), &[0; 8]].concat())
-                        .ok_or_else(|| {
-                            ReadError::Storage("a history key is malformed".to_string())
-                        })?;
-                    kvs.push(KeyValue::new(&key, &record));
-                }
+        for versions in KeyHistories::new(entries) {
+            let versions = versions.map_err(ReadError::Storage)?;
+            let Some(last) = versions.iter().rev().find(|version| version.revision <= at) else {
+                continue;
+            };
+            let Some(record) = last.record().map_err(ReadError::Storage)? else {
+                continue;
+            };
+            if kvs.len() == limit {
+                return Ok(ScanResult { kvs, more: true });
             }
-            Ok(false)
-        };
-        for item in self.tree.range((Bound::Included(start), upper)) {
-            let (raw, bytes) = item?;
-            if prefix
-                .as_ref()
-                .is_some_and(|prefix| !raw.starts_with(prefix))
-            {
-                break;
-            }
-            let raw_group = history_group(&raw);
-            let revision = u64_at(&raw, raw.len() - 8)
-                .ok_or_else(|| ReadError::Storage("a history key is malformed".to_string()))?;
-            let same = group
-                .as_ref()
-                .is_some_and(|(current, _)| current.as_slice() == raw_group);
-            if !same {
-                if finish(group.take(), &mut kvs)? {
-                    return Ok(ScanResult { kvs, more: true });
-                }
-                group = Some((raw_group.to_vec(), None));
-            }
-            if revision <= at {
-                if let Some((_, last)) = group.as_mut() {
-                    *last = Some((revision, bytes));
-                }
-            }
+            kvs.push(KeyValue::new(
+                &last.key().map_err(ReadError::Storage)?,
+                &record,
+            ));
         }
-        let more = finish(group.take(), &mut kvs)?;
-        Ok(ScanResult { kvs, more })
+        Ok(ScanResult { kvs, more: false })
     }
 
     /// A keyspace in a temporary sled database, removed when dropped: for tests and tools.
@@ -518,9 +554,7 @@ impl Keyspace {
     /// Deletes every version no read can see any more, at once (the compaction thread does it in steps).
     pub fn compact_all(&self) -> Result<(), String> {
         let mut resume = Vec::new();
-        while let Some(next) = compact_history(&self.tree, self.compact_revision, &resume)
-            .map_err(|error| error.to_string())?
-        {
+        while let Some(next) = compact_history(&self.tree, self.compact_revision, &resume)? {
             resume = next;
         }
         Ok(())
@@ -627,33 +661,28 @@ impl KeyspaceRead for Keyspace {
     }
 }
 
-/// Which versions of one key's history (in revision order; `true` for a tombstone) a read at
-/// `compact_revision` or later cannot see: every version at or below it but the last, and that one too if it
-/// is a tombstone.
-fn obsolete_versions(
-    versions: &[(sled::IVec, bool)],
-    revisions: &[u64],
-    compact_revision: u64,
-) -> Vec<bool> {
-    let mut obsolete: Vec<bool> = revisions
+/// Which of one key's versions (in revision order) a read at `compact_revision` or later cannot see: every
+/// version at or below it but the last, and that one too if it is a tombstone.
+fn obsolete_versions(versions: &[Version], compact_revision: u64) -> Vec<bool> {
+    let mut obsolete: Vec<bool> = versions
         .iter()
-        .map(|&revision| revision <= compact_revision)
+        .map(|version| version.revision <= compact_revision)
         .collect();
     if let Some(last) = obsolete.iter().rposition(|&below| below) {
-        obsolete[last] = versions[last].1;
+        obsolete[last] = versions[last].is_tombstone();
     }
     obsolete
 }
 
-/// One step of the physical compaction of `tree` to `compact_revision`: examines about
-/// `COMPACTION_STEP_VERSIONS` versions from `resume` (a history key; empty to start) and deletes the obsolete
-/// ones in one batch. Returns where the next step starts, or `None` when the whole history was examined.
-/// Safe while entries are applied: they only add versions above the compaction point.
+/// One step of the physical compaction of `tree` to `compact_revision`: examines the versions of the keys
+/// from `resume` (a history key; empty to start) until about `COMPACTION_STEP_VERSIONS`, and deletes the
+/// obsolete ones in one batch. Returns where the next step starts, or `None` when the whole history was
+/// examined. Safe while entries are applied: they only add versions above the compaction point.
 pub fn compact_history(
     tree: &sled::Tree,
     compact_revision: u64,
     resume: &[u8],
-) -> Result<Option<Vec<u8>>, sled::Error> {
+) -> Result<Option<Vec<u8>>, String> {
     let start = if resume.is_empty() {
         vec![HISTORY]
     } else {
@@ -661,40 +690,22 @@ pub fn compact_history(
     };
     let mut batch = sled::Batch::default();
     let mut examined = 0;
-    let mut group: Vec<u8> = Vec::new();
-    let mut versions: Vec<(sled::IVec, bool)> = Vec::new();
-    let mut revisions: Vec<u64> = Vec::new();
     let mut next = None;
-    let flush_group = |versions: &mut Vec<(sled::IVec, bool)>,
-                       revisions: &mut Vec<u64>,
-                       batch: &mut sled::Batch| {
-        let obsolete = obsolete_versions(versions, revisions, compact_revision);
-        for (index, (key, _)) in versions.iter().enumerate() {
-            if obsolete[index] {
-                batch.remove(key.clone());
+    for versions in history_from(tree, start) {
+        let versions = versions?;
+        if examined >= COMPACTION_STEP_VERSIONS {
+            next = Some(history_group(&versions[0].raw).to_vec());
+            break;
+        }
+        examined += versions.len();
+        let obsolete = obsolete_versions(&versions, compact_revision);
+        for (version, obsolete) in versions.iter().zip(obsolete) {
+            if obsolete {
+                batch.remove(version.raw.clone());
             }
         }
-        versions.clear();
-        revisions.clear();
-    };
-    for item in tree.range(start..vec![HISTORY + 1]) {
-        let (raw, bytes) = item?;
-        let raw_group = history_group(&raw);
-        if raw_group != group.as_slice() {
-            flush_group(&mut versions, &mut revisions, &mut batch);
-            if examined >= COMPACTION_STEP_VERSIONS {
-                next = Some(raw_group.to_vec());
-                break;
-            }
-            group = raw_group.to_vec();
-        }
-        examined += 1;
-        let revision = u64_at(&raw, raw.len() - 8).unwrap_or(u64::MAX);
-        versions.push((raw.clone(), bytes.first() == Some(&0)));
-        revisions.push(revision);
     }
-    flush_group(&mut versions, &mut revisions, &mut batch);
-    tree.apply_batch(batch)?;
+    tree.apply_batch(batch).map_err(|error| error.to_string())?;
     Ok(next)
 }
 
@@ -722,42 +733,16 @@ pub fn export_body(
     for (key, value) in sessions {
         put(out, key, value)?;
     }
-    let mut group: Vec<u8> = Vec::new();
-    let mut versions: Vec<(sled::IVec, bool)> = Vec::new();
-    let mut values: Vec<sled::IVec> = Vec::new();
-    let mut revisions: Vec<u64> = Vec::new();
-    let mut emit = |versions: &mut Vec<(sled::IVec, bool)>,
-                    values: &mut Vec<sled::IVec>,
-                    revisions: &mut Vec<u64>,
-                    out: &mut dyn Write|
-     -> io::Result<()> {
-        let obsolete = obsolete_versions(versions, revisions, compact_revision);
-        for (index, (key, _)) in versions.iter().enumerate() {
-            if !obsolete[index] {
-                put(out, key, &values[index])?;
+    for versions in history_from(tree, vec![HISTORY]) {
+        let mut versions = versions.map_err(io::Error::other)?;
+        versions.retain(|version| version.revision <= revision);
+        let obsolete = obsolete_versions(&versions, compact_revision);
+        for (version, obsolete) in versions.iter().zip(obsolete) {
+            if !obsolete {
+                put(out, &version.raw, &version.value)?;
             }
         }
-        versions.clear();
-        values.clear();
-        revisions.clear();
-        Ok(())
-    };
-    for item in tree.range(vec![HISTORY]..vec![HISTORY + 1]) {
-        let (raw, bytes) = item.map_err(io::Error::other)?;
-        let version_revision = u64_at(&raw, raw.len() - 8).unwrap_or(u64::MAX);
-        if version_revision > revision {
-            continue;
-        }
-        let raw_group = history_group(&raw);
-        if raw_group != group.as_slice() {
-            emit(&mut versions, &mut values, &mut revisions, out)?;
-            group = raw_group.to_vec();
-        }
-        versions.push((raw.clone(), bytes.first() == Some(&0)));
-        values.push(bytes);
-        revisions.push(version_revision);
     }
-    emit(&mut versions, &mut values, &mut revisions, out)?;
     out.write_all(&BODY_END.to_be_bytes())?;
     out.write_all(&count.to_be_bytes())?;
     Ok(count)
@@ -897,23 +882,29 @@ mod tests {
 
     #[test]
     fn obsolete_versions_keep_the_last_value_at_or_below_the_point() {
-        let version = |tomb: bool| (sled::IVec::from(&b"k"[..]), tomb);
-        let versions = vec![
-            version(false),
-            version(true),
-            version(false),
-            version(false),
-        ];
+        let version = |revision: u64, tombstone: bool| Version {
+            raw: history_key(b"k", revision).into(),
+            value: if tombstone { vec![0] } else { vec![1] }.into(),
+            revision,
+        };
+        let versions = |revisions: [u64; 4]| {
+            let tombstones = [false, true, false, false];
+            revisions
+                .iter()
+                .zip(tombstones)
+                .map(|(revision, tombstone)| version(*revision, tombstone))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            obsolete_versions(&versions, &[1, 2, 3, 9], 5),
+            obsolete_versions(&versions([1, 2, 3, 9]), 5),
             vec![true, true, false, false]
         );
         assert_eq!(
-            obsolete_versions(&versions[..2], &[1, 2], 5),
+            obsolete_versions(&versions([1, 2, 3, 9])[..2], 5),
             vec![true, true]
         );
         assert_eq!(
-            obsolete_versions(&versions, &[6, 7, 8, 9], 5),
+            obsolete_versions(&versions([6, 7, 8, 9]), 5),
             vec![false; 4]
         );
     }

@@ -129,10 +129,7 @@ impl StateMachineStore {
     /// and tools.
     pub fn compact_now(&self) -> Result<u64, String> {
         match self.compaction_point() {
-            Some((tree, point)) => self
-                .compactor
-                .compact_now(&tree, point)
-                .map_err(|error| error.to_string()),
+            Some((tree, point)) => self.compactor.compact_now(&tree, point),
             None => Ok(0),
         }
     }
