@@ -116,6 +116,10 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_KEYSPACE_TREE: &[u8] = b"keyspace_tree";
 /// Names of keyspace trees: this and a generation number, which each snapshot install increments.
 const KEYSPACE_TREE_PREFIX: &str = "keyspace-";
+/// Longest `open` waits for sled's lock held by a store or process that is going away (see `open_sled`).
+const SLED_LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between two attempts to take sled's lock.
+const SLED_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// sled's page cache when `--cache-mb` does not say: it bounds the memory the keyspace takes beyond what
 /// sled keeps per tree.
 pub const CACHE_MB_DEFAULT: u64 = 64;
@@ -202,6 +206,28 @@ pub struct StorageStats {
     pub snapshot_bytes: AtomicU64,
 }
 
+/// Opens sled in `dir`. sled locks its files, and a store dropped a moment ago (or a process that is still
+/// exiting) may hold the lock a little longer, while sled's background writes finish: a lock held by someone
+/// else is waited for, at most `SLED_LOCK_WAIT_MAX`, before it is refused.
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT_MAX =>
+            {
+                std::thread::sleep(SLED_LOCK_POLL);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Opens (creating if needed) the store of node `node_id` of cluster `cluster_id` in `dir`.
 ///
 /// A data dir remembers the node id and cluster id it was created for and refuses any other.
@@ -233,11 +259,7 @@ pub fn open_with(
         source,
     };
     let sled_dir = dir.join("raft");
-    let db = sled::Config::new()
-        .path(&sled_dir)
-        .cache_capacity(options.cache_bytes)
-        .open()
-        .map_err(sled_error)?;
+    let db = open_sled(&sled_dir, options.cache_bytes).map_err(sled_error)?;
     let files = SledFiles::open(&sled_dir, sync_mode).map_err(io_error)?;
     // Before the WAL the log was sled's tree `log`: refuse to start without it rather than lose it.
     if db
