@@ -123,6 +123,9 @@ pub enum AutoCompaction {
     Periodic(Duration),
 }
 
+/// Longest retention of `periodic` automatic compaction: a year.
+pub const AUTO_COMPACTION_PERIOD_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Reads --auto-compaction-retention for `mode`: `None` when it is 0 (off).
 pub fn parse_auto_compaction(
     mode: AutoCompactionMode,
@@ -145,8 +148,8 @@ pub fn parse_auto_compaction(
             Ok((revisions > 0).then_some(AutoCompaction::Revision(revisions)))
         }
         AutoCompactionMode::Periodic => {
-            let duration = if let Ok(hours) = retention.parse::<u64>() {
-                Duration::from_secs(hours * 3600)
+            let seconds = if let Ok(hours) = retention.parse::<u64>() {
+                hours.checked_mul(3600)
             } else {
                 let split = retention
                     .find(|c: char| !c.is_ascii_digit())
@@ -159,8 +162,17 @@ pub fn parse_auto_compaction(
                     "h" => 3600,
                     _ => return Err(bad()),
                 };
-                Duration::from_secs(number * unit_secs)
+                number.checked_mul(unit_secs)
             };
+            let duration = seconds
+                .map(Duration::from_secs)
+                .filter(|duration| *duration <= AUTO_COMPACTION_PERIOD_MAX)
+                .ok_or_else(|| {
+                    format!(
+                        "--auto-compaction-retention {retention:?} is too long; give at most {} hours",
+                        AUTO_COMPACTION_PERIOD_MAX.as_secs() / 3600
+                    )
+                })?;
             Ok((!duration.is_zero()).then_some(AutoCompaction::Periodic(duration)))
         }
     }
@@ -439,6 +451,16 @@ mod tests {
                 Some("--auto-compaction-retention \"1h\" is not a number of revisions"),
             ),
             (&["--auto-compaction-retention", "30m"], None),
+            (
+                &["--auto-compaction-retention", "18446744073709551615"],
+                Some("--auto-compaction-retention \"18446744073709551615\" is too long"),
+            ),
+            (
+                &["--auto-compaction-retention", "18446744073709551615m"],
+                Some("is too long; give at most 8760 hours"),
+            ),
+            (&["--auto-compaction-retention", "8760"], None),
+            (&["--auto-compaction-retention", "8761"], Some("is too long")),
             (&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "100"], None),
             (&["--tls-cert", "c.pem"], Some("TLS needs --tls-cert, --tls-key and --tls-ca together: add --tls-key and --tls-ca")),
             (&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem"], None),
