@@ -69,14 +69,6 @@ impl ChangeSet {
             ..ChangeSet::default()
         }
     }
-
-    /// True when the entry changed no key, session or compaction point.
-    pub fn is_empty(&self) -> bool {
-        self.current.is_empty()
-            && self.history.is_empty()
-            && self.sessions.is_empty()
-            && self.compact_revision.is_none()
-    }
 }
 
 /// The state as the entry being applied sees it: `base` with the entry's changes so far on top.
@@ -86,15 +78,11 @@ pub struct Pending<'a, V: KeyspaceRead> {
 }
 
 impl<'a, V: KeyspaceRead> Pending<'a, V> {
-    pub fn new(base: &'a V) -> Result<Self, ReadFailure> {
-        Ok(Pending {
+    pub fn new(base: &'a V) -> Self {
+        Pending {
             base,
-            changes: ChangeSet {
-                revision: base.revision(),
-                session_count: base.session_count(),
-                ..ChangeSet::default()
-            },
-        })
+            changes: ChangeSet::unchanged(base),
+        }
     }
 
     pub fn into_changes(self) -> ChangeSet {

@@ -22,7 +22,7 @@ pub fn apply_batch<V: KeyspaceRead>(
     log_index: u64,
     batch: &Batch,
 ) -> Result<(BatchResponse, ChangeSet), ReadFailure> {
-    let mut pending = Pending::new(base)?;
+    let mut pending = Pending::new(base);
     let mut responses = Vec::with_capacity(batch.writes.len());
     for request in &batch.writes {
         responses.push(apply(&mut pending, log_index, request)?);

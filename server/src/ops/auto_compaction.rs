@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::AutoCompaction;
 use crate::kv::changes::KeyspaceRead;
-use crate::kv::state_machine::{Command, Request};
+use crate::kv::state_machine::{Command, Request, Response};
 use crate::kv::write_batch::WriteBatcher;
 use crate::raft::types::Raft;
 use crate::storage::StateMachineStore;
@@ -87,7 +87,11 @@ pub async fn run(
             command: Command::Compact { revision: target },
         };
         match writes.write(request).await {
-            Ok(response) => tracing::info!(target, ?response, "automatic compaction"),
+            Ok(Response::Compact { revision, .. }) => {
+                tracing::info!(compact_revision = target, revision, "automatic compaction")
+            }
+            // Refused (another compaction got there first) or not committed: the next check tries again.
+            Ok(response) => tracing::debug!(target, ?response, "automatic compaction refused"),
             Err(error) => tracing::debug!(target, %error, "automatic compaction not done"),
         }
     }
