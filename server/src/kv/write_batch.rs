@@ -9,15 +9,15 @@
 //! Rules:
 //! - a batch holds at most `WRITE_BATCH_WRITES_MAX` writes and, unless it holds a single write, at most
 //!   `WRITE_BATCH_BYTES_MAX` bytes of keys and values;
-//! - a batch never holds two writes to the same key: the later one waits for the next batch (keeping the
-//!   order of same-key writes), so a key's `mod_revision` always names one value and a cas sees the effect
-//!   of every write to its key proposed before it;
+//! - a batch never holds two writes to the same key: the later one waits for the next batch, keeping the
+//!   order of same-key writes (the state machine would apply them in order within one entry too; the rule
+//!   predates store-wide revisions and is kept until measured);
 //! - at most `WRITE_BATCHES_IN_FLIGHT_MAX` (one) batch is proposed and not yet applied; while it is, new
 //!   writes gather for the next batch. A lone write on an idle leader is proposed at once, alone.
 //!
-//! Every write of a batch gets the entry's index as its revision (docs/design.md, "Revisions": the Raft log index of the entry
-//! that carried it). Writes are answered in order of the batch's responses; a batch that fails answers every
-//! write with the same error, and all of its writes either committed together or not at all.
+//! The writes of a batch take consecutive revisions, in order (docs/design.md, "Revisions"). Writes are
+//! answered in order of the batch's responses; a batch that fails answers every write with the same error,
+//! and all of its writes either committed together or not at all.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
