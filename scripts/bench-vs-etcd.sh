@@ -104,18 +104,9 @@ if [ -n "$REPORT" ]; then
 fi
 
 # --- prerequisites ---------------------------------------------------------------------------------------
-missing=()
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-command -v jq >/dev/null || missing+=(jq)
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]} (apt-get)"
-    sudo_cmd=""
-    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=lib/packages.sh
+. "$ROOT/scripts/lib/packages.sh"
+install_missing etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler jq=jq
 
 log "building raftkv (release, with the etcd bench target)"
 (cd "$ROOT" && cargo build --release -q -p raftkv-server -p raftkv-client --features raftkv-client/etcd)

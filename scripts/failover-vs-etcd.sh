@@ -184,17 +184,9 @@ fi
 while read -r name; do unset "$name"; done < <(compgen -e | grep -E '^(RAFTKV_|ETCD_|ETCDCTL_|JEPSEN_LITE_)' || true)
 export ETCDCTL_API=3
 
-missing=()
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
-command -v jq >/dev/null || missing+=(jq)
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]} (apt-get)"
-    sudo_cmd=""
-    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=lib/packages.sh
+. "$ROOT/scripts/lib/packages.sh"
+install_missing etcd=etcd-server etcdctl=etcd-client jq=jq
 
 log "building raftkv and jepsen-lite (release)"
 (cd "$ROOT" && cargo build --release -q -p raftkv-server -p raftkv-client -p jepsen-lite)
