@@ -140,6 +140,22 @@ async fn expect_bytes(stream: &mut TcpStream, expected: &[u8]) {
     assert_eq!(buffer, expected);
 }
 
+/// Sends a request from `near` and a reply from `far` over a link that holds traffic: neither arrives (each
+/// side's `what` says where it was watched) until the mesh heals, then both do.
+async fn held_both_ways_until_heal(
+    mesh: &Mesh,
+    (near, near_what): (&mut TcpStream, &str),
+    (far, far_what): (&mut TcpStream, &str),
+) {
+    send(far, b"held reply").await;
+    send(near, b"held request").await;
+    expect_silence(near, near_what).await;
+    expect_silence(far, far_what).await;
+    mesh.heal();
+    expect_bytes(near, b"held reply").await;
+    expect_bytes(far, b"held request").await;
+}
+
 /// Watches the stream for `QUIET`: nothing may arrive, and it must not close.
 async fn expect_silence(stream: &mut TcpStream, what: &str) {
     let mut buffer = [0u8; 64];
@@ -662,14 +678,12 @@ async fn front_binds_a_connection_to_the_link_its_sender_travels() {
     expect_bytes(&mut near, b"stream bytes").await;
 
     mesh.isolate(1).unwrap();
-    send(&mut far, b"held reply").await;
-    send(&mut near, b"held request").await;
-    expect_silence(&mut near, "toward node 1 while it is isolated").await;
-    expect_silence(&mut far, "toward node 2 while node 1 is isolated").await;
-
-    mesh.heal();
-    expect_bytes(&mut near, b"held reply").await;
-    expect_bytes(&mut far, b"held request").await;
+    held_both_ways_until_heal(
+        &mesh,
+        (&mut near, "toward node 1 while it is isolated"),
+        (&mut far, "toward node 2 while node 1 is isolated"),
+    )
+    .await;
     stop(mesh).await;
 }
 
@@ -712,13 +726,12 @@ async fn front_binds_a_connection_as_soon_as_its_sender_is_registered() {
 
     mesh.set_member(3, MEMBERS[2]).unwrap();
     wait_for_link_connections(&mesh, 3, 1, 1).await;
-    send(&mut far, b"held reply").await;
-    send(&mut near, b"held request").await;
-    expect_silence(&mut near, "toward node 3 once registered and isolated").await;
-    expect_silence(&mut far, "toward node 1 from node 3 once registered").await;
-    mesh.heal();
-    expect_bytes(&mut near, b"held reply").await;
-    expect_bytes(&mut far, b"held request").await;
+    held_both_ways_until_heal(
+        &mesh,
+        (&mut near, "toward node 3 once registered and isolated"),
+        (&mut far, "toward node 1 from node 3 once registered"),
+    )
+    .await;
     stop(mesh).await;
 }
 
