@@ -9,14 +9,17 @@
 //!   `[0]` for a deletion (a tombstone). The key is escaped (`00` becomes `00 FF`) and ended by `00 00`, so the
 //!   versions of a key lie together in revision order and keys keep their order: a range or prefix of keys is
 //!   a range of the tree.
-//! - `s` client-id: a session record (postcard); `o` last-index client-id: the sessions' eviction order.
-//! - `m` name: the store revision, the compaction point, the applied log id and the membership.
+//! - `s` client-id: a session record (postcard). Their eviction order (by each one's `last_index`) is kept in
+//!   memory, rebuilt from the records at open: one write per session touched, not three.
+//! - `m` name: the store revision with the applied log id (one key, written with every entry), the compaction
+//!   point, the membership.
 //!
 //! Reads at the current revision use `c`; reads at an older one find, for each key, its last version at or
 //! below the revision in `h`. Compaction to revision C (`Command::Compact`) is logical at once: reads below C
 //! are refused. Physically, `compact_history` later deletes the versions no read at C or later can see (for
 //! each key, every version at or below C but the last, and that one too if it is a tombstone).
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
 
@@ -31,11 +34,10 @@ use crate::raft::types::{LogId, StoredMembership};
 const CURRENT: u8 = b'c';
 const HISTORY: u8 = b'h';
 const SESSION: u8 = b's';
-const ORDER: u8 = b'o';
 // Meta keys start with `m`.
-const META_REVISION: &[u8] = b"mrevision";
+/// (applied log id, store revision), postcard: one write per entry for both.
+const META_STATE: &[u8] = b"mstate";
 const META_COMPACT: &[u8] = b"mcompact";
-const META_APPLIED: &[u8] = b"mapplied";
 const META_MEMBERSHIP: &[u8] = b"mmembership";
 /// Key bytes that end an escaped key in a history key.
 const KEY_END: [u8; 2] = [0x00, 0x00];
@@ -304,21 +306,34 @@ fn meta_u64(tree: &sled::Tree, name: &[u8]) -> Result<u64, String> {
 pub struct Keyspace {
     tree: sled::Tree,
     revision: u64,
+    applied: Option<LogId>,
     compact_revision: u64,
-    session_count: usize,
+    /// (`last_index`, client id) of every session, least recently used first.
+    session_order: BTreeSet<(u64, u64)>,
 }
 
 impl Keyspace {
     /// Opens the keyspace a tree holds (an empty tree is an empty keyspace).
     pub fn open(tree: sled::Tree) -> Result<Self, String> {
-        let revision = meta_u64(&tree, META_REVISION)?;
+        let (applied, revision) = match tree.get(META_STATE).map_err(|e| e.to_string())? {
+            Some(bytes) => decode(&bytes, "applied state")?,
+            None => (None, 0),
+        };
         let compact_revision = meta_u64(&tree, META_COMPACT)?;
-        let session_count = tree.scan_prefix([SESSION]).count();
+        let mut session_order = BTreeSet::new();
+        for item in tree.scan_prefix([SESSION]) {
+            let (key, value) = item.map_err(|error| error.to_string())?;
+            let client_id =
+                u64_at(&key, 1).ok_or_else(|| "a session key is malformed".to_string())?;
+            let record: SessionRecord = decode(&value, "session")?;
+            session_order.insert((record.last_index, client_id));
+        }
         Ok(Keyspace {
             tree,
             revision,
+            applied,
             compact_revision,
-            session_count,
+            session_order,
         })
     }
 
@@ -329,15 +344,11 @@ impl Keyspace {
 
     /// The last log id applied to this keyspace and the membership it holds.
     pub(super) fn applied(&self) -> Result<(Option<LogId>, StoredMembership), String> {
-        let applied = match self.tree.get(META_APPLIED).map_err(|e| e.to_string())? {
-            Some(bytes) => Some(decode(&bytes, "applied log id")?),
-            None => None,
-        };
         let membership = match self.tree.get(META_MEMBERSHIP).map_err(|e| e.to_string())? {
             Some(bytes) => decode(&bytes, "membership")?,
             None => StoredMembership::default(),
         };
-        Ok((applied, membership))
+        Ok((self.applied, membership))
     }
 
     /// Writes what an entry changed, with the entry's log id (and the membership, if it changed), in one
@@ -369,35 +380,28 @@ impl Keyspace {
                 None => batch.remove(key),
             }
         }
-        let order_key = |(index, client_id): &(u64, u64)| {
-            let mut key = prefixed(ORDER, &index.to_be_bytes());
-            key.extend_from_slice(&client_id.to_be_bytes());
-            key
-        };
-        for order in &changes.order_removed {
-            batch.remove(order_key(order));
-        }
-        for order in &changes.order_added {
-            batch.insert(order_key(order), &[]);
-        }
-        if changes.revision != self.revision {
-            batch.insert(META_REVISION, &changes.revision.to_be_bytes());
+        let applied = applied.or(self.applied);
+        if changes.revision != self.revision || applied != self.applied {
+            batch.insert(META_STATE, encode(&(applied, changes.revision)));
         }
         if let Some(compact_revision) = changes.compact_revision {
             batch.insert(META_COMPACT, &compact_revision.to_be_bytes());
-        }
-        if let Some(applied) = applied {
-            batch.insert(META_APPLIED, encode(&applied));
         }
         if let Some(membership) = membership {
             batch.insert(META_MEMBERSHIP, encode(membership));
         }
         self.tree.apply_batch(batch)?;
         self.revision = changes.revision;
+        self.applied = applied;
         if let Some(compact_revision) = changes.compact_revision {
             self.compact_revision = compact_revision;
         }
-        self.session_count = changes.session_count;
+        for order in &changes.order_removed {
+            self.session_order.remove(order);
+        }
+        self.session_order
+            .extend(changes.order_added.iter().copied());
+        debug_assert_eq!(self.session_order.len(), changes.session_count);
         Ok(())
     }
 
@@ -589,15 +593,14 @@ impl Keyspace {
         Keyspace::open(copy.tree)
     }
 
-    /// Every entry of the tree but the applied log id and membership, in order: two replicas that applied the
-    /// same entries (and compacted as far) hold the same.
+    /// Every entry of the tree but the applied state (log id and revision) and membership, in order: two
+    /// replicas that applied the same entries (and compacted as far) hold the same.
     pub fn dump(&self) -> Result<Vec<RawEntry>, String> {
         self.tree
             .iter()
             .filter(|item| {
-                item.as_ref().map_or(true, |(key, _)| {
-                    key != META_APPLIED && key != META_MEMBERSHIP
-                })
+                item.as_ref()
+                    .map_or(true, |(key, _)| key != META_STATE && key != META_MEMBERSHIP)
             })
             .map(|item| {
                 item.map(|(key, value)| (key.to_vec(), value.to_vec()))
@@ -606,12 +609,9 @@ impl Keyspace {
             .collect()
     }
 
-    /// Sessions' raw entries (`s` and `o`): copied when a snapshot is started, since they have no history.
+    /// Sessions' raw entries: copied when a snapshot is started, since they have no history.
     pub(super) fn session_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
-        self.tree
-            .scan_prefix([SESSION])
-            .chain(self.tree.scan_prefix([ORDER]))
-            .collect()
+        self.tree.scan_prefix([SESSION]).collect()
     }
 }
 
@@ -643,21 +643,11 @@ impl KeyspaceRead for Keyspace {
     }
 
     fn session_count(&self) -> usize {
-        self.session_count
+        self.session_order.len()
     }
 
     fn oldest_sessions(&self, count: usize) -> Result<Vec<(u64, u64)>, ReadFailure> {
-        self.tree
-            .scan_prefix([ORDER])
-            .take(count)
-            .map(|item| {
-                let (raw, _) = item.map_err(failure)?;
-                match (u64_at(&raw, 1), u64_at(&raw, 9)) {
-                    (Some(index), Some(client_id)) => Ok((index, client_id)),
-                    _ => Err(ReadFailure("a session order key is malformed".to_string())),
-                }
-            })
-            .collect()
+        Ok(self.session_order.iter().take(count).copied().collect())
     }
 }
 
@@ -826,7 +816,7 @@ pub fn import_body(
                 }
                 last = Some((key.clone(), version_revision, value.clone()));
             }
-            Some(&SESSION | &ORDER) => {}
+            Some(&SESSION) => {}
             _ => return Err(io::Error::other("a snapshot entry has an unknown kind")),
         }
         batch.insert(key, value);
@@ -844,15 +834,12 @@ pub fn import_body(
             "the snapshot holds {count} entries but says {expected}"
         )));
     }
-    // Written as `write` writes them: only once they are above 0.
-    if revision > 0 {
-        batch.insert(META_REVISION, &revision.to_be_bytes());
+    // Written as `write` writes them: only once they are above 0 (the state: once anything was applied).
+    if revision > 0 || applied.is_some() {
+        batch.insert(META_STATE, encode(&(applied, revision)));
     }
     if compact_revision > 0 {
         batch.insert(META_COMPACT, &compact_revision.to_be_bytes());
-    }
-    if let Some(applied) = applied {
-        batch.insert(META_APPLIED, encode(&applied));
     }
     batch.insert(META_MEMBERSHIP, encode(membership));
     tree.apply_batch(batch).map_err(io::Error::other)?;
