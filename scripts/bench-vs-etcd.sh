@@ -12,7 +12,11 @@
 # Usage: scripts/bench-vs-etcd.sh [--rounds N] [--duration 10s] [--clients 64] [--key-space 10000]
 #                                 [--memory-keys 1000000] [--only WORKLOAD,...] [--out DIR] [--report DIR]
 # --report DIR prints the table of an earlier run's results and starts nothing. --rounds 0 runs only the
-# loads (and the memory figure).
+# loads (and the memory and restart figures).
+#
+# After the memory figure (MEMORY_KEYS keys loaded, --memory-keys 0 skips both), the restart figure: on each
+# system a follower is killed with SIGKILL and started again on its data, and the time from its start to its
+# first local (stale / serializable) read of a key written just before is measured.
 # Environment: BENCH_BASE_PORT (default 6400): raftkv on BASE+1..3, etcd clients on BASE+11..13, etcd peers on
 # BASE+21..23.
 set -euo pipefail
@@ -29,6 +33,9 @@ REPORT=""
 BASE="${BENCH_BASE_PORT:-6400}"
 # Longest wait for a cluster to elect a leader, in polls of POLL_SECONDS.
 READY_POLLS=150
+# Longest wait for a restarted node's first local read, in polls of RESTART_POLL_SECONDS.
+RESTART_POLLS=6000
+RESTART_POLL_SECONDS=0.05
 POLL_SECONDS=0.2
 # Longest wait for a process to exit after SIGTERM, in polls, before SIGKILL.
 STOP_POLLS=50
@@ -94,6 +101,14 @@ report() {
         e_max=$(awk '$1 == "etcd" { if ($3 > m) m = $3 } END { print m }' "$OUT/memory.txt")
         echo "  largest node: raftkv ${r_max} KiB, etcd ${e_max} KiB, ratio $(ratio "$r_max" "$e_max")"
     fi
+    if [ -f "$OUT/restart.txt" ]; then
+        echo
+        echo "a follower killed (SIGKILL) and restarted with those keys, start to first local read (ms):"
+        awk '{ print "  " $1 " node " $2 ": " $3 }' "$OUT/restart.txt"
+        r_max=$(awk '$1 == "raftkv" { print $3 }' "$OUT/restart.txt")
+        e_max=$(awk '$1 == "etcd" { print $3 }' "$OUT/restart.txt")
+        echo "  ratio raftkv/etcd $(ratio "$r_max" "$e_max")"
+    fi
     echo
     echo "per-run JSON: $OUT"
 }
@@ -146,15 +161,18 @@ trap stop_all EXIT
 RAFTKV_ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
 ETCD_ENDPOINTS="127.0.0.1:$((BASE + 11)),127.0.0.1:$((BASE + 12)),127.0.0.1:$((BASE + 13))"
 
+launch_raftkv() { # node id; its pid is RAFTKV_PIDS[id - 1]
+    local i="$1" initial="1=127.0.0.1:$((BASE + 1)),2=127.0.0.1:$((BASE + 2)),3=127.0.0.1:$((BASE + 3))"
+    "$BIN/raftkv-server" --id "$i" --listen "127.0.0.1:$((BASE + i))" --data-dir "$WORK/raftkv/node$i" \
+        --initial-cluster "$initial" --heartbeat-interval-ms 100 --election-timeout-min-ms 1000 \
+        --election-timeout-max-ms 2000 >>"$WORK/raftkv-$i.log" 2>&1 &
+    PIDS+=($!)
+    RAFTKV_PIDS[i - 1]=$!
+}
+
 start_raftkv() {
-    local initial="1=127.0.0.1:$((BASE + 1)),2=127.0.0.1:$((BASE + 2)),3=127.0.0.1:$((BASE + 3))" i
-    for i in 1 2 3; do
-        "$BIN/raftkv-server" --id "$i" --listen "127.0.0.1:$((BASE + i))" --data-dir "$WORK/raftkv/node$i" \
-            --initial-cluster "$initial" --heartbeat-interval-ms 100 --election-timeout-min-ms 1000 \
-            --election-timeout-max-ms 2000 >"$WORK/raftkv-$i.log" 2>&1 &
-        PIDS+=($!)
-        RAFTKV_PIDS+=($!)
-    done
+    local i
+    for i in 1 2 3; do launch_raftkv "$i"; done
     local polls=0
     until "$RAFTKV" --endpoints "$RAFTKV_ENDPOINTS" --timeout 1s -w json status 2>/dev/null |
         jq -s -e 'map(select(.role == "leader")) | length == 1' >/dev/null; do
@@ -164,20 +182,24 @@ start_raftkv() {
     done
 }
 
+launch_etcd() { # member number; its pid is ETCD_PIDS[number - 1]
+    local i="$1"
+    local cluster="e1=http://127.0.0.1:$((BASE + 21)),e2=http://127.0.0.1:$((BASE + 22)),e3=http://127.0.0.1:$((BASE + 23))"
+    etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
+        --listen-client-urls "http://127.0.0.1:$((BASE + 10 + i))" \
+        --advertise-client-urls "http://127.0.0.1:$((BASE + 10 + i))" \
+        --listen-peer-urls "http://127.0.0.1:$((BASE + 20 + i))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((BASE + 20 + i))" \
+        --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench-vs-etcd \
+        --heartbeat-interval 100 --election-timeout 1000 --log-level error \
+        >>"$WORK/etcd-$i.log" 2>&1 &
+    PIDS+=($!)
+    ETCD_PIDS[i - 1]=$!
+}
+
 start_etcd() {
-    local cluster="e1=http://127.0.0.1:$((BASE + 21)),e2=http://127.0.0.1:$((BASE + 22)),e3=http://127.0.0.1:$((BASE + 23))" i
-    for i in 1 2 3; do
-        etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
-            --listen-client-urls "http://127.0.0.1:$((BASE + 10 + i))" \
-            --advertise-client-urls "http://127.0.0.1:$((BASE + 10 + i))" \
-            --listen-peer-urls "http://127.0.0.1:$((BASE + 20 + i))" \
-            --initial-advertise-peer-urls "http://127.0.0.1:$((BASE + 20 + i))" \
-            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench-vs-etcd \
-            --heartbeat-interval 100 --election-timeout 1000 --log-level error \
-            >"$WORK/etcd-$i.log" 2>&1 &
-        PIDS+=($!)
-        ETCD_PIDS+=($!)
-    done
+    local i
+    for i in 1 2 3; do launch_etcd "$i"; done
     local polls=0
     until ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint status -w json 2>/dev/null |
         jq -e '[.[] | select(.Status.leader != 0 and .Status.leader == .Status.header.member_id)] | length == 1' \
@@ -235,6 +257,63 @@ if [ "$MEMORY_KEYS" -gt 0 ]; then
         for pid in "${ETCD_PIDS[@]}"; do echo "etcd $pid $(rss_kib "$pid")"; done
     } >"$OUT/memory.txt"
     echo "$MEMORY_KEYS" >"$OUT/memory-keys.txt"
+fi
+
+# --- restart of a follower with MEMORY_KEYS keys: start to first local read ---------------------------------
+now_ms() { date +%s%3N; }
+follower_raftkv() { # a node that is not the leader
+    "$RAFTKV" --endpoints "$RAFTKV_ENDPOINTS" --timeout 5s -w json status |
+        jq -r 'select(.role == "follower") | .id' | head -n 1
+}
+follower_etcd() {
+    ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint status -w json |
+        jq -r '.[] | select(.Status.leader != .Status.header.member_id) | .Endpoint' | head -n 1 |
+        awk -F: '{ print $NF - '"$BASE"' - 10 }'
+}
+local_read() { # system node
+    if [ "$1" = raftkv ]; then
+        local addr="127.0.0.1:$((BASE + $2))"
+        "$RAFTKV" --endpoints "$addr" --timeout 1s get restart-probe --consistency stale --endpoint "$addr" \
+            >/dev/null 2>&1
+    else
+        ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((BASE + 10 + $2))" --command-timeout=1s \
+            get restart-probe --consistency=s 2>/dev/null | grep -q restart-probe
+    fi
+}
+restart_follower() { # system: prints the follower's id and the ms from its start to its first local read
+    local system="$1" node pid started polls=0
+    if [ "$system" = raftkv ]; then
+        "$RAFTKV" --endpoints "$RAFTKV_ENDPOINTS" put restart-probe x >/dev/null
+        node=$(follower_raftkv)
+        pid="${RAFTKV_PIDS[node - 1]}"
+    else
+        ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" put restart-probe x >/dev/null
+        node=$(follower_etcd)
+        pid="${ETCD_PIDS[node - 1]}"
+    fi
+    # The probe must be applied on the follower before it dies, or the read would wait for catching up too.
+    until local_read "$system" "$node"; do
+        polls=$((polls + 1))
+        [ $polls -lt $RESTART_POLLS ] || { log "$system node $node never served the probe"; exit 1; }
+        sleep "$RESTART_POLL_SECONDS"
+    done
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null || true
+    started=$(now_ms)
+    if [ "$system" = raftkv ]; then launch_raftkv "$node"; else launch_etcd "$node"; fi
+    polls=0
+    until local_read "$system" "$node"; do
+        polls=$((polls + 1))
+        [ $polls -lt $RESTART_POLLS ] || { log "$system node $node served no local read after its restart"; exit 1; }
+        sleep "$RESTART_POLL_SECONDS"
+    done
+    echo "$system $node $(($(now_ms) - started))"
+}
+if [ "$MEMORY_KEYS" -gt 0 ]; then
+    for system in raftkv etcd; do
+        log "restarting a $system follower holding $MEMORY_KEYS keys"
+        restart_follower "$system"
+    done >"$OUT/restart.txt"
 fi
 
 report
