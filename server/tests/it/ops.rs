@@ -861,17 +861,27 @@ async fn concurrent_writes_share_entries_but_never_a_revision() {
         cas.swapped,
         "cas on the last revision did not swap: {cas:?}"
     );
-    let scrape = scrape(&cluster, leader).await.expect("leader metrics");
-    let entries = scrape.value("raftkv_write_batches_total");
-    let writes = scrape.value("raftkv_write_batch_writes_total");
-    assert_eq!(writes, (2 * WRITERS * ROUNDS + 1) as f64);
+    // Leadership may move under the load: count what every node proposed while it led (a write retried after
+    // a leader change is proposed again, so at least every write).
+    let (mut entries, mut writes, mut rounds, mut round_reads) = (0.0, 0.0, 0.0, 0.0);
+    for id in [1, 2, 3] {
+        let scrape = scrape(&cluster, id).await.expect("node metrics");
+        entries += scrape.sum("raftkv_write_batches_total", &[]);
+        writes += scrape.sum("raftkv_write_batch_writes_total", &[]);
+        rounds += scrape.sum("raftkv_read_index_rounds_total", &[]);
+        round_reads += scrape.sum("raftkv_read_index_round_reads_total", &[]);
+    }
+    assert!(
+        writes >= (2 * WRITERS * ROUNDS + 1) as f64,
+        "{writes} writes proposed"
+    );
     assert!(
         entries < writes,
-        "the leader proposed {entries} entries for {writes} writes"
+        "the leaders proposed {entries} entries for {writes} writes"
     );
-    // The one linearizable read above took one read-index round on the leader.
-    assert!(scrape.value("raftkv_read_index_rounds_total") >= 1.0);
-    assert!(scrape.value("raftkv_read_index_round_reads_total") >= 1.0);
+    // The one linearizable read above took a read-index round on a leader.
+    assert!(rounds >= 1.0);
+    assert!(round_reads >= 1.0);
 }
 
 /// Concurrent linearizable reads on a follower share their calls to the leader: 200 reads in flight at once
