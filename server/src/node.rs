@@ -508,7 +508,7 @@ fn explain_open_error(error: OpenError) -> anyhow::Error {
         OpenError::WalCorrupt { .. } => Some(
             "move the data dir away and let the node catch up from the leader, or restore it from a backup",
         ),
-        OpenError::OldLogFormat { .. } => Some(
+        OpenError::OldLogFormat { .. } | OpenError::OldDataFormat { .. } => Some(
             "start this node on an empty --data-dir and let it catch up from the leader (data dirs of raftkv before 1.0 are not upgraded in place)",
         ),
     };

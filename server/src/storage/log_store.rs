@@ -170,8 +170,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
         self.flush_meta(ErrorSubject::Vote)?;
+        // One leader per term: the term alone names this node's own entries.
         let leading = (vote.is_committed() && vote.leader_id().voted_for() == Some(self.node_id))
-            .then(|| *vote.leader_id());
+            .then(|| CommittedLeaderId::new(vote.leader_id().get_term(), self.node_id));
         *self
             .leading
             .lock()

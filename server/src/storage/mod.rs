@@ -112,6 +112,12 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_NODE_ID: &[u8] = b"node_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Key in `meta` holding the data dir's format, `DATA_FORMAT` as 4 big-endian bytes.
+const KEY_DATA_FORMAT: &[u8] = b"data_format";
+/// The format of what a data dir holds in its WAL, metadata and snapshots. 2: log ids name a term only, one
+/// leader per term (openraft's `single-term-leader`). Dirs made before the key existed wrote log ids that also
+/// name a node (openraft's default, several leaders per term); they are refused, not misread.
+const DATA_FORMAT: u32 = 2;
 /// Key in `meta` naming the sled tree that holds the keyspace.
 const KEY_KEYSPACE_TREE: &[u8] = b"keyspace_tree";
 /// Names of keyspace trees: this and a generation number, which each snapshot install increments.
@@ -190,6 +196,12 @@ pub enum OpenError {
     },
     #[error("data dir {dir} keeps its Raft log in sled (raft/, tree `log`), the format of raftkv before the WAL (wal/); this version cannot read it and would lose those entries")]
     OldLogFormat { dir: PathBuf },
+    #[error("data dir {dir} is in format {found}, this version reads format {wanted} only (format 1 names a node in every log id, from before raftkv kept one leader per term)")]
+    OldDataFormat {
+        dir: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
 }
 
 /// Figures the storage exposes for metrics and status.
@@ -226,6 +238,32 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
             result => return result,
         }
     }
+}
+
+/// Refuses a data dir written in another format than `DATA_FORMAT`; marks a new one with it. A dir that holds a
+/// node id but no format is format 1.
+fn check_data_format(dir: &Path, meta: &sled::Tree) -> Result<(), OpenError> {
+    let sled_error = |source| OpenError::Sled {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let found = match meta.get(KEY_DATA_FORMAT).map_err(sled_error)? {
+        Some(bytes) => u32::from_be_bytes(bytes.as_ref().try_into().unwrap_or([0; 4])),
+        None if meta.get(KEY_NODE_ID).map_err(sled_error)?.is_some() => 1,
+        None => {
+            meta.insert(KEY_DATA_FORMAT, &DATA_FORMAT.to_be_bytes())
+                .map_err(sled_error)?;
+            return Ok(());
+        }
+    };
+    if found == DATA_FORMAT {
+        return Ok(());
+    }
+    Err(OpenError::OldDataFormat {
+        dir: dir.to_path_buf(),
+        found,
+        wanted: DATA_FORMAT,
+    })
 }
 
 /// Opens (creating if needed) the store of node `node_id` of cluster `cluster_id` in `dir`.
@@ -273,6 +311,7 @@ pub fn open_with(
         });
     }
     let meta = db.open_tree("meta").map_err(sled_error)?;
+    check_data_format(dir, &meta)?;
 
     match meta.get(KEY_NODE_ID).map_err(sled_error)? {
         Some(found) => {
@@ -457,7 +496,7 @@ mod tests {
     use std::time::Duration;
 
     use openraft::storage::RaftLogStorageExt;
-    use openraft::{LeaderId, Membership};
+    use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
     use crate::kv::state_machine::BatchResponse;
@@ -481,7 +520,7 @@ mod tests {
 
     fn put(term: u64, leader: NodeId, index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(LeaderId::new(term, leader), index),
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
             payload: EntryPayload::Normal(Batch::single(Request {
                 session: None,
                 command: Command::Put {
@@ -494,7 +533,7 @@ mod tests {
 
     fn membership(term: u64, leader: NodeId, index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(LeaderId::new(term, leader), index),
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
             payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([NODE])], None)),
         }
     }
@@ -523,10 +562,7 @@ mod tests {
             !log.leader_proposals(&[put(2, NODE, 1)]),
             "entries of this node's earlier term come from another leader now"
         );
-        assert!(
-            !log.leader_proposals(&[put(3, 2, 1)]),
-            "another node's entries"
-        );
+        // One leader per term: an entry of term 3 from another node cannot exist while this node leads it.
         assert!(!log.leader_proposals(&[]));
         log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
         assert!(
@@ -630,7 +666,7 @@ mod tests {
     async fn apply_waits_until_the_entry_is_synced() {
         let dir = tempfile::tempdir().unwrap();
         let (_log, mut state_machine) = open_store(dir.path());
-        let id = |index| Some(LogId::new(LeaderId::new(1, NODE), index));
+        let id = |index| Some(LogId::new(CommittedLeaderId::new(1, NODE), index));
         let (progress, receiver) = watch::channel(LogProgress {
             written: id(3),
             synced: id(1),

@@ -712,6 +712,30 @@ fn old_sled_log_is_refused() {
     }
 }
 
+/// A data dir from before the format key (log ids that name a node as well as a term) is refused, not misread;
+/// one made by this version opens again.
+#[test]
+fn data_dir_of_another_format_is_refused() {
+    let dir = TempDir::new().unwrap();
+    drop(storage::open(dir.path(), 1, CLUSTER_ID).unwrap());
+    drop(storage::open(dir.path(), 1, CLUSTER_ID).expect("a dir of this format reopens"));
+    {
+        let db = sled::open(dir.path().join("raft")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert!(
+            meta.remove("data_format").unwrap().is_some(),
+            "no format key written"
+        );
+        db.flush().unwrap();
+    }
+    match storage::open(dir.path(), 1, CLUSTER_ID) {
+        Err(error @ OpenError::OldDataFormat { found: 1, .. }) => {
+            assert!(error.to_string().contains("format 1"), "{error}")
+        }
+        other => panic!("expected OldDataFormat, got {:?}", other.err()),
+    }
+}
+
 /// Once the last handle of a store is dropped after its appends were acknowledged, no WAL file is open any
 /// more (the flusher keeps none while idle), so the store can be reopened at once.
 #[tokio::test]

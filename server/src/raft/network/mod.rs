@@ -374,7 +374,7 @@ fn transport_detail(status: &tonic::Status) -> String {
 
 #[cfg(test)]
 mod tests {
-    use openraft::LeaderId;
+    use openraft::CommittedLeaderId;
 
     use super::*;
     use crate::raft::types::LogId;
@@ -392,7 +392,7 @@ mod tests {
     const DONE_WITHIN: Duration = Duration::from_secs(10);
 
     fn id(index: u64) -> LogId {
-        LogId::new(LeaderId::new(1, 1), index)
+        LogId::new(CommittedLeaderId::new(1, 1), index)
     }
 
     fn peer_at(addr: &str, progress: watch::Receiver<LogProgress>) -> RaftPeer {
