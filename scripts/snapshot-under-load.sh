@@ -2,7 +2,8 @@
 # snapshot-under-load.sh: what a snapshot costs the writes that run through it.
 #
 # Starts a 3-node raftkv (release build) twice on fresh data dirs: once snapshotting so rarely that no snapshot
-# is taken during the run, once every --snapshot-after-entries entries, so that snapshots are built (from sled,
+# is taken during the run, once every --snapshot-after-entries entries (each node draws its threshold up to a
+# quarter lower, and builds at most a quarter of the time), so that snapshots are built (from sled,
 # while entries go on being applied) all through the run. Each time it loads --keys keys, then runs an
 # open-loop put load at --rate (about half of capacity) for --duration and records its latency. It prints both
 # runs and the ratio of their p99s (the target: at most 2), with the number of snapshots built during each run.
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="$2"; shift 2 ;;
         --snapshot-after-entries) SNAPSHOT_AFTER="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^# Environment/p' "$0"; exit 0 ;;
         *) echo "snapshot-under-load: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

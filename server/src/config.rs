@@ -14,6 +14,11 @@ use crate::raft::types::NodeId;
 
 /// Default cluster id: nodes and data dirs of one cluster share it; a message for another cluster is refused.
 pub const CLUSTER_ID_DEFAULT: &str = "raftkv";
+/// `--snapshot-after-mb` by default: well above the log of 100,000 small entries, so for small values the
+/// entry count decides, as in etcd; large values reach it first.
+pub const SNAPSHOT_AFTER_MB_DEFAULT: u64 = 128;
+/// The largest `--snapshot-after-mb` (a terabyte of log).
+pub const SNAPSHOT_AFTER_MB_MAX: u64 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -67,6 +72,10 @@ pub struct Args {
     /// loading crawl (BENCHMARKS.md); 100,000 is also etcd's default snapshot count.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_after_entries: u64,
+    /// Also build a snapshot once the log since the last one holds this many megabytes, or as many bytes as
+    /// the last snapshot if that is larger (a snapshot then never writes more than the log it lets go).
+    #[arg(long, default_value_t = SNAPSHOT_AFTER_MB_DEFAULT)]
+    pub snapshot_after_mb: u64,
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up from the log.
     #[arg(long, default_value_t = 1_000)]
     pub log_keep_entries: u64,
@@ -203,6 +212,7 @@ pub struct NodeConfig {
     /// How long after a quorum round started the leader may serve lease reads without another round.
     pub lease_duration: Duration,
     pub snapshot_after_entries: u64,
+    pub snapshot_after_mb: u64,
     pub log_keep_entries: u64,
     pub cache_mb: u64,
     pub auto_compaction: Option<AutoCompaction>,
@@ -327,6 +337,11 @@ impl NodeConfig {
         if args.snapshot_after_entries == 0 {
             return Err("--snapshot-after-entries must be above 0".to_string());
         }
+        if !(1..=SNAPSHOT_AFTER_MB_MAX).contains(&args.snapshot_after_mb) {
+            return Err(format!(
+                "--snapshot-after-mb must be between 1 and {SNAPSHOT_AFTER_MB_MAX}"
+            ));
+        }
         if args.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".to_string());
         }
@@ -348,6 +363,7 @@ impl NodeConfig {
             election_timeout_max: Duration::from_millis(args.election_timeout_max_ms),
             lease_duration,
             snapshot_after_entries: args.snapshot_after_entries,
+            snapshot_after_mb: args.snapshot_after_mb,
             log_keep_entries: args.log_keep_entries,
             cache_mb: args.cache_mb,
             auto_compaction,
@@ -442,6 +458,9 @@ mod tests {
             (&["--metrics-listen", "127.0.0.1:7201"], None),
             (&["--snapshot-after-entries", "0"], Some("--snapshot-after-entries must be above 0")),
             (&["--cache-mb", "0"], Some("--cache-mb must be at least 1")),
+            (&["--snapshot-after-mb", "0"], Some("--snapshot-after-mb must be between 1 and 1048576")),
+            (&["--snapshot-after-mb", "1048577"], Some("--snapshot-after-mb must be between 1 and 1048576")),
+            (&["--snapshot-after-mb", "1"], None),
             (
                 &["--auto-compaction-retention", "soon"],
                 Some("--auto-compaction-retention \"soon\" is not a duration"),

@@ -45,6 +45,7 @@ use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
 use crate::ops::auto_compaction;
 use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::ops::observer::Observer;
+use crate::ops::snapshot_schedule::{self, SnapshotSchedule};
 use crate::ops::telemetry;
 use crate::raft::election::{ElectionGate, ElectionTiming, Elector};
 use crate::raft::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
@@ -136,7 +137,8 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         election_timeout_max: voter_lease_ms,
         install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
         max_payload_entries: APPEND_ENTRIES_BATCH_MAX,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+        // `ops::snapshot_schedule` triggers snapshots, by entries and by size, at a moment of each node's own.
+        snapshot_policy: SnapshotPolicy::Never,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         max_in_snapshot_log_to_keep: config.log_keep_entries,
         enable_tick: true,
@@ -221,6 +223,19 @@ impl Node {
         let (writes, writes_task) =
             WriteBatcher::start(raft.clone(), PROPOSALS_PENDING_MAX, WRITE_COMMIT_TIMEOUT);
         tasks.spawn(writes_task.instrument(span.clone()));
+        tasks.spawn(
+            snapshot_schedule::run(
+                SnapshotSchedule {
+                    after_entries: config.snapshot_after_entries,
+                    after_bytes: config.snapshot_after_mb * 1024 * 1024,
+                },
+                raft.clone(),
+                log_store.clone(),
+                log_store.stats(),
+                stopped.clone(),
+            )
+            .instrument(span.clone()),
+        );
         if let Some(policy) = config.auto_compaction {
             tasks.spawn(
                 auto_compaction::run(

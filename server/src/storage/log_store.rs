@@ -51,6 +51,11 @@ impl LogStore {
         self.wal.progress()
     }
 
+    /// Bytes of the log after entry `index` (all of it for `None`): what a snapshot at `index` lets go.
+    pub fn log_bytes_after(&self, index: Option<u64>) -> u64 {
+        self.wal.bytes_after(index)
+    }
+
     /// Bytes the store occupies on disk: sled and the WAL (not snapshots).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0) + self.wal.bytes()

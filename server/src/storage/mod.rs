@@ -70,6 +70,7 @@ mod compaction;
 mod flusher;
 pub mod keyspace;
 mod log_store;
+mod paced_writer;
 mod sled_files;
 mod snapshot;
 mod state_machine_store;
@@ -383,6 +384,10 @@ pub fn open_with(
     }
 
     let stats = Arc::new(StorageStats::default());
+    stats.snapshot_bytes.store(
+        fs::metadata(snapshot_dir.join(SNAPSHOT_FILE)).map_or(0, |metadata| metadata.len()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let (flush_sender, flush_receiver) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
     let flusher_stats = stats.clone();
     std::thread::Builder::new()

@@ -357,6 +357,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.stats
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
+        let size = fs::metadata(self.snapshot_dir.join(super::SNAPSHOT_FILE))
+            .map_or(0, |metadata| metadata.len());
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
         self.wake_compactor();
         tracing::info!(snapshot_id = %meta.snapshot_id, "snapshot installed");
         Ok(())

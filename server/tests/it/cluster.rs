@@ -22,6 +22,43 @@ fn stale_on(endpoint: &str, min_revision: u64) -> ReadOptions {
     }
 }
 
+/// A snapshot comes by size as well as by count: with a count no test reaches, a node whose log grows past
+/// `--snapshot-after-mb` builds one (and every node does, each at its own moment), and purges its log behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_is_built_once_the_log_reaches_its_size() {
+    // Values of 60 KB: 40 of them are 2.4 MB of log, past a 1 MB threshold even drawn at its highest.
+    const VALUE_BYTES: usize = 60 * 1024;
+    const PUTS: usize = 40;
+    let mut args = fast_timing();
+    args.extend(
+        [
+            "--snapshot-after-entries",
+            "1000000",
+            "--snapshot-after-mb",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let cluster = TestCluster::start(3, &args);
+    cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let client = cluster.client();
+    let mut last = 0;
+    for i in 0..PUTS {
+        last = client
+            .put(format!("big-{i}"), "v".repeat(VALUE_BYTES))
+            .await
+            .expect("put");
+    }
+    for id in 1..=3u64 {
+        cluster.wait_applied(id, last).await;
+        cluster
+            .wait_status(id, "build a snapshot by size", |status| {
+                status.snapshot_index > 0
+            })
+            .await;
+    }
+}
+
 /// Three nodes elect a leader and take writes through any node; the leader is SIGKILLed and a new one takes
 /// over; the old leader restarts and catches up; a fourth node added as a learner after the log was purged
 /// catches up by snapshot; every acknowledged write is then on every node.

@@ -267,6 +267,28 @@ impl Wal {
             .sum()
     }
 
+    /// Bytes of the records held after entry `index` (all of them for `None`): the log a snapshot at `index`
+    /// would let go.
+    pub fn bytes_after(&self, index: Option<u64>) -> u64 {
+        let state = self.read_state();
+        state
+            .segments
+            .iter()
+            .map(|segment| match index {
+                None => segment.bytes,
+                Some(index) if index < segment.first => segment.bytes,
+                Some(index) => {
+                    // Records of this segment after `index` start at offsets[index + 1 - first].
+                    let next = (index + 1 - segment.first) as usize;
+                    segment
+                        .offsets
+                        .get(next)
+                        .map_or(0, |offset| segment.bytes - offset)
+                }
+            })
+            .sum()
+    }
+
     /// Writes `entries` (readable at once, durable after the next `sync`). Entries at or below the purge
     /// point are skipped (openraft's storage suite appends some); the others must continue the log: the
     /// first follows the last entry held, or the purge point when none is held. Returns the number written.
@@ -680,6 +702,34 @@ mod tests {
         assert!(wal.append([blank(3)]).is_err());
         assert!(wal.sync().is_err());
         assert!(wal.purge(1).is_err());
+    }
+
+    /// `bytes_after` counts the records after an index, across segments and after a purge.
+    #[test]
+    fn bytes_after_counts_the_records_behind_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three records per segment (a blank entry's record is a few bytes; each is the same size).
+        let wal = Wal::open(dir.path(), 64, false, None).unwrap();
+        wal.append([blank(1)]).unwrap();
+        let record = wal.bytes();
+        let per_segment = 64 / record;
+        wal.append((2..=10).map(blank)).unwrap();
+        assert!(wal.read_state().segments.len() > 1, "one segment only");
+        assert_eq!(wal.bytes_after(None), 10 * record);
+        assert_eq!(wal.bytes_after(Some(0)), 10 * record);
+        for index in 1..=10 {
+            assert_eq!(
+                wal.bytes_after(Some(index)),
+                (10 - index) * record,
+                "after {index}"
+            );
+        }
+        assert_eq!(wal.bytes_after(Some(11)), 0);
+        wal.purge(per_segment + 1).unwrap();
+        assert_eq!(
+            wal.bytes_after(Some(per_segment + 1)),
+            (10 - per_segment - 1) * record
+        );
     }
 
     /// An entry refused before anything is written leaves the WAL usable.
