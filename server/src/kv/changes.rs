@@ -1,8 +1,8 @@
 //! What the state machine reads and what it writes: the `KeyspaceRead` view of the applied state, and the
-//! `ChangeSet` one log entry makes, read back through `Pending` while the entry is being applied.
+//! `ChangeSet` that log entries make, read back through `Pending` while later entries are applied.
 //!
-//! The storage implements `KeyspaceRead` over sled and writes a `ChangeSet` in one atomic sled batch together
-//! with the applied log id; tests implement it over maps. Keeping the rules on this side of the trait is what
+//! The storage implements `KeyspaceRead` over sled and writes a `ChangeSet` (of one entry or of several)
+//! in one atomic sled batch together with the last applied log id; tests implement it over maps. Keeping the rules on this side of the trait is what
 //! keeps them pure.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,8 +85,19 @@ impl<'a, V: KeyspaceRead> Pending<'a, V> {
         }
     }
 
+    /// Goes on from `changes`, made on top of `base` by earlier entries and not yet written: `base` must not
+    /// have changed since.
+    pub fn resume(base: &'a V, changes: ChangeSet) -> Self {
+        Pending { base, changes }
+    }
+
     pub fn into_changes(self) -> ChangeSet {
         self.changes
+    }
+
+    /// Keys the changes so far write: current records, versions and sessions.
+    pub fn writes(&self) -> usize {
+        self.changes.current.len() + self.changes.history.len() + self.changes.sessions.len()
     }
 
     pub fn revision(&self) -> u64 {

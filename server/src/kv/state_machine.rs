@@ -3,7 +3,7 @@
 //!
 //! It is pure and deterministic: no I/O, no clock, no randomness. It reads the state through
 //! `changes::KeyspaceRead` and returns what an entry changes as a `changes::ChangeSet`, which the storage
-//! writes to sled in one atomic batch with the applied log id. Every node applies the same committed entries
+//! writes to sled in one atomic batch with the applied log id (several entries' changes may share one). Every node applies the same committed entries
 //! in the same order and so reaches the same state, revisions and responses, which is what lets a retried
 //! write be answered from the session table on whichever node is leader by then.
 //!
@@ -23,11 +23,22 @@ pub fn apply_batch<V: KeyspaceRead>(
     batch: &Batch,
 ) -> Result<(BatchResponse, ChangeSet), ReadFailure> {
     let mut pending = Pending::new(base);
+    let response = apply_batch_onto(&mut pending, log_index, batch)?;
+    Ok((response, pending.into_changes()))
+}
+
+/// `apply_batch` on top of the changes of earlier entries not yet written: several entries then reach the
+/// storage as one change set, exactly as if each had been written before the next was applied.
+pub fn apply_batch_onto<V: KeyspaceRead>(
+    pending: &mut Pending<'_, V>,
+    log_index: u64,
+    batch: &Batch,
+) -> Result<BatchResponse, ReadFailure> {
     let mut responses = Vec::with_capacity(batch.writes.len());
     for request in &batch.writes {
-        responses.push(apply(&mut pending, log_index, request)?);
+        responses.push(apply(pending, log_index, request)?);
     }
-    Ok((BatchResponse { responses }, pending.into_changes()))
+    Ok(BatchResponse { responses })
 }
 
 /// Applies one write on top of what the entry changed so far.

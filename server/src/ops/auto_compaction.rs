@@ -61,12 +61,19 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let (revision, compacted) = state_machine.read(|applied| {
+        let read = state_machine.read(|applied| {
             (
                 applied.keyspace.revision(),
                 applied.keyspace.compact_revision(),
             )
         });
+        let (revision, compacted) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "automatic compaction skips a check");
+                continue;
+            }
+        };
         let target = match policy {
             AutoCompaction::Revision(keep) => revision.saturating_sub(keep),
             AutoCompaction::Periodic(retention) => {

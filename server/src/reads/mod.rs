@@ -217,9 +217,7 @@ impl Reader {
 
     /// Waits until the node has applied `index`, at most `APPLY_WAIT_MAX`.
     async fn wait_applied(&self, index: u64) -> Result<(), ApiError> {
-        let applied = self
-            .state_machine
-            .read(|applied| applied.last_applied.map_or(0, |log_id| log_id.index));
+        let applied = self.state_machine.applied_index();
         if applied >= index {
             return Ok(());
         }
@@ -232,9 +230,7 @@ impl Reader {
             Ok(_) => Ok(()),
             Err(openraft::metrics::WaitError::ShuttingDown) => Err(ApiError::ShuttingDown),
             Err(openraft::metrics::WaitError::Timeout(..)) => {
-                let applied = self
-                    .state_machine
-                    .read(|applied| applied.last_applied.map_or(0, |log_id| log_id.index));
+                let applied = self.state_machine.applied_index();
                 Err(ApiError::ApplyTimeout {
                     wanted: index,
                     applied,
@@ -328,15 +324,17 @@ impl Reader {
         if request.min_revision > 0 {
             self.wait_revision(request.min_revision).await?;
         }
-        let (value, applied_index, revision, compact_revision) =
-            self.state_machine.read(|applied| {
+        let (value, applied_index, revision, compact_revision) = self
+            .state_machine
+            .read(|applied| {
                 (
                     read(applied),
                     applied.last_applied.map_or(0, |log_id| log_id.index),
                     applied.keyspace.revision(),
                     applied.keyspace.compact_revision(),
                 )
-            });
+            })
+            .map_err(|error| ApiError::Internal(error.to_string()))?;
         let value = value?;
         let view_after = self.view();
         let envelope = Envelope {

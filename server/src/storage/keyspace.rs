@@ -342,6 +342,11 @@ impl Keyspace {
         &self.tree
     }
 
+    /// The last log id written to this keyspace.
+    pub(super) fn applied_log_id(&self) -> Option<LogId> {
+        self.applied
+    }
+
     /// The last log id applied to this keyspace and the membership it holds.
     pub(super) fn applied(&self) -> Result<(Option<LogId>, StoredMembership), String> {
         let membership = match self.tree.get(META_MEMBERSHIP).map_err(|e| e.to_string())? {

@@ -45,7 +45,8 @@
 //! - `save_committed` is not flushed on its own: it reaches the disk with the next sled flush (a vote, a
 //!   purge, shutdown, or sled's own background flush); a commit index lost in a crash is re-learnt from the
 //!   leader.
-//! - `apply` writes each entry's changes and its log id to the keyspace tree in one atomic sled batch, not
+//! - Applied entries' changes and the last one's log id go to the keyspace tree in one atomic sled batch (by
+//!   the next read, snapshot cut or compaction, or when the batch is full; see `state_machine_store`), not
 //!   flushed: the WAL is the source of truth. sled recovers a prefix of its writes after a crash, so the
 //!   keyspace is always the state after some applied entry, and the applied log id it holds says which; on
 //!   restart openraft re-applies the log from there up to the persisted commit index. Nothing is applied
@@ -449,11 +450,11 @@ pub fn open_with(
     let keyspace = Keyspace::open(tree).map_err(keyspace_error)?;
     let (last_applied, membership) = keyspace.applied().map_err(keyspace_error)?;
     let revision = crate::kv::changes::KeyspaceRead::revision(&keyspace);
-    let applied = Arc::new(RwLock::new(Applied {
+    let applied = Arc::new(RwLock::new(Applied::new(
         keyspace,
         last_applied,
         membership,
-    }));
+    )));
     let maintenance = Arc::new(Mutex::new(()));
     let compactor = Compactor::start(node_id, maintenance.clone()).map_err(io_error)?;
     let state_machine = StateMachineStore {
@@ -681,10 +682,7 @@ mod tests {
 
         state_machine.apply([put(1, NODE, 1)]).await.unwrap();
         let pending = apply_waiting(&state_machine, vec![put(1, NODE, 2)]).await;
-        assert_eq!(
-            state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
-            Some(1)
-        );
+        assert_eq!(state_machine.applied_index(), 1);
         progress.send_modify(|progress| progress.synced = id(2));
         tokio::time::timeout(DONE_WITHIN, pending)
             .await
@@ -715,9 +713,6 @@ mod tests {
             .expect("a failed WAL ends the wait")
             .unwrap();
         assert!(result.is_err(), "applied an entry the WAL failed to sync");
-        assert_eq!(
-            state_machine.read(|applied| applied.last_applied.map(|id| id.index)),
-            Some(5)
-        );
+        assert_eq!(state_machine.applied_index(), 5);
     }
 }

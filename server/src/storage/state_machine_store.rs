@@ -1,6 +1,6 @@
 //! The applied state as openraft sees it (`RaftStateMachine`): applies committed entries to the keyspace in
-//! sled, one atomic batch per entry with its log id; starts snapshot builds; installs snapshots into a new
-//! keyspace tree and switches to it atomically.
+//! sled, many entries to one atomic batch with the last one's log id, written before anything reads; starts
+//! snapshot builds; installs snapshots into a new keyspace tree and switches to it atomically.
 //!
 //! Installing a snapshot: its body is loaded into a fresh tree `keyspace-<generation>`, sled is flushed
 //! durably, the `meta` tree's pointer (`KEY_KEYSPACE_TREE`) is switched to the new tree and flushed durably,
@@ -27,18 +27,72 @@ use super::snapshot::{
 };
 use super::wal::LogProgress;
 use super::{read_error, write_error, StorageStats, KEYSPACE_TREE_PREFIX, KEY_KEYSPACE_TREE};
-use crate::kv::changes::{ChangeSet, KeyspaceRead};
-use crate::kv::state_machine::{apply_batch, BatchResponse};
+use crate::kv::changes::{ChangeSet, KeyspaceRead, Pending};
+use crate::kv::state_machine::{apply_batch_onto, BatchResponse};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-/// The applied state: what reads see.
+/// Most keys one sled batch of applied entries writes; the entries beyond go to the next batch.
+pub const SLED_BATCH_WRITES_MAX: usize = 16_384;
+
+/// The applied state. Reads see it through `StateMachineStore::read`, which first writes to sled what was
+/// applied but not yet written, so inside a read `keyspace` holds everything up to `last_applied`.
 pub struct Applied {
     pub keyspace: Keyspace,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// What entries up to `last_applied` changed that sled does not hold yet (see `apply`).
+    unwritten: Unwritten,
 }
+
+/// Applied entries not yet written to sled: their changes on top of the keyspace, the last one's log id and
+/// the membership among them, written together as one atomic batch.
+#[derive(Default)]
+struct Unwritten {
+    changes: Option<ChangeSet>,
+    last: Option<LogId>,
+    membership: Option<StoredMembership>,
+}
+
+impl Applied {
+    pub(super) fn new(
+        keyspace: Keyspace,
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Applied {
+        Applied {
+            keyspace,
+            last_applied,
+            membership,
+            unwritten: Unwritten::default(),
+        }
+    }
+
+    /// Writes to sled, in one atomic batch with the last entry's log id, what was applied and is not written
+    /// yet. Not flushed: the WAL still holds those entries, and a restart applies them again.
+    fn write_unwritten(&mut self) -> Result<(), sled::Error> {
+        if let Some(changes) = self.unwritten.changes.take() {
+            let result = self.keyspace.write(
+                &changes,
+                self.unwritten.last,
+                self.unwritten.membership.as_ref(),
+            );
+            if let Err(error) = result {
+                self.unwritten.changes = Some(changes);
+                return Err(error);
+            }
+            self.unwritten = Unwritten::default();
+        }
+        Ok(())
+    }
+}
+
+/// A read of the applied state failed: what was applied could not be written to sled, so the keyspace there
+/// is behind. Nothing is served from it.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the applied entries to sled failed: {0}")]
+pub struct UnwrittenError(#[from] sled::Error);
 
 /// The sled handles installing a snapshot needs: the database (for new trees and flushes), its files (for
 /// durable flushes) and the `meta` tree (for the keyspace pointer).
@@ -95,13 +149,38 @@ impl StateMachineStore {
         }
     }
 
-    /// Runs `read` on the applied state. Hold it briefly: apply waits while it runs.
-    pub fn read<T>(&self, read: impl FnOnce(&Applied) -> T) -> T {
+    /// Runs `read` on the applied state, once sled holds everything applied (written now if it does not).
+    /// Hold it briefly: apply waits while it runs.
+    pub fn read<T>(&self, read: impl FnOnce(&Applied) -> T) -> Result<T, UnwrittenError> {
+        {
+            let applied = self
+                .applied
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if applied.unwritten.changes.is_none() {
+                return Ok(read(&applied));
+            }
+        }
+        let mut applied = self
+            .applied
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        applied.write_unwritten()?;
+        Ok(read(&applied))
+    }
+
+    /// Runs `read` on the applied state as it is, sled possibly behind (`Applied::unwritten`).
+    fn read_as_is<T>(&self, read: impl FnOnce(&Applied) -> T) -> T {
         let applied = self
             .applied
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         read(&applied)
+    }
+
+    /// The log index of the last applied entry, written to sled or not.
+    pub fn applied_index(&self) -> u64 {
+        self.read_as_is(|applied| applied.last_applied.map_or(0, |log_id| log_id.index))
     }
 
     /// The store revision, published after every applied entry.
@@ -111,7 +190,9 @@ impl StateMachineStore {
 
     /// The keyspace's tree and compaction point, if it was ever compacted.
     fn compaction_point(&self) -> Option<(sled::Tree, u64)> {
-        self.read(|applied| {
+        // The point as written to sled (`apply` writes an entry that compacts at once): the compaction
+        // deletes from sled what is hidden there.
+        self.read_as_is(|applied| {
             let point = applied.keyspace.compact_revision();
             (point > 0).then(|| (applied.keyspace.tree().clone(), point))
         })
@@ -194,6 +275,8 @@ impl StateMachineStore {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let old = std::mem::replace(&mut applied.keyspace, keyspace);
+            // Entries applied but not written are older than the snapshot, which holds their effects.
+            applied.unwritten = Unwritten::default();
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             old
@@ -218,7 +301,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok(self.read(|applied| (applied.last_applied, applied.membership.clone())))
+        self.read(|applied| (applied.last_applied, applied.membership.clone()))
+            .map_err(|error| write_error(ErrorSubject::StateMachine, error))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
@@ -237,44 +321,66 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .applied
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for entry in entries {
-                if let Some(last) = applied.last_applied {
-                    assert!(
-                        entry.log_id.index > last.index,
-                        "entries applied out of order"
-                    );
-                }
-                let subject = ErrorSubject::Apply(entry.log_id);
-                let (response, changes, membership) = match entry.payload {
-                    EntryPayload::Blank => (
-                        BatchResponse::default(),
-                        ChangeSet::unchanged(&applied.keyspace),
-                        None,
-                    ),
-                    EntryPayload::Normal(batch) => {
-                        let (response, changes) =
-                            apply_batch(&applied.keyspace, entry.log_id.index, &batch)
-                                .map_err(|error| read_error(subject.clone(), error))?;
-                        compacted |= changes.compact_revision.is_some();
-                        (response, changes, None)
-                    }
-                    EntryPayload::Membership(membership) => (
-                        BatchResponse::default(),
-                        ChangeSet::unchanged(&applied.keyspace),
-                        Some(StoredMembership::new(Some(entry.log_id), membership)),
-                    ),
+            // The changes go to sled later, as one batch for many entries (`Applied::write_unwritten`): by
+            // the next read, snapshot or compaction, or once they reach `SLED_BATCH_WRITES_MAX` keys. A sled
+            // batch costs a few hundred microseconds however small (it rolls sled's IO buffer and wakes its
+            // writer threads), so one per entry capped the apply rate and added to every write's latency.
+            let applied = &mut *applied;
+            let mut entries = entries.into_iter().peekable();
+            let mut last = applied.last_applied;
+            let mut revision = applied.keyspace.revision();
+            while entries.peek().is_some() {
+                let unwritten = applied.unwritten.changes.take();
+                let mut pending = match unwritten {
+                    Some(changes) => Pending::resume(&applied.keyspace, changes),
+                    None => Pending::new(&applied.keyspace),
                 };
-                applied
-                    .keyspace
-                    .write(&changes, Some(entry.log_id), membership.as_ref())
-                    .map_err(|error| write_error(subject, error))?;
-                applied.last_applied = Some(entry.log_id);
-                if let Some(membership) = membership {
-                    applied.membership = membership;
+                while let Some(entry) =
+                    entries.next_if(|_| pending.writes() < SLED_BATCH_WRITES_MAX)
+                {
+                    if let Some(last) = last {
+                        assert!(
+                            entry.log_id.index > last.index,
+                            "entries applied out of order"
+                        );
+                    }
+                    let response = match entry.payload {
+                        EntryPayload::Blank => BatchResponse::default(),
+                        EntryPayload::Normal(batch) => {
+                            apply_batch_onto(&mut pending, entry.log_id.index, &batch).map_err(
+                                |error| read_error(ErrorSubject::Apply(entry.log_id), error),
+                            )?
+                        }
+                        EntryPayload::Membership(change) => {
+                            let membership = StoredMembership::new(Some(entry.log_id), change);
+                            applied.unwritten.membership = Some(membership.clone());
+                            applied.membership = membership;
+                            BatchResponse::default()
+                        }
+                    };
+                    responses.push(response);
+                    last = Some(entry.log_id);
                 }
-                responses.push(response);
+                let full = pending.writes() >= SLED_BATCH_WRITES_MAX;
+                let changes = pending.into_changes();
+                compacted |= changes.compact_revision.is_some();
+                revision = changes.revision;
+                applied.last_applied = last;
+                if last != applied.keyspace.applied_log_id() {
+                    applied.unwritten.changes = Some(changes);
+                    applied.unwritten.last = last;
+                }
+                if full || compacted {
+                    // Bound what waits in memory; and let the compaction see its point in sled.
+                    applied.write_unwritten().map_err(|error| {
+                        write_error(
+                            ErrorSubject::Apply(last.expect("an entry was applied")),
+                            error,
+                        )
+                    })?;
+                }
             }
-            applied.keyspace.revision()
+            revision
         };
         self.revision.send_if_modified(|published| {
             let changed = *published != revision;
@@ -290,9 +396,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
-        let (cut, last_applied, membership) = self.read(|applied| {
+        let read = self.read(|applied| {
             let keyspace = &applied.keyspace;
-            let sessions = keyspace.session_entries();
+            let sessions = keyspace
+                .session_entries()
+                .map_err(|error| format!("reading the sessions for a snapshot failed: {error}"));
             let cut = sessions.map(|sessions| Cut {
                 tree: keyspace.tree().clone(),
                 revision: keyspace.revision(),
@@ -303,12 +411,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             });
             (cut, applied.last_applied, applied.membership.clone())
         });
+        let (cut, last_applied, membership) = read.unwrap_or_else(|error| {
+            let (last_applied, membership) = self.read_as_is(|applied| {
+                (
+                    applied.keyspace.applied_log_id(),
+                    applied.membership.clone(),
+                )
+            });
+            (Err(error.to_string()), last_applied, membership)
+        });
         let snapshot_id = match last_applied {
             Some(log_id) => format!("{}-{}-{counter}", log_id.leader_id.term, log_id.index),
             None => format!("0-0-{counter}"),
         };
         if let Err(error) = &cut {
-            tracing::error!(%error, "reading the sessions for a snapshot failed");
+            tracing::error!(%error, "cannot take a snapshot's cut");
         }
         SnapshotBuilder {
             meta: SnapshotMeta {

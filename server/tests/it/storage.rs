@@ -141,12 +141,15 @@ async fn reopened_store_keeps_vote_log_state_and_membership() {
             .collect::<BTreeSet<_>>(),
         voters
     );
-    let key5 = state_machine.read(|applied| applied.keyspace.get(b"key5", 0).unwrap());
+    let key5 = state_machine
+        .read(|applied| applied.keyspace.get(b"key5", 0).unwrap())
+        .unwrap();
     // Entry 1 is the membership: key N is the (N-1)th write.
     assert_eq!(key5.expect("key5 applied before restart").mod_revision, 4);
     assert!(
         state_machine
             .read(|applied| applied.keyspace.get(b"after-snapshot", 0).unwrap())
+            .unwrap()
             .is_none(),
         "not applied yet"
     );
@@ -782,33 +785,105 @@ fn puts(count: u64, value: &str) -> Vec<Entry> {
 }
 
 fn value_of(state_machine: &StateMachineStore, key: &str) -> Option<Vec<u8>> {
-    state_machine.read(|applied| {
-        applied
-            .keyspace
-            .get(key.as_bytes(), 0)
-            .unwrap()
-            .map(|kv| kv.value)
-    })
+    state_machine
+        .read(|applied| {
+            applied
+                .keyspace
+                .get(key.as_bytes(), 0)
+                .unwrap()
+                .map(|kv| kv.value)
+        })
+        .unwrap()
 }
 
-/// The applied state lives in sled: a reopened store has every applied entry without a snapshot, and says
-/// which entry it applied last, so openraft re-applies only what follows.
+/// The applied state lives in sled: a reopened store has every entry written there without a snapshot, and
+/// says which entry that was, so openraft re-applies only what follows. Applied entries reach sled by the
+/// next read (or snapshot, compaction, or a full batch); those that had not are applied again from the log.
 #[tokio::test]
 async fn applied_state_is_in_sled_without_a_snapshot() {
     let dir = TempDir::new().unwrap();
     {
         let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
-        state_machine.apply(puts(5, "v")).await.unwrap();
+        let mut entries = puts(7, "v");
+        let later = entries.split_off(5);
+        state_machine.apply(entries).await.unwrap();
+        assert_eq!(value_of(&state_machine, "key5"), Some(b"v".to_vec()));
+        // Applied, answered, not read: not written to sled yet.
+        state_machine.apply(later).await.unwrap();
+        assert_eq!(state_machine.applied_index(), 7);
     }
     let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
     let (applied, _) = state_machine.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(1, 5)));
+    assert_eq!(applied, Some(log_id(1, 5)), "what the read wrote, no more");
     assert_eq!(value_of(&state_machine, "key5"), Some(b"v".to_vec()));
+    assert_eq!(value_of(&state_machine, "key6"), None);
+    // openraft applies 6 and 7 again from the log.
+    state_machine
+        .apply(puts(7, "v").split_off(5))
+        .await
+        .unwrap();
+    assert_eq!(value_of(&state_machine, "key7"), Some(b"v".to_vec()));
     assert!(state_machine
         .get_current_snapshot()
         .await
         .unwrap()
         .is_none());
+}
+
+/// Entries applied in many calls and written to sled as one batch leave exactly the keyspace that writing
+/// each entry at once leaves: values, history, deletions, and sessions, past the session table's limit (so
+/// evictions across entries that sled has not seen yet). One store is read after every entry (each read
+/// writes what is pending); the other is read once at the end.
+#[tokio::test]
+async fn entries_written_together_leave_the_keyspace_of_entries_written_one_by_one() {
+    use raftkv_server::kv::state_machine::{SessionRef, SESSIONS_MAX};
+    let entries: Vec<Entry> = (1..=(SESSIONS_MAX as u64 + 40))
+        .map(|index| {
+            let key = format!("key{}", index % 7).into_bytes();
+            let command = if index % 5 == 0 {
+                Command::Delete { key }
+            } else {
+                Command::Put {
+                    key,
+                    value: format!("v{index}").into_bytes(),
+                }
+            };
+            // Every client writes twice, a few entries apart, then never again: the oldest are evicted.
+            let client_id = index / 2;
+            let request = Request {
+                session: Some(SessionRef {
+                    client_id,
+                    sequence: index % 2 + 1,
+                }),
+                command,
+            };
+            Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Normal(Batch::single(request)),
+            }
+        })
+        .collect();
+    let one_by_one_dir = TempDir::new().unwrap();
+    let (_, mut one_by_one) = storage::open(one_by_one_dir.path(), 1, CLUSTER_ID).unwrap();
+    let together_dir = TempDir::new().unwrap();
+    let (_, mut together) = storage::open(together_dir.path(), 1, CLUSTER_ID).unwrap();
+    for entry in entries.iter().cloned() {
+        one_by_one.apply([entry]).await.unwrap();
+        one_by_one.read(|_| ()).unwrap();
+    }
+    for chunk in entries.chunks(97) {
+        together.apply(chunk.to_vec()).await.unwrap();
+    }
+    let dump = |store: &StateMachineStore| {
+        store
+            .read(|applied| (applied.keyspace.dump().unwrap(), applied.last_applied))
+            .unwrap()
+    };
+    let (expected, expected_applied) = dump(&one_by_one);
+    let (got, got_applied) = dump(&together);
+    assert_eq!(got_applied, expected_applied);
+    assert_eq!(got.len(), expected.len(), "different numbers of sled keys");
+    assert!(got == expected, "the keyspaces differ");
 }
 
 /// Installing a snapshot replaces the keyspace atomically: a follower with other data installs a leader's
@@ -942,6 +1017,7 @@ async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs(
                 .unwrap()
                 .map(|kv| kv.value)
         })
+        .unwrap()
     };
     assert_eq!(at(1), Some(b"one".to_vec()));
     assert_eq!(at(2), Some(b"two".to_vec()));
