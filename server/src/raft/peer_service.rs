@@ -115,17 +115,55 @@ impl PeerService {
         Ok(())
     }
 
-    /// Refuses a leader message whose vote is not a leader's (committed). Only a leader sends AppendEntries and
-    /// snapshots; openraft takes the message's vote as this node's, and an uncommitted one there breaks its
-    /// invariants (in a debug build it panics: the property test of the peer service found it).
-    fn check_leader_vote(vote: &crate::raft::types::Vote, what: &str) -> Result<(), Status> {
-        if vote.is_committed() {
-            return Ok(());
+    /// Refuses a message whose vote cannot be its sender's, before openraft sees it. A leader message
+    /// (AppendEntries, snapshot chunk) carries its sender's committed vote: an uncommitted one would become this
+    /// node's vote and break openraft's invariants (a debug build panics). A vote request carries its sender's
+    /// uncommitted vote. And no committed vote may name a second leader of a term this node knows a leader of:
+    /// with one leader per term openraft holds two such votes impossible and panics comparing them. The
+    /// property test of the peer service found each of these; a correct peer never sends one.
+    fn check_vote(
+        &self,
+        vote: &crate::raft::types::Vote,
+        from: NodeId,
+        leader_message: bool,
+        what: &str,
+    ) -> Result<(), Status> {
+        let refuse = |status: fn(String) -> Status, message: String| {
+            tracing::warn!("refused peer message: {message}");
+            Err(status(message))
+        };
+        if leader_message && !vote.is_committed() {
+            return refuse(
+                Status::invalid_argument,
+                format!("{what} carries vote {vote}, which is not a leader's (not committed)"),
+            );
         }
-        let message =
-            format!("{what} carries vote {vote}, which is not a leader's (not committed)");
-        tracing::warn!("refused peer message: {message}");
-        Err(Status::invalid_argument(message))
+        if !leader_message && vote.is_committed() {
+            return refuse(
+                Status::invalid_argument,
+                format!("{what} carries vote {vote}, a leader's, not a candidate's"),
+            );
+        }
+        if vote.leader_id().voted_for() != Some(from) {
+            return refuse(
+                Status::invalid_argument,
+                format!(
+                    "{what} from node {from} carries vote {vote}, which is not for node {from}"
+                ),
+            );
+        }
+        let ours = self.raft.metrics().borrow().vote;
+        let second_leader = ours.is_committed()
+            && vote.is_committed()
+            && ours.leader_id().get_term() == vote.leader_id().get_term()
+            && ours.leader_id().voted_for() != vote.leader_id().voted_for();
+        if second_leader {
+            return refuse(
+                Status::failed_precondition,
+                format!("{what} from node {from} claims to lead term {}, which this node knows another leader of ({ours})", vote.leader_id().get_term()),
+            );
+        }
+        Ok(())
     }
 
     /// Refuses AppendEntries whose entries do not follow `prev_log_id` one index after another, in terms that
@@ -245,9 +283,10 @@ impl PeerService {
     async fn handle_append_entries(&self, message: RaftMessage) -> Result<RaftReply, Status> {
         let received = Instant::now();
         let quorum_age = message.leader_quorum_age_ms;
+        let from = message.from;
         let request: AppendEntriesRequest<TypeConfig> =
             self.open(message, "append-entries", false)?;
-        Self::check_leader_vote(&request.vote, "append-entries")?;
+        self.check_vote(&request.vote, from, true, "append-entries")?;
         Self::check_entries_follow(&request)?;
         let leader_commit = request.leader_commit.map_or(0, |log_id| log_id.index);
         let result = {
@@ -336,7 +375,10 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let request = self.open(request.into_inner(), "vote", true)?;
+        let message = request.into_inner();
+        let from = message.from;
+        let request: openraft::raft::VoteRequest<NodeId> = self.open(message, "vote", true)?;
+        self.check_vote(&request.vote, from, false, "vote")?;
         Self::reply(&self.raft.vote(request).await)
     }
 
@@ -389,7 +431,7 @@ impl Peer for PeerService {
         let from = message.from;
         let request: InstallSnapshotRequest<TypeConfig> =
             self.open(message, "install-snapshot", false)?;
-        Self::check_leader_vote(&request.vote, "install-snapshot")?;
+        self.check_vote(&request.vote, from, true, "install-snapshot")?;
         self.check_snapshot_chunk(from, &request)?;
         let result = {
             let _campaigns_wait = self.election_gate.leader_message().await;

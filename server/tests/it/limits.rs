@@ -220,7 +220,8 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
     );
     let chunk = |offset: u64, length: u64| {
         let request = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
-            vote: Vote::new_committed(term, from),
+            // A later term: a leader of the current one is known, and a second one is refused before the size.
+            vote: Vote::new_committed(term + 1, from),
             meta: SnapshotMeta {
                 snapshot_id: "forged".to_string(),
                 ..Default::default()
