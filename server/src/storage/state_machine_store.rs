@@ -44,6 +44,9 @@ pub struct Applied {
     pub membership: StoredMembership,
     /// What entries up to `last_applied` changed that sled does not hold yet (see `apply`).
     unwritten: Unwritten,
+    /// An entry failed to apply part way: the unwritten changes are lost and sled is behind `last_applied`.
+    /// Nothing is read any more; openraft has stopped, and a restart applies the log again.
+    failed: bool,
 }
 
 /// Applied entries not yet written to sled: their changes on top of the keyspace, the last one's log id and
@@ -66,12 +69,16 @@ impl Applied {
             last_applied,
             membership,
             unwritten: Unwritten::default(),
+            failed: false,
         }
     }
 
     /// Writes to sled, in one atomic batch with the last entry's log id, what was applied and is not written
     /// yet. Not flushed: the WAL still holds those entries, and a restart applies them again.
-    fn write_unwritten(&mut self) -> Result<(), sled::Error> {
+    fn write_unwritten(&mut self) -> Result<(), UnwrittenError> {
+        if self.failed {
+            return Err(UnwrittenError::ApplyFailed);
+        }
         if let Some(changes) = self.unwritten.changes.take() {
             let result = self.keyspace.write(
                 &changes,
@@ -80,7 +87,7 @@ impl Applied {
             );
             if let Err(error) = result {
                 self.unwritten.changes = Some(changes);
-                return Err(error);
+                return Err(error.into());
             }
             self.unwritten = Unwritten::default();
         }
@@ -88,11 +95,15 @@ impl Applied {
     }
 }
 
-/// A read of the applied state failed: what was applied could not be written to sled, so the keyspace there
-/// is behind. Nothing is served from it.
+/// A read of the applied state failed: what was applied is not all in sled, so the keyspace there is behind.
+/// Nothing is served from it.
 #[derive(Debug, thiserror::Error)]
-#[error("writing the applied entries to sled failed: {0}")]
-pub struct UnwrittenError(#[from] sled::Error);
+pub enum UnwrittenError {
+    #[error("writing the applied entries to sled failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("an entry failed to apply, so the applied state is incomplete; restart the node")]
+    ApplyFailed,
+}
 
 /// The sled handles installing a snapshot needs: the database (for new trees and flushes), its files (for
 /// durable flushes) and the `meta` tree (for the keyspace pointer).
@@ -157,7 +168,7 @@ impl StateMachineStore {
                 .applied
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if applied.unwritten.changes.is_none() {
+            if applied.unwritten.changes.is_none() && !applied.failed {
                 return Ok(read(&applied));
             }
         }
@@ -347,9 +358,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let response = match entry.payload {
                         EntryPayload::Blank => BatchResponse::default(),
                         EntryPayload::Normal(batch) => {
-                            apply_batch_onto(&mut pending, entry.log_id.index, &batch).map_err(
-                                |error| read_error(ErrorSubject::Apply(entry.log_id), error),
-                            )?
+                            match apply_batch_onto(&mut pending, entry.log_id.index, &batch) {
+                                Ok(response) => response,
+                                Err(error) => {
+                                    // The pending changes, earlier entries' included, go with it.
+                                    applied.failed = true;
+                                    let subject = ErrorSubject::Apply(entry.log_id);
+                                    return Err(read_error(subject, error));
+                                }
+                            }
                         }
                         EntryPayload::Membership(change) => {
                             let membership = StoredMembership::new(Some(entry.log_id), change);
