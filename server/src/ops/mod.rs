@@ -1,4 +1,4 @@
-//! What operators see of a node: the observer (the one reader of openraft's metrics watch: gauges, lifecycle
+//! What operators see of a node: the observer (what openraft's metrics watch becomes: gauges, lifecycle
 //! log lines, health), the health decision and its gRPC publication, the Prometheus metrics, automatic
 //! compaction and the snapshot schedule.
 
