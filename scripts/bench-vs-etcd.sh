@@ -37,8 +37,6 @@ READY_POLLS=150
 RESTART_POLLS=6000
 RESTART_POLL_SECONDS=0.05
 POLL_SECONDS=0.2
-# Longest wait for a process to exit after SIGTERM, in polls, before SIGKILL.
-STOP_POLLS=50
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -121,6 +119,8 @@ fi
 # --- prerequisites ---------------------------------------------------------------------------------------
 # shellcheck source=lib/packages.sh
 . "$ROOT/scripts/lib/packages.sh"
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 install_missing etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler jq=jq
 
 log "building raftkv (release, with the etcd bench target)"
@@ -145,14 +145,7 @@ RAFTKV_PIDS=()
 ETCD_PIDS=()
 
 stop_all() {
-    local pid polls
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        polls=0
-        while kill -0 "$pid" 2>/dev/null && [ $polls -lt $STOP_POLLS ]; do sleep 0.1; polls=$((polls + 1)); done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     rm -rf "$WORK/raftkv" "$WORK/etcd"
     log "stopped everything; results in $OUT"
 }

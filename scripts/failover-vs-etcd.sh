@@ -69,8 +69,6 @@ HEALTH_POLL_SECONDS=0.2
 SETTLE_SECONDS=1
 # Longest wait for a mesh to print `ready`, in polls of 0.1 s.
 MESH_READY_POLLS=100
-# Longest wait for a process to exit after SIGTERM, in polls of 0.1 s, before SIGKILL.
-STOP_POLLS=50
 # The port range the layout above uses, relative to BASE.
 PORT_OFFSET_MIN=1
 PORT_OFFSET_MAX=155
@@ -186,6 +184,8 @@ export ETCDCTL_API=3
 
 # shellcheck source=lib/packages.sh
 . "$ROOT/scripts/lib/packages.sh"
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 install_missing etcd=etcd-server etcdctl=etcd-client jq=jq
 
 log "building raftkv and jepsen-lite (release)"
@@ -252,21 +252,14 @@ declare -A RAFTKV_PIDS=() ETCD_PIDS=() MESH_PIDS=()
 MEASURE_PIDS=()
 
 stop_all() {
-    local pid child polls pids=()
+    local pid child pids=()
     # The measuring loops first, with the status or put call each may be waiting on (their children, by pid).
     for pid in "${MEASURE_PIDS[@]}"; do
         for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do pids+=("$child"); done
         pids+=("$pid")
     done
     pids+=("${RAFTKV_PIDS[@]}" "${ETCD_PIDS[@]}" "${MESH_PIDS[@]}")
-    for pid in "${pids[@]}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        [ -n "$pid" ] || continue
-        polls=0
-        while kill -0 "$pid" 2>/dev/null && [ $polls -lt $STOP_POLLS ]; do sleep 0.1; polls=$((polls + 1)); done
-        kill -KILL "$pid" 2>/dev/null || true
-        { wait "$pid" || true; } 2>/dev/null
-    done
+    stop_pids "${pids[@]}"
     rm -rf "$WORK/raftkv" "$WORK/etcd"
     log "stopped everything; logs in $WORK, results in $OUT"
 }

@@ -23,10 +23,9 @@ SNAPSHOT_NEVER=1000000000
 OUT=""
 BASE="${BENCH_BASE_PORT:-6500}"
 CLIENTS=64
-# Longest wait for a leader, in polls of POLL_SECONDS; polls of a node's exit after SIGTERM.
+# Longest wait for a leader, in polls of POLL_SECONDS.
 READY_POLLS=150
 POLL_SECONDS=0.2
-STOP_POLLS=50
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -43,6 +42,8 @@ log() { echo "snapshot-under-load: $*" >&2; }
 
 # shellcheck source=lib/packages.sh
 . "$ROOT/scripts/lib/packages.sh"
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 install_missing jq=jq
 log "building raftkv (release)"
 (cd "$ROOT" && cargo build --release -q -p raftkv-server -p raftkv-client)
@@ -56,14 +57,7 @@ PIDS=()
 ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
 
 stop_nodes() {
-    local pid polls
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        polls=0
-        while kill -0 "$pid" 2>/dev/null && [ $polls -lt $STOP_POLLS ]; do sleep 0.1; polls=$((polls + 1)); done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${PIDS[@]}"
     PIDS=()
 }
 trap 'stop_nodes; rm -rf "$WORK/nodes"; log "results in $OUT"' EXIT
