@@ -19,7 +19,6 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 pub use crate::error::ApiError;
-use crate::kv::changes::KeyspaceRead;
 use crate::kv::state_machine::{
     self, Command, Expected, Rejection, Response, ScanRange, SessionRef,
 };
@@ -594,16 +593,7 @@ impl kv::admin_server::Admin for Api {
                 .elapsed()
                 .map(|elapsed| elapsed.as_millis() as u64)
         };
-        let (revision, compact_revision) = self
-            .reader
-            .state_machine
-            .read(|applied| {
-                (
-                    applied.keyspace.revision(),
-                    applied.keyspace.compact_revision(),
-                )
-            })
-            .map_err(|error| to_status(ApiError::Internal(error.to_string())))?;
+        let (revision, compact_revision) = self.reader.state_machine.revisions();
         let commit_index = self
             .raft
             .with_raft_state(|state| state.committed.map_or(0, |log_id| log_id.index))

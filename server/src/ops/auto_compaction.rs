@@ -15,7 +15,6 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::config::AutoCompaction;
-use crate::kv::changes::KeyspaceRead;
 use crate::kv::state_machine::{Command, Request, Response};
 use crate::kv::write_batch::WriteBatcher;
 use crate::raft::types::Raft;
@@ -61,19 +60,7 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let read = state_machine.read(|applied| {
-            (
-                applied.keyspace.revision(),
-                applied.keyspace.compact_revision(),
-            )
-        });
-        let (revision, compacted) = match read {
-            Ok(read) => read,
-            Err(error) => {
-                tracing::warn!(%error, "automatic compaction skips a check");
-                continue;
-            }
-        };
+        let (revision, compacted) = state_machine.revisions();
         let target = match policy {
             AutoCompaction::Revision(keep) => revision.saturating_sub(keep),
             AutoCompaction::Periodic(retention) => {

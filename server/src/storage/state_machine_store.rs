@@ -197,6 +197,15 @@ impl StateMachineStore {
         self.read_as_is(|applied| applied.last_applied.map_or(0, |log_id| log_id.index))
     }
 
+    /// The store revision after the last applied entry and the compaction point, written to sled or not:
+    /// for status and the compaction schedule, which need no read of the keyspace itself.
+    pub fn revisions(&self) -> (u64, u64) {
+        let revision = *self.revision.borrow();
+        // `apply` writes a compaction to sled at once, so sled's point is the applied one.
+        let compact_revision = self.read_as_is(|applied| applied.keyspace.compact_revision());
+        (revision, compact_revision)
+    }
+
     /// The store revision, published after every applied entry.
     pub fn revision(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
