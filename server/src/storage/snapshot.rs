@@ -223,12 +223,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Gives the calling thread the lowest CPU priority (nice 19), so that a snapshot build uses what the apply,
 /// replication and request paths leave. On Linux a nice value belongs to the thread; the build has a thread of
 /// its own, which ends with it (an unprivileged process cannot raise the priority back).
+#[cfg(target_os = "linux")]
 fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
     // SAFETY: setpriority takes plain integers; `who` 0 with PRIO_PROCESS names the calling thread on Linux.
     let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_NICE) };
-    #[cfg(target_os = "linux")]
     if result != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
     }
 }
+
+/// Elsewhere the build runs at the process's priority.
+#[cfg(not(target_os = "linux"))]
+fn lower_this_threads_priority() {}
