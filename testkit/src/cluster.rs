@@ -641,8 +641,26 @@ fn describe(id: u64, status: Option<&StatusResponse>) -> String {
     }
 }
 
+/// The end of each node's log printed when a test fails with its cluster still up: the data root (and the logs
+/// in it) is usually a temporary dir that goes with the test.
+const FAILED_TEST_LOG_TAIL_BYTES: usize = 8 * 1024;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for id in self.ids() {
+                let log = self.log(id);
+                let mut start = log.len().saturating_sub(FAILED_TEST_LOG_TAIL_BYTES);
+                while !log.is_char_boundary(start) {
+                    start += 1;
+                }
+                eprintln!(
+                    "---- node {id}: the last {} bytes of its log ----\n{}",
+                    log.len() - start,
+                    &log[start..]
+                );
+            }
+        }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
