@@ -697,7 +697,7 @@ fn old_sled_log_is_refused() {
     let dir = TempDir::new().unwrap();
     drop(storage::open(dir.path(), 1, CLUSTER_ID).unwrap());
     {
-        let db = sled::open(dir.path().join("raft")).unwrap();
+        let db = open_raw_sled(dir.path());
         let old_log = db.open_tree("log").unwrap();
         old_log
             .insert(
@@ -723,7 +723,7 @@ fn data_dir_of_another_format_is_refused() {
     drop(storage::open(dir.path(), 1, CLUSTER_ID).unwrap());
     drop(storage::open(dir.path(), 1, CLUSTER_ID).expect("a dir of this format reopens"));
     {
-        let db = sled::open(dir.path().join("raft")).unwrap();
+        let db = open_raw_sled(dir.path());
         let meta = db.open_tree("meta").unwrap();
         assert!(
             meta.remove("data_format").unwrap().is_some(),
@@ -766,6 +766,26 @@ async fn dropped_store_keeps_no_wal_file_open() {
 }
 
 /// Entries 1..=count, each a put of `key<index>` = `value`, in term 1.
+/// How long `open_raw_sled` waits for the lock of a store dropped a moment ago (sled releases it after its
+/// background threads stop), as `storage::open` does.
+const RAW_SLED_LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a data dir's sled directly, to look at or damage what the store wrote.
+fn open_raw_sled(dir: &Path) -> sled::Db {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::open(dir.join("raft")) {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && started.elapsed() < RAW_SLED_LOCK_WAIT_MAX =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result.expect("open sled"),
+        }
+    }
+}
+
 fn puts(count: u64, value: &str) -> Vec<Entry> {
     (1..=count)
         .map(|index| {
@@ -922,7 +942,7 @@ async fn snapshot_install_switches_atomically_and_a_crashed_install_is_recovered
 
     // A crash in the middle of the next install: a partial tree and a half-received file are left behind.
     {
-        let db = sled::open(dir.path().join("raft")).unwrap();
+        let db = open_raw_sled(dir.path());
         let names: Vec<String> = db
             .tree_names()
             .iter()
@@ -943,7 +963,7 @@ async fn snapshot_install_switches_atomically_and_a_crashed_install_is_recovered
     assert_eq!(value_of(&follower, "garbage"), None);
     assert!(!dir.path().join("snapshots/receiving.tmp").exists());
     drop(follower);
-    let db = sled::open(dir.path().join("raft")).unwrap();
+    let db = open_raw_sled(dir.path());
     assert!(
         !db.tree_names()
             .iter()
