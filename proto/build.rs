@@ -4,7 +4,12 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/raftkv.proto", "proto/peer.proto"];
+    let protos = [
+        "proto/raftkv.proto",
+        "proto/peer.proto",
+        "proto/etcd/etcdserverpb/rpc.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto/etcd");
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -138,6 +138,7 @@ enum Write {
     Delete(kv::DeleteRequest),
     Cas(kv::CasRequest),
     Compact(kv::CompactRequest),
+    Txn(kv::TxnRequest),
 }
 
 /// A write's response.
@@ -147,6 +148,7 @@ enum Written {
     Delete(kv::DeleteResponse),
     Cas(kv::CasResponse),
     Compact(kv::CompactResponse),
+    Txn(kv::TxnResponse),
 }
 
 struct Shared {
@@ -566,6 +568,10 @@ impl Client {
                         .compact(self.request(request, deadline))
                         .await
                         .map(|r| Written::Compact(r.into_inner())),
+                    Write::Txn(request) => client
+                        .txn(self.request(request, deadline))
+                        .await
+                        .map(|r| Written::Txn(r.into_inner())),
                 }
             }
         })
@@ -594,6 +600,11 @@ impl Client {
         new_value: impl Into<Vec<u8>>,
     ) -> Result<CasResult, ClientError> {
         self.session().cas(key, expected, new_value).await
+    }
+
+    /// Runs a transaction in a one-write session: its compares, then the branch they choose, at one revision.
+    pub async fn txn(&self, txn: crate::txn::Txn) -> Result<kv::TxnResponse, ClientError> {
+        self.session().txn(txn).await
     }
 
     /// Discards the history before `revision` (through Raft, on every node). Returns the store's revision
@@ -910,6 +921,20 @@ impl Session {
                 })
             }
             other => Err(ClientError::Other(format!("cas answered with {other:?}"))),
+        }
+    }
+
+    /// Runs a transaction, exactly once (a retry gets the first attempt's response).
+    pub async fn txn(&mut self, txn: crate::txn::Txn) -> Result<kv::TxnResponse, ClientError> {
+        let request = txn.into_request(self.next());
+        match self.client.write(Write::Txn(request)).await? {
+            Written::Txn(response) => {
+                self.saw(response.revision);
+                Ok(response)
+            }
+            other => Err(ClientError::Other(format!(
+                "a transaction was answered with {other:?}"
+            ))),
         }
     }
 

@@ -6,6 +6,7 @@ mod client;
 pub mod error;
 pub mod names;
 mod tls;
+pub mod txn;
 
 pub use breaker::{ENDPOINT_COOLDOWN_INITIAL, ENDPOINT_COOLDOWN_MAX};
 pub use client::{

@@ -624,3 +624,54 @@ fn bench_refuses_bad_flags_with_exit_2() {
         stderr(&output)
     );
 }
+
+/// `raftkv txn` reads etcdctl's syntax from stdin: the branch taken runs atomically at one revision, exit 0
+/// if the compares held and 1 if the other branch ran; a mistake in the text is exit 2 and changes nothing.
+#[test]
+fn txn_runs_one_branch_at_one_revision() {
+    let cluster = Cluster::start();
+    let endpoints = cluster.endpoints();
+    assert_exit(&cluster.raftkv(&["put", "stock", "3"]), 0);
+    let order = b"value(\"stock\") = \"3\"\nmod(\"order/7\") = \"0\"\n\nput stock 2\nput order/7 \"two apples\"\nget stock\n\nget stock\n";
+
+    let taken = raftkv(&endpoints, &["-w", "json", "txn"], Some(order));
+    assert_exit(&taken, 0);
+    let taken = &json_lines(&taken)[0];
+    assert_eq!(taken["succeeded"], true);
+    assert_eq!(taken["revision"], 2, "two puts, one revision");
+    assert_eq!(
+        taken["results"][2]["kvs"][0]["value"], "2",
+        "a get sees the puts before it"
+    );
+
+    // Again: the compares no longer hold, so the else branch runs and the exit code says so.
+    let not_taken = raftkv(&endpoints, &["txn"], Some(order));
+    assert_exit(&not_taken, 1);
+    assert_eq!(stdout(&not_taken), "FAILURE\nstock\n2\n");
+
+    let got = cluster.raftkv(&["-w", "json", "get", "order/7"]);
+    assert_eq!(json_lines(&got)[0]["kv"]["value"], "two apples");
+    assert_eq!(json_lines(&got)[0]["kv"]["mod_revision"], 2);
+
+    let mistaken = raftkv(
+        &endpoints,
+        &["txn"],
+        Some(b"value(\"stock\") ~ \"2\"\n\nput stock 9\n"),
+    );
+    assert_exit(&mistaken, 2);
+    assert!(
+        stderr(&mistaken).contains("line 1: unknown operator"),
+        "{}",
+        stderr(&mistaken)
+    );
+    let duplicate = raftkv(&endpoints, &["txn"], Some(b"\nput a 1\nput a 2\n"));
+    assert_exit(&duplicate, 2);
+    assert!(
+        stderr(&duplicate).contains("duplicate key"),
+        "{}",
+        stderr(&duplicate)
+    );
+    let unchanged = cluster.raftkv(&["-w", "json", "get", "stock"]);
+    assert_eq!(json_lines(&unchanged)[0]["kv"]["value"], "2");
+    assert_eq!(json_lines(&unchanged)[0]["envelope"]["revision"], 2);
+}

@@ -10,6 +10,19 @@ pub const LEADER_ID_KEY: &str = "raftkv-leader-id";
 /// Metadata key of the leader's client address in a `not_leader` status.
 pub const LEADER_ADDR_KEY: &str = "raftkv-leader-addr";
 
+/// etcd API request metadata: the consistency of a read (`linearizable`, `lease` or `stale`), beyond what
+/// etcd's `serializable` flag can say.
+pub const ETCD_CONSISTENCY_KEY: &str = "raftkv-consistency";
+/// etcd API request metadata: a stale read's bound on how long ago its node heard from a leader (`500ms`,
+/// `2s`).
+pub const ETCD_MAX_STALENESS_KEY: &str = "raftkv-max-staleness";
+/// etcd API request metadata: the store revision the serving node must have reached first.
+pub const ETCD_MIN_REVISION_KEY: &str = "raftkv-min-revision";
+/// etcd API response metadata: the read envelope, as comma-separated `field=value` pairs.
+pub const ETCD_SERVED_KEY: &str = "raftkv-served";
+/// etcd API request metadata a follower adds to a write it forwards to the leader.
+pub const ETCD_FORWARDED_KEY: &str = "raftkv-forwarded";
+
 /// The kinds of error a node names in `raftkv-error`. The gRPC code carries the class; the kind says exactly
 /// what happened and whether a write may have been applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

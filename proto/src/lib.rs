@@ -1,5 +1,5 @@
-//! Generated gRPC types and services of raftkv: `kv` (client and admin API) and `peer` (Raft traffic between
-//! nodes), and the `contract`: the metadata keys and error kinds both sides must spell alike. The only crate
+//! Generated gRPC types and services of raftkv: `kv` (client and admin API), `peer` (Raft traffic between
+//! nodes) and `etcd` (etcd's v3 API), and the `contract`: the metadata keys and error kinds both sides must spell alike. The only crate
 //! both `server` and `client` share; it holds no logic.
 
 pub mod contract;
@@ -12,6 +12,19 @@ pub mod kv {
 /// The node-to-node API (`raftkv.peer.v1`).
 pub mod peer {
     tonic::include_proto!("raftkv.peer.v1");
+}
+
+/// etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`), wire-compatible, which every node also serves.
+pub mod etcd {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
 }
 
 /// The encoded descriptor set of every service, for gRPC reflection.

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod kv;
 pub mod node;
 pub mod ops;

@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use openraft::SnapshotPolicy;
+use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
+use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use raftkv_proto::kv::admin_server::AdminServer;
 use raftkv_proto::kv::kv_server::KvServer;
 use raftkv_proto::peer::peer_server::PeerServer;
@@ -39,6 +42,7 @@ use tracing::Instrument;
 
 use crate::api::{Api, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
+use crate::etcd::{self, EtcdApi, ETCD_REQUEST_BYTES_MAX};
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
 use crate::kv::state_machine::WRITE_BYTES_MAX;
 use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
@@ -270,6 +274,13 @@ impl Node {
             leader_quorum_lapse_max: timing.voter_lease(),
             quorum: quorum.clone(),
         };
+        let etcd = EtcdApi {
+            api: api.clone(),
+            peers: peers.clone(),
+            log_store: log_store.clone(),
+            cluster_id: etcd::cluster_number(&config.cluster_id),
+            scheme: if tls.is_some() { "https" } else { "http" },
+        };
         let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
             node_id: config.id,
@@ -345,7 +356,19 @@ impl Node {
                     .max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
-            .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX));
+            .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX))
+            .add_service(
+                EtcdKvServer::new(etcd.clone())
+                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX)
+                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
+                EtcdClusterServer::new(etcd.clone())
+                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+            )
+            .add_service(
+                EtcdMaintenanceServer::new(etcd).max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+            );
         let stopped_serving = async {
             let _ = stop_signal.await;
         };

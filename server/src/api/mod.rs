@@ -5,6 +5,8 @@
 //! proposed but whose outcome is not known by its deadline is reported as indeterminate, never as failed.
 //! Every status carries `raftkv-error`, a stable machine-readable kind (see `ApiError::kind`).
 
+pub mod txn;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -217,7 +219,7 @@ impl Api {
         }
     }
 
-    fn ensure_leader(&self) -> Result<(), ApiError> {
+    pub(crate) fn ensure_leader(&self) -> Result<(), ApiError> {
         let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
         if is_leader {
             Ok(())
@@ -249,7 +251,7 @@ impl Api {
 
     /// Proposes a write and waits for its response. Nothing is proposed unless the command is valid and this
     /// node believes it is the leader.
-    async fn write(
+    pub(crate) async fn write(
         &self,
         session: Option<SessionRef>,
         command: Command,
@@ -297,11 +299,20 @@ impl Api {
                     current,
                 }))
             }
+            Response::Rejected(Rejection::KeyNotFound { key }) => {
+                Err(ApiError::InvalidArgument(format!(
+                    "key not found: {} does not exist, so its value cannot be kept",
+                    String::from_utf8_lossy(&key)
+                )))
+            }
+            Response::Rejected(Rejection::RangeTooLarge { limit }) => Err(ApiError::OutOfRange(
+                format!("a range in the write covers more than {limit} keys; narrow it"),
+            )),
             response => Ok(response),
         }
     }
 
-    fn members(&self) -> kv::MembersResponse {
+    pub(crate) fn members(&self) -> kv::MembersResponse {
         let metrics = self.raft.metrics().borrow().clone();
         let stored = &metrics.membership_config;
         let voters: BTreeSet<NodeId> = stored.membership().voter_ids().collect();
@@ -320,7 +331,7 @@ impl Api {
         }
     }
 
-    async fn change_membership(
+    pub(crate) async fn change_membership(
         &self,
         change: ChangeMembers<NodeId, Node>,
     ) -> Result<kv::MembersResponse, ApiError> {
@@ -485,6 +496,30 @@ impl kv::kv_server::Kv for Api {
                 })),
                 other => Err(to_status(ApiError::Internal(format!(
                     "compact answered with {other:?}"
+                )))),
+            }
+        })
+        .await
+    }
+
+    async fn txn(
+        &self,
+        request: Request<kv::TxnRequest>,
+    ) -> Result<GrpcResponse<kv::TxnResponse>, Status> {
+        observed("txn", telemetry::CONSISTENCY_NONE, async move {
+            let mut request = request.into_inner();
+            let session = session(request.session.take());
+            let txn = txn::to_txn(request).map_err(to_status)?;
+            match self
+                .write(session, Command::Txn(txn))
+                .await
+                .map_err(to_status)?
+            {
+                Response::Txn { revision, result } => {
+                    Ok(GrpcResponse::new(txn::to_response(revision, result)))
+                }
+                other => Err(to_status(ApiError::Internal(format!(
+                    "a transaction was answered with {other:?}"
                 )))),
             }
         })

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::types::{Record, SessionRecord, SESSIONS_MAX};
+use super::types::{Record, ScanRange, SessionRecord, SESSIONS_MAX};
 
 /// A read of the applied state failed (the storage could not read its own data). Applying stops there: the
 /// node cannot go on without its state.
@@ -23,6 +23,12 @@ pub trait KeyspaceRead {
     fn compact_revision(&self) -> u64;
     /// The key's current record, if it exists.
     fn current(&self, key: &[u8]) -> Result<Option<Record>, ReadFailure>;
+    /// The current records of the first `limit` keys in `range`, in key order.
+    fn current_range(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>, ReadFailure>;
     /// What the session table remembers of a client.
     fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, ReadFailure>;
     /// Number of sessions remembered.
@@ -127,6 +133,39 @@ impl<'a, V: KeyspaceRead> Pending<'a, V> {
         }
     }
 
+    /// The current records of the first `limit` keys in `range`, in key order, the changes so far included.
+    pub fn current_range(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>, ReadFailure> {
+        let changed: Vec<(&Vec<u8>, &Option<Record>)> = self
+            .changes
+            .current
+            .range(range_start(range).to_vec()..)
+            .take_while(|(key, _)| before_end(range, key))
+            .collect();
+        // Each change removes at most one of the base's keys: asking for that many more is enough.
+        let mut merged: BTreeMap<Vec<u8>, Record> = self
+            .base
+            .current_range(range, limit.saturating_add(changed.len()))?
+            .into_iter()
+            .collect();
+        let fetched_all = merged.len() < limit.saturating_add(changed.len());
+        let last_fetched = merged.keys().next_back().cloned();
+        for (key, record) in changed {
+            // A key past the base's last one may be preceded by base keys not fetched.
+            if !fetched_all && last_fetched.as_ref().is_some_and(|last| key > last) {
+                break;
+            }
+            match record {
+                Some(record) => merged.insert(key.clone(), record.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
     pub fn set_current(&mut self, key: &[u8], record: Option<Record>) {
         self.changes.current.insert(key.to_vec(), record);
     }
@@ -181,5 +220,22 @@ impl<'a, V: KeyspaceRead> Pending<'a, V> {
             .into_iter()
             .find(|order| !self.changes.order_removed.contains(order));
         Ok(from_base.or_else(|| self.changes.order_added.first().copied()))
+    }
+}
+
+/// The first key `range` may hold.
+fn range_start(range: &ScanRange) -> &[u8] {
+    match range {
+        ScanRange::Prefix(prefix) => prefix,
+        ScanRange::Range { start, .. } => start,
+    }
+}
+
+/// Whether `key`, at or after the range's start, is still inside it.
+fn before_end(range: &ScanRange, key: &[u8]) -> bool {
+    match range {
+        ScanRange::Prefix(prefix) => key.starts_with(prefix),
+        ScanRange::Range { end: None, .. } => true,
+        ScanRange::Range { end: Some(end), .. } => key < end.as_slice(),
     }
 }

@@ -3,6 +3,8 @@
 //! they meet the storage, and the leader's write batcher, which packs concurrent client writes into one log entry.
 
 pub mod changes;
+pub mod record;
 pub mod state_machine;
+pub mod txn;
 pub mod types;
 pub mod write_batch;

@@ -136,6 +136,7 @@ fn apply_command<V: KeyspaceRead>(
                 }
             }
         }
+        Command::Txn(txn) => apply_txn(state, txn)?,
         Command::Compact { revision } => {
             let (current, compact_revision) = (state.revision(), state.compact_revision());
             if *revision <= compact_revision {
@@ -166,6 +167,17 @@ fn write<V: KeyspaceRead>(
     value: &[u8],
 ) -> Result<u64, ReadFailure> {
     let revision = state.next_revision();
+    write_at(state, key, value, revision)?;
+    Ok(revision)
+}
+
+/// Sets `key` to `value` at `revision`, already taken.
+fn write_at<V: KeyspaceRead>(
+    state: &mut Pending<'_, V>,
+    key: &[u8],
+    value: &[u8],
+    revision: u64,
+) -> Result<(), ReadFailure> {
     let record = match state.current(key)? {
         Some(old) => Record {
             value: value.to_vec(),
@@ -186,5 +198,161 @@ fn write<V: KeyspaceRead>(
         record: Some(record.clone()),
     });
     state.set_current(key, Some(record));
-    Ok(revision)
+    Ok(())
+}
+
+/// Deletes `key`, which exists, at `revision`, already taken.
+fn delete_at<V: KeyspaceRead>(state: &mut Pending<'_, V>, key: &[u8], revision: u64) {
+    state.set_current(key, None);
+    state.record_history(HistoryEntry {
+        key: key.to_vec(),
+        revision,
+        record: None,
+    });
+}
+
+/// Applies a transaction: every branch decided on the state before it (`plan`), then the operations of the
+/// branches taken (`execute`), every change at one revision.
+fn apply_txn<V: KeyspaceRead>(
+    state: &mut Pending<'_, V>,
+    txn: &Txn,
+) -> Result<Response, ReadFailure> {
+    let mut path = Vec::new();
+    if let Err(rejection) = plan(state, txn, &mut path)? {
+        return Ok(Response::Rejected(rejection));
+    }
+    let mut revision = None;
+    let result = execute(state, txn, &mut path.into_iter(), &mut revision)?;
+    Ok(Response::Txn {
+        revision: revision.unwrap_or_else(|| state.revision()),
+        result,
+    })
+}
+
+/// The existing keys of `span` now, the changes so far included; more than `RANGE_KEYS_IN_WRITE_MAX` (plus
+/// `extra`) is refused.
+fn span_kvs<V: KeyspaceRead>(
+    state: &Pending<'_, V>,
+    span: &KeySpan,
+    extra: usize,
+) -> Result<Result<Vec<KeyValue>, Rejection>, ReadFailure> {
+    let limit = RANGE_KEYS_IN_WRITE_MAX + extra;
+    Ok(match span.resolve() {
+        Span::Key(key) => Ok(state
+            .current(key)?
+            .map(|record| KeyValue::new(key, &record))
+            .into_iter()
+            .collect()),
+        Span::Range(range) => {
+            let records = state.current_range(&range, limit + 1)?;
+            if records.len() > limit {
+                Err(Rejection::RangeTooLarge {
+                    limit: RANGE_KEYS_IN_WRITE_MAX,
+                })
+            } else {
+                Ok(records
+                    .iter()
+                    .map(|(key, record)| KeyValue::new(key, record))
+                    .collect())
+            }
+        }
+    })
+}
+
+/// Decides, on the state before the transaction, which branch of it and of every nested transaction runs (in
+/// the order `execute` meets them), and whether anything refuses it: a put keeping the value of a missing key,
+/// or a range over too many keys.
+fn plan<V: KeyspaceRead>(
+    state: &Pending<'_, V>,
+    txn: &Txn,
+    path: &mut Vec<bool>,
+) -> Result<Result<(), Rejection>, ReadFailure> {
+    let mut succeeded = true;
+    for compare in &txn.compares {
+        match span_kvs(state, &compare.span, 0)? {
+            Ok(kvs) => succeeded &= compare.holds(&kvs),
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    }
+    path.push(succeeded);
+    let ops = if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    for op in ops {
+        match op {
+            TxnOp::Put(put) if put.ignore_value && state.current(&put.key)?.is_none() => {
+                return Ok(Err(Rejection::KeyNotFound {
+                    key: put.key.clone(),
+                }))
+            }
+            TxnOp::Put(_) => {}
+            TxnOp::Range(RangeSpec { span, .. }) | TxnOp::DeleteRange { span, .. } => {
+                if let Err(rejection) = span_kvs(state, span, 0)? {
+                    return Ok(Err(rejection));
+                }
+            }
+            TxnOp::Txn(nested) => {
+                if let Err(rejection) = plan(state, nested, path)? {
+                    return Ok(Err(rejection));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Runs the branches `plan` chose. The first change takes the transaction's revision; later ones share it
+/// (a branch changes each key at most once: `Txn::validate`).
+fn execute<V: KeyspaceRead>(
+    state: &mut Pending<'_, V>,
+    txn: &Txn,
+    path: &mut impl Iterator<Item = bool>,
+    revision: &mut Option<u64>,
+) -> Result<TxnResult, ReadFailure> {
+    let succeeded = path.next().unwrap_or(false);
+    let ops = if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(match op {
+            TxnOp::Range(spec) => {
+                // Puts earlier in the transaction may have added keys to what `plan` counted.
+                let kvs = span_kvs(state, &spec.span, TXN_OPS_MAX)?.unwrap_or_default();
+                let count = kvs.len() as u64;
+                TxnOpResult::Range(spec.finish(kvs, count))
+            }
+            TxnOp::Put(put) => {
+                let prev = state.current(&put.key)?;
+                let value = match (&prev, put.ignore_value) {
+                    (Some(prev), true) => prev.value.clone(),
+                    _ => put.value.clone(),
+                };
+                let at = *revision.get_or_insert_with(|| state.next_revision());
+                write_at(state, &put.key, &value, at)?;
+                TxnOpResult::Put {
+                    prev_kv: prev
+                        .filter(|_| put.prev_kv)
+                        .map(|record| KeyValue::new(&put.key, &record)),
+                }
+            }
+            TxnOp::DeleteRange { span, prev_kv } => {
+                let kvs = span_kvs(state, span, 0)?.unwrap_or_default();
+                for kv in &kvs {
+                    let at = *revision.get_or_insert_with(|| state.next_revision());
+                    delete_at(state, &kv.key, at);
+                }
+                TxnOpResult::DeleteRange {
+                    deleted: kvs.len() as u64,
+                    prev_kvs: if *prev_kv { kvs } else { Vec::new() },
+                }
+            }
+            TxnOp::Txn(nested) => TxnOpResult::Txn(execute(state, nested, path, revision)?),
+        });
+    }
+    Ok(TxnResult { succeeded, results })
 }

@@ -1,16 +1,12 @@
-//! The state machine's data: commands and the batches that carry them, responses, records and sessions, and
-//! the limits every key and value is checked against. Shared by the rules (`state_machine`), the change set
-//! (`changes`) and the storage; `state_machine` re-exports all of it.
+//! The state machine's data: commands and the batches that carry them, responses and sessions, with the
+//! records and limits of `record` and the transactions of `txn` re-exported. Shared by the rules
+//! (`state_machine`), the change set (`changes`) and the storage; `state_machine` re-exports all of it.
 
 use serde::{Deserialize, Serialize};
 
-/// Longest key accepted, in bytes. Longer keys are refused before proposal (`InvalidArgument`).
-pub const KEY_BYTES_MAX: usize = 4 * 1024;
-/// Largest value accepted, in bytes. Larger values are refused before proposal (`InvalidArgument`). Together
-/// with the AppendEntries batch size it bounds a peer message (see `network::PEER_MESSAGE_BYTES_MAX`).
-pub const VALUE_BYTES_MAX: usize = 64 * 1024;
-/// Most key and value bytes one write carries: a cas with a key, an expected value and a new value.
-pub const WRITE_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX;
+pub use super::record::*;
+pub use super::txn::*;
+
 /// Most writes in one log entry (one `Batch`); the leader's write batcher fills entries up to these limits.
 pub const WRITE_BATCH_WRITES_MAX: usize = 512;
 /// Most key and value bytes in one log entry, unless the entry holds a single write (which may carry up to
@@ -29,49 +25,11 @@ pub const ENTRY_BYTES_MAX: usize = {
     };
     payload + WRITE_BATCH_WRITES_MAX * WRITE_FRAMING_BYTES_MAX
 };
-/// Most keys one scan returns; a scan asking for more is refused (`OutOfRange`).
-pub const SCAN_LIMIT_MAX: usize = 10_000;
-/// Keys a scan returns when it does not say.
-pub const SCAN_LIMIT_DEFAULT: usize = 1_000;
 /// Client sessions remembered for duplicate suppression. At the limit the session used least recently (by
 /// revision, so deterministically on every node) is forgotten; a retry on a forgotten session is applied
 /// again, so clients must not keep more than this many sessions busy at once. Each remembers its last
 /// response (a cas response holds the key's value), so the table holds at most this many values.
 pub const SESSIONS_MAX: usize = 10_000;
-
-/// A key's stored record: its value and revisions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub value: Vec<u8>,
-    /// Revision of the write that created the key since it last did not exist.
-    pub create_revision: u64,
-    /// Revision of the write that set this value.
-    pub mod_revision: u64,
-    /// Writes to the key since it was created (1 after the creating write).
-    pub version: u64,
-}
-
-/// A key with its record, as returned to clients.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyValue {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    pub version: u64,
-}
-
-impl KeyValue {
-    pub fn new(key: &[u8], record: &Record) -> Self {
-        KeyValue {
-            key: key.to_vec(),
-            value: record.value.clone(),
-            create_revision: record.create_revision,
-            mod_revision: record.mod_revision,
-            version: record.version,
-        }
-    }
-}
 
 /// What a cas compares against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +63,8 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// Compares, then the operations of one branch, at one revision (`txn`).
+    Txn(Txn),
 }
 
 /// Identifies one write of one client session.
@@ -168,6 +128,11 @@ pub enum Response {
         revision: u64,
         compact_revision: u64,
     },
+    /// `revision` is the transaction's own if it changed the store, else the store's.
+    Txn {
+        revision: u64,
+        result: TxnResult,
+    },
 }
 
 /// Why a committed command changed nothing. These are decided deterministically from the command and state.
@@ -184,6 +149,10 @@ pub enum Rejection {
     },
     /// A compaction to a revision the store has not reached.
     FutureRevision { requested: u64, current: u64 },
+    /// A put that keeps the key's value (`ignore_value`) found no such key.
+    KeyNotFound { key: Vec<u8> },
+    /// A range inside a write covers more than `RANGE_KEYS_IN_WRITE_MAX` keys.
+    RangeTooLarge { limit: usize },
 }
 
 /// What the session table remembers of one client.
@@ -195,37 +164,12 @@ pub struct SessionRecord {
     pub last_index: u64,
 }
 
-/// Checks a key against the limits; the one place both the API (before proposal) and apply use.
-pub fn validate_key(key: &[u8]) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("key is empty".to_string());
-    }
-    if key.len() > KEY_BYTES_MAX {
-        return Err(format!(
-            "key is {} bytes, over the limit of {KEY_BYTES_MAX}",
-            key.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a value against the limits.
-pub fn validate_value(value: &[u8]) -> Result<(), String> {
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(format!(
-            "value is {} bytes, over the limit of {VALUE_BYTES_MAX}",
-            value.len()
-        ));
-    }
-    Ok(())
-}
-
 impl Command {
     /// The key the command writes (empty for a compaction).
     pub fn key(&self) -> &[u8] {
         match self {
             Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
-            Command::Compact { .. } => &[],
+            Command::Compact { .. } | Command::Txn(_) => &[],
         }
     }
 
@@ -247,6 +191,7 @@ impl Command {
                 key.len() + expected + value.len()
             }
             Command::Compact { .. } => 0,
+            Command::Txn(txn) => txn.bytes(),
         }
     }
 
@@ -270,25 +215,7 @@ impl Command {
                 Err("compaction revision must be at least 1".to_string())
             }
             Command::Compact { .. } => Ok(()),
+            Command::Txn(txn) => txn.validate().map_err(|error| error.to_string()),
         }
     }
-}
-
-/// The range a scan covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ScanRange {
-    /// Every key starting with this prefix (an empty prefix is every key).
-    Prefix(Vec<u8>),
-    /// Keys in `[start, end)`; `None` means no upper bound.
-    Range {
-        start: Vec<u8>,
-        end: Option<Vec<u8>>,
-    },
-}
-
-/// Keys returned by a scan, and whether more were in range.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanResult {
-    pub kvs: Vec<KeyValue>,
-    pub more: bool,
 }

@@ -301,6 +301,29 @@ fn meta_u64(tree: &sled::Tree, name: &[u8]) -> Result<u64, String> {
     }
 }
 
+/// What a range read has gathered: the keys it returns and how many it has seen.
+struct Collected {
+    kvs: Vec<KeyValue>,
+    found: u64,
+    fetch: usize,
+    count_all: bool,
+}
+
+impl Collected {
+    fn wants_record(&self) -> bool {
+        self.kvs.len() < self.fetch
+    }
+
+    /// Counts a key of the range (and keeps it, while more are wanted); false once nothing more is needed.
+    fn visit(&mut self, key: &[u8], record: Option<Record>) -> bool {
+        self.found += 1;
+        if let Some(record) = record.filter(|_| self.wants_record()) {
+            self.kvs.push(KeyValue::new(key, &record));
+        }
+        self.count_all || self.found <= self.fetch as u64
+    }
+}
+
 /// The keyspace of one node, in one sled tree. Readers share it behind the state machine store's lock;
 /// `write` needs it exclusively.
 pub struct Keyspace {
@@ -459,15 +482,79 @@ impl Keyspace {
         limit: usize,
         revision: u64,
     ) -> Result<ScanResult, ReadError> {
-        let at = self.readable(revision)?;
-        if at == self.revision {
-            self.scan_current(range, limit)
-        } else {
-            self.scan_history(range, limit, at)
-        }
+        let (kvs, found) = self.collect(range, limit, false, revision)?;
+        Ok(ScanResult {
+            more: found > kvs.len() as u64,
+            kvs,
+        })
     }
 
-    fn scan_current(&self, range: &ScanRange, limit: usize) -> Result<ScanResult, ReadError> {
+    /// The first `fetch` keys in `range` as they were at `revision` (0: now), in key order, and how many keys
+    /// the range held then in all (etcd's `count`: every key is visited).
+    pub fn range_count(
+        &self,
+        range: &ScanRange,
+        fetch: usize,
+        revision: u64,
+    ) -> Result<(Vec<KeyValue>, u64), ReadError> {
+        self.collect(range, fetch, true, revision)
+    }
+
+    /// The first `fetch` keys of `range` at `revision`, and the number of keys seen: all of the range's with
+    /// `count_all`, else at most one past `fetch`.
+    fn collect(
+        &self,
+        range: &ScanRange,
+        fetch: usize,
+        count_all: bool,
+        revision: u64,
+    ) -> Result<(Vec<KeyValue>, u64), ReadError> {
+        let at = self.readable(revision)?;
+        let mut seen = Collected {
+            kvs: Vec::new(),
+            found: 0,
+            fetch,
+            count_all,
+        };
+        if at == self.revision {
+            for item in self.current_entries(range) {
+                let (raw, bytes) = item?;
+                // Decoding is needed only for the keys returned.
+                let record = match seen.wants_record() {
+                    true => Some(decode_current(&bytes).map_err(ReadError::Storage)?),
+                    false => None,
+                };
+                if !seen.visit(&raw[1..], record) {
+                    break;
+                }
+            }
+        } else {
+            for versions in self.history_entries(range) {
+                let versions = versions.map_err(ReadError::Storage)?;
+                let Some(last) = versions.iter().rev().find(|version| version.revision <= at)
+                else {
+                    continue;
+                };
+                if last.is_tombstone() {
+                    continue;
+                }
+                let record = match seen.wants_record() {
+                    true => last.record().map_err(ReadError::Storage)?,
+                    false => None,
+                };
+                if !seen.visit(&last.key().map_err(ReadError::Storage)?, record) {
+                    break;
+                }
+            }
+        }
+        Ok((seen.kvs, seen.found))
+    }
+
+    /// The current records of `range`, in key order.
+    fn current_entries<'a>(
+        &'a self,
+        range: &'a ScanRange,
+    ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a {
         let (start, end) = match range {
             ScanRange::Prefix(prefix) => (prefixed(CURRENT, prefix), None),
             ScanRange::Range { start, end } => (
@@ -479,36 +566,22 @@ impl Keyspace {
             Some(end) => Bound::Excluded(end),
             None => Bound::Excluded(vec![CURRENT + 1]),
         };
-        let mut kvs = Vec::new();
-        for item in self.tree.range((Bound::Included(start), upper)) {
-            let (raw, bytes) = item?;
-            let key = &raw[1..];
-            if let ScanRange::Prefix(prefix) = range {
-                if !key.starts_with(prefix) {
-                    break;
-                }
-            }
-            if kvs.len() == limit {
-                return Ok(ScanResult { kvs, more: true });
-            }
-            let record = decode_current(&bytes).map_err(ReadError::Storage)?;
-            kvs.push(KeyValue::new(key, &record));
-        }
-        Ok(ScanResult { kvs, more: false })
+        self.tree
+            .range((Bound::Included(start), upper))
+            .take_while(move |item| match (range, item) {
+                (ScanRange::Prefix(prefix), Ok((raw, _))) => raw[1..].starts_with(prefix),
+                _ => true,
+            })
     }
 
-    fn scan_history(
-        &self,
-        range: &ScanRange,
-        limit: usize,
-        at: u64,
-    ) -> Result<ScanResult, ReadError> {
+    /// The history of `range`, a key at a time.
+    fn history_entries(&self, range: &ScanRange) -> KeyHistories {
         let escaped = |prefix: &[u8]| {
             let mut out = vec![HISTORY];
             push_escaped(&mut out, prefix);
             out
         };
-        let entries = match range {
+        KeyHistories::new(match range {
             ScanRange::Prefix(prefix) => self.tree.scan_prefix(escaped(prefix)),
             ScanRange::Range {
                 start,
@@ -517,25 +590,7 @@ impl Keyspace {
             ScanRange::Range { start, end: None } => {
                 self.tree.range(escaped(start)..vec![HISTORY + 1])
             }
-        };
-        let mut kvs = Vec::new();
-        for versions in KeyHistories::new(entries) {
-            let versions = versions.map_err(ReadError::Storage)?;
-            let Some(last) = versions.iter().rev().find(|version| version.revision <= at) else {
-                continue;
-            };
-            let Some(record) = last.record().map_err(ReadError::Storage)? else {
-                continue;
-            };
-            if kvs.len() == limit {
-                return Ok(ScanResult { kvs, more: true });
-            }
-            kvs.push(KeyValue::new(
-                &last.key().map_err(ReadError::Storage)?,
-                &record,
-            ));
-        }
-        Ok(ScanResult { kvs, more: false })
+        })
     }
 
     /// A keyspace in a temporary sled database, removed when dropped: for tests and tools.
@@ -634,6 +689,22 @@ impl KeyspaceRead for Keyspace {
             Some(bytes) => decode_current(&bytes).map(Some).map_err(ReadFailure),
             None => Ok(None),
         }
+    }
+
+    fn current_range(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>, ReadFailure> {
+        let mut out = Vec::new();
+        for item in self.current_entries(range).take(limit) {
+            let (raw, bytes) = item.map_err(failure)?;
+            out.push((
+                raw[1..].to_vec(),
+                decode_current(&bytes).map_err(ReadFailure)?,
+            ));
+        }
+        Ok(out)
     }
 
     fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, ReadFailure> {

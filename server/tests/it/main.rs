@@ -5,6 +5,7 @@
 mod client;
 mod cluster;
 mod crash;
+mod etcd;
 mod fuzz;
 mod harness;
 mod limits;
@@ -13,3 +14,4 @@ mod ops;
 mod state_machine;
 mod storage;
 mod tls;
+mod txn;

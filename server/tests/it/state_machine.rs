@@ -49,6 +49,7 @@ fn show_response(response: &Response) -> String {
             revision,
             compact_revision,
         } => format!("compact revision={revision} compact_revision={compact_revision}"),
+        Response::Txn { revision, result } => format!("txn revision={revision} {result:?}"),
     }
 }
 

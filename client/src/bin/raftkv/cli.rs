@@ -1,7 +1,8 @@
 //! The `raftkv` command line: flags (clap derive), running one command through the client library, printing
 //! its result as a table, JSON (one object per result) or plain text, and choosing the exit code.
 //!
-//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, key not found for `get`, a read or compaction at a
+//! Exit codes: 0 ok; 1 the operation failed (cas mismatch, a transaction's compares did not hold, key not
+//! found for `get`, a read or compaction at a
 //! compacted or future revision, a `bench` run in which some operations failed); 2 usage or connection error;
 //! 3 indeterminate (the write may have been applied).
 
@@ -117,6 +118,9 @@ pub enum Command {
     /// Discard the history before REVISION on every node (through Raft): reads at a lower revision are
     /// refused from then on.
     Compact { revision: u64 },
+    /// Run a transaction read from stdin in etcdctl's syntax: compares, a blank line, the operations run if
+    /// they all hold, a blank line, the operations run otherwise. Exits 1 if the compares did not hold.
+    Txn,
     /// One row per node: role, term, leader, indexes, lag, errors.
     Status,
     /// List or change the cluster's members.
@@ -506,6 +510,27 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
             }
             Ok(EXIT_OK)
+        }
+        Command::Txn => {
+            let mut input = String::new();
+            std::io::stdin()
+                .take(crate::txn::TXN_TEXT_BYTES_MAX)
+                .read_to_string(&mut input)
+                .map_err(|error| Failure {
+                    message: format!("cannot read the transaction from stdin: {error}"),
+                    code: EXIT_USAGE,
+                })?;
+            let txn = crate::txn::parse(&input).map_err(|message| Failure {
+                message: format!("cannot read the transaction: {message}"),
+                code: EXIT_USAGE,
+            })?;
+            let response = client.txn(txn).await.map_err(fail)?;
+            crate::txn::print(&response, output);
+            Ok(if response.succeeded {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            })
         }
         Command::Compact { revision } => {
             let result = client

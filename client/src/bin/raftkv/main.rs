@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod cli;
+mod txn;
 
 use std::process::ExitCode;
 

@@ -239,6 +239,18 @@ impl PeerChannels {
         Ok(channel)
     }
 
+    /// A channel to node `target` (advertised at `advertised`), routed and secured as Raft traffic is: for
+    /// requests a node passes on to another (the etcd API's forwarded writes).
+    pub fn channel_to(&self, target: NodeId, advertised: &str) -> Result<Channel, PeerCallError> {
+        let addr = self.address_of(target, advertised);
+        self.channel(&addr)
+            .map_err(|error| PeerCallError::Unreachable {
+                target,
+                addr,
+                message: error.to_string(),
+            })
+    }
+
     fn client(&self, target: NodeId, addr: &str) -> Result<PeerClient<Channel>, PeerCallError> {
         let channel = self
             .channel(addr)
