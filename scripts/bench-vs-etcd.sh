@@ -14,6 +14,10 @@
 # --report DIR prints the table of an earlier run's results and starts nothing. --rounds 0 runs only the
 # loads (and the memory and restart figures).
 #
+# Each workload also runs against raftkv through its etcd v3 API, with the same etcd-client load generator
+# that drives etcd (system "raftkv-etcd"): the last columns give its throughput, its ratio to etcd, and that
+# ratio over the one through raftkv's own API (1.00: the etcd face costs nothing).
+#
 # After the memory figure (MEMORY_KEYS keys loaded, --memory-keys 0 skips both), the restart figure: on each
 # system a follower is killed with SIGKILL and started again on its data, and the time from its start to its
 # first local (stale / serializable) read of a key written just before is measured.
@@ -75,9 +79,9 @@ figure() { # name system jq-expression
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
 report() {
-    printf '\n%-18s %12s %12s %7s %10s %10s %7s %10s %10s %7s\n' workload "raftkv op/s" "etcd op/s" ratio \
-        "raftkv p50" "etcd p50" ratio "raftkv p99" "etcd p99" ratio
-    local names=(load) entry name file rt et r50 e50 r99 e99 r_max e_max
+    printf '\n%-18s %12s %12s %7s %10s %10s %7s %10s %10s %7s %13s %7s %8s\n' workload "raftkv op/s" "etcd op/s" \
+        ratio "raftkv p50" "etcd p50" ratio "raftkv p99" "etcd p99" ratio "via-etcd op/s" ratio "vs own"
+    local names=(load) entry name file rt et r50 e50 r99 e99 r_max e_max xt own via vs
     for entry in "${WORKLOADS[@]}"; do
         name="${entry%%|*}"
         selected "$name" && names+=("$name")
@@ -88,8 +92,18 @@ report() {
         rt=$(figure "$name" raftkv .throughput_ops_per_s) et=$(figure "$name" etcd .throughput_ops_per_s)
         r50=$(figure "$name" raftkv .latency.p50_us) e50=$(figure "$name" etcd .latency.p50_us)
         r99=$(figure "$name" raftkv .latency.p99_us) e99=$(figure "$name" etcd .latency.p99_us)
-        printf '%-18s %12.0f %12.0f %7s %10s %10s %7s %10s %10s %7s\n' "$name" "$rt" "$et" "$(ratio "$rt" "$et")" \
-            "$(ms "$r50")" "$(ms "$e50")" "$(ratio "$r50" "$e50")" "$(ms "$r99")" "$(ms "$e99")" "$(ratio "$r99" "$e99")"
+        own=$(ratio "$rt" "$et")
+        # The load phase runs only against raftkv's own API: no etcd-API figure for it.
+        xt=$(figure "$name" raftkv-etcd .throughput_ops_per_s || true) via="-" vs="-"
+        if [ "$xt" != nan ]; then
+            via=$(ratio "$xt" "$et") vs=$(ratio "$(ratio "$xt" "$et")" "$own")
+            xt=$(printf '%.0f' "$xt")
+        else
+            xt="-"
+        fi
+        printf '%-18s %12.0f %12.0f %7s %10s %10s %7s %10s %10s %7s %13s %7s %8s\n' "$name" "$rt" "$et" "$own" \
+            "$(ms "$r50")" "$(ms "$e50")" "$(ratio "$r50" "$e50")" "$(ms "$r99")" "$(ms "$e99")" "$(ratio "$r99" "$e99")" \
+            "$xt" "$via" "$vs"
     done
     if [ -f "$OUT/memory.txt" ]; then
         echo
@@ -207,14 +221,16 @@ start_etcd() {
 bench() { # system name round key-space arguments...
     local system="$1" name="$2" round="$3" key_space="$4"
     shift 4
-    local endpoints="$RAFTKV_ENDPOINTS"
+    local endpoints="$RAFTKV_ENDPOINTS" target="$system"
     [ "$system" = etcd ] && endpoints="$ETCD_ENDPOINTS"
+    # raftkv through its etcd API, driven by the etcd load generator.
+    [ "$system" = raftkv-etcd ] && target=etcd
     local file="$OUT/$name.$system.$round.json"
     # Exit 1 means some operations failed: the figures still count, and the error counts are in the JSON.
-    "$RAFTKV" --endpoints "$endpoints" --timeout 10s -w json bench --target "$system" \
+    "$RAFTKV" --endpoints "$endpoints" --timeout 10s -w json bench --target "$target" \
         --key-space "$key_space" "$@" >"$file" || [ $? -eq 1 ]
     jq -r --arg name "$name" --arg round "$round" \
-        '"\($round) \(.target) \($name): \(.throughput_ops_per_s) ops/s p50 \(.latency.p50_us) us p99 \(.latency.p99_us) us errors \(.errors)"' \
+        --arg system "$system" '"\($round) \($system) \($name): \(.throughput_ops_per_s) ops/s p50 \(.latency.p50_us) us p99 \(.latency.p99_us) us errors \(.errors)"' \
         "$file" >&2
 }
 
@@ -231,7 +247,11 @@ for round in $(seq 1 "$ROUNDS"); do
         name="${entry%%|*}"
         selected "$name" || continue
         read -r -a arguments <<<"${entry#*|}"
-        if [ $((round % 2)) -eq 1 ]; then order="raftkv etcd"; else order="etcd raftkv"; fi
+        case $((round % 3)) in
+            1) order="raftkv etcd raftkv-etcd" ;;
+            2) order="etcd raftkv-etcd raftkv" ;;
+            *) order="raftkv-etcd raftkv etcd" ;;
+        esac
         for system in $order; do
             bench "$system" "$name" "$round" "$KEY_SPACE" "${arguments[@]}" --duration "$DURATION"
         done

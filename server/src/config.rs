@@ -49,6 +49,11 @@ pub struct Args {
     /// initialized ignores it. Omit it on a node that will join with `raftkv members add-learner`.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Start this node of a new cluster (with --initial-cluster) from a backup taken with `etcdctl snapshot
+    /// save` against a raftkv node: its keyspace, revisions and history. The data dir must be empty; a
+    /// restart with the same flag and backup leaves it alone.
+    #[arg(long, value_name = "FILE")]
+    pub restore_from: Option<PathBuf>,
     /// Dial this address to reach peer ID (`ID=HOST:PORT`, repeatable or comma-separated): how the
     /// partition harness puts a proxy on each link.
     #[arg(long = "peer-route", value_delimiter = ',')]
@@ -205,6 +210,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub cluster_id: String,
     pub initial_cluster: Option<BTreeMap<NodeId, String>>,
+    /// A backup to start from (`storage::restore`), only with `initial_cluster`.
+    pub restore_from: Option<PathBuf>,
     pub peer_routes: BTreeMap<NodeId, String>,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
@@ -297,6 +304,12 @@ impl NodeConfig {
                 }
             }
         };
+        if args.restore_from.is_some() && initial_cluster.is_none() {
+            return Err(
+                "--restore-from starts a new cluster from a backup: give --initial-cluster too (every node of the new cluster restores the same backup)"
+                    .to_string(),
+            );
+        }
         let peer_routes =
             parse_members(args.peer_routes.iter().map(String::as_str), "--peer-route")?;
         if peer_routes.contains_key(&args.id) {
@@ -357,6 +370,7 @@ impl NodeConfig {
             data_dir: args.data_dir.clone(),
             cluster_id: args.cluster_id.clone(),
             initial_cluster,
+            restore_from: args.restore_from.clone(),
             peer_routes,
             heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
             election_timeout_min: Duration::from_millis(args.election_timeout_min_ms),

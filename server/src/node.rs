@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use openraft::SnapshotPolicy;
+use raftkv_proto::etcd::etcdserverpb::auth_server::AuthServer as EtcdAuthServer;
 use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
@@ -181,14 +182,33 @@ impl Node {
             None => None,
         };
         check_data_dir(&config.data_dir)?;
+        let store_options = StoreOptions {
+            cache_bytes: config.cache_mb * 1024 * 1024,
+            ..StoreOptions::default()
+        };
+        if let Some(backup) = &config.restore_from {
+            match storage::restore(
+                &config.data_dir,
+                config.id,
+                &config.cluster_id,
+                store_options,
+                backup,
+            )
+            .map_err(|reason| anyhow::anyhow!("cannot restore {}: {reason}", backup.display()))?
+            {
+                storage::Restored::Loaded { revision } => {
+                    tracing::info!(backup = %backup.display(), revision, "restored the keyspace from a backup")
+                }
+                storage::Restored::AlreadyLoaded => {
+                    tracing::info!(backup = %backup.display(), "this backup was restored before; starting on the data dir as it is")
+                }
+            }
+        }
         let (log_store, state_machine) = storage::open_with(
             &config.data_dir,
             config.id,
             &config.cluster_id,
-            StoreOptions {
-                cache_bytes: config.cache_mb * 1024 * 1024,
-                ..StoreOptions::default()
-            },
+            store_options,
         )
         .map_err(explain_open_error)?;
         let peers = PeerChannels::new(
@@ -367,7 +387,11 @@ impl Node {
                     .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
             )
             .add_service(
-                EtcdMaintenanceServer::new(etcd).max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+                EtcdMaintenanceServer::new(etcd.clone())
+                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+            )
+            .add_service(
+                EtcdAuthServer::new(etcd).max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
             );
         let stopped_serving = async {
             let _ = stop_signal.await;

@@ -1,7 +1,7 @@
 //! etcd's Maintenance service: `Status` (what `etcdctl endpoint status` prints), `Alarm` (raftkv raises
 //! none), `Hash` / `HashKV` (a checksum of this node's keyspace at a revision, so replicas can be compared)
-//! and `Defragment` (nothing to do: sled reuses its own space). `Snapshot`, `MoveLeader` and `Downgrade` are
-//! refused in words until they are built.
+//! `Defragment` (nothing to do: sled reuses its own space) and `Snapshot` (a backup of the keyspace, see
+//! `storage::backup`). `MoveLeader` and `Downgrade` are refused in words until they are built.
 
 use std::pin::Pin;
 
@@ -14,6 +14,53 @@ use super::{etcd_error, to_etcd_status, EtcdApi, ETCD_API_VERSION};
 use crate::api::ApiError;
 use crate::kv::state_machine::ScanRange;
 use crate::storage::ReadError;
+
+/// Bytes of a backup per `SnapshotResponse`.
+pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks a backup may have ready before its writer waits for the client to take them.
+pub const BACKUP_CHUNKS_QUEUED: usize = 4;
+
+/// A backup as a stream of `SnapshotResponse` chunks. `remaining_bytes` is 0 on every one: the size is not
+/// known until the cut is written (etcd clients read until the stream ends).
+struct Chunks {
+    sender: tokio::sync::mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+    header: pb::ResponseHeader,
+    buffer: Vec<u8>,
+}
+
+impl Chunks {
+    /// Sends what is buffered; fails once the client has gone.
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let blob = std::mem::replace(&mut self.buffer, Vec::with_capacity(BACKUP_CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(pb::SnapshotResponse {
+                header: Some(self.header),
+                remaining_bytes: 0,
+                blob,
+                version: ETCD_API_VERSION.to_string(),
+            }))
+            .map_err(|_| std::io::Error::other("the client stopped reading the backup"))
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = BACKUP_CHUNK_BYTES - self.buffer.len();
+        let taken = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == BACKUP_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Keys hashed per read of the keyspace: the store's lock is taken once per page, not for the whole scan.
 pub const HASH_PAGE_KEYS: usize = 10_000;
@@ -151,14 +198,39 @@ impl pb::maintenance_server::Maintenance for EtcdApi {
 
     type SnapshotStream = SnapshotStream;
 
+    /// A backup of this node's keyspace (`storage::backup`), streamed as `etcdctl snapshot save` expects;
+    /// `raftkv-server --restore-from FILE` starts a new cluster from it.
     async fn snapshot(
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<GrpcResponse<Self::SnapshotStream>, Status> {
-        Err(etcd_error(
-            Code::Unimplemented,
-            "raftkv: snapshot download is not served yet; back up a stopped node's data directory instead",
-        ))
+        let cut = self
+            .api
+            .reader
+            .state_machine
+            .backup_cut()
+            .map_err(|error| to_etcd_status(ApiError::Internal(error)))?;
+        let header = self.header(cut.revision());
+        let (sender, receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_QUEUED);
+        tokio::task::spawn_blocking(move || {
+            let mut chunks = Chunks {
+                sender,
+                header,
+                buffer: Vec::with_capacity(BACKUP_CHUNK_BYTES),
+            };
+            match cut.write_to(&mut chunks) {
+                Ok(_) => chunks.send(),
+                Err(error) => {
+                    let status =
+                        to_etcd_status(ApiError::Internal(format!("the backup failed: {error}")));
+                    let _ = chunks.sender.blocking_send(Err(status));
+                    Ok(())
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn move_leader(

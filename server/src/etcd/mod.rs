@@ -5,8 +5,10 @@
 //! (etcd clients send writes to any member and expect it to reach the leader).
 //!
 //! The services: `kv` (Range, Put, DeleteRange, Txn, Compact), `cluster` (members), `maintenance` (status,
-//! alarms, hashes). Watch, Lease and Auth are not served yet: clients get `Unimplemented`.
+//! alarms, hashes, backups), `auth` (disabled). Watch and Lease are not served yet: clients get
+//! `Unimplemented`.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;

@@ -67,6 +67,7 @@
 // openraft's traits dictate `StorageError` (large) as the error type; helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod compaction;
 mod flusher;
 pub mod keyspace;
@@ -113,6 +114,8 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_NODE_ID: &[u8] = b"node_id";
+/// The SHA-256 of the backup the data dir was restored from (`restore`).
+const KEY_RESTORED_FROM: &[u8] = b"restored_from";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Key in `meta` holding the data dir's format, `DATA_FORMAT` as 4 big-endian bytes.
 const KEY_DATA_FORMAT: &[u8] = b"data_format";
@@ -271,6 +274,58 @@ fn check_data_format(dir: &Path, meta: &sled::Tree) -> Result<(), OpenError> {
 /// Opens (creating if needed) the store of node `node_id` of cluster `cluster_id` in `dir`.
 ///
 /// A data dir remembers the node id and cluster id it was created for and refuses any other.
+/// What `restore` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The backup was loaded: the keyspace is at this revision.
+    Loaded { revision: u64 },
+    /// The data dir was restored from this very backup before (a restart with the same flag): nothing done.
+    AlreadyLoaded,
+}
+
+/// Starts the data dir `dir` of a new cluster's node from the backup at `backup` (checked against its
+/// SHA-256): the keyspace, its history and sessions as they were, with an empty Raft log. The dir must hold no
+/// state, except the same backup restored before, which is left alone.
+pub fn restore(
+    dir: &Path,
+    node_id: NodeId,
+    cluster_id: &str,
+    options: StoreOptions,
+    backup: &Path,
+) -> Result<Restored, String> {
+    let digest = backup::verify(backup)?;
+    let (log_store, state_machine) =
+        open_with(dir, node_id, cluster_id, options).map_err(|error| error.to_string())?;
+    let restored_from = log_store
+        .meta
+        .get(KEY_RESTORED_FROM)
+        .map_err(|error| error.to_string())?;
+    if restored_from.as_deref() == Some(digest.as_slice()) {
+        return Ok(Restored::AlreadyLoaded);
+    }
+    let (revision, _) = state_machine.revisions();
+    let has_log = log_store.wal.last_log_id().is_some()
+        || log_store
+            .meta
+            .get(KEY_VOTE)
+            .map_err(|error| error.to_string())?
+            .is_some();
+    if revision > 0 || has_log || restored_from.is_some() {
+        return Err(format!(
+            "{} already holds a node's state; restore a backup only into an empty data dir",
+            dir.display()
+        ));
+    }
+    let revision = state_machine.load_backup(backup)?;
+    log_store
+        .meta
+        .insert(KEY_RESTORED_FROM, digest)
+        .map_err(|error| error.to_string())?;
+    sled_files::flush_durably(&log_store.db, &log_store.files)
+        .map_err(|error| format!("cannot make the restored keyspace durable: {error}"))?;
+    Ok(Restored::Loaded { revision })
+}
+
 pub fn open(
     dir: &Path,
     node_id: NodeId,

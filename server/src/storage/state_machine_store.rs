@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, OptionalSend};
 
+use super::backup::{self, BackupCut};
 use super::compaction::Compactor;
 use super::keyspace::{import_body, Keyspace};
 use super::sled_files::{flush_durably, SledFiles};
@@ -195,6 +196,36 @@ impl StateMachineStore {
     /// The log index of the last applied entry, written to sled or not.
     pub fn applied_index(&self) -> u64 {
         self.read_as_is(|applied| applied.last_applied.map_or(0, |log_id| log_id.index))
+    }
+
+    /// A consistent cut of the keyspace now, for a backup: taken between two applies (after writing what is
+    /// unwritten), it holds the physical compaction back until it is written.
+    pub fn backup_cut(&self) -> Result<BackupCut, String> {
+        let generation = self.generation.load(Ordering::Acquire);
+        self.read(|applied| {
+            let keyspace = &applied.keyspace;
+            let sessions = keyspace
+                .session_entries()
+                .map_err(|error| format!("reading the sessions for a backup failed: {error}"))?;
+            Ok(BackupCut(Cut {
+                tree: keyspace.tree().clone(),
+                revision: keyspace.revision(),
+                compact_revision: keyspace.compact_revision(),
+                sessions,
+                generation,
+                _pin: self.compactor.pin(keyspace.compact_revision()),
+            }))
+        })
+        .map_err(|error| error.to_string())?
+    }
+
+    /// Loads a verified backup into this store's keyspace, which must be empty; returns its revision. Only
+    /// `storage::restore` calls it, before the node starts.
+    pub(super) fn load_backup(&self, path: &std::path::Path) -> Result<u64, String> {
+        let tree = self.read_as_is(|applied| applied.keyspace.tree().clone());
+        backup::load(path, &tree)?;
+        let loaded = Keyspace::open(tree)?;
+        Ok(loaded.revision())
     }
 
     /// The store revision after the last applied entry and the compaction point, written to sled or not:

@@ -248,3 +248,163 @@ async fn etcdctl_sees_and_changes_the_membership() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("can only promote a learner"));
 }
+
+/// The `etcd-client` crate (an etcd client library nobody here wrote) against raftkv, unchanged: writes on a
+/// follower, prefix reads with count, a transaction, a delete returning what it deleted, compaction and the
+/// error its clients match on, members and status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_client_crate_works_unchanged() {
+    use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+
+    let cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let mut client = etcd_client::Client::connect([cluster.addr(follower)], None)
+        .await
+        .expect("connect");
+
+    for (key, value) in [("job/1", "queued"), ("job/2", "queued"), ("job/3", "done")] {
+        client.put(key, value, None).await.expect("put");
+    }
+    let jobs = client
+        .get("job/", Some(GetOptions::new().with_prefix().with_limit(2)))
+        .await
+        .expect("get");
+    assert_eq!(jobs.count(), 3);
+    assert!(jobs.more());
+    assert_eq!(jobs.kvs().len(), 2);
+    assert_eq!(jobs.header().unwrap().revision(), 3);
+    assert_eq!(jobs.header().unwrap().member_id(), follower);
+
+    // Claim job 1 only if nobody changed it since it was queued.
+    let claimed = client
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision("job/1", CompareOp::Equal, 1)])
+                .and_then([
+                    TxnOp::put("job/1", "running", None),
+                    TxnOp::get("job/1", None),
+                ])
+                .or_else([TxnOp::get("job/1", None)]),
+        )
+        .await
+        .expect("txn");
+    assert!(claimed.succeeded());
+    assert_eq!(claimed.header().unwrap().revision(), 4);
+    let again = client
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision("job/1", CompareOp::Equal, 1)])
+                .and_then([TxnOp::put("job/1", "running twice", None)]),
+        )
+        .await
+        .expect("txn");
+    assert!(!again.succeeded());
+
+    let deleted = client
+        .delete(
+            "job/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(deleted.deleted(), 3);
+    assert_eq!(deleted.prev_kvs().len(), 3);
+    assert_eq!(deleted.header().unwrap().revision(), 5);
+
+    client.compact(5, None).await.expect("compact");
+    let refused = client
+        .get("job/1", Some(GetOptions::new().with_revision(2)))
+        .await
+        .expect_err("a compacted revision is refused");
+    match refused {
+        etcd_client::Error::GRpcStatus(status) => {
+            assert_eq!(status.code(), tonic::Code::OutOfRange);
+            assert_eq!(
+                status.message(),
+                "etcdserver: mvcc: required revision has been compacted"
+            );
+        }
+        other => panic!("not a gRPC status: {other}"),
+    }
+
+    let members = client.member_list().await.expect("member list");
+    assert_eq!(members.members().len(), 3);
+    let status = client.status().await.expect("status");
+    assert_eq!(status.leader(), leader);
+    assert_eq!(status.header().unwrap().member_id(), follower);
+
+    // No authentication yet: turning it on is refused in words, and nothing changes.
+    match client.auth_enable().await {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unimplemented);
+            assert!(status.message().contains("not supported"), "{status:?}");
+        }
+        other => panic!("auth enable should be refused: {other:?}"),
+    }
+    client.put("after-auth", "still open", None).await.expect("put");
+}
+
+/// `etcdctl snapshot save` against a raftkv node writes a backup; a new cluster started with
+/// `--restore-from` on it holds the keyspace, revisions and history as they were, and goes on from there. A
+/// damaged backup is refused in words and the node does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_snapshot_save_restores_into_a_new_cluster() {
+    let backups = tempfile::tempdir().expect("a temporary dir");
+    let backup = backups.path().join("backup.db");
+    let backup_arg = backup.to_str().expect("a UTF-8 path").to_string();
+    {
+        let cluster = TestCluster::start(3, &fast_timing());
+        cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+        let all = cluster.endpoints();
+        for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
+            ok(&all, &["put", key, value]);
+        }
+        cluster.wait_applied(2, 3).await;
+        let saved = run(&[cluster.addr(2)], &["snapshot", "save", &backup_arg], "");
+        assert!(
+            saved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&saved.stderr)
+        );
+    }
+
+    let mut args = fast_timing();
+    args.extend(["--restore-from".to_string(), backup_arg.clone()]);
+    let restored = TestCluster::start(3, &args);
+    restored.wait_for_agreed_leader(&[1, 2, 3], 3).await;
+    let all = restored.endpoints();
+    let now = json(&all, &["get", "a"]);
+    assert_eq!(decode(&now["kvs"][0]["value"]), "3");
+    assert_eq!(now["kvs"][0]["version"], 2);
+    assert_eq!(now["header"]["revision"], 3);
+    assert_eq!(
+        decode(&json(&all, &["get", "a", "--rev=1"])["kvs"][0]["value"]),
+        "1"
+    );
+    let next = json(&all, &["put", "c", "4"]);
+    assert_eq!(next["header"]["revision"], 4);
+    drop(restored);
+
+    // A backup cut short is refused before anything is written.
+    let bytes = std::fs::read(&backup).expect("read the backup");
+    std::fs::write(&backup, &bytes[..bytes.len() - 1]).expect("cut the backup short");
+    let data_dir = backups.path().join("node");
+    let addr = raftkv_testkit::free_addr()
+        .expect("a free port")
+        .to_string();
+    let refused = Command::new(raftkv_testkit::server_binary().expect("raftkv-server"))
+        .args(["--id", "1", "--listen", &addr])
+        .args(["--initial-cluster", &format!("1={addr}")])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--restore-from", &backup_arg])
+        .output()
+        .expect("run raftkv-server");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("cannot restore") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+}

@@ -5,7 +5,14 @@
 //! client's are); reads go through `Client::get` so a stale read stays a plain local read on any node.
 //! `--connections N` makes N `Client`s, each with its own channel (one HTTP/2 connection) per node.
 
+use std::time::{Duration, Instant};
+
 use raftkv_client::{Client, ClientConfig, Consistency, ReadOptions, Session};
+
+/// Longest the benchmark waits, after the preload, for every node to have applied it.
+pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Pause between two looks at the nodes' revisions while settling.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// The clients every worker draws from.
 pub struct RaftkvPool {
@@ -43,6 +50,31 @@ impl RaftkvPool {
                 ..ReadOptions::default()
             },
         })
+    }
+
+    /// Waits until every node that answers has reached the highest store revision any of them reports:
+    /// after the preload, so that a stale read on a follower finds the keys the preload wrote (a stale read
+    /// promises no more than a committed value, and a follower may be a moment behind).
+    pub async fn settle(&self) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let revisions: Vec<u64> = self.clients[0]
+                .status_all()
+                .await
+                .into_iter()
+                .filter_map(|(_, answer)| answer.ok().map(|status| status.revision))
+                .collect();
+            let highest = revisions.iter().copied().max().unwrap_or(0);
+            if !revisions.is_empty() && revisions.iter().all(|revision| *revision == highest) {
+                return Ok(());
+            }
+            if started.elapsed() > SETTLE_WAIT_MAX {
+                return Err(format!(
+                    "the nodes did not all apply the preload within {SETTLE_WAIT_MAX:?} (revisions {revisions:?}): is one of them behind? `raftkv status`"
+                ));
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
     }
 
     /// The client of worker `index`: connections are shared round robin.
