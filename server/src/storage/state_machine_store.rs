@@ -202,21 +202,24 @@ impl StateMachineStore {
     /// unwritten), it holds the physical compaction back until it is written.
     pub fn backup_cut(&self) -> Result<BackupCut, String> {
         let generation = self.generation.load(Ordering::Acquire);
-        self.read(|applied| {
-            let keyspace = &applied.keyspace;
-            let sessions = keyspace
-                .session_entries()
-                .map_err(|error| format!("reading the sessions for a backup failed: {error}"))?;
-            Ok(BackupCut(Cut {
-                tree: keyspace.tree().clone(),
-                revision: keyspace.revision(),
-                compact_revision: keyspace.compact_revision(),
-                sessions,
-                generation,
-                _pin: self.compactor.pin(keyspace.compact_revision()),
-            }))
+        self.read(|applied| self.cut(applied, generation).map(BackupCut))
+            .map_err(|error| error.to_string())?
+    }
+
+    /// The keyspace of `applied` as a cut to export (a snapshot or a backup), pinning its compaction point.
+    fn cut(&self, applied: &Applied, generation: u64) -> Result<Cut, String> {
+        let keyspace = &applied.keyspace;
+        let sessions = keyspace
+            .session_entries()
+            .map_err(|error| format!("reading the sessions for a cut failed: {error}"))?;
+        Ok(Cut {
+            tree: keyspace.tree().clone(),
+            revision: keyspace.revision(),
+            compact_revision: keyspace.compact_revision(),
+            sessions,
+            generation,
+            _pin: self.compactor.pin(keyspace.compact_revision()),
         })
-        .map_err(|error| error.to_string())?
     }
 
     /// Loads a verified backup into this store's keyspace, which must be empty; returns its revision. Only
@@ -457,19 +460,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let counter = self.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let read = self.read(|applied| {
-            let keyspace = &applied.keyspace;
-            let sessions = keyspace
-                .session_entries()
-                .map_err(|error| format!("reading the sessions for a snapshot failed: {error}"));
-            let cut = sessions.map(|sessions| Cut {
-                tree: keyspace.tree().clone(),
-                revision: keyspace.revision(),
-                compact_revision: keyspace.compact_revision(),
-                sessions,
-                generation,
-                _pin: self.compactor.pin(keyspace.compact_revision()),
-            });
-            (cut, applied.last_applied, applied.membership.clone())
+            (
+                self.cut(applied, generation),
+                applied.last_applied,
+                applied.membership.clone(),
+            )
         });
         let (cut, last_applied, membership) = read.unwrap_or_else(|error| {
             let (last_applied, membership) = self.read_as_is(|applied| {

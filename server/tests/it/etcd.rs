@@ -342,7 +342,10 @@ async fn the_etcd_client_crate_works_unchanged() {
         }
         other => panic!("auth enable should be refused: {other:?}"),
     }
-    client.put("after-auth", "still open", None).await.expect("put");
+    client
+        .put("after-auth", "still open", None)
+        .await
+        .expect("put");
 }
 
 /// `etcdctl snapshot save` against a raftkv node writes a backup; a new cluster started with
