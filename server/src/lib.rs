@@ -26,3 +26,4 @@ pub mod raft;
 pub mod reads;
 pub mod storage;
 pub mod tls;
+pub mod watch;

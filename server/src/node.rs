@@ -29,6 +29,7 @@ use raftkv_proto::etcd::etcdserverpb::auth_server::AuthServer as EtcdAuthServer;
 use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
+use raftkv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use raftkv_proto::kv::admin_server::AdminServer;
 use raftkv_proto::kv::kv_server::KvServer;
 use raftkv_proto::peer::peer_server::PeerServer;
@@ -389,6 +390,11 @@ impl Node {
             .add_service(
                 EtcdMaintenanceServer::new(etcd.clone())
                     .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+            )
+            .add_service(
+                EtcdWatchServer::new(etcd.clone())
+                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX)
+                    .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
             .add_service(
                 EtcdAuthServer::new(etcd).max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),

@@ -22,7 +22,7 @@ use crate::kv::state_machine::{
 /// through it with `limit` (etcd has no such bound; raftkv keeps every response bounded).
 pub const ETCD_RANGE_KEYS_MAX: usize = 100_000;
 
-fn to_mvcc(kv: KeyValue) -> mvccpb::KeyValue {
+pub(super) fn to_mvcc(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key,
         create_revision: i64::try_from(kv.create_revision).unwrap_or(i64::MAX),

@@ -5,13 +5,14 @@
 //! (etcd clients send writes to any member and expect it to reach the leader).
 //!
 //! The services: `kv` (Range, Put, DeleteRange, Txn, Compact), `cluster` (members), `maintenance` (status,
-//! alarms, hashes, backups), `auth` (disabled). Watch and Lease are not served yet: clients get
-//! `Unimplemented`.
+//! alarms, hashes, backups), `auth` (disabled), `watch` (streams of changes). Lease is not served yet:
+//! clients get `Unimplemented`.
 
 pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

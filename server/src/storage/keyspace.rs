@@ -25,9 +25,10 @@ use std::ops::Bound;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::kv::changes::{ChangeSet, KeyspaceRead, ReadFailure};
+use crate::kv::changes::{ChangeSet, HistoryEntry, KeyspaceRead, ReadFailure};
 use crate::kv::state_machine::{
-    apply_batch, Batch, BatchResponse, KeyValue, Record, ScanRange, ScanResult, SessionRecord,
+    apply_batch, Batch, BatchResponse, KeySpan, KeyValue, Record, ScanRange, ScanResult,
+    SessionRecord, Span,
 };
 use crate::raft::types::{LogId, StoredMembership};
 
@@ -548,6 +549,46 @@ impl Keyspace {
             }
         }
         Ok((seen.kvs, seen.found))
+    }
+
+    /// Every version of the keys in `span` written at `from` or later, deletions included, in revision order
+    /// (by key within a revision), at most `limit`; `None` if there are more. `from` below the compaction
+    /// point is refused as compacted: versions before it may be gone.
+    pub fn history_since(
+        &self,
+        span: &KeySpan,
+        from: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<HistoryEntry>>, ReadError> {
+        if from < self.compact_revision {
+            return Err(ReadError::Compacted {
+                requested: from,
+                compact_revision: self.compact_revision,
+            });
+        }
+        let histories = match span.resolve() {
+            Span::Key(key) => KeyHistories::new(
+                self.tree
+                    .range(history_key(key, from)..=history_key(key, u64::MAX)),
+            ),
+            Span::Range(range) => self.history_entries(&range),
+        };
+        let mut changes = Vec::new();
+        for versions in histories {
+            let versions = versions.map_err(ReadError::Storage)?;
+            for version in versions.iter().filter(|version| version.revision >= from) {
+                if changes.len() == limit {
+                    return Ok(None);
+                }
+                changes.push(HistoryEntry {
+                    key: version.key().map_err(ReadError::Storage)?,
+                    revision: version.revision,
+                    record: version.record().map_err(ReadError::Storage)?,
+                });
+            }
+        }
+        changes.sort_by(|a, b| (a.revision, &a.key).cmp(&(b.revision, &b.key)));
+        Ok(Some(changes))
     }
 
     /// The current records of `range`, in key order.

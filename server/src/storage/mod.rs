@@ -95,7 +95,7 @@ pub use log_store::LogStore;
 use sled_files::{flush_durably, SledFiles};
 pub use snapshot::SnapshotBuilder;
 use state_machine_store::SledHandles;
-pub use state_machine_store::{Applied, StateMachineStore};
+pub use state_machine_store::{Applied, AppliedChanges, StateMachineStore, APPLIED_CHANGES_QUEUED};
 use wal::Wal;
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
@@ -524,6 +524,7 @@ pub fn open_with(
         stats,
         log_progress: progress,
         revision: Arc::new(tokio::sync::watch::channel(revision).0),
+        changes: tokio::sync::broadcast::channel(APPLIED_CHANGES_QUEUED).0,
         maintenance,
         generation: Arc::new(AtomicU64::new(generation)),
         compactor,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, OptionalSend};
@@ -28,7 +28,7 @@ use super::snapshot::{
 };
 use super::wal::LogProgress;
 use super::{read_error, write_error, StorageStats, KEYSPACE_TREE_PREFIX, KEY_KEYSPACE_TREE};
-use crate::kv::changes::{ChangeSet, KeyspaceRead, Pending};
+use crate::kv::changes::{ChangeSet, HistoryEntry, KeyspaceRead, Pending};
 use crate::kv::state_machine::{apply_batch_onto, BatchResponse};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -118,6 +118,13 @@ pub(super) struct SledHandles {
     pub(super) meta: sled::Tree,
 }
 
+/// Applied batches of changes a watcher may fall behind by before it reads the history from sled instead.
+pub const APPLIED_CHANGES_QUEUED: usize = 1024;
+
+/// The versions one `apply` call wrote, in revision order: whole revisions (a transaction's changes come
+/// together).
+pub type AppliedChanges = Arc<Vec<HistoryEntry>>;
+
 /// The state machine side of storage. Clones share the same state; the node hands one to openraft and keeps
 /// one to serve reads.
 #[derive(Clone)]
@@ -131,6 +138,8 @@ pub struct StateMachineStore {
     pub(super) log_progress: watch::Receiver<LogProgress>,
     /// The store revision after the last applied entry.
     pub(super) revision: Arc<watch::Sender<u64>>,
+    /// Every version each `apply` call wrote, in revision order, while anyone listens (watches).
+    pub(super) changes: broadcast::Sender<AppliedChanges>,
     /// Held by a snapshot build, a step of the physical compaction and an install: they never overlap.
     pub(super) maintenance: Arc<Mutex<()>>,
     /// Counts keyspace trees: an install takes the next.
@@ -198,6 +207,11 @@ impl StateMachineStore {
         self.read_as_is(|applied| applied.last_applied.map_or(0, |log_id| log_id.index))
     }
 
+    /// The versions every later `apply` writes (`AppliedChanges`), for watches.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<AppliedChanges> {
+        self.changes.subscribe()
+    }
+
     /// A consistent cut of the keyspace now, for a backup: taken between two applies (after writing what is
     /// unwritten), it holds the physical compaction back until it is written.
     pub fn backup_cut(&self) -> Result<BackupCut, String> {
@@ -238,6 +252,18 @@ impl StateMachineStore {
         // `apply` writes a compaction to sled at once, so sled's point is the applied one.
         let compact_revision = self.read_as_is(|applied| applied.keyspace.compact_revision());
         (revision, compact_revision)
+    }
+
+    /// The store revision of what is applied now, written to sled or not: read under the lock `apply` holds,
+    /// so it is never behind an apply that has finished (the published `revision` may be, for a moment).
+    pub fn applied_revision(&self) -> u64 {
+        self.read_as_is(|applied| {
+            applied
+                .unwritten
+                .changes
+                .as_ref()
+                .map_or_else(|| applied.keyspace.revision(), |changes| changes.revision)
+        })
     }
 
     /// The store revision, published after every applied entry.
@@ -373,11 +399,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let mut compacted = false;
         let mut responses = Vec::with_capacity(entries.len());
+        let mut published: Vec<HistoryEntry> = Vec::new();
         let revision = {
             let mut applied = self
                 .applied
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Under the lock: a watcher that subscribes later reads the revision after this apply (it waits
+            // for the lock), so it needs none of these changes from the channel.
+            let listening = self.changes.receiver_count() > 0;
             // The changes go to sled later, as one batch for many entries (`Applied::write_unwritten`): by
             // the next read, snapshot or compaction, or once they reach `SLED_BATCH_WRITES_MAX` keys. A sled
             // batch costs a few hundred microseconds however small (it rolls sled's IO buffer and wakes its
@@ -386,6 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut entries = entries.into_iter().peekable();
             let mut last = applied.last_applied;
             let mut revision = applied.keyspace.revision();
+            let before = revision;
             while entries.peek().is_some() {
                 let unwritten = applied.unwritten.changes.take();
                 let mut pending = match unwritten {
@@ -426,6 +457,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 let full = pending.writes() >= SLED_BATCH_WRITES_MAX;
                 let changes = pending.into_changes();
+                if listening {
+                    let known = published.last().map_or(before, |entry| entry.revision);
+                    published.extend(
+                        changes
+                            .history
+                            .iter()
+                            .filter(|entry| entry.revision > known)
+                            .cloned(),
+                    );
+                }
                 compacted |= changes.compact_revision.is_some();
                 revision = changes.revision;
                 applied.last_applied = last;
@@ -445,6 +486,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             revision
         };
+        if !published.is_empty() {
+            // A watcher subscribes before it reads the revision it catches up to, so it misses none of these.
+            let _ = self.changes.send(Arc::new(published));
+        }
         self.revision.send_if_modified(|published| {
             let changed = *published != revision;
             *published = revision;

@@ -29,7 +29,15 @@ async fn snapshot_is_built_once_the_log_reaches_its_size() {
     // Values of 60 KB: 40 of them are 2.4 MB of log, past a 1 MB threshold even drawn at its highest.
     const VALUE_BYTES: usize = 60 * 1024;
     const PUTS: usize = 40;
+    // openraft 0.9 gives an AppendEntries at most one heartbeat interval: 64 entries of 60 KB to a follower
+    // that fell behind take longer than fast_timing's 50 ms on a busy machine, and are retried as they are
+    // after a back-off. Heartbeats of 200 ms leave room.
     let mut args = fast_timing();
+    let heartbeat = args
+        .iter()
+        .position(|flag| flag == "--heartbeat-interval-ms")
+        .expect("fast timing sets the heartbeat");
+    args[heartbeat + 1] = "200".to_string();
     args.extend(
         [
             "--snapshot-after-entries",

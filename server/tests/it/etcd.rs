@@ -411,3 +411,113 @@ async fn etcdctl_snapshot_save_restores_into_a_new_cluster() {
         "{stderr}"
     );
 }
+
+/// Reads watch responses until `count` events have come (or the stream ends, or the bound passes).
+async fn watch_events(
+    stream: &mut etcd_client::WatchStream,
+    count: usize,
+) -> Vec<(etcd_client::EventType, String, i64)> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while events.len() < count {
+        let response = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("events within the bound")
+            .expect("a watch response")
+            .expect("the stream is open");
+        assert!(!response.canceled(), "{}", response.cancel_reason());
+        assert!(response.header().is_some(), "every response has a header");
+        for event in response.events() {
+            let kv = event.kv().expect("an event has its key");
+            events.push((
+                event.event_type(),
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+    events
+}
+
+/// A watch through the etcd-client crate: the history from a past revision, then live changes, each once and
+/// in revision order, on a follower, also while many entries are applied and nobody reads the stream; a
+/// compacted start revision ends the watch with the compaction point. (A watcher that falls behind the
+/// applied changes altogether: `storage::a_watcher_that_falls_behind_reads_the_history_and_misses_nothing`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_replay_history_then_follow_with_no_gaps() {
+    use etcd_client::{EventType, WatchOptions};
+
+    const MANY: usize = 300;
+    let cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let mut writer = etcd_client::Client::connect([cluster.addr(leader)], None)
+        .await
+        .expect("connect");
+    let mut watcher = etcd_client::Client::connect([cluster.addr(follower)], None)
+        .await
+        .expect("connect");
+    writer.put("w/a", "1", None).await.expect("put");
+    writer.put("elsewhere", "x", None).await.expect("put");
+
+    let mut stream = watcher
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(1)
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .expect("watch");
+    let created = stream.message().await.expect("created").expect("open");
+    assert!(created.created());
+    let replayed = watch_events(&mut stream, 1).await;
+    assert_eq!(replayed, [(EventType::Put, "w/a".to_string(), 1)]);
+
+    writer.put("w/a", "2", None).await.expect("put");
+    writer.delete("w/a", None).await.expect("delete");
+    let live = watch_events(&mut stream, 2).await;
+    assert_eq!(
+        live,
+        [
+            (EventType::Put, "w/a".to_string(), 3),
+            (EventType::Delete, "w/a".to_string(), 4)
+        ]
+    );
+
+    // Many entries while nobody reads the stream: the watcher falls behind and replays from sled.
+    for index in 0..MANY {
+        writer
+            .put(format!("w/many/{index:05}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let many = watch_events(&mut stream, MANY).await;
+    assert_eq!(many.len(), MANY, "no duplicates");
+    let revisions: Vec<i64> = many.iter().map(|(_, _, revision)| *revision).collect();
+    let expected: Vec<i64> = (5..5 + MANY as i64).collect();
+    assert_eq!(revisions, expected, "every revision once, in order");
+
+    writer.compact(100, None).await.expect("compact");
+    let mut old = watcher
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+        )
+        .await
+        .expect("watch");
+    let mut canceled = None;
+    for _ in 0..2 {
+        let response = old.message().await.expect("a response").expect("open");
+        if response.canceled() {
+            canceled = Some(response);
+            break;
+        }
+    }
+    let canceled = canceled.expect("a compacted start revision ends the watch");
+    assert_eq!(canceled.compact_revision(), 100);
+    assert!(canceled.cancel_reason().contains("compacted"));
+}

@@ -1042,3 +1042,39 @@ async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs(
     assert_eq!(at(1), Some(b"one".to_vec()));
     assert_eq!(at(2), Some(b"two".to_vec()));
 }
+
+/// A watcher that reads nothing while more entries are applied than the applied-changes channel holds falls
+/// behind it, reads the history from sled instead, and still gives every change once, in revision order, then
+/// follows live changes again.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_reads_the_history_and_misses_nothing() {
+    use raftkv_server::kv::state_machine::KeySpan;
+    use raftkv_server::storage::APPLIED_CHANGES_QUEUED;
+    use raftkv_server::watch::Watcher;
+
+    let dir = TempDir::new().unwrap();
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    let every_key = KeySpan {
+        key: b"k".to_vec(),
+        range_end: vec![0],
+    };
+    let mut watcher = Watcher::start(state_machine.clone(), every_key, 1).unwrap();
+    let total = APPLIED_CHANGES_QUEUED as u64 + 100;
+    for index in 1..=total {
+        let entry = put_entry(1, index, &format!("k{index:05}"));
+        state_machine.apply([entry]).await.unwrap();
+    }
+    let mut revisions = Vec::new();
+    while revisions.len() < total as usize + 1 {
+        if revisions.len() == total as usize {
+            let entry = put_entry(1, total + 1, "k-live");
+            state_machine.apply([entry]).await.unwrap();
+        }
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watcher.next_batch())
+            .await
+            .expect("changes within the bound")
+            .expect("the watch goes on");
+        revisions.extend(batch.iter().map(|change| change.revision));
+    }
+    assert_eq!(revisions, (1..=total + 1).collect::<Vec<_>>());
+}

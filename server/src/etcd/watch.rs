@@ -1,0 +1,255 @@
+//! etcd's Watch service: one bidirectional stream carries any number of watches, each a `watch::Watcher` of
+//! this node, created and cancelled by the client. Every response has a header (etcd's Go client reads it
+//! unconditionally); a watch starts with a `created` response, a compacted start revision ends it with
+//! `compact_revision`, a progress request is answered with the store's revision and `watch_id` -1.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use futures::Stream;
+use raftkv_proto::etcd::etcdserverpb::{
+    self as pb, watch_create_request::FilterType, watch_request::RequestUnion,
+};
+use raftkv_proto::etcd::mvccpb;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tonic::{Request, Response as GrpcResponse, Status, Streaming};
+
+use super::kv::to_mvcc;
+use super::EtcdApi;
+use crate::kv::changes::HistoryEntry;
+use crate::kv::state_machine::{KeySpan, KeyValue};
+use crate::watch::{WatchEnd, Watcher};
+
+/// Responses of one stream waiting for the client to take them; a watch whose client reads no faster than
+/// the store changes waits here (and falls back to reading the history when it is too far behind).
+pub const WATCH_RESPONSES_QUEUED: usize = 64;
+/// Most watches one stream may hold.
+pub const WATCHES_PER_STREAM_MAX: usize = 1_024;
+/// The `watch_id` of responses that belong to no watch (progress), as etcd sends it.
+const NO_WATCH: i64 = -1;
+
+type Responses = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+impl EtcdApi {
+    fn watch_response(&self, watch_id: i64, revision: u64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(self.header(revision)),
+            watch_id,
+            ..pb::WatchResponse::default()
+        }
+    }
+
+    /// Runs one watch until it ends or its stream does: `created`, then batches of events.
+    async fn run_watch(self, id: i64, create: pb::WatchCreateRequest, responses: Responses) {
+        let store = self.api.reader.state_machine.clone();
+        let span = KeySpan {
+            key: create.key,
+            range_end: create.range_end,
+        };
+        let no_put = create.filters.contains(&(FilterType::Noput as i32));
+        let no_delete = create.filters.contains(&(FilterType::Nodelete as i32));
+        let start = u64::try_from(create.start_revision).unwrap_or(0);
+        let mut created = self.watch_response(id, store.applied_revision());
+        created.created = true;
+        let watcher = match span.validate() {
+            Err(invalid) => Err(ended(WatchEnd::Failed(invalid.to_string()))),
+            Ok(()) => Watcher::start(store.clone(), span, start).map_err(ended),
+        };
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err((reason, compact_revision)) => {
+                created.canceled = true;
+                created.cancel_reason = reason;
+                created.compact_revision = compact_revision;
+                let _ = responses.send(Ok(created)).await;
+                return;
+            }
+        };
+        if responses.send(Ok(created)).await.is_err() {
+            return;
+        }
+        loop {
+            let changes = match watcher.next_batch().await {
+                Ok(changes) => changes,
+                Err(end) => {
+                    let mut canceled = self.watch_response(id, store.applied_revision());
+                    canceled.canceled = true;
+                    (canceled.cancel_reason, canceled.compact_revision) = ended(end);
+                    let _ = responses.send(Ok(canceled)).await;
+                    return;
+                }
+            };
+            let last = changes.last().map_or(0, |change| change.revision);
+            let wanted: Vec<HistoryEntry> = changes
+                .into_iter()
+                .filter(|change| !(change.record.is_some() && no_put))
+                .filter(|change| !(change.record.is_none() && no_delete))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let events = match self.events(wanted, create.prev_kv).await {
+                Ok(events) => events,
+                Err(reason) => {
+                    let mut canceled = self.watch_response(id, last);
+                    canceled.canceled = true;
+                    canceled.cancel_reason = reason;
+                    let _ = responses.send(Ok(canceled)).await;
+                    return;
+                }
+            };
+            let mut response = self.watch_response(id, last.max(store.applied_revision()));
+            response.events = events;
+            if responses.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// etcd's events for `changes`, with each key's previous version if asked (read from the history).
+    async fn events(
+        &self,
+        changes: Vec<HistoryEntry>,
+        prev_kv: bool,
+    ) -> Result<Vec<mvccpb::Event>, String> {
+        let store = self.api.reader.state_machine.clone();
+        tokio::task::spawn_blocking(move || {
+            let previous: Vec<Option<KeyValue>> = if prev_kv {
+                store
+                    .read(|applied| {
+                        changes
+                            .iter()
+                            .map(|change| {
+                                // Compacted away: no previous version to give.
+                                applied
+                                    .keyspace
+                                    .get(&change.key, change.revision.saturating_sub(1).max(1))
+                                    .ok()
+                                    .flatten()
+                                    .filter(|_| change.revision > 1)
+                            })
+                            .collect()
+                    })
+                    .map_err(|error| error.to_string())?
+            } else {
+                vec![None; changes.len()]
+            };
+            Ok(changes
+                .into_iter()
+                .zip(previous)
+                .map(|(change, prev)| {
+                    let (kind, kv) = match change.record {
+                        Some(record) => (
+                            mvccpb::event::EventType::Put,
+                            KeyValue::new(&change.key, &record),
+                        ),
+                        None => (
+                            mvccpb::event::EventType::Delete,
+                            KeyValue {
+                                key: change.key,
+                                value: Vec::new(),
+                                create_revision: 0,
+                                mod_revision: change.revision,
+                                version: 0,
+                            },
+                        ),
+                    };
+                    mvccpb::Event {
+                        r#type: kind as i32,
+                        kv: Some(to_mvcc(kv)),
+                        prev_kv: prev.map(to_mvcc),
+                    }
+                })
+                .collect())
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+}
+
+/// Why a watch ended, in etcd's words, and the compaction point to report (0 unless it was compacted).
+fn ended(end: WatchEnd) -> (String, i64) {
+    match end {
+        WatchEnd::Compacted { compact_revision } => (
+            "etcdserver: mvcc: required revision has been compacted".to_string(),
+            i64::try_from(compact_revision).unwrap_or(i64::MAX),
+        ),
+        other => (format!("etcdserver: raftkv: {other}"), 0),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for EtcdApi {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        let mut requests = request.into_inner();
+        let (responses, receiver) = mpsc::channel(WATCH_RESPONSES_QUEUED);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut watches: HashMap<i64, AbortHandle> = HashMap::new();
+            let mut next_id: i64 = 0;
+            while let Ok(Some(request)) = requests.message().await {
+                watches.retain(|_, watch| !watch.is_finished());
+                match request.request_union {
+                    Some(RequestUnion::CreateRequest(create)) => {
+                        let id = if create.watch_id != 0 {
+                            create.watch_id
+                        } else {
+                            while watches.contains_key(&next_id) {
+                                next_id += 1;
+                            }
+                            next_id
+                        };
+                        if watches.contains_key(&id) || watches.len() >= WATCHES_PER_STREAM_MAX {
+                            let mut refused = api.watch_response(id, 0);
+                            refused.created = true;
+                            refused.canceled = true;
+                            refused.cancel_reason = if watches.contains_key(&id) {
+                                format!("etcdserver: watch id {id} is in use on this stream")
+                            } else {
+                                format!("etcdserver: raftkv: a stream holds at most {WATCHES_PER_STREAM_MAX} watches")
+                            };
+                            let _ = responses.send(Ok(refused)).await;
+                            continue;
+                        }
+                        let task =
+                            tokio::spawn(api.clone().run_watch(id, create, responses.clone()));
+                        watches.insert(id, task.abort_handle());
+                    }
+                    Some(RequestUnion::CancelRequest(cancel)) => {
+                        if let Some(watch) = watches.remove(&cancel.watch_id) {
+                            watch.abort();
+                            let mut canceled = api.watch_response(
+                                cancel.watch_id,
+                                api.api.reader.state_machine.applied_revision(),
+                            );
+                            canceled.canceled = true;
+                            let _ = responses.send(Ok(canceled)).await;
+                        }
+                    }
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        let progress = api.watch_response(
+                            NO_WATCH,
+                            api.api.reader.state_machine.applied_revision(),
+                        );
+                        let _ = responses.send(Ok(progress)).await;
+                    }
+                    None => {}
+                }
+            }
+            for watch in watches.values() {
+                watch.abort();
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
