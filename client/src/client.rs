@@ -602,6 +602,38 @@ impl Client {
         self.session().cas(key, expected, new_value).await
     }
 
+    /// Watches `key` (or the range `options.range_end` makes of it) from `options.start_revision`: every
+    /// change once, in revision order. Starting the stream is retried like a read; the stream itself lasts as
+    /// long as it is read (no deadline).
+    pub async fn watch(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: &WatchOptions,
+    ) -> Result<Watch, ClientError> {
+        let request = kv::WatchRequest {
+            key: key.into(),
+            range_end: options.range_end.clone(),
+            start_revision: options.start_revision,
+            prev_kv: options.prev_kv,
+        };
+        let pinned = options.endpoint.as_deref();
+        self.with_retries(false, false, pinned, |endpoint, _deadline| {
+            let request = request.clone();
+            async move {
+                let mut client = self
+                    .kv_client(&endpoint)
+                    .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                client
+                    .watch(tonic::Request::new(request))
+                    .await
+                    .map(|response| Watch {
+                        stream: response.into_inner(),
+                    })
+            }
+        })
+        .await
+    }
+
     /// Runs a transaction in a one-write session: its compares, then the branch they choose, at one revision.
     pub async fn txn(&self, txn: crate::txn::Txn) -> Result<kv::TxnResponse, ClientError> {
         self.session().txn(txn).await
@@ -821,6 +853,36 @@ impl Client {
 fn is_connection_failure(status: &tonic::Status) -> bool {
     !crate::error::from_node(status)
         && (never_connected(status) || status.code() == tonic::Code::Unavailable)
+}
+
+/// What a watch asks for besides its key.
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// Empty: just the key; a single zero byte: every key from it on; otherwise the keys in [key, range_end)
+    /// (`txn::prefix_end` gives a prefix's end).
+    pub range_end: Vec<u8>,
+    /// The first revision to report (0: changes after the current one).
+    pub start_revision: u64,
+    /// Give each event the key's previous version.
+    pub prev_kv: bool,
+    /// Watch on this node (HOST:PORT) only; otherwise the first node that answers serves the stream.
+    pub endpoint: Option<String>,
+}
+
+/// A stream of changes (`Client::watch`), served by one node.
+pub struct Watch {
+    stream: tonic::Streaming<kv::WatchResponse>,
+}
+
+impl Watch {
+    /// The next changes, in revision order; waits for them. `None` once the node has ended the stream; an
+    /// error (e.g. `Compacted` for a start revision below the compaction point) ends it too.
+    pub async fn next(&mut self) -> Result<Option<kv::WatchResponse>, ClientError> {
+        self.stream
+            .message()
+            .await
+            .map_err(|status| from_status(&status))
+    }
 }
 
 /// A serial client session: numbers its writes for exactly-once application and carries the highest revision

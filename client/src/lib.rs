@@ -11,9 +11,12 @@ pub mod txn;
 pub use breaker::{ENDPOINT_COOLDOWN_INITIAL, ENDPOINT_COOLDOWN_MAX};
 pub use client::{
     CasResult, Client, ClientConfig, Consistency, Expected, GetResult, KeyValue, ReadEnvelope,
-    ReadOptions, ScanRange, ScanResult, Session, ATTEMPTS_MAX, BACKOFF_INITIAL, BACKOFF_MAX,
-    CONNECT_TIMEOUT_DEFAULT, OVERALL_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+    ReadOptions, ScanRange, ScanResult, Session, Watch, WatchOptions, ATTEMPTS_MAX,
+    BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT_DEFAULT, OVERALL_TIMEOUT_DEFAULT,
+    REQUEST_TIMEOUT_DEFAULT,
 };
 pub use error::ClientError;
-pub use raftkv_proto::kv::{Member, MembersResponse, Role, StatusResponse};
+pub use raftkv_proto::kv::{
+    EventKind, Member, MembersResponse, Role, StatusResponse, WatchEvent, WatchResponse,
+};
 pub use tls::{TlsConfig, TLS_HANDSHAKE_TIMEOUT};

@@ -675,3 +675,74 @@ fn txn_runs_one_branch_at_one_revision() {
     assert_eq!(json_lines(&unchanged)[0]["kv"]["value"], "2");
     assert_eq!(json_lines(&unchanged)[0]["envelope"]["revision"], 2);
 }
+
+/// `raftkv watch` prints the history from `--rev`, then live changes, each once and in revision order, and
+/// exits after `--count` events; a compacted start revision is exit 1 with the compaction point.
+#[test]
+fn watch_prints_history_then_live_changes() {
+    let cluster = Cluster::start();
+    let endpoints = cluster.endpoints();
+    assert_exit(&cluster.raftkv(&["put", "job/1", "queued"]), 0);
+    assert_exit(&cluster.raftkv(&["put", "job/1", "running"]), 0);
+    assert_exit(&cluster.raftkv(&["put", "other", "x"]), 0);
+
+    let mut watch = Command::new(raftkv_binary())
+        .args([
+            "--endpoints",
+            &endpoints,
+            "-w",
+            "json",
+            "watch",
+            "job/",
+            "--prefix",
+        ])
+        .args(["--rev", "1", "--prev-kv", "--count", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_exit(&cluster.raftkv(&["put", "job/2", "queued"]), 0);
+    assert_exit(&cluster.raftkv(&["delete", "job/1"]), 0);
+    let started = Instant::now();
+    while watch.try_wait().unwrap().is_none() {
+        if started.elapsed() > WAIT_MAX {
+            let _ = watch.kill();
+            panic!("raftkv watch did not exit after 4 events within {WAIT_MAX:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = watch.wait_with_output().unwrap();
+    assert_exit(&output, 0);
+    let events: Vec<(String, String, u64)> = json_lines(&output)
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_string(),
+                event["key"].as_str().unwrap().to_string(),
+                event["mod_revision"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("put", "job/1", 1),
+        ("put", "job/1", 2),
+        ("put", "job/2", 4),
+        ("delete", "job/1", 5),
+    ];
+    let expected: Vec<(String, String, u64)> = expected
+        .iter()
+        .map(|(kind, key, revision)| (kind.to_string(), key.to_string(), *revision))
+        .collect();
+    assert_eq!(events, expected);
+    let deleted = &json_lines(&output)[3];
+    assert_eq!(deleted["prev_kv"]["value"], "running");
+
+    assert_exit(&cluster.raftkv(&["compact", "5"]), 0);
+    let compacted = cluster.raftkv(&["watch", "job/", "--prefix", "--rev", "2", "--count", "1"]);
+    assert_exit(&compacted, 1);
+    assert!(
+        stderr(&compacted).contains("compacted"),
+        "{}",
+        stderr(&compacted)
+    );
+}

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use tokio::sync::broadcast;
 
 use crate::kv::changes::{HistoryEntry, KeyspaceRead};
-use crate::kv::state_machine::KeySpan;
+use crate::kv::state_machine::{KeySpan, KeyValue};
 use crate::storage::{AppliedChanges, ReadError, StateMachineStore};
 
 /// Most versions one replay from sled reads; a watch whose start is further behind than this is ended
@@ -141,4 +141,27 @@ impl Watcher {
         self.replay = false;
         Ok(())
     }
+}
+
+/// Each change's key as it was just before it (`None` for a new key, or one whose earlier versions were
+/// compacted away), read from the history. Blocking: sled reads.
+pub fn previous_versions(
+    store: &StateMachineStore,
+    changes: &[HistoryEntry],
+) -> Result<Vec<Option<KeyValue>>, String> {
+    store
+        .read(|applied| {
+            changes
+                .iter()
+                .map(|change| match change.revision {
+                    0 | 1 => None,
+                    revision => applied
+                        .keyspace
+                        .get(&change.key, revision - 1)
+                        .ok()
+                        .flatten(),
+                })
+                .collect()
+        })
+        .map_err(|error| error.to_string())
 }

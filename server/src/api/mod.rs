@@ -6,6 +6,7 @@
 //! Every status carries `raftkv-error`, a stable machine-readable kind (see `ApiError::kind`).
 
 pub mod txn;
+pub mod watch;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -524,6 +525,17 @@ impl kv::kv_server::Kv for Api {
             }
         })
         .await
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<kv::WatchRequest>,
+    ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        self.start_watch(request.into_inner())
+            .map(GrpcResponse::new)
+            .map_err(to_status)
     }
 
     async fn scan(

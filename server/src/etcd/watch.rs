@@ -19,7 +19,7 @@ use super::kv::to_mvcc;
 use super::EtcdApi;
 use crate::kv::changes::HistoryEntry;
 use crate::kv::state_machine::{KeySpan, KeyValue};
-use crate::watch::{WatchEnd, Watcher};
+use crate::watch::{previous_versions, WatchEnd, Watcher};
 
 /// Responses of one stream waiting for the client to take them; a watch whose client reads no faster than
 /// the store changes waits here (and falls back to reading the history when it is too far behind).
@@ -115,23 +115,8 @@ impl EtcdApi {
     ) -> Result<Vec<mvccpb::Event>, String> {
         let store = self.api.reader.state_machine.clone();
         tokio::task::spawn_blocking(move || {
-            let previous: Vec<Option<KeyValue>> = if prev_kv {
-                store
-                    .read(|applied| {
-                        changes
-                            .iter()
-                            .map(|change| {
-                                // Compacted away: no previous version to give.
-                                applied
-                                    .keyspace
-                                    .get(&change.key, change.revision.saturating_sub(1).max(1))
-                                    .ok()
-                                    .flatten()
-                                    .filter(|_| change.revision > 1)
-                            })
-                            .collect()
-                    })
-                    .map_err(|error| error.to_string())?
+            let previous = if prev_kv {
+                previous_versions(&store, &changes)?
             } else {
                 vec![None; changes.len()]
             };

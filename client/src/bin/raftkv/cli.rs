@@ -16,7 +16,7 @@ use raftkv_client::names::{consistency_name, role_name};
 use crate::args::{parse_duration, ConsistencyArg};
 use raftkv_client::{
     CasResult, Client, ClientConfig, ClientError, Consistency, Expected, GetResult, KeyValue,
-    ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse, TlsConfig,
+    ReadEnvelope, ReadOptions, Role, ScanRange, StatusResponse, TlsConfig, WatchOptions,
 };
 use serde_json::{json, Value};
 
@@ -118,6 +118,25 @@ pub enum Command {
     /// Discard the history before REVISION on every node (through Raft): reads at a lower revision are
     /// refused from then on.
     Compact { revision: u64 },
+    /// Print the changes to KEY (or keys with the prefix KEY) as they happen: from --rev, the history first.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (0: changes after the current one); older changes come from the history.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+        /// Print each key's previous version too.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after this many events (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Watch on this node (HOST:PORT) only.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
     /// Run a transaction read from stdin in etcdctl's syntax: compares, a blank line, the operations run if
     /// they all hold, a blank line, the operations run otherwise. Exits 1 if the compares did not hold.
     Txn,
@@ -507,6 +526,50 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                     for kv in &result.kvs {
                         println!("{}={}", text(&kv.key), text(&kv.value));
                     }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Watch {
+            key,
+            prefix,
+            rev,
+            prev_kv,
+            count,
+            endpoint,
+        } => {
+            let options = WatchOptions {
+                range_end: if prefix {
+                    raftkv_client::txn::prefix_end(key.as_bytes())
+                } else {
+                    Vec::new()
+                },
+                start_revision: rev,
+                prev_kv,
+                endpoint: endpoint.clone(),
+            };
+            let mut watch = client
+                .watch(key.into_bytes(), &options)
+                .await
+                .map_err(|error| failure(error, &endpoints, endpoint.as_deref()))?;
+            let mut printed = 0u64;
+            while count.is_none_or(|count| printed < count) {
+                let Some(response) = watch
+                    .next()
+                    .await
+                    .map_err(|error| failure(error, &endpoints, endpoint.as_deref()))?
+                else {
+                    return Err(Failure {
+                        message: "the node ended the watch (is it shutting down?)".to_string(),
+                        code: EXIT_USAGE,
+                    });
+                };
+                for event in &response.events {
+                    if count.is_some_and(|count| printed >= count) {
+                        break;
+                    }
+                    crate::watch::print_event(event, output);
+                    printed += 1;
                 }
             }
             Ok(EXIT_OK)

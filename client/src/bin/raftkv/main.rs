@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod cli;
 mod txn;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -153,7 +153,7 @@ pub fn parse(text: &str) -> Result<Txn, String> {
     Ok(txn)
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

@@ -1,0 +1,126 @@
+//! raftkv's own watch: `raftkv.v1.Kv/Watch`, a server stream of one `watch::Watcher`'s changes. A watch
+//! that cannot go on (its start compacted, the node stopping) ends the stream with the error's status.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use raftkv_proto::kv;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::{to_kv, to_status, Api, ApiError};
+use crate::kv::state_machine::{KeySpan, KeyValue};
+use crate::storage::ReadError;
+use crate::watch::{previous_versions, WatchEnd, Watcher};
+
+/// Responses waiting for a client that reads slower than the store changes; beyond it the watch waits (and
+/// reads the history from sled once it has fallen too far behind the applied changes).
+pub const WATCH_STREAM_QUEUED: usize = 16;
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<kv::WatchResponse, Status>> + Send>>;
+
+/// The error that ends a watch started at `start`.
+fn ended(end: WatchEnd, start: u64) -> ApiError {
+    match end {
+        WatchEnd::Compacted { compact_revision } => ApiError::Revision(ReadError::Compacted {
+            requested: start,
+            compact_revision,
+        }),
+        WatchEnd::TooFarBehind { .. } => ApiError::OutOfRange(end.to_string()),
+        WatchEnd::Closed => ApiError::ShuttingDown,
+        WatchEnd::Failed(reason) => ApiError::Internal(reason),
+    }
+}
+
+fn event(
+    change_key: Vec<u8>,
+    revision: u64,
+    record: Option<crate::kv::state_machine::Record>,
+    prev: Option<KeyValue>,
+) -> kv::WatchEvent {
+    let (kind, kv) = match record {
+        Some(record) => (kv::EventKind::Put, KeyValue::new(&change_key, &record)),
+        None => (
+            kv::EventKind::Delete,
+            KeyValue {
+                key: change_key,
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: revision,
+                version: 0,
+            },
+        ),
+    };
+    kv::WatchEvent {
+        kind: kind as i32,
+        kv: Some(to_kv(kv)),
+        prev_kv: prev.map(to_kv),
+    }
+}
+
+impl Api {
+    /// Starts the watch `request` asks for and streams its changes.
+    pub(super) fn start_watch(&self, request: kv::WatchRequest) -> Result<WatchStream, ApiError> {
+        let span = KeySpan {
+            key: request.key,
+            range_end: request.range_end,
+        };
+        span.validate()
+            .map_err(|invalid| ApiError::InvalidArgument(invalid.to_string()))?;
+        let store = self.reader.state_machine.clone();
+        let start = request.start_revision;
+        let prev_kv = request.prev_kv;
+        let mut watcher =
+            Watcher::start(store.clone(), span, start).map_err(|end| ended(end, start))?;
+        let (sender, receiver) = mpsc::channel(WATCH_STREAM_QUEUED);
+        tokio::spawn(async move {
+            loop {
+                let changes = match watcher.next_batch().await {
+                    Ok(changes) => changes,
+                    Err(end) => {
+                        let _ = sender.send(Err(to_status(ended(end, start)))).await;
+                        return;
+                    }
+                };
+                let last = changes.last().map_or(0, |change| change.revision);
+                let previous = if prev_kv {
+                    let (store, changes) = (store.clone(), changes.clone());
+                    match tokio::task::spawn_blocking(move || previous_versions(&store, &changes))
+                        .await
+                    {
+                        Ok(Ok(previous)) => previous,
+                        Ok(Err(reason)) => {
+                            let _ = sender
+                                .send(Err(to_status(ApiError::Internal(reason))))
+                                .await;
+                            return;
+                        }
+                        Err(error) => {
+                            let _ = sender
+                                .send(Err(to_status(ApiError::Internal(error.to_string()))))
+                                .await;
+                            return;
+                        }
+                    }
+                } else {
+                    vec![None; changes.len()]
+                };
+                let events = changes
+                    .into_iter()
+                    .zip(previous)
+                    .map(|(change, prev)| event(change.key, change.revision, change.record, prev))
+                    .collect();
+                let response = kv::WatchResponse {
+                    events,
+                    revision: last.max(store.applied_revision()),
+                };
+                if sender.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+}
