@@ -1,6 +1,7 @@
 //! etcd's Cluster service over raftkv's membership. A member's `ID` is its raftkv node id, its name
 //! `raftkv-ID`, and its one address serves as both its peer and its client URL (raftkv serves both on one
-//! port). `MemberAdd` gives the new member the next free id; a follower forwards changes to the leader.
+//! port). `MemberAdd` gives the new member the next free id, `MemberUpdate` moves a member to another address;
+//! a follower forwards changes to the leader.
 
 use openraft::ChangeMembers;
 use raftkv_proto::etcd::etcdserverpb::{self as pb, cluster_client::ClusterClient};
@@ -171,14 +172,45 @@ impl pb::cluster_server::Cluster for EtcdApi {
         }))
     }
 
+    /// Moves a member to another address (etcd: updates its peer URLs). The node must be restarted there
+    /// with the same id and data; peers dial the new address from the committed membership on.
     async fn member_update(
         &self,
-        _request: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<GrpcResponse<pb::MemberUpdateResponse>, Status> {
-        Err(etcd_error(
-            Code::FailedPrecondition,
-            "raftkv: a member's address cannot be changed in place; remove the member and add it again",
-        ))
+        if !self.is_leader() {
+            let mut leader = self.leader_cluster(request.metadata())?;
+            return leader
+                .member_update(EtcdApi::forwarded(request.into_inner()))
+                .await;
+        }
+        let request = request.into_inner();
+        self.find_member(request.id)?;
+        let [url] = request.peer_ur_ls.as_slice() else {
+            return Err(etcd_error(
+                Code::InvalidArgument,
+                "give exactly one peer URL: a raftkv node has one address",
+            ));
+        };
+        let address = url_address(url)?;
+        if self
+            .api
+            .members()
+            .members
+            .iter()
+            .any(|member| member.address == address && member.node_id != request.id)
+        {
+            return Err(etcd_error(
+                Code::FailedPrecondition,
+                "Peer URLs already exists",
+            ));
+        }
+        let nodes = [(request.id, Node { addr: address })].into();
+        self.change(ChangeMembers::SetNodes(nodes)).await?;
+        Ok(GrpcResponse::new(pb::MemberUpdateResponse {
+            header: Some(self.header(self.current_revision())),
+            members: self.member_list(),
+        }))
     }
 
     async fn member_list(

@@ -234,6 +234,25 @@ async fn etcdctl_sees_and_changes_the_membership() {
     assert!(
         voters["members"][3]["isLearner"].is_null() || voters["members"][3]["isLearner"] == false
     );
+    // Moving a member to another address (the node would be restarted there).
+    let moved = raftkv_testkit::free_addr()
+        .expect("a free port")
+        .to_string();
+    let updated = ok(
+        &[cluster.addr(follower)],
+        &[
+            "member",
+            "update",
+            "4",
+            &format!("--peer-urls=http://{moved}"),
+        ],
+    );
+    assert!(updated.contains("updated"), "{updated}");
+    let listed = json(&all, &["member", "list"]);
+    assert_eq!(
+        listed["members"][3]["peerURLs"][0],
+        format!("http://{moved}")
+    );
     let removed = ok(&[cluster.addr(follower)], &["member", "remove", "4"]);
     assert!(removed.contains("removed"), "{removed}");
     assert_eq!(
