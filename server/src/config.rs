@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::etcd::{MAX_REQUEST_BYTES_LIMIT, MAX_REQUEST_BYTES_MIN};
+use crate::kv::state_machine::TXN_OPS_MAX;
 use crate::raft::types::NodeId;
 
 /// Default cluster id: nodes and data dirs of one cluster share it; a message for another cluster is refused.
@@ -88,6 +90,14 @@ pub struct Args {
     /// stays on disk. Bounds the node's memory beyond a fixed overhead.
     #[arg(long, default_value_t = crate::storage::CACHE_MB_DEFAULT)]
     pub cache_mb: u64,
+    /// etcd API: most compares, or operations in one branch, of a transaction (etcd's flag and default; at
+    /// most `TXN_OPS_MAX`).
+    #[arg(long, default_value_t = crate::etcd::MAX_TXN_OPS_DEFAULT)]
+    pub max_txn_ops: usize,
+    /// etcd API: largest request decoded, in bytes (etcd's flag and default). raftkv's own limits on keys (4
+    /// KiB), values (64 KiB) and transactions (`TXN_BYTES_MAX`) still apply below it.
+    #[arg(long, default_value_t = crate::etcd::MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
     /// Discard history automatically: `revision` keeps the last --auto-compaction-retention revisions
     /// (checked every minute); `periodic` keeps --auto-compaction-retention of time (a duration such as `30m`,
     /// `1h`, `10s`, or a number of hours), compacting every tenth of it. Off unless a retention is given.
@@ -222,6 +232,8 @@ pub struct NodeConfig {
     pub snapshot_after_mb: u64,
     pub log_keep_entries: u64,
     pub cache_mb: u64,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
     pub auto_compaction: Option<AutoCompaction>,
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the one port, or plaintext when `None`.
@@ -358,6 +370,14 @@ impl NodeConfig {
         if args.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".to_string());
         }
+        if !(1..=TXN_OPS_MAX).contains(&args.max_txn_ops) {
+            return Err(format!("--max-txn-ops must be between 1 and {TXN_OPS_MAX}"));
+        }
+        if !(MAX_REQUEST_BYTES_MIN..=MAX_REQUEST_BYTES_LIMIT).contains(&args.max_request_bytes) {
+            return Err(format!(
+                "--max-request-bytes must be between {MAX_REQUEST_BYTES_MIN} and {MAX_REQUEST_BYTES_LIMIT}"
+            ));
+        }
         let auto_compaction =
             parse_auto_compaction(args.auto_compaction_mode, &args.auto_compaction_retention)?;
         let tls = tls_paths(args)?;
@@ -380,6 +400,8 @@ impl NodeConfig {
             snapshot_after_mb: args.snapshot_after_mb,
             log_keep_entries: args.log_keep_entries,
             cache_mb: args.cache_mb,
+            max_txn_ops: args.max_txn_ops,
+            max_request_bytes: args.max_request_bytes,
             auto_compaction,
             metrics_listen: args.metrics_listen,
             tls,
@@ -472,6 +494,10 @@ mod tests {
             (&["--metrics-listen", "127.0.0.1:7201"], None),
             (&["--snapshot-after-entries", "0"], Some("--snapshot-after-entries must be above 0")),
             (&["--cache-mb", "0"], Some("--cache-mb must be at least 1")),
+            (&["--max-txn-ops", "0"], Some("--max-txn-ops must be between 1 and 1024")),
+            (&["--max-txn-ops", "1025"], Some("--max-txn-ops must be between 1 and 1024")),
+            (&["--max-txn-ops", "1024"], None),
+            (&["--max-request-bytes", "100"], Some("--max-request-bytes must be between")),
             (&["--snapshot-after-mb", "0"], Some("--snapshot-after-mb must be between 1 and 1048576")),
             (&["--snapshot-after-mb", "1048577"], Some("--snapshot-after-mb must be between 1 and 1048576")),
             (&["--snapshot-after-mb", "1"], None),

@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 use crate::api::{Api, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
-use crate::etcd::{self, EtcdApi, ETCD_REQUEST_BYTES_MAX};
+use crate::etcd::{self, EtcdApi};
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
 use crate::kv::state_machine::WRITE_BYTES_MAX;
 use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
@@ -301,6 +301,7 @@ impl Node {
             log_store: log_store.clone(),
             cluster_id: etcd::cluster_number(&config.cluster_id),
             scheme: if tls.is_some() { "https" } else { "http" },
+            max_txn_ops: config.max_txn_ops,
         };
         let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
@@ -380,24 +381,24 @@ impl Node {
             .add_service(AdminServer::new(api).max_decoding_message_size(CLIENT_REQUEST_BYTES_MAX))
             .add_service(
                 EtcdKvServer::new(etcd.clone())
-                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX)
+                    .max_decoding_message_size(config.max_request_bytes)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
             .add_service(
                 EtcdClusterServer::new(etcd.clone())
-                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+                    .max_decoding_message_size(config.max_request_bytes),
             )
             .add_service(
                 EtcdMaintenanceServer::new(etcd.clone())
-                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+                    .max_decoding_message_size(config.max_request_bytes),
             )
             .add_service(
                 EtcdWatchServer::new(etcd.clone())
-                    .max_decoding_message_size(ETCD_REQUEST_BYTES_MAX)
+                    .max_decoding_message_size(config.max_request_bytes)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
             )
             .add_service(
-                EtcdAuthServer::new(etcd).max_decoding_message_size(ETCD_REQUEST_BYTES_MAX),
+                EtcdAuthServer::new(etcd).max_decoding_message_size(config.max_request_bytes),
             );
         let stopped_serving = async {
             let _ = stop_signal.await;

@@ -445,6 +445,9 @@ impl pb::kv_server::Kv for EtcdApi {
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let txn = to_txn(request.into_inner())?;
+        if txn.widest() > self.max_txn_ops {
+            return Err(txn_status(TxnInvalid::TooManyOps));
+        }
         txn.validate().map_err(txn_status)?;
         let (revision, result) = self.propose_txn(txn).await?;
         Ok(GrpcResponse::new(self.txn_response(revision, result)))

@@ -35,9 +35,14 @@ use crate::storage::{LogStore, ReadError};
 /// Deadline of a write a follower forwards to the leader, whatever the client's own deadline: the leader's
 /// own commit bound (`api::WRITE_COMMIT_TIMEOUT`) with room for the hop.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(7);
-/// Largest etcd request decoded (etcd's `--max-request-bytes` default). raftkv's own limits on keys, values
-/// and transactions (`kv::record`, `kv::txn`) are smaller and answer "request is too large".
-pub const ETCD_REQUEST_BYTES_MAX: usize = 1536 * 1024;
+/// `--max-request-bytes` unless given: etcd's default. raftkv's own limits on keys, values and transactions
+/// (`kv::record`, `kv::txn`) are smaller and answer "request is too large".
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// The range `--max-request-bytes` may take.
+pub const MAX_REQUEST_BYTES_MIN: usize = 1024;
+pub const MAX_REQUEST_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// `--max-txn-ops` unless given: etcd's default (at most `kv::txn::TXN_OPS_MAX`).
+pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 /// The etcd API level raftkv reports in `Status.version`: the 3.5 services, less Watch, Lease and Auth.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
@@ -51,6 +56,8 @@ pub struct EtcdApi {
     pub cluster_id: u64,
     /// `http` or `https`: how member URLs are written.
     pub scheme: &'static str,
+    /// `--max-txn-ops`: most compares, or operations in one branch, of a transaction.
+    pub max_txn_ops: usize,
 }
 
 /// etcd names a cluster by a number; raftkv by a string. A decimal `--cluster-id` is used as it is, any other

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{validate_key, validate_value, KeyValue, ScanRange, WRITE_BYTES_MAX};
 
-/// Most compares, and most operations per branch, in one transaction (etcd's `--max-txn-ops` default).
-pub const TXN_OPS_MAX: usize = 128;
+/// Most compares, and most operations per branch, at any level of one transaction: the hard cap, checked
+/// when applying. The etcd API refuses more than `--max-txn-ops` (etcd's default of 128) before proposing.
+pub const TXN_OPS_MAX: usize = 1_024;
 /// Deepest nesting of transactions inside transactions.
 pub const TXN_DEPTH_MAX: usize = 8;
 /// Most keys one range inside a write may cover: a delete range, a compare over a range, a range inside a
@@ -390,6 +391,25 @@ impl Txn {
     /// Bytes the transaction takes in a log entry: its encoding, framing included.
     pub fn bytes(&self) -> usize {
         postcard::to_stdvec(self).map_or(usize::MAX, |encoded| encoded.len())
+    }
+
+    /// The most compares, or operations of one branch, at any level: what `--max-txn-ops` bounds.
+    pub fn widest(&self) -> usize {
+        let nested = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .filter_map(|op| match op {
+                TxnOp::Txn(txn) => Some(txn.widest()),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        self.compares
+            .len()
+            .max(self.success.len())
+            .max(self.failure.len())
+            .max(nested)
     }
 
     /// Whether the transaction may change the store (it holds a put or a delete somewhere).

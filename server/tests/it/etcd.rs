@@ -320,6 +320,23 @@ async fn the_etcd_client_crate_works_unchanged() {
         .expect("txn");
     assert!(!again.succeeded());
 
+    // etcd's --max-txn-ops (128 unless set): one more operation is refused before anything is proposed.
+    let too_wide = Txn::new().and_then(
+        (0..129)
+            .map(|index| TxnOp::put(format!("wide/{index}"), "v", None))
+            .collect::<Vec<_>>(),
+    );
+    match client.txn(too_wide).await {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                status.message(),
+                "etcdserver: too many operations in txn request"
+            );
+        }
+        other => panic!("a transaction of 129 operations should be refused: {other:?}"),
+    }
+
     let deleted = client
         .delete(
             "job/",
