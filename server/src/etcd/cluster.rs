@@ -8,7 +8,7 @@ use raftkv_proto::etcd::etcdserverpb::{self as pb, cluster_client::ClusterClient
 use raftkv_proto::kv;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::{etcd_error, to_etcd_status, EtcdApi};
+use super::{etcd_error, forward, to_etcd_status, EtcdApi};
 use crate::api::{ApiError, MEMBERSHIP_CHANGE_TIMEOUT};
 use crate::raft::types::{Node, NodeId};
 
@@ -89,9 +89,7 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberAddResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return leader
-                .member_add(EtcdApi::forwarded(request.into_inner()))
-                .await;
+            return forward(leader.member_add(EtcdApi::forwarded(request.into_inner()))).await;
         }
         let request = request.into_inner();
         let [url] = request.peer_ur_ls.as_slice() else {
@@ -154,9 +152,7 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberRemoveResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return leader
-                .member_remove(EtcdApi::forwarded(request.into_inner()))
-                .await;
+            return forward(leader.member_remove(EtcdApi::forwarded(request.into_inner()))).await;
         }
         let id = request.into_inner().id;
         let member = self.find_member(id)?;
@@ -180,9 +176,7 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberUpdateResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return leader
-                .member_update(EtcdApi::forwarded(request.into_inner()))
-                .await;
+            return forward(leader.member_update(EtcdApi::forwarded(request.into_inner()))).await;
         }
         let request = request.into_inner();
         self.find_member(request.id)?;
@@ -229,9 +223,7 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberPromoteResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return leader
-                .member_promote(EtcdApi::forwarded(request.into_inner()))
-                .await;
+            return forward(leader.member_promote(EtcdApi::forwarded(request.into_inner()))).await;
         }
         let id = request.into_inner().id;
         if self.find_member(id)?.voter {

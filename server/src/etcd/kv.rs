@@ -10,7 +10,7 @@ use raftkv_proto::etcd::etcdserverpb::{
 use raftkv_proto::etcd::mvccpb;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::{envelope_metadata, etcd_error, read_request, to_etcd_status, EtcdApi};
+use super::{envelope_metadata, etcd_error, forward, read_request, to_etcd_status, EtcdApi};
 use crate::api::ApiError;
 use crate::kv::state_machine::{
     Command, Compare, CompareOp, CompareTarget, KeySpan, KeyValue, PutSpec, RangeSpec, Response,
@@ -335,7 +335,7 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = leader.put(EtcdApi::forwarded(request.into_inner())).await?;
+            let response = forward(leader.put(EtcdApi::forwarded(request.into_inner()))).await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let put = put_spec(request.into_inner())?;
@@ -384,9 +384,8 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = leader
-                .delete_range(EtcdApi::forwarded(request.into_inner()))
-                .await?;
+            let response =
+                forward(leader.delete_range(EtcdApi::forwarded(request.into_inner()))).await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let request = request.into_inner();
@@ -441,7 +440,7 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = leader.txn(EtcdApi::forwarded(request.into_inner())).await?;
+            let response = forward(leader.txn(EtcdApi::forwarded(request.into_inner()))).await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let txn = to_txn(request.into_inner())?;
@@ -459,9 +458,8 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = leader
-                .compact(EtcdApi::forwarded(request.into_inner()))
-                .await?;
+            let response =
+                forward(leader.compact(EtcdApi::forwarded(request.into_inner()))).await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         // `physical` is not waited for: raftkv's compaction thread frees the space in the background.

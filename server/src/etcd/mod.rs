@@ -170,6 +170,16 @@ impl EtcdApi {
     }
 }
 
+/// Waits for a call forwarded to the leader at most `FORWARD_TIMEOUT` (the leader may be cut off mid-call;
+/// etcd answers a write it cannot confirm in time the same way).
+pub async fn forward<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(etcd_error(Code::Unavailable, "request timed out")))
+}
+
 /// The read options of an etcd read: `serializable` is raftkv's `stale`; the other rungs of the ladder come
 /// in metadata (`raftkv-consistency`, `raftkv-max-staleness`, `raftkv-min-revision`).
 pub fn read_request(

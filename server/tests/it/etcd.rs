@@ -57,6 +57,46 @@ fn ok_with_input(endpoints: &[String], args: &[&str], stdin: &str) -> String {
     String::from_utf8(output.stdout).expect("etcdctl prints text")
 }
 
+/// Runs a long-lived etcdctl (e.g. `watch`) until it has printed `wanted` lines or `WATCH_WAIT_MAX` passed,
+/// then stops it; returns the lines.
+fn lines_of(endpoints: &[String], args: &[&str], wanted: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(ETCDCTL_TIMEOUTS)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run etcdctl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WATCH_WAIT_MAX;
+    let mut lines = Vec::new();
+    while lines.len() < wanted {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+/// Longest a test waits for a long-lived etcdctl's output.
+const WATCH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn json(endpoints: &[String], args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.extend(["-w", "json"]);
@@ -149,6 +189,23 @@ async fn etcdctl_reads_writes_and_transacts_on_any_node() {
     assert_eq!(decode(&after["kvs"][0]["value"]), "nope");
     // One revision per transaction: two transactions after revision 5.
     assert_eq!(after["header"]["revision"], 7);
+
+    // etcdctl watch on a follower: the history from revision 1 (with the previous values), in order.
+    let watched = lines_of(
+        &on(follower),
+        &["watch", "app/", "--prefix", "--rev=1", "--prev-kv"],
+        12,
+    );
+    assert_eq!(
+        watched[..9],
+        ["PUT", "app/a", "1", "PUT", "app/b", "2", "PUT", "app/c", "3"],
+        "{watched:?}"
+    );
+    assert_eq!(
+        watched[9..],
+        ["PUT", "app/a", "1"],
+        "the previous value comes first: {watched:?}"
+    );
 
     // Delete a prefix, returning what it deleted.
     let deleted = ok(&all, &["del", "app/", "--prefix", "--prev-kv"]);
