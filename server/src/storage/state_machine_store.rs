@@ -416,7 +416,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut entries = entries.into_iter().peekable();
             let mut last = applied.last_applied;
             let mut revision = applied.keyspace.revision();
-            let before = revision;
+            // What earlier calls applied, written or not: their changes were published then, and a resumed
+            // `Pending` still holds the unwritten ones, which must not go out again.
+            let before = applied
+                .unwritten
+                .changes
+                .as_ref()
+                .map_or(revision, |changes| changes.revision);
             while entries.peek().is_some() {
                 let unwritten = applied.unwritten.changes.take();
                 let mut pending = match unwritten {

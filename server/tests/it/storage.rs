@@ -1078,3 +1078,19 @@ async fn a_watcher_that_falls_behind_reads_the_history_and_misses_nothing() {
     }
     assert_eq!(revisions, (1..=total + 1).collect::<Vec<_>>());
 }
+
+/// Each `apply` publishes the versions it wrote and no others, also while earlier entries' changes are still
+/// waiting in memory to be written to sled (watchers would filter repeats, but at a cost per entry).
+#[tokio::test]
+async fn each_apply_publishes_only_its_own_changes() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    let mut changes = state_machine.subscribe_changes();
+    for index in 1..=5 {
+        let entry = put_entry(1, index, &format!("k{index}"));
+        state_machine.apply([entry]).await.unwrap();
+        let published = changes.try_recv().expect("the apply published its change");
+        let revisions: Vec<u64> = published.iter().map(|change| change.revision).collect();
+        assert_eq!(revisions, [index]);
+    }
+}
