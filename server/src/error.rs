@@ -16,6 +16,9 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// A put that keeps a key's value found no such key (etcd's `ignore_value`).
+    #[error("key not found: {key} does not exist, so its value cannot be kept")]
+    KeyNotFound { key: String },
     #[error("{0}")]
     Busy(String),
     #[error("this node is not the leader{}", leader_id.map(|id| format!("; the leader is node {id}")).unwrap_or_default())]
@@ -65,7 +68,9 @@ impl ApiError {
     /// The error's kind, sent as `raftkv-error`.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ApiError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ApiError::InvalidArgument(_) | ApiError::KeyNotFound { .. } => {
+                ErrorKind::InvalidArgument
+            }
             ApiError::OutOfRange(_) => ErrorKind::OutOfRange,
             ApiError::Busy(_) => ErrorKind::Busy,
             ApiError::NotLeader { .. } => ErrorKind::NotLeader,

@@ -42,7 +42,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
-use crate::api::{Api, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
+use crate::api::{Api, CLIENT_RESPONSE_BYTES_MAX, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
 use crate::config::NodeConfig;
 use crate::etcd::{self, EtcdApi};
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
@@ -66,8 +66,6 @@ use crate::tls::{self, NodeTls, PeerAuthenticator, RefusalLog, PLAINTEXT_CONNECT
 /// Largest client request accepted: a cas with a key, an expected value and a new value, plus framing.
 /// Larger requests are refused by gRPC (`OutOfRange`/`ResourceExhausted`) before any handler runs.
 pub const CLIENT_REQUEST_BYTES_MAX: usize = WRITE_BYTES_MAX + 1024;
-/// Largest client response: a full scan of keys and values.
-pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Entries per AppendEntries. Each entry is one write batch of at most `WRITE_BATCH_BYTES_MAX` key and value
 /// bytes (or one write of at most `WRITE_BYTES_MAX`) plus framing, so a message of this many entries stays
 /// below `PEER_MESSAGE_BYTES_MAX` (checked at compile time below); entries are large when the leader is busy,

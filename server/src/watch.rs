@@ -19,7 +19,8 @@ use crate::storage::{AppliedChanges, ReadError, StateMachineStore};
 /// Most versions one replay from sled reads; a watch whose start is further behind than this is ended
 /// (`WatchEnd::TooFarBehind`) and may be started again from a later revision.
 pub const WATCH_REPLAY_CHANGES_MAX: usize = 100_000;
-/// Most changes handed out at once (one etcd `WatchResponse`).
+/// Most changes handed out at once (one etcd `WatchResponse`), unless one revision (a transaction) holds more:
+/// a revision is never split.
 pub const WATCH_BATCH_CHANGES_MAX: usize = 1_000;
 
 /// Why a watch ended.
@@ -75,7 +76,13 @@ impl Watcher {
     pub async fn next_batch(&mut self) -> Result<Vec<HistoryEntry>, WatchEnd> {
         loop {
             if !self.ready.is_empty() {
-                let count = self.ready.len().min(WATCH_BATCH_CHANGES_MAX);
+                // Never cut inside a revision: etcd's clients resume from the revision after a response's.
+                let mut count = self.ready.len().min(WATCH_BATCH_CHANGES_MAX);
+                while count < self.ready.len()
+                    && self.ready[count].revision == self.ready[count - 1].revision
+                {
+                    count += 1;
+                }
                 return Ok(self.ready.drain(..count).collect());
             }
             if self.replay {

@@ -37,6 +37,9 @@ use crate::storage::ReadError;
 pub const SERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a proposed write may take to commit and apply before it is reported indeterminate.
 pub const WRITE_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest client response sent (and, for a write a follower forwards, accepted from the leader): a full
+/// scan of keys and values.
+pub const CLIENT_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Longest a membership change may take.
 pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,7 +47,7 @@ pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn to_status(error: ApiError) -> Status {
     use tonic::Code;
     let code = match &error {
-        ApiError::InvalidArgument(_) => Code::InvalidArgument,
+        ApiError::InvalidArgument(_) | ApiError::KeyNotFound { .. } => Code::InvalidArgument,
         ApiError::OutOfRange(_) => Code::OutOfRange,
         ApiError::Busy(_) => Code::ResourceExhausted,
         ApiError::NotLeader { .. }
@@ -300,14 +303,14 @@ impl Api {
                     current,
                 }))
             }
-            Response::Rejected(Rejection::KeyNotFound { key }) => {
-                Err(ApiError::InvalidArgument(format!(
-                    "key not found: {} does not exist, so its value cannot be kept",
-                    String::from_utf8_lossy(&key)
-                )))
-            }
+            Response::Rejected(Rejection::KeyNotFound { key }) => Err(ApiError::KeyNotFound {
+                key: String::from_utf8_lossy(&key).into_owned(),
+            }),
             Response::Rejected(Rejection::RangeTooLarge { limit }) => Err(ApiError::OutOfRange(
-                format!("a range in the write covers more than {limit} keys; narrow it"),
+                format!(
+                    "the ranges of the write cover more than {limit} keys (or {} MiB) in all; narrow them",
+                    state_machine::TXN_RESPONSE_BYTES_MAX / (1024 * 1024)
+                ),
             )),
             response => Ok(response),
         }

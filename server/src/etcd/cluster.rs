@@ -65,7 +65,8 @@ impl EtcdApi {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        Ok(ClusterClient::new(self.leader_channel(metadata)?))
+        Ok(ClusterClient::new(self.leader_channel(metadata)?)
+            .max_decoding_message_size(crate::api::CLIENT_RESPONSE_BYTES_MAX))
     }
 
     fn current_revision(&self) -> u64 {

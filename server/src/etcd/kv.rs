@@ -263,7 +263,8 @@ impl EtcdApi {
         &self,
         request: &tonic::metadata::MetadataMap,
     ) -> Result<KvClient<tonic::transport::Channel>, Status> {
-        Ok(KvClient::new(self.leader_channel(request)?))
+        Ok(KvClient::new(self.leader_channel(request)?)
+            .max_decoding_message_size(crate::api::CLIENT_RESPONSE_BYTES_MAX))
     }
 
     /// A forwarded answer, told as this node's: etcd's header names the member the client asked.

@@ -108,6 +108,11 @@ pub fn to_etcd_status(error: ApiError) -> Status {
             (Code::InvalidArgument, format!("etcdserver: {reason}"))
         }
         ApiError::OutOfRange(reason) => (Code::OutOfRange, format!("etcdserver: {reason}")),
+        // Clients match this message exactly.
+        ApiError::KeyNotFound { .. } => (
+            Code::InvalidArgument,
+            "etcdserver: key not found".to_string(),
+        ),
         ApiError::TooStale { .. }
         | ApiError::RevisionTimeout { .. }
         | ApiError::SequenceTooOld { .. } => (

@@ -184,13 +184,16 @@ impl pb::watch_server::Watch for EtcdApi {
                 watches.retain(|_, watch| !watch.is_finished());
                 match request.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
+                        // Ids the stream chooses are never used twice: a late event of a cancelled watch
+                        // must not be taken for a new one's (etcd does the same).
                         let id = if create.watch_id != 0 {
                             create.watch_id
                         } else {
                             while watches.contains_key(&next_id) {
                                 next_id += 1;
                             }
-                            next_id
+                            next_id += 1;
+                            next_id - 1
                         };
                         if watches.contains_key(&id) || watches.len() >= WATCHES_PER_STREAM_MAX {
                             let mut refused = api.watch_response(id, 0);

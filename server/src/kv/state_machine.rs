@@ -69,12 +69,28 @@ fn apply<V: KeyspaceRead>(
             session.client_id,
             SessionRecord {
                 last_sequence: session.sequence,
-                last_response: response.clone(),
+                last_response: remembered(&response),
                 last_index: log_index,
             },
         )?;
     }
     Ok(response)
+}
+
+/// What the session table keeps of a response: all of it, except a transaction's results (the values it
+/// read or deleted, up to `TXN_RESPONSE_BYTES_MAX`), which would make session records, and with them
+/// snapshots, as large. A retried transaction gets its outcome and revision, with no results.
+fn remembered(response: &Response) -> Response {
+    match response {
+        Response::Txn { revision, result } => Response::Txn {
+            revision: *revision,
+            result: TxnResult {
+                succeeded: result.succeeded,
+                results: Vec::new(),
+            },
+        },
+        other => other.clone(),
+    }
 }
 
 fn apply_command<V: KeyspaceRead>(
@@ -218,15 +234,42 @@ fn apply_txn<V: KeyspaceRead>(
     txn: &Txn,
 ) -> Result<Response, ReadFailure> {
     let mut path = Vec::new();
-    if let Err(rejection) = plan(state, txn, &mut path)? {
+    let mut returned = Returned::default();
+    if let Err(rejection) = plan(state, txn, &mut path, &mut returned)? {
         return Ok(Response::Rejected(rejection));
     }
+    // Ranges during `execute` may also see the transaction's own puts, at most this many more keys.
+    let puts = txn.puts();
     let mut revision = None;
-    let result = execute(state, txn, &mut path.into_iter(), &mut revision)?;
+    let result = execute(state, txn, &mut path.into_iter(), &mut revision, puts)?;
     Ok(Response::Txn {
         revision: revision.unwrap_or_else(|| state.revision()),
         result,
     })
+}
+
+/// What a transaction's reads (ranges, and deletes that return what they delete) would hand back, counted
+/// on the state before it: bounded, so that no entry makes every node build a response it cannot hold.
+#[derive(Default)]
+struct Returned {
+    keys: usize,
+    bytes: usize,
+}
+
+impl Returned {
+    fn add(&mut self, kvs: &[KeyValue]) -> Result<(), Rejection> {
+        self.keys += kvs.len();
+        self.bytes += kvs
+            .iter()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum::<usize>();
+        if self.keys > RANGE_KEYS_IN_WRITE_MAX || self.bytes > TXN_RESPONSE_BYTES_MAX {
+            return Err(Rejection::RangeTooLarge {
+                limit: RANGE_KEYS_IN_WRITE_MAX,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The existing keys of `span` now, the changes so far included; more than `RANGE_KEYS_IN_WRITE_MAX` (plus
@@ -266,6 +309,7 @@ fn plan<V: KeyspaceRead>(
     state: &Pending<'_, V>,
     txn: &Txn,
     path: &mut Vec<bool>,
+    returned: &mut Returned,
 ) -> Result<Result<(), Rejection>, ReadFailure> {
     let mut succeeded = true;
     for compare in &txn.compares {
@@ -289,12 +333,20 @@ fn plan<V: KeyspaceRead>(
             }
             TxnOp::Put(_) => {}
             TxnOp::Range(RangeSpec { span, .. }) | TxnOp::DeleteRange { span, .. } => {
-                if let Err(rejection) = span_kvs(state, span, 0)? {
-                    return Ok(Err(rejection));
+                let kvs = match span_kvs(state, span, 0)? {
+                    Ok(kvs) => kvs,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                let returns = matches!(op, TxnOp::Range(_))
+                    || matches!(op, TxnOp::DeleteRange { prev_kv: true, .. });
+                if returns {
+                    if let Err(rejection) = returned.add(&kvs) {
+                        return Ok(Err(rejection));
+                    }
                 }
             }
             TxnOp::Txn(nested) => {
-                if let Err(rejection) = plan(state, nested, path)? {
+                if let Err(rejection) = plan(state, nested, path, returned)? {
                     return Ok(Err(rejection));
                 }
             }
@@ -310,6 +362,7 @@ fn execute<V: KeyspaceRead>(
     txn: &Txn,
     path: &mut impl Iterator<Item = bool>,
     revision: &mut Option<u64>,
+    puts: usize,
 ) -> Result<TxnResult, ReadFailure> {
     let succeeded = path.next().unwrap_or(false);
     let ops = if succeeded {
@@ -321,8 +374,13 @@ fn execute<V: KeyspaceRead>(
     for op in ops {
         results.push(match op {
             TxnOp::Range(spec) => {
-                // Puts earlier in the transaction may have added keys to what `plan` counted.
-                let kvs = span_kvs(state, &spec.span, TXN_OPS_MAX)?.unwrap_or_default();
+                // Puts earlier in the transaction may have added keys to what `plan` counted, at most `puts`,
+                // so this is never refused.
+                let kvs = span_kvs(state, &spec.span, puts)?.map_err(|rejection| {
+                    ReadFailure(format!(
+                        "a range planned within its limit was refused: {rejection:?}"
+                    ))
+                })?;
                 let count = kvs.len() as u64;
                 TxnOpResult::Range(spec.finish(kvs, count))
             }
@@ -341,7 +399,11 @@ fn execute<V: KeyspaceRead>(
                 }
             }
             TxnOp::DeleteRange { span, prev_kv } => {
-                let kvs = span_kvs(state, span, 0)?.unwrap_or_default();
+                let kvs = span_kvs(state, span, puts)?.map_err(|rejection| {
+                    ReadFailure(format!(
+                        "a delete planned within its limit was refused: {rejection:?}"
+                    ))
+                })?;
                 for kv in &kvs {
                     let at = *revision.get_or_insert_with(|| state.next_revision());
                     delete_at(state, &kv.key, at);
@@ -351,7 +413,7 @@ fn execute<V: KeyspaceRead>(
                     prev_kvs: if *prev_kv { kvs } else { Vec::new() },
                 }
             }
-            TxnOp::Txn(nested) => TxnOpResult::Txn(execute(state, nested, path, revision)?),
+            TxnOp::Txn(nested) => TxnOpResult::Txn(execute(state, nested, path, revision, puts)?),
         });
     }
     Ok(TxnResult { succeeded, results })

@@ -1,6 +1,7 @@
 //! Backups: the keyspace of one node at one revision (every version readable then, and the sessions), as the
 //! stream etcd's `Maintenance.Snapshot` sends and `etcdctl snapshot save` writes to a file, and the restore
-//! that starts a new cluster from one (`raftkv-server --restore-from FILE`).
+//! that starts a new cluster from one (`raftkv-server --restore-from FILE`; sessions are not restored: a
+//! client's exactly-once numbering does not carry over to a new cluster).
 //!
 //! A backup is `BACKUP_MAGIC`, the keyspace body (`keyspace::export_body`, as in a snapshot file), zeros up to
 //! a multiple of `BACKUP_ALIGN_BYTES`, then the SHA-256 of everything before it, as etcd ends its own
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use openraft::StoredMembership;
 
-use super::keyspace::{export_body, import_body};
+use super::keyspace::{export_body, import_body, Keyspace};
 use super::snapshot::Cut;
 
 /// The first bytes of a backup.
@@ -141,5 +142,8 @@ pub(super) fn load(path: &Path, tree: &sled::Tree) -> Result<(), String> {
         None,
         &StoredMembership::default(),
     )
-    .map_err(describe)
+    .map_err(describe)?;
+    // A new cluster starts a new log: sessions ordered by the old one's indexes would be evicted in an order
+    // that depends on when each node wrote them, so they are not carried over (clients start new ones).
+    Keyspace::clear_sessions(tree).map_err(|error| describe(io::Error::other(error)))
 }

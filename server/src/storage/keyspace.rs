@@ -710,6 +710,17 @@ impl Keyspace {
             .collect()
     }
 
+    /// Deletes every session of `tree` (a restored backup: its sessions' eviction order counts log indexes of
+    /// another cluster's log, which a new log would contradict).
+    pub(super) fn clear_sessions(tree: &sled::Tree) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix([SESSION]) {
+            let (key, _) = item?;
+            batch.remove(key);
+        }
+        tree.apply_batch(batch)
+    }
+
     /// Sessions' raw entries: copied when a snapshot is started, since they have no history.
     pub(super) fn session_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
         self.tree.scan_prefix([SESSION]).collect()

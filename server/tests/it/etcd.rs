@@ -394,6 +394,21 @@ async fn the_etcd_client_crate_works_unchanged() {
         other => panic!("a transaction of 129 operations should be refused: {other:?}"),
     }
 
+    // Keeping the value of a key that does not exist: etcd's exact message, which clients match on.
+    match client
+        .put(
+            "missing",
+            "",
+            Some(etcd_client::PutOptions::new().with_ignore_value()),
+        )
+        .await
+    {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.message(), "etcdserver: key not found");
+        }
+        other => panic!("ignore_value on a missing key should be refused: {other:?}"),
+    }
+
     let deleted = client
         .delete(
             "job/",

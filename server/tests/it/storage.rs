@@ -1094,3 +1094,62 @@ async fn each_apply_publishes_only_its_own_changes() {
         assert_eq!(revisions, [index]);
     }
 }
+
+/// A transaction's changes share one revision, and a watcher hands a revision out whole, however many
+/// changes it holds (etcd's clients resume from the revision after a response's).
+#[tokio::test]
+async fn a_watcher_never_splits_a_revision() {
+    use raftkv_server::kv::state_machine::{KeySpan, Txn, TxnOp};
+    use raftkv_server::watch::{Watcher, WATCH_BATCH_CHANGES_MAX};
+
+    let dir = TempDir::new().unwrap();
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    let keys = WATCH_BATCH_CHANGES_MAX + 200;
+    let writes = (0..keys)
+        .map(|key| Request {
+            session: None,
+            command: Command::Put {
+                key: format!("k{key:05}").into_bytes(),
+                value: b"v".to_vec(),
+            },
+        })
+        .collect::<Vec<_>>();
+    for (chunk, index) in writes.chunks(400).zip(1..) {
+        let entry = Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Batch {
+                writes: chunk.to_vec(),
+            }),
+        };
+        state_machine.apply([entry]).await.unwrap();
+    }
+    let every_key = KeySpan {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+    };
+    let deletion = keys as u64 + 1;
+    let mut watcher = Watcher::start(state_machine.clone(), every_key.clone(), deletion).unwrap();
+    let delete_all = Txn {
+        success: vec![TxnOp::DeleteRange {
+            span: every_key,
+            prev_kv: false,
+        }],
+        ..Txn::default()
+    };
+    let entry = Entry {
+        log_id: log_id(1, 100),
+        payload: EntryPayload::Normal(Batch::single(Request {
+            session: None,
+            command: Command::Txn(delete_all),
+        })),
+    };
+    state_machine.apply([entry]).await.unwrap();
+    let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watcher.next_batch())
+        .await
+        .expect("changes within the bound")
+        .expect("the watch goes on");
+    assert_eq!(batch.len(), keys, "one revision, one batch");
+    assert!(batch
+        .iter()
+        .all(|change| change.revision == deletion && change.record.is_none()));
+}

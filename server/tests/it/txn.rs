@@ -242,3 +242,99 @@ fn a_refused_transaction_changes_nothing() {
     assert_eq!(txn_result(&responses[0]).0, 2);
     assert_eq!(store.revision(), 2);
 }
+
+/// What a transaction's reads return is bounded on the state before it, whatever the number of reads: a
+/// transaction that would return more is refused and changes nothing.
+#[test]
+fn a_transaction_reading_too_much_is_refused_whole() {
+    use raftkv_server::kv::state_machine::RANGE_KEYS_IN_WRITE_MAX;
+    let mut store = Keyspace::temporary().unwrap();
+    let keys = RANGE_KEYS_IN_WRITE_MAX / 3 + 1;
+    for (chunk, index) in (0..keys).collect::<Vec<_>>().chunks(500).zip(1..) {
+        let puts = chunk
+            .iter()
+            .map(|key| put(&format!("r/{key:05}"), "v"))
+            .collect();
+        entry(&mut store, index, puts);
+    }
+    let revision = store.revision();
+    let everything = || {
+        TxnOp::Range(RangeSpec {
+            span: span("r/", "r0"),
+            ..RangeSpec::default()
+        })
+    };
+    // Each read alone is within the limit; three of them are not.
+    let greedy = Txn {
+        success: vec![put_op("x", "1"), everything(), everything(), everything()],
+        ..Txn::default()
+    };
+    let responses = entry(&mut store, 100, vec![Command::Txn(greedy)]);
+    assert!(
+        matches!(
+            responses[0],
+            Response::Rejected(Rejection::RangeTooLarge { .. })
+        ),
+        "{:?}",
+        responses[0]
+    );
+    assert_eq!(store.revision(), revision);
+    assert_eq!(value_at(&store, "x", 0), None);
+    let modest = Txn {
+        success: vec![put_op("x", "1"), everything()],
+        ..Txn::default()
+    };
+    let responses = entry(&mut store, 101, vec![Command::Txn(modest)]);
+    assert_eq!(txn_result(&responses[0]).0, revision + 1);
+}
+
+/// A retried transaction is answered from the session table with its outcome and revision, but without the
+/// values it read: session records (and snapshots) stay small.
+#[test]
+fn a_retried_transaction_gets_its_outcome_without_its_reads() {
+    use raftkv_server::kv::state_machine::SessionRef;
+    let mut store = Keyspace::temporary().unwrap();
+    entry(&mut store, 1, vec![put("a", "1")]);
+    let txn = Txn {
+        success: vec![
+            put_op("b", "2"),
+            TxnOp::Range(RangeSpec {
+                span: KeySpan::key(b"a"),
+                ..RangeSpec::default()
+            }),
+        ],
+        ..Txn::default()
+    };
+    let session = Some(SessionRef {
+        client_id: 7,
+        sequence: 1,
+    });
+    let request = || Request {
+        session,
+        command: Command::Txn(txn.clone()),
+    };
+    let first = store
+        .apply(
+            2,
+            &Batch {
+                writes: vec![request()],
+            },
+        )
+        .unwrap()
+        .responses;
+    let retried = store
+        .apply(
+            3,
+            &Batch {
+                writes: vec![request()],
+            },
+        )
+        .unwrap()
+        .responses;
+    let (revision, result) = txn_result(&first[0]);
+    assert_eq!(result.results.len(), 2);
+    let (again, remembered) = txn_result(&retried[0]);
+    assert_eq!((again, remembered.succeeded), (revision, true));
+    assert!(remembered.results.is_empty());
+    assert_eq!(store.revision(), revision, "applied once");
+}
