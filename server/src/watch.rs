@@ -72,7 +72,16 @@ impl Watcher {
         })
     }
 
-    /// The next changes, at most `WATCH_BATCH_CHANGES_MAX`, in revision order; waits for them.
+    /// The revision through which every change of this watch has been handed out.
+    pub fn delivered_through(&self) -> u64 {
+        match self.ready.front() {
+            Some(change) => change.revision - 1,
+            None => self.next - 1,
+        }
+    }
+
+    /// The next changes, at most `WATCH_BATCH_CHANGES_MAX`, in revision order; waits for them. Empty when
+    /// the store changed with nothing for this watch (`delivered_through` moved on).
     pub async fn next_batch(&mut self) -> Result<Vec<HistoryEntry>, WatchEnd> {
         loop {
             if !self.ready.is_empty() {
@@ -90,7 +99,13 @@ impl Watcher {
                 continue;
             }
             match self.changes.recv().await {
-                Ok(batch) => self.take(&batch),
+                Ok(batch) => {
+                    self.take(&batch);
+                    if self.ready.is_empty() {
+                        // Nothing for this watch, but it has seen further: say so (progress).
+                        return Ok(Vec::new());
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::info!(
                         missed,

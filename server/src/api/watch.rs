@@ -76,6 +76,7 @@ impl Api {
         tokio::spawn(async move {
             loop {
                 let changes = match watcher.next_batch().await {
+                    Ok(changes) if changes.is_empty() => continue,
                     Ok(changes) => changes,
                     Err(end) => {
                         let _ = sender.send(Err(to_status(ended(end, start)))).await;

@@ -1,10 +1,13 @@
 //! etcd's Watch service: one bidirectional stream carries any number of watches, each a `watch::Watcher` of
 //! this node, created and cancelled by the client. Every response has a header (etcd's Go client reads it
 //! unconditionally); a watch starts with a `created` response, a compacted start revision ends it with
-//! `compact_revision`, a progress request is answered with the store's revision and `watch_id` -1.
+//! `compact_revision`, a progress request is answered, with `watch_id` -1, with the revision every watch of
+//! the stream has delivered through.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::Stream;
 use raftkv_proto::etcd::etcdserverpb::{
@@ -41,7 +44,13 @@ impl EtcdApi {
     }
 
     /// Runs one watch until it ends or its stream does: `created`, then batches of events.
-    async fn run_watch(self, id: i64, create: pb::WatchCreateRequest, responses: Responses) {
+    async fn run_watch(
+        self,
+        id: i64,
+        create: pb::WatchCreateRequest,
+        responses: Responses,
+        delivered: Arc<AtomicU64>,
+    ) {
         let store = self.api.reader.state_machine.clone();
         let span = KeySpan {
             key: create.key,
@@ -69,8 +78,13 @@ impl EtcdApi {
         if responses.send(Ok(created)).await.is_err() {
             return;
         }
+        delivered.store(watcher.delivered_through(), Ordering::Release);
         loop {
             let changes = match watcher.next_batch().await {
+                Ok(changes) if changes.is_empty() => {
+                    delivered.store(watcher.delivered_through(), Ordering::Release);
+                    continue;
+                }
                 Ok(changes) => changes,
                 Err(end) => {
                     let mut canceled = self.watch_response(id, store.applied_revision());
@@ -104,6 +118,7 @@ impl EtcdApi {
             if responses.send(Ok(response)).await.is_err() {
                 return;
             }
+            delivered.store(watcher.delivered_through(), Ordering::Release);
         }
     }
 
@@ -178,10 +193,11 @@ impl pb::watch_server::Watch for EtcdApi {
         let (responses, receiver) = mpsc::channel(WATCH_RESPONSES_QUEUED);
         let api = self.clone();
         tokio::spawn(async move {
-            let mut watches: HashMap<i64, AbortHandle> = HashMap::new();
+            // Each watch with how far it has delivered (for progress answers).
+            let mut watches: HashMap<i64, (AbortHandle, Arc<AtomicU64>)> = HashMap::new();
             let mut next_id: i64 = 0;
             while let Ok(Some(request)) = requests.message().await {
-                watches.retain(|_, watch| !watch.is_finished());
+                watches.retain(|_, (watch, _)| !watch.is_finished());
                 match request.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
                         // Ids the stream chooses are never used twice: a late event of a cancelled watch
@@ -207,12 +223,18 @@ impl pb::watch_server::Watch for EtcdApi {
                             let _ = responses.send(Ok(refused)).await;
                             continue;
                         }
-                        let task =
-                            tokio::spawn(api.clone().run_watch(id, create, responses.clone()));
-                        watches.insert(id, task.abort_handle());
+                        // Until it has started, a watch vouches for nothing.
+                        let delivered = Arc::new(AtomicU64::new(0));
+                        let task = tokio::spawn(api.clone().run_watch(
+                            id,
+                            create,
+                            responses.clone(),
+                            delivered.clone(),
+                        ));
+                        watches.insert(id, (task.abort_handle(), delivered));
                     }
                     Some(RequestUnion::CancelRequest(cancel)) => {
-                        if let Some(watch) = watches.remove(&cancel.watch_id) {
+                        if let Some((watch, _)) = watches.remove(&cancel.watch_id) {
                             watch.abort();
                             let mut canceled = api.watch_response(
                                 cancel.watch_id,
@@ -223,16 +245,20 @@ impl pb::watch_server::Watch for EtcdApi {
                         }
                     }
                     Some(RequestUnion::ProgressRequest(_)) => {
-                        let progress = api.watch_response(
-                            NO_WATCH,
-                            api.api.reader.state_machine.applied_revision(),
-                        );
+                        // No further than every watch of the stream has delivered: etcd's clients resume
+                        // each watch after the revision a progress response names.
+                        let revision = watches
+                            .values()
+                            .map(|(_, delivered)| delivered.load(Ordering::Acquire))
+                            .min()
+                            .unwrap_or_else(|| api.api.reader.state_machine.applied_revision());
+                        let progress = api.watch_response(NO_WATCH, revision);
                         let _ = responses.send(Ok(progress)).await;
                     }
                     None => {}
                 }
             }
-            for watch in watches.values() {
+            for (watch, _) in watches.values() {
                 watch.abort();
             }
         });

@@ -609,6 +609,17 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     let expected: Vec<i64> = (5..5 + MANY as i64).collect();
     assert_eq!(revisions, expected, "every revision once, in order");
 
+    // Progress: no events, watch id -1, and the revision everything was delivered through.
+    stream.request_progress().await.expect("ask for progress");
+    let progress = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("progress within the bound")
+        .expect("a response")
+        .expect("open");
+    assert_eq!(progress.watch_id(), -1);
+    assert!(progress.events().is_empty());
+    assert_eq!(progress.header().unwrap().revision(), 4 + MANY as i64);
+
     writer.compact(100, None).await.expect("compact");
     let mut old = watcher
         .watch(
