@@ -8,7 +8,7 @@ use raftkv_proto::etcd::etcdserverpb::{self as pb, cluster_client::ClusterClient
 use raftkv_proto::kv;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::{etcd_error, forward, to_etcd_status, EtcdApi};
+use super::{etcd_error, forward, to_etcd_status, EtcdApi, MEMBERSHIP_FORWARD_TIMEOUT};
 use crate::api::{ApiError, MEMBERSHIP_CHANGE_TIMEOUT};
 use crate::raft::types::{Node, NodeId};
 
@@ -90,7 +90,14 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberAddResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return forward(leader.member_add(EtcdApi::forwarded(request.into_inner()))).await;
+            return forward(
+                MEMBERSHIP_FORWARD_TIMEOUT,
+                leader.member_add(EtcdApi::forwarded(
+                    request.into_inner(),
+                    MEMBERSHIP_FORWARD_TIMEOUT,
+                )),
+            )
+            .await;
         }
         let request = request.into_inner();
         let [url] = request.peer_ur_ls.as_slice() else {
@@ -153,7 +160,14 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberRemoveResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return forward(leader.member_remove(EtcdApi::forwarded(request.into_inner()))).await;
+            return forward(
+                MEMBERSHIP_FORWARD_TIMEOUT,
+                leader.member_remove(EtcdApi::forwarded(
+                    request.into_inner(),
+                    MEMBERSHIP_FORWARD_TIMEOUT,
+                )),
+            )
+            .await;
         }
         let id = request.into_inner().id;
         let member = self.find_member(id)?;
@@ -177,7 +191,14 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberUpdateResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return forward(leader.member_update(EtcdApi::forwarded(request.into_inner()))).await;
+            return forward(
+                MEMBERSHIP_FORWARD_TIMEOUT,
+                leader.member_update(EtcdApi::forwarded(
+                    request.into_inner(),
+                    MEMBERSHIP_FORWARD_TIMEOUT,
+                )),
+            )
+            .await;
         }
         let request = request.into_inner();
         self.find_member(request.id)?;
@@ -224,7 +245,14 @@ impl pb::cluster_server::Cluster for EtcdApi {
     ) -> Result<GrpcResponse<pb::MemberPromoteResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_cluster(request.metadata())?;
-            return forward(leader.member_promote(EtcdApi::forwarded(request.into_inner()))).await;
+            return forward(
+                MEMBERSHIP_FORWARD_TIMEOUT,
+                leader.member_promote(EtcdApi::forwarded(
+                    request.into_inner(),
+                    MEMBERSHIP_FORWARD_TIMEOUT,
+                )),
+            )
+            .await;
         }
         let id = request.into_inner().id;
         if self.find_member(id)?.voter {

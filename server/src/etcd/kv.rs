@@ -10,7 +10,9 @@ use raftkv_proto::etcd::etcdserverpb::{
 use raftkv_proto::etcd::mvccpb;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::{envelope_metadata, etcd_error, forward, read_request, to_etcd_status, EtcdApi};
+use super::{
+    envelope_metadata, etcd_error, forward, read_request, to_etcd_status, EtcdApi, FORWARD_TIMEOUT,
+};
 use crate::api::ApiError;
 use crate::kv::state_machine::{
     Command, Compare, CompareOp, CompareTarget, KeySpan, KeyValue, PutSpec, RangeSpec, Response,
@@ -336,7 +338,11 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(leader.put(EtcdApi::forwarded(request.into_inner()))).await?;
+            let response = forward(
+                FORWARD_TIMEOUT,
+                leader.put(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
+            )
+            .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let put = put_spec(request.into_inner())?;
@@ -385,8 +391,11 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response =
-                forward(leader.delete_range(EtcdApi::forwarded(request.into_inner()))).await?;
+            let response = forward(
+                FORWARD_TIMEOUT,
+                leader.delete_range(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
+            )
+            .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let request = request.into_inner();
@@ -441,7 +450,11 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(leader.txn(EtcdApi::forwarded(request.into_inner()))).await?;
+            let response = forward(
+                FORWARD_TIMEOUT,
+                leader.txn(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
+            )
+            .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         let txn = to_txn(request.into_inner())?;
@@ -459,8 +472,11 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response =
-                forward(leader.compact(EtcdApi::forwarded(request.into_inner()))).await?;
+            let response = forward(
+                FORWARD_TIMEOUT,
+                leader.compact(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
+            )
+            .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
         // `physical` is not waited for: raftkv's compaction thread frees the space in the background.

@@ -43,6 +43,9 @@ pub const MAX_REQUEST_BYTES_MIN: usize = 1024;
 pub const MAX_REQUEST_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// `--max-txn-ops` unless given: etcd's default (at most `kv::txn::TXN_OPS_MAX`).
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
+/// Deadline of a membership change a follower forwards: the leader's own bound with room for the hop.
+pub const MEMBERSHIP_FORWARD_TIMEOUT: Duration =
+    Duration::from_secs(crate::api::MEMBERSHIP_CHANGE_TIMEOUT.as_secs() + 2);
 /// The etcd API level raftkv reports in `Status.version`: the 3.5 services, less Watch, Lease and Auth.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
@@ -164,10 +167,10 @@ impl EtcdApi {
         }
     }
 
-    /// A request to forward: the message, marked as forwarded, with a deadline.
-    pub fn forwarded<T>(message: T) -> tonic::Request<T> {
+    /// A request to forward: the message, marked as forwarded, with the deadline `forward` keeps.
+    pub fn forwarded<T>(message: T, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request.set_timeout(FORWARD_TIMEOUT);
+        request.set_timeout(timeout);
         request
             .metadata_mut()
             .insert(ETCD_FORWARDED_KEY, MetadataValue::from_static("1"));
@@ -175,12 +178,13 @@ impl EtcdApi {
     }
 }
 
-/// Waits for a call forwarded to the leader at most `FORWARD_TIMEOUT` (the leader may be cut off mid-call;
-/// etcd answers a write it cannot confirm in time the same way).
+/// Waits for a call forwarded to the leader at most `timeout` (the leader may be cut off mid-call; etcd
+/// answers a write it cannot confirm in time the same way).
 pub async fn forward<T>(
+    timeout: Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
-    tokio::time::timeout(FORWARD_TIMEOUT, call)
+    tokio::time::timeout(timeout, call)
         .await
         .unwrap_or_else(|_| Err(etcd_error(Code::Unavailable, "request timed out")))
 }

@@ -116,6 +116,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_NODE_ID: &[u8] = b"node_id";
 /// The SHA-256 of the backup the data dir was restored from (`restore`).
 const KEY_RESTORED_FROM: &[u8] = b"restored_from";
+/// The SHA-256 of the backup being loaded: present only while (or if a crash cut short) a restore.
+const KEY_RESTORING: &[u8] = b"restoring";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Key in `meta` holding the data dir's format, `DATA_FORMAT` as 4 big-endian bytes.
 const KEY_DATA_FORMAT: &[u8] = b"data_format";
@@ -303,6 +305,10 @@ pub fn restore(
     if restored_from.as_deref() == Some(digest.as_slice()) {
         return Ok(Restored::AlreadyLoaded);
     }
+    let interrupted = log_store
+        .meta
+        .get(KEY_RESTORING)
+        .map_err(|error| error.to_string())?;
     let (revision, _) = state_machine.revisions();
     let has_log = log_store.wal.last_log_id().is_some()
         || log_store
@@ -310,19 +316,41 @@ pub fn restore(
             .get(KEY_VOTE)
             .map_err(|error| error.to_string())?
             .is_some();
-    if revision > 0 || has_log || restored_from.is_some() {
-        return Err(format!(
-            "{} already holds a node's state; restore a backup only into an empty data dir",
-            dir.display()
-        ));
+    match interrupted.as_deref() {
+        // A load of this very backup was cut short (a crash): it is loaded again from the start.
+        Some(marker) if marker == digest.as_slice() && !has_log => {}
+        Some(_) => {
+            return Err(format!(
+                "{} holds part of another backup, whose restore was interrupted; restore into an empty data dir",
+                dir.display()
+            ))
+        }
+        None if revision > 0 || has_log || restored_from.is_some() => {
+            return Err(format!(
+                "{} already holds a node's state; restore a backup only into an empty data dir",
+                dir.display()
+            ))
+        }
+        None => {}
     }
-    let revision = state_machine.load_backup(backup)?;
+    let durable = |what: &str| {
+        sled_files::flush_durably(&log_store.db, &log_store.files)
+            .map_err(|error| format!("cannot make {what} durable: {error}"))
+    };
     log_store
         .meta
-        .insert(KEY_RESTORED_FROM, digest)
+        .insert(KEY_RESTORING, digest.as_slice())
         .map_err(|error| error.to_string())?;
-    sled_files::flush_durably(&log_store.db, &log_store.files)
-        .map_err(|error| format!("cannot make the restored keyspace durable: {error}"))?;
+    durable("the restore's start")?;
+    let revision = state_machine.load_backup(backup)?;
+    let mut done = sled::Batch::default();
+    done.insert(KEY_RESTORED_FROM, digest.as_slice());
+    done.remove(KEY_RESTORING);
+    log_store
+        .meta
+        .apply_batch(done)
+        .map_err(|error| error.to_string())?;
+    durable("the restored keyspace")?;
     Ok(Restored::Loaded { revision })
 }
 

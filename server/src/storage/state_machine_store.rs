@@ -236,10 +236,13 @@ impl StateMachineStore {
         })
     }
 
-    /// Loads a verified backup into this store's keyspace, which must be empty; returns its revision. Only
+    /// Loads a verified backup into this store's keyspace, emptied first; returns its revision. Only
     /// `storage::restore` calls it, before the node starts.
     pub(super) fn load_backup(&self, path: &std::path::Path) -> Result<u64, String> {
         let tree = self.read_as_is(|applied| applied.keyspace.tree().clone());
+        // What an interrupted load of the same backup left, if anything, goes first.
+        tree.clear()
+            .map_err(|error| format!("cannot empty the keyspace before loading: {error}"))?;
         backup::load(path, &tree)?;
         let loaded = Keyspace::open(tree)?;
         Ok(loaded.revision())

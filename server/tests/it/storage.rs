@@ -1153,3 +1153,63 @@ async fn a_watcher_never_splits_a_revision() {
         .iter()
         .all(|change| change.revision == deletion && change.record.is_none()));
 }
+
+/// Writes a backup of a store holding `puts(count, value)` to `path`.
+async fn backup_of(count: u64, value: &str, path: &Path) {
+    let dir = TempDir::new().unwrap();
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    state_machine.apply(puts(count, value)).await.unwrap();
+    let cut = state_machine.backup_cut().unwrap();
+    let mut file = fs::File::create(path).unwrap();
+    cut.write_to(&mut file).unwrap();
+}
+
+/// A restore cut short by a crash is done again from the start with the same backup (what it had loaded
+/// goes first), and refused with another one; a finished restore is left alone on the next start.
+#[tokio::test]
+async fn an_interrupted_restore_is_redone_only_with_its_own_backup() {
+    let backups = TempDir::new().unwrap();
+    let (first, second) = (backups.path().join("first"), backups.path().join("second"));
+    backup_of(3, "first", &first).await;
+    backup_of(2, "second", &second).await;
+    let dir = TempDir::new().unwrap();
+    let restore = |backup: &Path| {
+        storage::restore(dir.path(), 1, CLUSTER_ID, StoreOptions::default(), backup)
+    };
+    assert_eq!(
+        restore(&first),
+        Ok(storage::Restored::Loaded { revision: 3 })
+    );
+    assert_eq!(restore(&first), Ok(storage::Restored::AlreadyLoaded));
+
+    // As a crash in the middle of the load would leave it: the marker of the load, and a key the backup
+    // does not hold.
+    {
+        let db = open_raw_sled(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        let digest = meta.remove("restored_from").unwrap().expect("the digest");
+        meta.insert("restoring", digest).unwrap();
+        let tree_name = meta
+            .get("keyspace_tree")
+            .unwrap()
+            .expect("the keyspace tree");
+        let keyspace = db.open_tree(tree_name).unwrap();
+        let mut stray = vec![0u8; 24];
+        stray.extend_from_slice(b"stray");
+        keyspace.insert(b"cstray", stray).unwrap();
+        db.flush().unwrap();
+    }
+    let refused = restore(&second).expect_err("another backup over a cut-short restore");
+    assert!(refused.contains("interrupted"), "{refused}");
+    assert_eq!(
+        restore(&first),
+        Ok(storage::Restored::Loaded { revision: 3 })
+    );
+    let (_, state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    assert_eq!(
+        value_of(&state_machine, "stray"),
+        None,
+        "what the cut-short load left is gone"
+    );
+    assert_eq!(value_of(&state_machine, "key3"), Some(b"first".to_vec()));
+}
