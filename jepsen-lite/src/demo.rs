@@ -32,6 +32,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
 pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long dialling one node may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bytes of each node's log printed when a step cannot be carried out.
+pub const FAILED_DEMO_LOG_TAIL_BYTES: usize = 8 * 1024;
 /// The bound of the demo's bounded stale read: far below how long the minority has been cut off by then.
 pub const STALENESS_BOUND: Duration = Duration::from_millis(200);
 
@@ -131,6 +133,10 @@ pub async fn split_brain(config: DemoConfig, out: &mut dyn Write) -> anyhow::Res
     })
     .await?;
     let result = story(&mut cluster, &mut narrator).await;
+    if result.is_err() {
+        // Why a step could not be carried out is in the nodes' logs, which go with the data root.
+        eprint!("{}", cluster.log_tails(FAILED_DEMO_LOG_TAIL_BYTES));
+    }
     cluster.shutdown().await;
     result?;
     writeln!(narrator.out)?;

@@ -355,6 +355,24 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
     }
 
+    /// The last `bytes` of every node's log, each under a heading: what to show when something failed.
+    pub fn log_tails(&self, bytes: usize) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            let log = self.log(id);
+            let mut start = log.len().saturating_sub(bytes);
+            while !log.is_char_boundary(start) {
+                start += 1;
+            }
+            out.push_str(&format!(
+                "---- node {id}: the last {} bytes of its log ----\n{}\n",
+                log.len() - start,
+                &log[start..]
+            ));
+        }
+        out
+    }
+
     /// A node's process id, if it is running (paused counts as running).
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes.get(&id)?.child.as_ref().map(Child::id)
@@ -648,18 +666,7 @@ const FAILED_TEST_LOG_TAIL_BYTES: usize = 8 * 1024;
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for id in self.ids() {
-                let log = self.log(id);
-                let mut start = log.len().saturating_sub(FAILED_TEST_LOG_TAIL_BYTES);
-                while !log.is_char_boundary(start) {
-                    start += 1;
-                }
-                eprintln!(
-                    "---- node {id}: the last {} bytes of its log ----\n{}",
-                    log.len() - start,
-                    &log[start..]
-                );
-            }
+            eprint!("{}", self.log_tails(FAILED_TEST_LOG_TAIL_BYTES));
         }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
