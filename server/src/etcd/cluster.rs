@@ -92,10 +92,8 @@ impl pb::cluster_server::Cluster for EtcdApi {
             let mut leader = self.leader_cluster(request.metadata())?;
             return forward(
                 MEMBERSHIP_FORWARD_TIMEOUT,
-                leader.member_add(EtcdApi::forwarded(
-                    request.into_inner(),
-                    MEMBERSHIP_FORWARD_TIMEOUT,
-                )),
+                request.into_inner(),
+                |request| leader.member_add(request),
             )
             .await;
         }
@@ -162,10 +160,8 @@ impl pb::cluster_server::Cluster for EtcdApi {
             let mut leader = self.leader_cluster(request.metadata())?;
             return forward(
                 MEMBERSHIP_FORWARD_TIMEOUT,
-                leader.member_remove(EtcdApi::forwarded(
-                    request.into_inner(),
-                    MEMBERSHIP_FORWARD_TIMEOUT,
-                )),
+                request.into_inner(),
+                |request| leader.member_remove(request),
             )
             .await;
         }
@@ -193,10 +189,8 @@ impl pb::cluster_server::Cluster for EtcdApi {
             let mut leader = self.leader_cluster(request.metadata())?;
             return forward(
                 MEMBERSHIP_FORWARD_TIMEOUT,
-                leader.member_update(EtcdApi::forwarded(
-                    request.into_inner(),
-                    MEMBERSHIP_FORWARD_TIMEOUT,
-                )),
+                request.into_inner(),
+                |request| leader.member_update(request),
             )
             .await;
         }
@@ -247,10 +241,8 @@ impl pb::cluster_server::Cluster for EtcdApi {
             let mut leader = self.leader_cluster(request.metadata())?;
             return forward(
                 MEMBERSHIP_FORWARD_TIMEOUT,
-                leader.member_promote(EtcdApi::forwarded(
-                    request.into_inner(),
-                    MEMBERSHIP_FORWARD_TIMEOUT,
-                )),
+                request.into_inner(),
+                |request| leader.member_promote(request),
             )
             .await;
         }

@@ -338,10 +338,9 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(
-                FORWARD_TIMEOUT,
-                leader.put(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
-            )
+            let response = forward(FORWARD_TIMEOUT, request.into_inner(), |request| {
+                leader.put(request)
+            })
             .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
@@ -391,10 +390,9 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(
-                FORWARD_TIMEOUT,
-                leader.delete_range(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
-            )
+            let response = forward(FORWARD_TIMEOUT, request.into_inner(), |request| {
+                leader.delete_range(request)
+            })
             .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
@@ -450,10 +448,9 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(
-                FORWARD_TIMEOUT,
-                leader.txn(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
-            )
+            let response = forward(FORWARD_TIMEOUT, request.into_inner(), |request| {
+                leader.txn(request)
+            })
             .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }
@@ -472,10 +469,9 @@ impl pb::kv_server::Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
         if !self.is_leader() {
             let mut leader = self.leader_kv(request.metadata())?;
-            let response = forward(
-                FORWARD_TIMEOUT,
-                leader.compact(EtcdApi::forwarded(request.into_inner(), FORWARD_TIMEOUT)),
-            )
+            let response = forward(FORWARD_TIMEOUT, request.into_inner(), |request| {
+                leader.compact(request)
+            })
             .await?;
             return Ok(self.as_own(response, |response| response.header.as_mut()));
         }

@@ -166,25 +166,26 @@ impl EtcdApi {
             _ => Err(etcd_error(Code::Unavailable, "no leader")),
         }
     }
-
-    /// A request to forward: the message, marked as forwarded, with the deadline `forward` keeps.
-    pub fn forwarded<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(timeout);
-        request
-            .metadata_mut()
-            .insert(ETCD_FORWARDED_KEY, MetadataValue::from_static("1"));
-        request
-    }
 }
 
-/// Waits for a call forwarded to the leader at most `timeout` (the leader may be cut off mid-call; etcd
-/// answers a write it cannot confirm in time the same way).
-pub async fn forward<T>(
+/// Passes `message` to the leader with `call` (e.g. `|request| leader.put(request)`): marked
+/// `raftkv-forwarded` so it is passed on no further, with `timeout` as its deadline there and here (the
+/// leader may be cut off mid-call; etcd answers a write it cannot confirm in time the same way).
+pub async fn forward<M, T, F, R>(
     timeout: Duration,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<tonic::Response<T>, Status> {
-    tokio::time::timeout(timeout, call)
+    message: M,
+    call: F,
+) -> Result<tonic::Response<T>, Status>
+where
+    F: FnOnce(tonic::Request<M>) -> R,
+    R: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+        .metadata_mut()
+        .insert(ETCD_FORWARDED_KEY, MetadataValue::from_static("1"));
+    tokio::time::timeout(timeout, call(request))
         .await
         .unwrap_or_else(|_| Err(etcd_error(Code::Unavailable, "request timed out")))
 }
