@@ -165,6 +165,24 @@ impl Watcher {
     }
 }
 
+/// A change as clients see it: whether it deleted the key, and the key after it (for a deletion only the key
+/// and, as `mod_revision`, the deletion's revision).
+pub fn changed_kv(change: HistoryEntry) -> (bool, KeyValue) {
+    match change.record {
+        Some(record) => (false, KeyValue::new(&change.key, &record)),
+        None => (
+            true,
+            KeyValue {
+                key: change.key,
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: change.revision,
+                version: 0,
+            },
+        ),
+    }
+}
+
 /// Each change's key as it was just before it (`None` for a new key, or one whose earlier versions were
 /// compacted away), read from the history. Blocking: sled reads.
 pub fn previous_versions(

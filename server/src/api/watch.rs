@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{to_kv, to_status, Api, ApiError};
+use crate::kv::changes::HistoryEntry;
 use crate::kv::state_machine::{KeySpan, KeyValue};
 use crate::storage::ReadError;
-use crate::watch::{previous_versions, WatchEnd, Watcher};
+use crate::watch::{changed_kv, previous_versions, WatchEnd, Watcher};
 
 /// Responses waiting for a client that reads slower than the store changes; beyond it the watch waits (and
 /// reads the history from sled once it has fallen too far behind the applied changes).
@@ -32,24 +33,12 @@ fn ended(end: WatchEnd, start: u64) -> ApiError {
     }
 }
 
-fn event(
-    change_key: Vec<u8>,
-    revision: u64,
-    record: Option<crate::kv::state_machine::Record>,
-    prev: Option<KeyValue>,
-) -> kv::WatchEvent {
-    let (kind, kv) = match record {
-        Some(record) => (kv::EventKind::Put, KeyValue::new(&change_key, &record)),
-        None => (
-            kv::EventKind::Delete,
-            KeyValue {
-                key: change_key,
-                value: Vec::new(),
-                create_revision: 0,
-                mod_revision: revision,
-                version: 0,
-            },
-        ),
+fn event(change: HistoryEntry, prev: Option<KeyValue>) -> kv::WatchEvent {
+    let (deleted, kv) = changed_kv(change);
+    let kind = if deleted {
+        kv::EventKind::Delete
+    } else {
+        kv::EventKind::Put
     };
     kv::WatchEvent {
         kind: kind as i32,
@@ -109,7 +98,7 @@ impl Api {
                 let events = changes
                     .into_iter()
                     .zip(previous)
-                    .map(|(change, prev)| event(change.key, change.revision, change.record, prev))
+                    .map(|(change, prev)| event(change, prev))
                     .collect();
                 let response = kv::WatchResponse {
                     events,

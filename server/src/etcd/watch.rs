@@ -21,8 +21,8 @@ use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 use super::kv::to_mvcc;
 use super::EtcdApi;
 use crate::kv::changes::HistoryEntry;
-use crate::kv::state_machine::{KeySpan, KeyValue};
-use crate::watch::{previous_versions, WatchEnd, Watcher};
+use crate::kv::state_machine::KeySpan;
+use crate::watch::{changed_kv, previous_versions, WatchEnd, Watcher};
 
 /// Responses of one stream waiting for the client to take them; a watch whose client reads no faster than
 /// the store changes waits here (and falls back to reading the history when it is too far behind).
@@ -139,21 +139,11 @@ impl EtcdApi {
                 .into_iter()
                 .zip(previous)
                 .map(|(change, prev)| {
-                    let (kind, kv) = match change.record {
-                        Some(record) => (
-                            mvccpb::event::EventType::Put,
-                            KeyValue::new(&change.key, &record),
-                        ),
-                        None => (
-                            mvccpb::event::EventType::Delete,
-                            KeyValue {
-                                key: change.key,
-                                value: Vec::new(),
-                                create_revision: 0,
-                                mod_revision: change.revision,
-                                version: 0,
-                            },
-                        ),
+                    let (deleted, kv) = changed_kv(change);
+                    let kind = if deleted {
+                        mvccpb::event::EventType::Delete
+                    } else {
+                        mvccpb::event::EventType::Put
                     };
                     mvccpb::Event {
                         r#type: kind as i32,
