@@ -835,6 +835,17 @@ impl Client {
         .await
     }
 
+    /// Hands leadership to the voter `node_id`; returns once it leads.
+    pub async fn move_leader(&self, node_id: u64) -> Result<kv::MoveLeaderResponse, ClientError> {
+        self.admin(|mut client, deadline| async move {
+            Ok(client
+                .move_leader(self.request(kv::MoveLeaderRequest { node_id }, deadline))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// Removes a node from the cluster.
     pub async fn remove_member(&self, node_id: u64) -> Result<kv::MembersResponse, ClientError> {
         self.admin(|mut client, deadline| async move {

@@ -238,6 +238,36 @@ fn every_command_in_each_format_with_exit_codes() {
     assert_exit(&members, 0);
     assert_eq!(json_lines(&members).len(), 3);
     assert_exit(&cluster.raftkv(&["-w", "table", "members", "list"]), 0);
+
+    // Leadership moves to a follower, which every status row then names; a non-member is refused in words.
+    let follower = rows
+        .iter()
+        .find(|row| row["role"] != "leader")
+        .and_then(|row| row["id"].as_u64())
+        .expect("a follower");
+    let moved = cluster.raftkv(&[
+        "-w",
+        "json",
+        "members",
+        "move-leader",
+        &follower.to_string(),
+    ]);
+    assert_exit(&moved, 0);
+    assert_eq!(json_lines(&moved)[0]["leader_id"], follower);
+    let status = cluster.raftkv(&["-w", "json", "status"]);
+    let leaders: Vec<Value> = json_lines(&status)
+        .iter()
+        .filter(|row| row["role"] == "leader")
+        .map(|row| row["id"].clone())
+        .collect();
+    assert_eq!(leaders, [Value::from(follower)], "{}", stdout(&status));
+    let refused = cluster.raftkv(&["members", "move-leader", "99"]);
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).contains("node 99 cannot lead: it is not a voter"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// Reads at a past revision, on every node and in every mode; `compact` through the CLI; a read below the

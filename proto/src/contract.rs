@@ -53,7 +53,7 @@ pub enum ErrorKind {
     Indeterminate,
     /// A session's write carries a sequence older than the last one applied.
     SequenceTooOld,
-    /// A membership change was refused.
+    /// A membership change or a leadership transfer was refused (or the transfer did not finish).
     Membership,
     /// The node is shutting down.
     ShuttingDown,

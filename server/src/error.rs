@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use raftkv_proto::contract::ErrorKind;
 
+use crate::raft::transfer::TransferError;
 use crate::raft::types::NodeId;
 use crate::storage::ReadError;
 
@@ -28,6 +29,12 @@ pub enum ApiError {
     },
     #[error("no leader is known to this node")]
     NoLeader,
+    /// A write arrived while this leader hands leadership over (`raft::transfer`): it was not proposed.
+    #[error("this node is handing leadership to node {target}; the write was not proposed, retry in a moment")]
+    LeaderTransfer { target: NodeId },
+    /// A leadership transfer that was refused or did not finish.
+    #[error("leadership transfer failed: {0}")]
+    Transfer(TransferError),
     #[error("cannot confirm this read with a quorum: {0}")]
     NoQuorum(String),
     #[error("this node leads, but no quorum has acknowledged it for {quorum_age_ms} ms (the limit is {limit_ms} ms): it may be cut off from the other nodes, which may elect another leader; the write was not proposed, try another node")]
@@ -73,7 +80,8 @@ impl ApiError {
             }
             ApiError::OutOfRange(_) => ErrorKind::OutOfRange,
             ApiError::Busy(_) => ErrorKind::Busy,
-            ApiError::NotLeader { .. } => ErrorKind::NotLeader,
+            ApiError::NotLeader { .. } | ApiError::LeaderTransfer { .. } => ErrorKind::NotLeader,
+            ApiError::Transfer(_) => ErrorKind::Membership,
             ApiError::NoLeader => ErrorKind::NoLeader,
             ApiError::NoQuorum(_) | ApiError::LeaderWithoutQuorum { .. } => ErrorKind::NoQuorum,
             ApiError::TooStale { .. } => ErrorKind::TooStale,

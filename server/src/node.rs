@@ -54,6 +54,7 @@ use crate::ops::observer::Observer;
 use crate::ops::snapshot_schedule::{self, SnapshotSchedule};
 use crate::ops::telemetry;
 use crate::raft::election::{ElectionGate, ElectionTiming, Elector};
+use crate::raft::handover::TakeoverRequest;
 use crate::raft::network::{NetworkFactory, PeerChannels, PEER_MESSAGE_BYTES_MAX};
 use crate::raft::peer_service::{PeerService, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_CHUNK_TIMEOUT};
 use crate::raft::quorum::{QuorumClock, SilencePolicy};
@@ -235,6 +236,7 @@ impl Node {
         ));
         peers.set_quorum_clock(quorum.clone());
         let election_gate = Arc::new(ElectionGate::default());
+        let takeover = Arc::new(TakeoverRequest::default());
 
         let mut tasks = JoinSet::new();
         let (stopping, stopped) = watch::channel(false);
@@ -292,6 +294,8 @@ impl Node {
             writes,
             leader_quorum_lapse_max: timing.voter_lease(),
             quorum: quorum.clone(),
+            peers: peers.clone(),
+            timing,
         };
         let etcd = EtcdApi {
             api: api.clone(),
@@ -312,6 +316,7 @@ impl Node {
             voter_lease: timing.voter_lease(),
             quorum,
             election_gate: election_gate.clone(),
+            takeover: takeover.clone(),
             draining: draining_signal,
         };
         let elector = Elector {
@@ -320,6 +325,7 @@ impl Node {
             peers: peers.clone(),
             timing,
             gate: election_gate,
+            takeover,
         };
         tasks.spawn(elector.run(stopped.clone()).instrument(span.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -27,7 +27,10 @@ use crate::kv::state_machine::{
 };
 use crate::kv::write_batch::{WriteBatcher, WriteError, PROPOSALS_PENDING_MAX};
 use crate::ops::telemetry;
+use crate::raft::election::ElectionTiming;
+use crate::raft::network::PeerChannels;
 use crate::raft::quorum::QuorumClock;
+use crate::raft::transfer;
 use crate::raft::types::{Node, NodeId, Raft};
 use crate::reads::{Consistency, Envelope, ReadRequest, Reader, Role};
 use crate::storage::ReadError;
@@ -51,13 +54,15 @@ pub fn to_status(error: ApiError) -> Status {
         ApiError::OutOfRange(_) => Code::OutOfRange,
         ApiError::Busy(_) => Code::ResourceExhausted,
         ApiError::NotLeader { .. }
+        | ApiError::LeaderTransfer { .. }
         | ApiError::NoLeader
         | ApiError::NoQuorum(_)
         | ApiError::LeaderWithoutQuorum { .. }
         | ApiError::ShuttingDown => Code::Unavailable,
-        ApiError::TooStale { .. } | ApiError::SequenceTooOld { .. } | ApiError::Membership(_) => {
-            Code::FailedPrecondition
-        }
+        ApiError::TooStale { .. }
+        | ApiError::SequenceTooOld { .. }
+        | ApiError::Membership(_)
+        | ApiError::Transfer(_) => Code::FailedPrecondition,
         ApiError::Revision(_) => Code::OutOfRange,
         ApiError::RevisionTimeout { .. }
         | ApiError::ApplyTimeout { .. }
@@ -101,8 +106,11 @@ pub struct Api {
     /// A leader that no quorum has acknowledged for longer than this refuses writes before proposing them
     /// (`ElectionTiming::voter_lease`: past it the other voters may elect someone else).
     pub leader_quorum_lapse_max: Duration,
-    /// How long ago a quorum last acknowledged this node as leader.
+    /// How long ago a quorum last acknowledged this node as leader, and a leadership transfer under way.
     pub quorum: Arc<QuorumClock>,
+    /// For leadership transfers (`move_leader`).
+    pub peers: Arc<PeerChannels>,
+    pub timing: ElectionTiming,
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {
@@ -239,6 +247,9 @@ impl Api {
     /// acknowledgement a leader's age counts from its election (`QuorumClock`).
     fn ensure_leader_with_quorum(&self) -> Result<(), ApiError> {
         self.ensure_leader()?;
+        if let Some(target) = self.quorum.handover.target() {
+            return Err(ApiError::LeaderTransfer { target });
+        }
         let quorum_age_ms = self
             .quorum
             .leader_quorum_age()
@@ -340,6 +351,9 @@ impl Api {
         change: ChangeMembers<NodeId, Node>,
     ) -> Result<kv::MembersResponse, ApiError> {
         self.ensure_leader()?;
+        if let Some(target) = self.quorum.handover.target() {
+            return Err(ApiError::LeaderTransfer { target });
+        }
         match tokio::time::timeout(
             MEMBERSHIP_CHANGE_TIMEOUT,
             self.raft.change_membership(change, false),
@@ -358,6 +372,30 @@ impl Api {
             }
             Ok(Err(RaftError::Fatal(error))) => Err(ApiError::Indeterminate(error.to_string())),
         }
+    }
+
+    /// Hands leadership from this node, which must lead, to the voter `target` (`raft::transfer`); returns
+    /// once `target` leads. Moving it to this node itself changes nothing.
+    pub(crate) async fn move_leader(&self, target: NodeId) -> Result<(), ApiError> {
+        self.ensure_leader()?;
+        if target == self.node_id {
+            return Ok(());
+        }
+        tracing::info!(target, "leadership transfer requested");
+        transfer::transfer(
+            &self.raft,
+            &self.peers,
+            &self.quorum.handover,
+            self.timing,
+            target,
+        )
+        .await
+        .map_err(|error| {
+            tracing::warn!(target, %error, "leadership transfer failed");
+            ApiError::Transfer(error)
+        })?;
+        tracing::info!(target, "leadership transferred");
+        Ok(())
     }
 }
 
@@ -719,6 +757,17 @@ impl kv::admin_server::Admin for Api {
         Ok(GrpcResponse::new(
             self.change_membership(change).await.map_err(to_status)?,
         ))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<kv::MoveLeaderRequest>,
+    ) -> Result<GrpcResponse<kv::MoveLeaderResponse>, Status> {
+        let target = request.into_inner().node_id;
+        self.move_leader(target).await.map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::MoveLeaderResponse {
+            leader_id: target,
+        }))
     }
 
     async fn remove_member(

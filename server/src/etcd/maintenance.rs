@@ -1,20 +1,26 @@
 //! etcd's Maintenance service: `Status` (what `etcdctl endpoint status` prints), `Alarm` (raftkv raises
 //! none), `Hash` / `HashKV` (a checksum of this node's keyspace at a revision, so replicas can be compared)
 //! `Defragment` (nothing to do: sled reuses its own space) and `Snapshot` (a backup of the keyspace, see
-//! `storage::backup`). `MoveLeader` and `Downgrade` are refused in words until they are built.
+//! `storage::backup`), `MoveLeader` (`raft::transfer`). `Downgrade` is refused in words: there is no older
+//! version.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::Stream;
 use openraft::ServerState;
+use raftkv_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcd::etcdserverpb::{self as pb, alarm_request::AlarmAction};
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::{etcd_error, to_etcd_status, EtcdApi, ETCD_API_VERSION};
+use super::{etcd_error, forward, to_etcd_status, EtcdApi, ETCD_API_VERSION};
 use crate::api::ApiError;
 use crate::kv::state_machine::ScanRange;
 use crate::storage::ReadError;
 
+/// Deadline of a `MoveLeader` a follower passes to the leader: longer than a transfer may take at the
+/// slowest election timing the flags allow to be practical.
+pub const MOVE_LEADER_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of a backup per `SnapshotResponse`.
 pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks a backup may have ready before its writer waits for the client to take them.
@@ -233,14 +239,27 @@ impl pb::maintenance_server::Maintenance for EtcdApi {
         )))
     }
 
+    /// Passed to the leader from a follower (etcd answers "not leader" there; etcdctl finds the leader
+    /// itself, other clients need not).
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<GrpcResponse<pb::MoveLeaderResponse>, Status> {
-        Err(etcd_error(
-            Code::Unimplemented,
-            "raftkv: leadership transfer is not supported yet",
-        ))
+        if !self.is_leader() {
+            let channel = self.leader_channel(request.metadata())?;
+            let mut leader = MaintenanceClient::new(channel);
+            return forward(
+                MOVE_LEADER_FORWARD_TIMEOUT,
+                request.into_inner(),
+                |request| leader.move_leader(request),
+            )
+            .await;
+        }
+        let target = request.into_inner().target_id;
+        self.api.move_leader(target).await.map_err(to_etcd_status)?;
+        Ok(GrpcResponse::new(pb::MoveLeaderResponse {
+            header: Some(self.header(self.api.reader.state_machine.revisions().0)),
+        }))
     }
 
     async fn downgrade(

@@ -29,6 +29,7 @@ use tonic::{Code, Status};
 
 use crate::api::{Api, ApiError};
 use crate::raft::network::PeerChannels;
+use crate::raft::transfer::TransferError;
 use crate::reads::{Consistency, Envelope, ReadRequest, Role};
 use crate::storage::{LogStore, ReadError};
 
@@ -87,6 +88,19 @@ pub fn to_etcd_status(error: ApiError) -> Status {
         | ApiError::LeaderWithoutQuorum { .. } => {
             (Code::Unavailable, "etcdserver: no leader".to_string())
         }
+        // What etcd answers a proposal dropped while leadership moves.
+        ApiError::LeaderTransfer { .. } => {
+            (Code::Unavailable, "etcdserver: leader changed".to_string())
+        }
+        // etcd's own messages, which clients match; the reason is in raftkv's API and the leader's log.
+        ApiError::Transfer(TransferError::BadTarget { .. }) => (
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee".to_string(),
+        ),
+        ApiError::Transfer(_) => (
+            Code::Unavailable,
+            "etcdserver: request timed out, leader transfer took too long".to_string(),
+        ),
         ApiError::Revision(ReadError::Compacted { .. }) => (
             Code::OutOfRange,
             "etcdserver: mvcc: required revision has been compacted".to_string(),

@@ -16,6 +16,9 @@
 //! accepted a leader message (openraft derives that lease from the `election_timeout_max` it is given, see
 //! `node::raft_config`), the same span etcd's check-quorum lease has. A single voter campaigns at once.
 //!
+//! A node its leader asked to take over (`TakeoverRequest`, see `transfer`) campaigns sooner: as soon as the
+//! voter lease has passed since it last heard from the leader (`ElectionTiming::takeover_timeout`).
+//!
 //! Silence is measured by openraft's own clock of the vote (`vote_last_modified`: refreshed by every leader
 //! message the node accepts, by a vote it grants and by its own campaign), the same clock openraft's voters
 //! use, so the timer and the voters agree on when a leader went quiet.
@@ -29,6 +32,7 @@ use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::raft::handover::TakeoverRequest;
 use crate::raft::network::PeerChannels;
 use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
 use crate::raft::types::{LogId, NodeId, Raft};
@@ -47,6 +51,10 @@ impl ElectionGate {
         self.0.read().await
     }
 }
+
+/// How much later than the voters' lease a node asked to take over campaigns: the voters received the
+/// leader's last message at slightly different moments, and a vote asked a moment too early is refused.
+pub const TAKEOVER_MARGIN: Duration = Duration::from_millis(50);
 
 /// How often the elector looks again when it has nothing to wait for (a leader, a learner, a node not yet
 /// initialized): it then learns of a change of role within this.
@@ -80,6 +88,18 @@ impl ElectionTiming {
     /// the other side of any partition have had time to elect a leader of their own.
     pub fn leader_silent_after(&self) -> Duration {
         self.election_timeout_max * 2
+    }
+
+    /// How long a leader handing over waits for the target to take over (`transfer`): the voters' lease
+    /// after its last message, then a pre-vote and a vote round, with room for one more attempt.
+    pub fn transfer_timeout(&self) -> Duration {
+        self.voter_lease() + self.election_timeout_max * 2
+    }
+
+    /// When a node asked to take over (`TakeoverRequest`) campaigns: once the voters' lease has run out
+    /// since it last heard from the leader, a little later than any voter could refuse it.
+    pub fn takeover_timeout(&self) -> Duration {
+        self.voter_lease() + TAKEOVER_MARGIN
     }
 
     /// Deadline of a pre-vote round: half the shortest election timeout, so a peer that does not answer (cut
@@ -160,6 +180,9 @@ pub struct Elector {
     pub peers: Arc<PeerChannels>,
     pub timing: ElectionTiming,
     pub gate: Arc<ElectionGate>,
+    /// A leader's request that this node take over (`transfer`): it then campaigns as soon as the voters
+    /// allow, instead of after its drawn timeout.
+    pub takeover: Arc<TakeoverRequest>,
 }
 
 impl Elector {
@@ -178,15 +201,21 @@ impl Elector {
             if term_seen.replace(view.term) != Some(view.term) {
                 timeout = self.timing.draw(&mut rand::rng());
             }
-            match next_step(self.node_id, &view, timeout, quiet_since.elapsed()) {
+            let timeout_now = if self.takeover.holds_for(view.term) {
+                timeout.min(self.timing.takeover_timeout())
+            } else {
+                timeout
+            };
+            match next_step(self.node_id, &view, timeout_now, quiet_since.elapsed()) {
                 Step::Campaign => {
-                    self.attempt(&view, timeout).await;
+                    self.attempt(&view, timeout_now).await;
                     quiet_since = Instant::now();
                     timeout = self.timing.draw(&mut rand::rng());
                 }
                 Step::Wait(wait) => {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
+                        _ = self.takeover.arrived() => {}
                         _ = stopping.wait_for(|stopping| *stopping) => return,
                     }
                 }

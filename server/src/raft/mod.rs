@@ -10,14 +10,17 @@
 //! - `peer_service`: the server side of the peer API, which checks every envelope before decoding;
 //! - `election`: when this node campaigns (openraft's own timer is off);
 //! - `pre_vote`: the question a node asks before it campaigns, and the pure rule a voter answers by;
-//! - `quorum`: how long ago a quorum vouched for this node as leader, and the silence of a leader without one.
+//! - `quorum`: how long ago a quorum vouched for this node as leader, and the silence of a leader without one;
+//! - `transfer`: leadership transfer (etcd's `MoveLeader`), with the state it shares in `handover`.
 //!
 //! The order of duties openraft relies on is kept by `storage`: a vote or an appended entry is durable before
 //! openraft is told so.
 
 pub mod election;
+pub mod handover;
 pub mod network;
 pub mod peer_service;
 pub mod pre_vote;
 pub mod quorum;
+pub mod transfer;
 pub mod types;

@@ -29,6 +29,7 @@ use crate::api::to_status;
 use crate::api::SERVER_REQUEST_TIMEOUT;
 use crate::error::ApiError;
 use crate::raft::election::ElectionGate;
+use crate::raft::handover::{TakeoverRequest, TimeoutNow};
 use crate::raft::pre_vote::{self, PreVoteRequest, VoterView};
 use crate::raft::quorum::QuorumClock;
 use crate::raft::types::{NodeId, Raft, TypeConfig};
@@ -68,6 +69,8 @@ pub struct PeerService {
     /// Leader messages are handled under its read guard, so that a campaign never starts in between the
     /// elector's last look at the silence and the campaign (`ElectionGate`).
     pub election_gate: Arc<ElectionGate>,
+    /// Set when this node's leader asks it to take over (`TimeoutNow`); read by the elector and the pre-vote rule.
+    pub takeover: Arc<TakeoverRequest>,
     /// Becomes true when the node starts to shut down: AppendEntries streams end after the message in hand,
     /// so that they do not hold the drain of requests in flight.
     pub draining: watch::Receiver<bool>,
@@ -389,6 +392,8 @@ impl Peer for PeerService {
         let node_id = self.node_id;
         let leader_quorum_age = self.quorum.leader_quorum_age();
         let last_log_id = self.raft.data_metrics().borrow().last_log;
+        let handing_to = self.quorum.handover.target();
+        let takeover = self.takeover.clone();
         let view = self
             .raft
             .with_raft_state(move |state| {
@@ -400,16 +405,19 @@ impl Peer for PeerService {
                     .get_joint_config()
                     .iter()
                     .any(|set| set.contains(&from));
+                let term = vote.leader_id().term;
+                let transfer_target = handing_to.or(takeover.holds_for(term).then_some(node_id));
                 let view = VoterView {
                     node_id,
                     state: state.server_state,
-                    term: vote.leader_id().term,
+                    term,
                     vote_committed: vote.is_committed(),
                     since_vote_refreshed: state
                         .vote_last_modified()
                         .map(|at| tokio::time::Instant::now().saturating_duration_since(at)),
                     last_log_id,
                     leader_quorum_age,
+                    transfer_target,
                 };
                 (view, candidate_is_voter)
             })
@@ -417,9 +425,58 @@ impl Peer for PeerService {
         let Ok((view, candidate_is_voter)) = view else {
             return Err(to_status(ApiError::ShuttingDown));
         };
-        let reply = pre_vote::decide(&view, &request, candidate_is_voter, self.voter_lease);
+        let reply = pre_vote::decide(&view, from, &request, candidate_is_voter, self.voter_lease);
         tracing::debug!(from, term = request.term, ?reply, "pre-vote");
         Self::reply(&reply)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let message = request.into_inner();
+        let from = message.from;
+        let request: TimeoutNow = self.open(message, "timeout-now", true)?;
+        let node_id = self.node_id;
+        let refusal = self
+            .raft
+            .with_raft_state(move |state| {
+                let vote = state.vote_ref();
+                let is_voter = state
+                    .membership_state
+                    .effective()
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .all(|set| set.contains(&node_id));
+                if !is_voter {
+                    Some(format!("node {node_id} is not a voter, so it cannot lead"))
+                } else if vote.leader_id().term != request.term
+                    || !vote.is_committed()
+                    || vote.leader_id().voted_for() != Some(from)
+                {
+                    Some(format!(
+                        "node {from} does not lead node {node_id} in term {} (its vote is {vote})",
+                        request.term,
+                    ))
+                } else {
+                    None
+                }
+            })
+            .await
+            .map_err(|_| to_status(ApiError::ShuttingDown))?;
+        if let Some(message) = refusal {
+            tracing::warn!(from, "refused a leadership transfer: {message}");
+            return Err(Status::failed_precondition(message));
+        }
+        tracing::info!(
+            from,
+            term = request.term,
+            "the leader hands leadership to this node; campaigning once the voters' lease runs out"
+        );
+        self.takeover
+            .ask(request.term, Duration::from_millis(request.within_ms));
+        Self::reply(&())
     }
 
     async fn install_snapshot(

@@ -14,7 +14,10 @@
 //! - a follower refuses while it accepted a leader message within the voter lease (openraft's own vote would
 //!   refuse the same, see `ElectionTiming::voter_lease`);
 //! - anyone refuses a candidate whose log is behind its own (the real vote would, too);
-//! - a node that is not a voter is not asked, and a request from a non-voter is refused.
+//! - a node that is not a voter is not asked, and a request from a non-voter is refused;
+//! - while a leadership transfer names a target (on the leader handing over and on the target itself, see
+//!   `transfer`), only the target is granted, and it is granted whatever the lease (the leader fell silent
+//!   for it), still only if its log is not behind.
 //!
 //! There is no term check: a candidate with a stale term learns the higher term from the real vote's refusal
 //! and campaigns above it next time; refusing it here would leave it unable to learn it at all.
@@ -61,6 +64,8 @@ pub enum PreVoteRefusal {
         term: u64,
         millis_ago: u64,
     },
+    #[error("node {node_id} is handing leadership to node {target}, not to this candidate")]
+    Transferring { node_id: NodeId, target: NodeId },
     #[error("node {node_id} has a longer log (last entry {mine}, the candidate's {candidate})")]
     LogBehind {
         node_id: NodeId,
@@ -83,17 +88,20 @@ pub struct VoterView {
     pub last_log_id: Option<LogId>,
     /// On a leader: time since a quorum last acknowledged it; `None` before the first acknowledgement.
     pub leader_quorum_age: Option<Duration>,
+    /// The target of a leadership transfer under way: set on the leader handing over and on the target.
+    pub transfer_target: Option<NodeId>,
 }
 
-/// The pre-vote rule (see the module documentation). `candidate_is_voter` says whether the candidate is a
-/// voter of this node's membership; `voter_lease` is `ElectionTiming::voter_lease`.
+/// The pre-vote rule (see the module documentation). `candidate` sent the request; `candidate_is_voter` says
+/// whether it is a voter of this node's membership; `voter_lease` is `ElectionTiming::voter_lease`.
 pub fn decide(
     view: &VoterView,
+    candidate: NodeId,
     request: &PreVoteRequest,
     candidate_is_voter: bool,
     voter_lease: Duration,
 ) -> PreVoteReply {
-    match refusal(view, request, candidate_is_voter, voter_lease) {
+    match refusal(view, candidate, request, candidate_is_voter, voter_lease) {
         None => PreVoteReply::Granted,
         Some(refusal) => PreVoteReply::Refused(refusal),
     }
@@ -101,6 +109,7 @@ pub fn decide(
 
 fn refusal(
     view: &VoterView,
+    candidate: NodeId,
     request: &PreVoteRequest,
     candidate_is_voter: bool,
     voter_lease: Duration,
@@ -110,27 +119,38 @@ fn refusal(
             node_id: view.node_id,
         });
     }
-    if view.state == ServerState::Leader {
-        // A leader without a first acknowledgement has just won its election: it is as alive as can be.
-        let quorum_age = view.leader_quorum_age.unwrap_or_default();
-        if quorum_age <= voter_lease {
-            return Some(PreVoteRefusal::Leading {
+    match view.transfer_target {
+        Some(target) if target != candidate => {
+            return Some(PreVoteRefusal::Transferring {
                 node_id: view.node_id,
-                term: view.term,
-                quorum_age_ms: quorum_age.as_millis() as u64,
-            });
+                target,
+            })
         }
-    } else if view.vote_committed {
-        if let Some(since) = view
-            .since_vote_refreshed
-            .filter(|since| *since <= voter_lease)
-        {
-            return Some(PreVoteRefusal::HeardFromLeader {
-                node_id: view.node_id,
-                term: view.term,
-                millis_ago: since.as_millis() as u64,
-            });
+        Some(_) => {}
+        None if view.state == ServerState::Leader => {
+            // A leader without a first acknowledgement has just won its election: it is as alive as can be.
+            let quorum_age = view.leader_quorum_age.unwrap_or_default();
+            if quorum_age <= voter_lease {
+                return Some(PreVoteRefusal::Leading {
+                    node_id: view.node_id,
+                    term: view.term,
+                    quorum_age_ms: quorum_age.as_millis() as u64,
+                });
+            }
         }
+        None if view.vote_committed => {
+            if let Some(since) = view
+                .since_vote_refreshed
+                .filter(|since| *since <= voter_lease)
+            {
+                return Some(PreVoteRefusal::HeardFromLeader {
+                    node_id: view.node_id,
+                    term: view.term,
+                    millis_ago: since.as_millis() as u64,
+                });
+            }
+        }
+        None => {}
     }
     // openraft's comparison: log ids order by (leader term, leader node, index), partially; a candidate whose
     // last entry is not at least ours is refused, incomparable ones included (so not `<`).
@@ -160,6 +180,8 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_millis(1000);
+    /// The candidate of every row; node 2 is the voter.
+    const CANDIDATE: NodeId = 1;
 
     fn log(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(term, 1), index))
@@ -174,6 +196,7 @@ mod tests {
             since_vote_refreshed: since_vote_refreshed_ms.map(Duration::from_millis),
             last_log_id,
             leader_quorum_age: None,
+            transfer_target: None,
         }
     }
 
@@ -193,6 +216,10 @@ mod tests {
             state: ServerState::Leader,
             leader_quorum_age: quorum_age_ms.map(Duration::from_millis),
             ..follower(Some(60_000), log(3, 10))
+        };
+        let handing = |view: VoterView, target: NodeId| VoterView {
+            transfer_target: Some(target),
+            ..view
         };
         let candidate = |view: VoterView| VoterView {
             state: ServerState::Candidate,
@@ -299,6 +326,41 @@ mod tests {
                 true,
                 Some("log"),
             ),
+            (
+                "a leader handing over to the candidate, acknowledged just now",
+                handing(leader(Some(40)), CANDIDATE),
+                log(3, 10),
+                true,
+                None,
+            ),
+            (
+                "the transfer's target asked by another candidate",
+                handing(follower(Some(5000), log(3, 10)), 2),
+                log(3, 10),
+                true,
+                Some("transfer"),
+            ),
+            (
+                "a leader handing over to another node",
+                handing(leader(Some(5000)), 3),
+                log(3, 10),
+                true,
+                Some("transfer"),
+            ),
+            (
+                "handing over to the candidate, whose log is behind",
+                handing(leader(Some(40)), CANDIDATE),
+                log(3, 9),
+                true,
+                Some("log"),
+            ),
+            (
+                "a transfer's target still needs to be a voter",
+                handing(follower(Some(10), log(3, 10)), CANDIDATE),
+                log(3, 10),
+                false,
+                Some("voter"),
+            ),
             // A vote for a candidate (not committed) carries no lease: a split vote is retried at once.
             (
                 "a candidate that just voted for itself",
@@ -313,12 +375,13 @@ mod tests {
                 term: view.term + 1,
                 last_log_id: candidate_log,
             };
-            let got = match decide(&view, &request, candidate_is_voter, LEASE) {
+            let got = match decide(&view, CANDIDATE, &request, candidate_is_voter, LEASE) {
                 PreVoteReply::Granted => None,
                 PreVoteReply::Refused(PreVoteRefusal::HeardFromLeader { .. }) => Some("heard"),
                 PreVoteReply::Refused(PreVoteRefusal::LogBehind { .. }) => Some("log"),
                 PreVoteReply::Refused(PreVoteRefusal::NotAVoter { .. }) => Some("voter"),
                 PreVoteReply::Refused(PreVoteRefusal::Leading { .. }) => Some("leading"),
+                PreVoteReply::Refused(PreVoteRefusal::Transferring { .. }) => Some("transfer"),
             };
             assert_eq!(got, expected, "{name}");
         }
@@ -328,6 +391,7 @@ mod tests {
     fn refusals_say_who_and_why_in_words() {
         let refused = decide(
             &follower(Some(120), log(3, 10)),
+            CANDIDATE,
             &PreVoteRequest {
                 term: 4,
                 last_log_id: log(3, 10),
@@ -344,6 +408,7 @@ mod tests {
         );
         let refused = decide(
             &follower(Some(5000), log(3, 10)),
+            CANDIDATE,
             &PreVoteRequest {
                 term: 4,
                 last_log_id: log(2, 4),

@@ -1,4 +1,5 @@
-//! How long ago a quorum last vouched for this node as leader, and what a leader that lost its quorum does.
+//! How long ago a quorum last vouched for this node as leader, and what a leader that lost its quorum does
+//! (or one handing leadership over, `handover`).
 //!
 //! openraft 0.9 reports `millis_since_quorum_ack` only once a quorum acknowledged a message of the leader;
 //! a leader cut off right after its election never gets one. Its election was a quorum's vote, so until the
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use tokio::sync::watch;
 
+use crate::raft::handover::Handover;
 use crate::raft::types::RaftMetrics;
 
 /// When a leader without a quorum is silent (see the module docs).
@@ -52,6 +54,9 @@ pub struct QuorumClock {
     was_silent: Mutex<bool>,
     /// The node's span: the network calls this from openraft's tasks, outside it.
     span: tracing::Span,
+    /// A leadership transfer this leader is making: it too makes the leader refuse writes and fall silent,
+    /// and it is read by the same three (the api, the network, the pre-vote handler).
+    pub handover: Handover,
 }
 
 impl QuorumClock {
@@ -63,6 +68,7 @@ impl QuorumClock {
             silence,
             was_silent: Mutex::new(false),
             span: tracing::Span::current(),
+            handover: Handover::default(),
         }
     }
 

@@ -325,6 +325,59 @@ async fn etcdctl_sees_and_changes_the_membership() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("can only promote a learner"));
 }
 
+/// `etcdctl move-leader` hands leadership to the named member: every node then names it, and writes go on
+/// there. The `etcd-client` crate asks a follower, which passes the request to the leader, and moves it back.
+/// A member that does not exist is refused with etcd's message, and the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_moves_the_leader() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let first = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let all = cluster.endpoints();
+    ok(&all, &["put", "before", "1"]);
+    let target = [1, 2, 3].into_iter().find(|id| *id != first).unwrap();
+
+    // etcdctl takes the member id in hex and asks the leader among the endpoints.
+    let moved = ok(&all, &["move-leader", &format!("{target:x}")]);
+    assert!(
+        moved.contains(&format!(
+            "Leadership transferred from {first:x} to {target:x}"
+        )),
+        "{moved}"
+    );
+    assert_eq!(cluster.wait_for_agreed_leader(&[1, 2, 3], 1).await, target);
+    ok(&all, &["put", "after", "2"]);
+    assert_eq!(
+        ok(
+            &[cluster.addr(first)],
+            &["get", "after", "--print-value-only"]
+        )
+        .trim(),
+        "2"
+    );
+
+    // Asked of a node that does not lead: it passes the request on.
+    let bystander = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != first && *id != target)
+        .unwrap();
+    let mut client = etcd_client::Client::connect([cluster.addr(bystander)], None)
+        .await
+        .expect("connect");
+    client.move_leader(first).await.expect("move leader back");
+    assert_eq!(cluster.wait_for_agreed_leader(&[1, 2, 3], 2).await, first);
+
+    // No member 99: refused in etcd's words, leadership stays.
+    let refused = run(&all, &["move-leader", "63"], "");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("bad leader transferee"), "{stderr}");
+    let statuses = json(&all, &["endpoint", "status"]);
+    for status in statuses.as_array().expect("one status per endpoint") {
+        assert_eq!(status["Status"]["leader"], first, "{statuses}");
+    }
+    ok(&all, &["put", "still", "3"]);
+}
+
 /// The `etcd-client` crate (an etcd client library nobody here wrote) against raftkv, unchanged: writes on a
 /// follower, prefix reads with count, a transaction, a delete returning what it deleted, compaction and the
 /// error its clients match on, members and status.

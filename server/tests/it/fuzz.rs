@@ -28,6 +28,7 @@ use raftkv_server::kv::state_machine::{
     Batch, Command, Expected, Rejection, Request, Response, ScanRange, SessionRef, KEY_BYTES_MAX,
     VALUE_BYTES_MAX,
 };
+use raftkv_server::raft::handover::TimeoutNow;
 use raftkv_server::raft::network::{NetworkFactory, PeerChannels};
 use raftkv_server::raft::peer_service::{decode_payload, PeerService};
 use raftkv_server::raft::pre_vote::PreVoteRequest;
@@ -171,6 +172,10 @@ fn vote_request() -> impl Strategy<Value = VoteRequest<NodeId>> {
 fn pre_vote_request() -> impl Strategy<Value = PreVoteRequest> {
     (any::<u64>(), prop::option::of(log_id()))
         .prop_map(|(term, last_log_id)| PreVoteRequest { term, last_log_id })
+}
+
+fn timeout_now() -> impl Strategy<Value = TimeoutNow> {
+    (any::<u64>(), any::<u64>()).prop_map(|(term, within_ms)| TimeoutNow { term, within_ms })
 }
 
 fn install_snapshot() -> impl Strategy<Value = InstallSnapshotRequest<TypeConfig>> {
@@ -468,6 +473,7 @@ async fn in_process_node() -> InProcessNode {
             },
         )),
         election_gate: Arc::default(),
+        takeover: Arc::default(),
         draining: tokio::sync::watch::channel(false).1,
     };
     InProcessNode {
@@ -498,6 +504,7 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
         message_bytes(vote_request()).prop_map(|bytes| (1u8, bytes)),
         message_bytes(install_snapshot()).prop_map(|bytes| (2u8, bytes)),
         message_bytes(pre_vote_request()).prop_map(|bytes| (3u8, bytes)),
+        message_bytes(timeout_now()).prop_map(|bytes| (4u8, bytes)),
     ];
     let mut runner = TestRunner::new(Config::default());
     let codes_seen = std::sync::Mutex::new(BTreeSet::new());
@@ -519,7 +526,8 @@ fn peer_service_answers_fuzzed_messages_without_panicking() {
                         0 => node.service.append_entries(message).await,
                         1 => node.service.vote(message).await,
                         2 => node.service.install_snapshot(message).await,
-                        _ => node.service.pre_vote(message).await,
+                        3 => node.service.pre_vote(message).await,
+                        _ => node.service.timeout_now(message).await,
                     }
                 });
                 let code = match result {

@@ -163,6 +163,8 @@ pub enum MembersAction {
     Promote { id: u64 },
     /// Remove a node from the cluster.
     Remove { id: u64 },
+    /// Hand leadership to the voter ID (writes pause for about an election timeout).
+    MoveLeader { id: u64 },
 }
 
 #[derive(Clone, Debug, Args)]
@@ -652,6 +654,16 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                 MembersAction::AddLearner { id, address } => client.add_learner(id, &address).await,
                 MembersAction::Promote { id } => client.promote(id).await,
                 MembersAction::Remove { id } => client.remove_member(id).await,
+                MembersAction::MoveLeader { id } => {
+                    let moved = client.move_leader(id).await.map_err(fail)?;
+                    match output {
+                        Output::Json => println!("{}", json!({"leader_id": moved.leader_id})),
+                        Output::Table | Output::Simple => {
+                            println!("node {} leads", moved.leader_id)
+                        }
+                    }
+                    return Ok(EXIT_OK);
+                }
             }
             .map_err(fail)?;
             match output {

@@ -23,8 +23,11 @@ use std::time::Duration;
 use openraft::error::Unreachable;
 use raftkv_proto::peer::peer_client::PeerClient;
 use raftkv_proto::peer::{RaftMessage, ReadIndexReply, ReadIndexRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::raft::handover::TimeoutNow;
 use crate::raft::pre_vote::{PreVoteReply, PreVoteRequest};
 use crate::raft::quorum::QuorumClock;
 use crate::raft::types::NodeId;
@@ -197,10 +200,21 @@ impl PeerChannels {
             .map(|age| age.as_millis() as u64)
     }
 
-    /// While this node is a leader without a quorum in a silent phase (`QuorumClock::silent_for`), the error
-    /// an AppendEntries or snapshot chunk gets instead of being sent.
+    /// While this node is a leader handing over leadership (`transfer::Handover::is_silent`) or a leader
+    /// without a quorum in a silent phase (`QuorumClock::silent_for`), the error an AppendEntries or snapshot
+    /// chunk gets instead of being sent.
     fn silence(&self) -> Option<Unreachable> {
-        let quorum_age = self.quorum.get()?.silent_for()?;
+        let quorum = self.quorum.get()?;
+        if let Some(target) = quorum
+            .handover
+            .target()
+            .filter(|_| quorum.handover.is_silent())
+        {
+            return Some(Unreachable::new(&std::io::Error::other(format!(
+                "this leader is handing leadership to node {target}; not sending"
+            ))));
+        }
+        let quorum_age = quorum.silent_for()?;
         Some(Unreachable::new(&std::io::Error::other(format!(
             "this leader has had no quorum for {quorum_age:?}; not sending"
         ))))
@@ -309,6 +323,22 @@ impl PeerChannels {
     }
 }
 
+/// The small unary peer calls whose payloads are postcard-encoded raftkv types (not openraft's).
+#[derive(Clone, Copy, Debug)]
+enum SmallCall {
+    PreVote,
+    TimeoutNow,
+}
+
+impl SmallCall {
+    fn name(self) -> &'static str {
+        match self {
+            SmallCall::PreVote => "pre-vote",
+            SmallCall::TimeoutNow => "timeout-now",
+        }
+    }
+}
+
 impl PeerChannels {
     /// Asks `target` (advertised at `advertised`) whether it would vote for this node now (see `pre_vote`).
     pub async fn pre_vote(
@@ -318,15 +348,45 @@ impl PeerChannels {
         request: &PreVoteRequest,
         timeout: Duration,
     ) -> Result<PreVoteReply, PeerCallError> {
+        self.small_call(target, advertised, SmallCall::PreVote, request, timeout)
+            .await
+    }
+
+    /// Tells `target` (advertised at `advertised`) to take over leadership from this node (see `transfer`).
+    pub async fn timeout_now(
+        &self,
+        target: NodeId,
+        advertised: &str,
+        request: &TimeoutNow,
+        timeout: Duration,
+    ) -> Result<(), PeerCallError> {
+        self.small_call(target, advertised, SmallCall::TimeoutNow, request, timeout)
+            .await
+    }
+
+    async fn small_call<Req: Serialize, Reply: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        advertised: &str,
+        call: SmallCall,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Reply, PeerCallError> {
         let addr = self.address_of(target, advertised);
         let mut client = self.client(target, &addr)?;
         let payload = postcard::to_stdvec(request).map_err(|error| PeerCallError::Malformed {
             target,
-            message: format!("cannot encode a pre-vote: {error}"),
+            message: format!("cannot encode a {}: {error}", call.name()),
         })?;
         let mut message = tonic::Request::new(self.envelope(target, payload));
         message.set_timeout(timeout);
-        let reply = match tokio::time::timeout(timeout, client.pre_vote(message)).await {
+        let sent = async {
+            match call {
+                SmallCall::PreVote => client.pre_vote(message).await,
+                SmallCall::TimeoutNow => client.timeout_now(message).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(reply)) => reply.into_inner(),
             Ok(Err(status)) if is_transport_failure(&status) => {
                 return Err(PeerCallError::Unreachable {
@@ -346,7 +406,7 @@ impl PeerChannels {
         };
         postcard::from_bytes(&reply.payload).map_err(|error| PeerCallError::Malformed {
             target,
-            message: format!("pre-vote reply does not decode: {error}"),
+            message: format!("{} reply does not decode: {error}", call.name()),
         })
     }
 }
@@ -528,6 +588,13 @@ mod tests {
         }
 
         async fn pre_vote(
+            &self,
+            _request: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+
+        async fn timeout_now(
             &self,
             _request: tonic::Request<RaftMessage>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
