@@ -693,3 +693,144 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     assert_eq!(canceled.compact_revision(), 100);
     assert!(canceled.cancel_reason().contains("compacted"));
 }
+
+/// The consistency ladder through the etcd API: raftkv's read modes ride in request metadata, the envelope
+/// of what was served comes back in `raftkv-served`, and each rung refuses as it does in raftkv's own API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_reads_choose_their_consistency_in_metadata() {
+    use raftkv_proto::contract::{
+        ETCD_CONSISTENCY_KEY, ETCD_MAX_STALENESS_KEY, ETCD_MIN_REVISION_KEY, ETCD_SERVED_KEY,
+    };
+    use raftkv_proto::etcd::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let mut kv = KvClient::connect(format!("http://{}", cluster.addr(follower)))
+        .await
+        .expect("connect");
+    kv.put(PutRequest {
+        key: b"ladder".to_vec(),
+        value: b"1".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("put through a follower");
+    cluster.wait_applied(follower, 1).await;
+
+    let range = |metadata: &[(&'static str, &str)], serializable: bool| {
+        let mut request = tonic::Request::new(RangeRequest {
+            key: b"ladder".to_vec(),
+            serializable,
+            ..Default::default()
+        });
+        request.set_timeout(std::time::Duration::from_secs(5));
+        for (key, value) in metadata {
+            request
+                .metadata_mut()
+                .insert(*key, value.parse().expect("ascii metadata"));
+        }
+        request
+    };
+    let served = |response: &tonic::Response<_>| -> String {
+        response
+            .metadata()
+            .get(ETCD_SERVED_KEY)
+            .expect("the envelope comes back")
+            .to_str()
+            .expect("text")
+            .to_string()
+    };
+
+    // Default: linearizable, served by the follower after a read index from the leader.
+    let read = kv
+        .range(range(&[], false))
+        .await
+        .expect("linearizable read");
+    assert_eq!(read.get_ref().kvs[0].value, b"1");
+    let envelope = served(&read);
+    assert!(
+        envelope.contains(&format!(
+            "node={follower},role=follower,consistency=linearizable"
+        )),
+        "{envelope}"
+    );
+    // etcd's serializable is raftkv's stale read, with how long since the node heard from its leader.
+    let envelope = served(&kv.range(range(&[], true)).await.expect("serializable read"));
+    assert!(envelope.contains("consistency=stale"), "{envelope}");
+    assert!(envelope.contains(&format!("leader={leader}")), "{envelope}");
+    assert!(envelope.contains("millis_since_leader="), "{envelope}");
+    let envelope = served(
+        &kv.range(range(
+            &[
+                (ETCD_CONSISTENCY_KEY, "stale"),
+                (ETCD_MAX_STALENESS_KEY, "5s"),
+            ],
+            false,
+        ))
+        .await
+        .expect("bounded stale read"),
+    );
+    assert!(envelope.contains("consistency=stale"), "{envelope}");
+
+    // Refusals, in words: a mode that does not exist, two modes at once, a revision the node has not reached.
+    let refused = kv
+        .range(range(&[(ETCD_CONSISTENCY_KEY, "eventual")], false))
+        .await
+        .expect_err("no such mode");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused
+        .message()
+        .contains("is not one of linearizable, lease, stale"));
+    let refused = kv
+        .range(range(&[(ETCD_CONSISTENCY_KEY, "lease")], true))
+        .await
+        .expect_err("serializable and lease");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let refused = kv
+        .range(range(&[(ETCD_MIN_REVISION_KEY, "1000000")], true))
+        .await
+        .expect_err("a revision far ahead");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("min_revision"), "{refused:?}");
+
+    // The other two nodes frozen (so none is elected meanwhile): a bounded stale read on the follower refuses
+    // once the bound has passed, an unbounded one is still served.
+    let other = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader && *id != follower)
+        .unwrap();
+    cluster.pause(leader);
+    cluster.pause(other);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let refused = kv
+        .range(range(
+            &[
+                (ETCD_CONSISTENCY_KEY, "stale"),
+                (ETCD_MAX_STALENESS_KEY, "300ms"),
+            ],
+            false,
+        ))
+        .await
+        .expect_err("staler than the bound");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("has not heard from a leader"),
+        "{refused:?}"
+    );
+    let stale = kv
+        .range(range(&[], true))
+        .await
+        .expect("unbounded stale read");
+    assert_eq!(stale.get_ref().kvs[0].value, b"1");
+    cluster.resume(leader);
+    cluster.resume(other);
+}
