@@ -63,6 +63,9 @@ pub enum ClientError {
     /// Could not reach the one endpoint a call was pinned to.
     #[error("cannot reach {endpoint}: {message}")]
     Connection { endpoint: String, message: String },
+    /// The request names a lease that does not exist (never granted, revoked or expired); nothing changed.
+    #[error("{0}")]
+    LeaseNotFound(String),
     /// Something the library did not expect.
     #[error("{0}")]
     Other(String),
@@ -87,6 +90,7 @@ impl ClientError {
             ClientError::Tls { .. } => "tls",
             ClientError::TlsConfig(_) => "tls_config",
             ClientError::Unauthenticated(_) => "unauthenticated",
+            ClientError::LeaseNotFound(_) => "lease_not_found",
             ClientError::Other(_) => "other",
         }
     }
@@ -191,6 +195,7 @@ pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
         Some(ErrorKind::FutureRevision) => ClientError::FutureRevision(message),
         Some(ErrorKind::Indeterminate) => ClientError::Indeterminate { message },
         Some(ErrorKind::Busy) => ClientError::Busy(message),
+        Some(ErrorKind::LeaseNotFound) => ClientError::LeaseNotFound(message),
         _ => match status.code() {
             tonic::Code::InvalidArgument => ClientError::InvalidArgument(message),
             tonic::Code::OutOfRange => ClientError::OutOfRange(message),

@@ -59,11 +59,13 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Something the node did not expect.
     Internal,
+    /// The request names a lease that does not exist (never granted, revoked or expired); nothing changed.
+    LeaseNotFound,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and tools that list them.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidArgument,
         ErrorKind::OutOfRange,
         ErrorKind::Busy,
@@ -79,6 +81,7 @@ impl ErrorKind {
         ErrorKind::Membership,
         ErrorKind::ShuttingDown,
         ErrorKind::Internal,
+        ErrorKind::LeaseNotFound,
     ];
 
     /// The name sent in `raftkv-error`.
@@ -99,6 +102,7 @@ impl ErrorKind {
             ErrorKind::Membership => "membership",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
+            ErrorKind::LeaseNotFound => "lease_not_found",
         }
     }
 

@@ -65,6 +65,10 @@ pub enum ApiError {
     SequenceTooOld { last_sequence: u64 },
     #[error("membership change refused: {0}")]
     Membership(String),
+    #[error("lease {id} not found: it was never granted, or it was revoked or expired")]
+    LeaseNotFound { id: i64 },
+    #[error("lease {id} already exists; grant another id, or 0 to have one chosen")]
+    LeaseExists { id: i64 },
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -93,6 +97,8 @@ impl ApiError {
             ApiError::Indeterminate(_) => ErrorKind::Indeterminate,
             ApiError::SequenceTooOld { .. } => ErrorKind::SequenceTooOld,
             ApiError::Membership(_) => ErrorKind::Membership,
+            ApiError::LeaseNotFound { .. } => ErrorKind::LeaseNotFound,
+            ApiError::LeaseExists { .. } => ErrorKind::InvalidArgument,
             ApiError::ShuttingDown => ErrorKind::ShuttingDown,
             ApiError::Internal(_) => ErrorKind::Internal,
         }

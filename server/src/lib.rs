@@ -5,6 +5,7 @@
 //! - `api`: the client and admin gRPC services, the one place a domain error (`error`) becomes a status;
 //! - `reads`: the read-consistency ladder, read-index rounds, the leader lease, the read envelope;
 //! - `kv`: the pure key-value state machine and the leader's write batcher;
+//! - `lease`: when leases expire (the leader's `Lessor`); `watch`: following changes;
 //! - `raft`: what makes the nodes one replicated log: openraft's types, the peer network (client and
 //!   server side), elections and pre-vote;
 //! - `storage`: the only code that names sled or touches the data dir: the WAL, the log store, the applied
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod kv;
+pub mod lease;
 pub mod node;
 pub mod ops;
 pub mod raft;

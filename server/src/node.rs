@@ -28,6 +28,7 @@ use openraft::SnapshotPolicy;
 use raftkv_proto::etcd::etcdserverpb::auth_server::AuthServer as EtcdAuthServer;
 use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use raftkv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use raftkv_proto::kv::admin_server::AdminServer;
@@ -48,6 +49,7 @@ use crate::etcd::{self, EtcdApi};
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
 use crate::kv::state_machine::WRITE_BYTES_MAX;
 use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
+use crate::lease::Lessor;
 use crate::ops::auto_compaction;
 use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
 use crate::ops::observer::Observer;
@@ -284,6 +286,22 @@ impl Node {
             forwarder,
             leader_contact: leader_contact.clone(),
         };
+        let lessor = Arc::new(Lessor::new(
+            config.election_timeout_max,
+            timing.voter_lease(),
+        ));
+        tasks.spawn(
+            lessor
+                .clone()
+                .run(
+                    raft.clone(),
+                    reader.state_machine.clone(),
+                    writes.clone(),
+                    quorum.clone(),
+                    stopped.clone(),
+                )
+                .instrument(span.clone()),
+        );
         let api = Api {
             node_id: config.id,
             address: config.advertise.clone(),
@@ -296,6 +314,7 @@ impl Node {
             quorum: quorum.clone(),
             peers: peers.clone(),
             timing,
+            lessor,
         };
         let etcd = EtcdApi {
             api: api.clone(),
@@ -400,6 +419,10 @@ impl Node {
                 EtcdWatchServer::new(etcd.clone())
                     .max_decoding_message_size(config.max_request_bytes)
                     .max_encoding_message_size(CLIENT_RESPONSE_BYTES_MAX),
+            )
+            .add_service(
+                EtcdLeaseServer::new(etcd.clone())
+                    .max_decoding_message_size(config.max_request_bytes),
             )
             .add_service(
                 EtcdAuthServer::new(etcd).max_decoding_message_size(config.max_request_bytes),

@@ -178,6 +178,7 @@ pub fn changed_kv(change: HistoryEntry) -> (bool, KeyValue) {
                 create_revision: 0,
                 mod_revision: change.revision,
                 version: 0,
+                lease: 0,
             },
         ),
     }

@@ -5,6 +5,7 @@
 //! proposed but whose outcome is not known by its deadline is reported as indeterminate, never as failed.
 //! Every status carries `raftkv-error`, a stable machine-readable kind (see `ApiError::kind`).
 
+pub mod lease;
 pub mod txn;
 pub mod watch;
 
@@ -26,6 +27,7 @@ use crate::kv::state_machine::{
     self, Command, Expected, Rejection, Response, ScanRange, SessionRef,
 };
 use crate::kv::write_batch::{WriteBatcher, WriteError, PROPOSALS_PENDING_MAX};
+use crate::lease::Lessor;
 use crate::ops::telemetry;
 use crate::raft::election::ElectionTiming;
 use crate::raft::network::PeerChannels;
@@ -51,6 +53,8 @@ pub fn to_status(error: ApiError) -> Status {
     use tonic::Code;
     let code = match &error {
         ApiError::InvalidArgument(_) | ApiError::KeyNotFound { .. } => Code::InvalidArgument,
+        ApiError::LeaseNotFound { .. } => Code::NotFound,
+        ApiError::LeaseExists { .. } => Code::FailedPrecondition,
         ApiError::OutOfRange(_) => Code::OutOfRange,
         ApiError::Busy(_) => Code::ResourceExhausted,
         ApiError::NotLeader { .. }
@@ -111,6 +115,8 @@ pub struct Api {
     /// For leadership transfers (`move_leader`).
     pub peers: Arc<PeerChannels>,
     pub timing: ElectionTiming,
+    /// The leader's lease deadlines.
+    pub lessor: Arc<Lessor>,
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {
@@ -129,6 +135,7 @@ fn to_kv(kv: state_machine::KeyValue) -> kv::KeyValue {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
+        lease: kv.lease,
     }
 }
 
@@ -322,6 +329,13 @@ impl Api {
                     "the ranges of the write cover more than {limit} keys (or {} MiB) in all; narrow them",
                     state_machine::TXN_RESPONSE_BYTES_MAX / (1024 * 1024)
                 ),
+            )),
+            Response::Rejected(Rejection::LeaseNotFound { id }) => {
+                Err(ApiError::LeaseNotFound { id })
+            }
+            Response::Rejected(Rejection::LeaseExists { id }) => Err(ApiError::LeaseExists { id }),
+            Response::Rejected(Rejection::LeaseFull { id, limit }) => Err(ApiError::OutOfRange(
+                format!("lease {id} already has {limit} keys, the most one lease may hold; attach the key to another lease"),
             )),
             response => Ok(response),
         }

@@ -31,7 +31,7 @@ pub(super) fn to_mvcc(kv: KeyValue) -> mvccpb::KeyValue {
         mod_revision: i64::try_from(kv.mod_revision).unwrap_or(i64::MAX),
         version: i64::try_from(kv.version).unwrap_or(i64::MAX),
         value: kv.value,
-        lease: 0,
+        lease: kv.lease,
     }
 }
 
@@ -97,10 +97,6 @@ fn range_spec(request: pb::RangeRequest) -> Result<RangeSpec, Status> {
 }
 
 fn put_spec(request: pb::PutRequest) -> Result<PutSpec, Status> {
-    if request.lease != 0 {
-        // raftkv has no leases yet, so no lease id exists.
-        return Err(etcd_error(Code::NotFound, "requested lease not found"));
-    }
     if request.key.len() > KEY_BYTES_MAX || request.value.len() > VALUE_BYTES_MAX {
         return Err(txn_status(TxnInvalid::TooLarge));
     }
@@ -112,6 +108,8 @@ fn put_spec(request: pb::PutRequest) -> Result<PutSpec, Status> {
         value: request.value,
         prev_kv: request.prev_kv,
         ignore_value: request.ignore_value,
+        lease: request.lease,
+        ignore_lease: request.ignore_lease,
     })
 }
 
@@ -270,7 +268,7 @@ impl EtcdApi {
     }
 
     /// A forwarded answer, told as this node's: etcd's header names the member the client asked.
-    fn as_own<T>(
+    pub(super) fn as_own<T>(
         &self,
         mut response: GrpcResponse<T>,
         header: impl FnOnce(&mut T) -> Option<&mut pb::ResponseHeader>,
@@ -348,7 +346,7 @@ impl pb::kv_server::Kv for EtcdApi {
         if put.key.is_empty() {
             return Err(etcd_error(Code::InvalidArgument, "key is not provided"));
         }
-        if !put.prev_kv && !put.ignore_value {
+        if !put.prev_kv && !put.ignore_value && put.lease == 0 && !put.ignore_lease {
             let command = Command::Put {
                 key: put.key,
                 value: put.value,

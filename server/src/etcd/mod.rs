@@ -5,12 +5,13 @@
 //! (etcd clients send writes to any member and expect it to reach the leader).
 //!
 //! The services: `kv` (Range, Put, DeleteRange, Txn, Compact), `cluster` (members), `maintenance` (status,
-//! alarms, hashes, backups), `auth` (disabled), `watch` (streams of changes). Lease is not served yet:
-//! clients get `Unimplemented`.
+//! alarms, hashes, backups, leadership transfer), `auth` (disabled), `watch` (streams of changes), `lease`
+//! (grants, keep-alives, expiry by the leader's `lease::Lessor`).
 
 pub mod auth;
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -125,6 +126,14 @@ pub fn to_etcd_status(error: ApiError) -> Status {
             (Code::InvalidArgument, format!("etcdserver: {reason}"))
         }
         ApiError::OutOfRange(reason) => (Code::OutOfRange, format!("etcdserver: {reason}")),
+        ApiError::LeaseNotFound { .. } => (
+            Code::NotFound,
+            "etcdserver: requested lease not found".to_string(),
+        ),
+        ApiError::LeaseExists { .. } => (
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists".to_string(),
+        ),
         // Clients match this message exactly.
         ApiError::KeyNotFound { .. } => (
             Code::InvalidArgument,

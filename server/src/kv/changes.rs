@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::types::{Record, ScanRange, SessionRecord, SESSIONS_MAX};
+use super::types::{LeaseRecord, Record, ScanRange, SessionRecord, SESSIONS_MAX};
 
 /// A read of the applied state failed (the storage could not read its own data). Applying stops there: the
 /// node cannot go on without its state.
@@ -35,6 +35,10 @@ pub trait KeyspaceRead {
     fn session_count(&self) -> usize;
     /// The least recently used sessions, oldest first, as (`last_index`, client id): at most `count` of them.
     fn oldest_sessions(&self, count: usize) -> Result<Vec<(u64, u64)>, ReadFailure>;
+    /// The lease, if it exists.
+    fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, ReadFailure>;
+    /// The keys attached to the lease, in key order, at most `limit`.
+    fn lease_keys(&self, id: i64, limit: usize) -> Result<Vec<Vec<u8>>, ReadFailure>;
 }
 
 /// One version of a key written to the history: `record` is `None` for a deletion (a tombstone).
@@ -64,6 +68,10 @@ pub struct ChangeSet {
     pub order_added: BTreeSet<(u64, u64)>,
     /// Sessions remembered after the entry.
     pub session_count: usize,
+    /// Leases that changed: the new record, or `None` if revoked.
+    pub leases: BTreeMap<i64, Option<LeaseRecord>>,
+    /// Keys attached to a lease (`true`) or detached from it (`false`).
+    pub lease_keys: BTreeMap<(i64, Vec<u8>), bool>,
 }
 
 impl ChangeSet {
@@ -101,9 +109,13 @@ impl<'a, V: KeyspaceRead> Pending<'a, V> {
         self.changes
     }
 
-    /// Keys the changes so far write: current records, versions and sessions.
+    /// Keys the changes so far write: current records, versions, sessions and leases.
     pub fn writes(&self) -> usize {
-        self.changes.current.len() + self.changes.history.len() + self.changes.sessions.len()
+        self.changes.current.len()
+            + self.changes.history.len()
+            + self.changes.sessions.len()
+            + self.changes.leases.len()
+            + self.changes.lease_keys.len()
     }
 
     pub fn revision(&self) -> u64 {
@@ -202,6 +214,48 @@ impl<'a, V: KeyspaceRead> Pending<'a, V> {
             .insert((record.last_index, client_id));
         self.changes.sessions.insert(client_id, Some(record));
         Ok(())
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, ReadFailure> {
+        match self.changes.leases.get(&id) {
+            Some(record) => Ok(*record),
+            None => self.base.lease(id),
+        }
+    }
+
+    pub fn set_lease(&mut self, id: i64, record: Option<LeaseRecord>) {
+        self.changes.leases.insert(id, record);
+    }
+
+    /// Attaches `key` to lease `id` (which exists) or detaches it, counting the lease's keys.
+    pub fn attach(&mut self, id: i64, key: &[u8], attached: bool) -> Result<(), ReadFailure> {
+        if let Some(mut record) = self.lease(id)? {
+            record.keys = if attached {
+                record.keys + 1
+            } else {
+                record.keys.saturating_sub(1)
+            };
+            self.set_lease(id, Some(record));
+        }
+        self.changes.lease_keys.insert((id, key.to_vec()), attached);
+        Ok(())
+    }
+
+    /// The keys attached to lease `id` now, the changes so far included, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, ReadFailure> {
+        let mut keys: BTreeSet<Vec<u8>> =
+            self.base.lease_keys(id, usize::MAX)?.into_iter().collect();
+        for ((lease, key), attached) in self.changes.lease_keys.range((id, Vec::new())..) {
+            if *lease != id {
+                break;
+            }
+            if *attached {
+                keys.insert(key.clone());
+            } else {
+                keys.remove(key);
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 
     fn unorder(&mut self, index: u64, client_id: u64) {

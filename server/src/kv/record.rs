@@ -27,6 +27,8 @@ pub struct Record {
     pub mod_revision: u64,
     /// Writes to the key since it was created (1 after the creating write).
     pub version: u64,
+    /// The lease the key is attached to (0: none): the key is deleted when the lease ends.
+    pub lease: i64,
 }
 
 /// A key with its record, as returned to clients.
@@ -37,6 +39,7 @@ pub struct KeyValue {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    pub lease: i64,
 }
 
 impl KeyValue {
@@ -47,6 +50,7 @@ impl KeyValue {
             create_revision: record.create_revision,
             mod_revision: record.mod_revision,
             version: record.version,
+            lease: record.lease,
         }
     }
 }

@@ -103,14 +103,9 @@ fn apply_command<V: KeyspaceRead>(
             Response::Put { revision }
         }
         Command::Delete { key } => {
-            if state.current(key)?.is_some() {
+            if let Some(record) = state.current(key)? {
                 let revision = state.next_revision();
-                state.set_current(key, None);
-                state.record_history(HistoryEntry {
-                    key: key.clone(),
-                    revision,
-                    record: None,
-                });
+                delete_at(state, key, record.lease, revision)?;
                 Response::Delete {
                     revision,
                     deleted: true,
@@ -153,6 +148,38 @@ fn apply_command<V: KeyspaceRead>(
             }
         }
         Command::Txn(txn) => apply_txn(state, txn)?,
+        Command::LeaseGrant { id, ttl } => {
+            if state.lease(*id)?.is_some() {
+                Response::Rejected(Rejection::LeaseExists { id: *id })
+            } else {
+                state.set_lease(*id, Some(LeaseRecord { ttl: *ttl, keys: 0 }));
+                Response::LeaseGrant {
+                    revision: state.revision(),
+                    id: *id,
+                    ttl: *ttl,
+                }
+            }
+        }
+        Command::LeaseRevoke { id } => {
+            if state.lease(*id)?.is_none() {
+                Response::Rejected(Rejection::LeaseNotFound { id: *id })
+            } else {
+                let keys = state.lease_keys(*id)?;
+                let revision = if keys.is_empty() {
+                    state.revision()
+                } else {
+                    state.next_revision()
+                };
+                for key in &keys {
+                    delete_at(state, key, *id, revision)?;
+                }
+                state.set_lease(*id, None);
+                Response::LeaseRevoke {
+                    revision,
+                    deleted: keys.len() as u64,
+                }
+            }
+        }
         Command::Compact { revision } => {
             let (current, compact_revision) = (state.revision(), state.compact_revision());
             if *revision <= compact_revision {
@@ -176,36 +203,50 @@ fn apply_command<V: KeyspaceRead>(
     })
 }
 
-/// Sets `key` to `value` at the next revision and returns that revision.
+/// Sets `key` to `value`, with no lease, at the next revision and returns that revision.
 fn write<V: KeyspaceRead>(
     state: &mut Pending<'_, V>,
     key: &[u8],
     value: &[u8],
 ) -> Result<u64, ReadFailure> {
     let revision = state.next_revision();
-    write_at(state, key, value, revision)?;
+    write_at(state, key, value, 0, revision)?;
     Ok(revision)
 }
 
-/// Sets `key` to `value` at `revision`, already taken.
+/// Sets `key` to `value` at `revision`, already taken, attached to `lease` (0: none; it must exist): the key
+/// leaves the lease it had, if another.
 fn write_at<V: KeyspaceRead>(
     state: &mut Pending<'_, V>,
     key: &[u8],
     value: &[u8],
+    lease: i64,
     revision: u64,
 ) -> Result<(), ReadFailure> {
-    let record = match state.current(key)? {
+    let old = state.current(key)?;
+    let old_lease = old.as_ref().map_or(0, |old| old.lease);
+    if old_lease != lease {
+        if old_lease != 0 {
+            state.attach(old_lease, key, false)?;
+        }
+        if lease != 0 {
+            state.attach(lease, key, true)?;
+        }
+    }
+    let record = match old {
         Some(old) => Record {
             value: value.to_vec(),
             create_revision: old.create_revision,
             mod_revision: revision,
             version: old.version + 1,
+            lease,
         },
         None => Record {
             value: value.to_vec(),
             create_revision: revision,
             mod_revision: revision,
             version: 1,
+            lease,
         },
     };
     state.record_history(HistoryEntry {
@@ -217,14 +258,23 @@ fn write_at<V: KeyspaceRead>(
     Ok(())
 }
 
-/// Deletes `key`, which exists, at `revision`, already taken.
-fn delete_at<V: KeyspaceRead>(state: &mut Pending<'_, V>, key: &[u8], revision: u64) {
+/// Deletes `key`, which exists attached to `lease` (0: none), at `revision`, already taken.
+fn delete_at<V: KeyspaceRead>(
+    state: &mut Pending<'_, V>,
+    key: &[u8],
+    lease: i64,
+    revision: u64,
+) -> Result<(), ReadFailure> {
+    if lease != 0 {
+        state.attach(lease, key, false)?;
+    }
     state.set_current(key, None);
     state.record_history(HistoryEntry {
         key: key.to_vec(),
         revision,
         record: None,
     });
+    Ok(())
 }
 
 /// Applies a transaction: every branch decided on the state before it (`plan`), then the operations of the
@@ -326,11 +376,24 @@ fn plan<V: KeyspaceRead>(
     };
     for op in ops {
         match op {
-            TxnOp::Put(put) if put.ignore_value && state.current(&put.key)?.is_none() => {
+            TxnOp::Put(put)
+                if (put.ignore_value || put.ignore_lease) && state.current(&put.key)?.is_none() =>
+            {
                 return Ok(Err(Rejection::KeyNotFound {
                     key: put.key.clone(),
                 }))
             }
+            TxnOp::Put(put) if put.lease != 0 => match state.lease(put.lease)? {
+                None => return Ok(Err(Rejection::LeaseNotFound { id: put.lease })),
+                // Counted on the state before the transaction: it may attach a few more.
+                Some(lease) if lease.keys >= LEASE_KEYS_MAX => {
+                    return Ok(Err(Rejection::LeaseFull {
+                        id: put.lease,
+                        limit: LEASE_KEYS_MAX,
+                    }))
+                }
+                Some(_) => {}
+            },
             TxnOp::Put(_) => {}
             TxnOp::Range(RangeSpec { span, .. }) | TxnOp::DeleteRange { span, .. } => {
                 let kvs = match span_kvs(state, span, 0)? {
@@ -390,8 +453,12 @@ fn execute<V: KeyspaceRead>(
                     (Some(prev), true) => prev.value.clone(),
                     _ => put.value.clone(),
                 };
+                let lease = match (&prev, put.ignore_lease) {
+                    (Some(prev), true) => prev.lease,
+                    _ => put.lease,
+                };
                 let at = *revision.get_or_insert_with(|| state.next_revision());
-                write_at(state, &put.key, &value, at)?;
+                write_at(state, &put.key, &value, lease, at)?;
                 TxnOpResult::Put {
                     prev_kv: prev
                         .filter(|_| put.prev_kv)
@@ -406,7 +473,7 @@ fn execute<V: KeyspaceRead>(
                 })?;
                 for kv in &kvs {
                     let at = *revision.get_or_insert_with(|| state.next_revision());
-                    delete_at(state, &kv.key, at);
+                    delete_at(state, &kv.key, kv.lease, at)?;
                 }
                 TxnOpResult::DeleteRange {
                     deleted: kvs.len() as u64,

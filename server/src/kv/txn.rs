@@ -109,7 +109,7 @@ pub enum CompareTarget {
     Create(i64),
     Mod(i64),
     Value(Vec<u8>),
-    /// The key's lease (0: none; raftkv has no leases yet, so every key's is 0).
+    /// The key's lease (0: none).
     Lease(i64),
 }
 
@@ -135,6 +135,7 @@ impl Compare {
                     create_revision: 0,
                     mod_revision: 0,
                     version: 0,
+                    lease: 0,
                 }),
             };
         }
@@ -148,7 +149,7 @@ impl Compare {
             CompareTarget::Create(target) => as_i64(kv.create_revision).cmp(target),
             CompareTarget::Mod(target) => as_i64(kv.mod_revision).cmp(target),
             CompareTarget::Value(target) => kv.value.as_slice().cmp(target.as_slice()),
-            CompareTarget::Lease(target) => 0i64.cmp(target),
+            CompareTarget::Lease(target) => kv.lease.cmp(target),
         };
         match self.op {
             CompareOp::Equal => ordering == Ordering::Equal,
@@ -279,6 +280,10 @@ pub struct PutSpec {
     pub prev_kv: bool,
     /// Keep the key's current value (the key must exist).
     pub ignore_value: bool,
+    /// Attach the key to this lease (0: none, and the key leaves any lease it had); the lease must exist.
+    pub lease: i64,
+    /// Keep the key's current lease (the key must exist); `lease` must then be 0.
+    pub ignore_lease: bool,
 }
 
 /// One operation of a transaction branch.
@@ -344,6 +349,11 @@ pub enum TxnInvalid {
     Value(String),
     #[error("reading at a past revision inside a transaction is not supported; read it in its own request")]
     RevisionInTxn,
+    /// etcd's message for a put that both keeps its lease and names one.
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("lease id {0} is negative: lease ids are positive, 0 for no lease")]
+    NegativeLease(i64),
 }
 
 impl Txn {
@@ -383,6 +393,12 @@ impl Txn {
                 TxnOp::Put(put) => {
                     validate_key(&put.key).map_err(TxnInvalid::Key)?;
                     validate_value(&put.value).map_err(TxnInvalid::Value)?;
+                    if put.ignore_lease && put.lease != 0 {
+                        return Err(TxnInvalid::LeaseProvided);
+                    }
+                    if put.lease < 0 {
+                        return Err(TxnInvalid::NegativeLease(put.lease));
+                    }
                 }
                 TxnOp::DeleteRange { span, .. } => span.validate()?,
                 TxnOp::Txn(txn) => txn.validate_at(depth + 1)?,
@@ -500,6 +516,8 @@ mod tests {
             value: b"v".to_vec(),
             prev_kv: false,
             ignore_value: false,
+            lease: 0,
+            ignore_lease: false,
         })
     }
 
@@ -520,6 +538,7 @@ mod tests {
             create_revision: 1,
             mod_revision,
             version: 1,
+            lease: 0,
         }
     }
 

@@ -65,6 +65,32 @@ pub enum Command {
     },
     /// Compares, then the operations of one branch, at one revision (`txn`).
     Txn(Txn),
+    /// Grants lease `id` (chosen by the proposer, unused) with a time to live of `ttl` seconds. Leases are
+    /// replicated state; when one expires is decided by the leader alone (`lease::Lessor`).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Ends lease `id` and deletes every key attached to it, all at one revision: a client's revoke, or the
+    /// leader's when the lease expired.
+    LeaseRevoke {
+        id: i64,
+    },
+}
+
+/// Longest time to live a lease may be granted, in seconds (etcd's `MaxLeaseTTL`).
+pub const LEASE_TTL_MAX: i64 = 9_000_000_000;
+/// Most keys attached to one lease: a revoke deletes them all in one entry, so it stays within what one
+/// write may change (`RANGE_KEYS_IN_WRITE_MAX`). A put that would attach one more is refused.
+pub const LEASE_KEYS_MAX: u64 = RANGE_KEYS_IN_WRITE_MAX as u64;
+
+/// A lease as the state holds it. When it expires is not replicated: only the leader's clock decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The time to live it was granted, in seconds: what a keep-alive renews it to.
+    pub ttl: i64,
+    /// Keys attached to it now.
+    pub keys: u64,
 }
 
 /// Identifies one write of one client session.
@@ -133,6 +159,17 @@ pub enum Response {
         revision: u64,
         result: TxnResult,
     },
+    /// The lease exists from now on; `revision` is the store's (a grant changes no key).
+    LeaseGrant {
+        revision: u64,
+        id: i64,
+        ttl: i64,
+    },
+    /// The lease is gone with its `deleted` keys; `revision` is the deletions' own if there were any.
+    LeaseRevoke {
+        revision: u64,
+        deleted: u64,
+    },
 }
 
 /// Why a committed command changed nothing. These are decided deterministically from the command and state.
@@ -153,6 +190,12 @@ pub enum Rejection {
     KeyNotFound { key: Vec<u8> },
     /// A range inside a write covers more than `RANGE_KEYS_IN_WRITE_MAX` keys.
     RangeTooLarge { limit: usize },
+    /// A put names a lease, or a revoke one, that does not exist (never granted, revoked or expired).
+    LeaseNotFound { id: i64 },
+    /// A grant names a lease id already in use.
+    LeaseExists { id: i64 },
+    /// A put would attach more than `LEASE_KEYS_MAX` keys to the lease.
+    LeaseFull { id: i64, limit: u64 },
 }
 
 /// What the session table remembers of one client.
@@ -169,8 +212,19 @@ impl Command {
     pub fn key(&self) -> &[u8] {
         match self {
             Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
-            Command::Compact { .. } | Command::Txn(_) => &[],
+            Command::Compact { .. }
+            | Command::Txn(_)
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => &[],
         }
+    }
+
+    /// Whether the command grants or revokes a lease.
+    pub fn is_lease(&self) -> bool {
+        matches!(
+            self,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }
+        )
     }
 
     /// Bytes of key and values the command carries: what it adds to a log entry, less framing. At most
@@ -190,7 +244,7 @@ impl Command {
                 };
                 key.len() + expected + value.len()
             }
-            Command::Compact { .. } => 0,
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
             Command::Txn(txn) => txn.bytes(),
         }
     }
@@ -216,6 +270,21 @@ impl Command {
             }
             Command::Compact { .. } => Ok(()),
             Command::Txn(txn) => txn.validate().map_err(|error| error.to_string()),
+            Command::LeaseGrant { id, ttl } => {
+                if *id <= 0 {
+                    Err(format!("lease id {id} is not positive"))
+                } else if !(1..=LEASE_TTL_MAX).contains(ttl) {
+                    Err(format!(
+                        "lease TTL {ttl} s is outside 1 to {LEASE_TTL_MAX} s"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Command::LeaseRevoke { id } if *id <= 0 => {
+                Err(format!("lease id {id} is not positive"))
+            }
+            Command::LeaseRevoke { .. } => Ok(()),
         }
     }
 }

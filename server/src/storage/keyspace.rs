@@ -3,14 +3,17 @@
 //! changes and the applied log id together.
 //!
 //! Layout of the tree (every key starts with a one-byte prefix):
-//! - `c` key: the current record, `[create u64][version u64][mod u64][value]` (big-endian numbers).
-//!   Deleted keys have none.
-//! - `h` escaped-key `00 00` revision: one version, `[1][create u64][version u64][value]` for a value,
-//!   `[0]` for a deletion (a tombstone). The key is escaped (`00` becomes `00 FF`) and ended by `00 00`, so the
+//! - `c` key: the current record, `[create u64][version u64][mod u64][lease i64][value]` (big-endian
+//!   numbers; lease 0: none). Deleted keys have none.
+//! - `h` escaped-key `00 00` revision: one version, `[1][create u64][version u64][value]` for a value with no
+//!   lease, `[2][create u64][version u64][lease i64][value]` for one with a lease, `[0]` for a deletion (a
+//!   tombstone). The key is escaped (`00` becomes `00 FF`) and ended by `00 00`, so the
 //!   versions of a key lie together in revision order and keys keep their order: a range or prefix of keys is
 //!   a range of the tree.
 //! - `s` client-id: a session record (postcard). Their eviction order (by each one's `last_index`) is kept in
 //!   memory, rebuilt from the records at open: one write per session touched, not three.
+//! - `l` lease-id: a lease (postcard `LeaseRecord`: its TTL and number of keys); `k` lease-id key: a key
+//!   attached to the lease (empty value), so a revoke finds its keys in order. Leases have no history.
 //! - `m` name: the store revision with the applied log id (one key, written with every entry), the compaction
 //!   point, the membership.
 //!
@@ -27,14 +30,16 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::kv::changes::{ChangeSet, HistoryEntry, KeyspaceRead, ReadFailure};
 use crate::kv::state_machine::{
-    apply_batch, Batch, BatchResponse, KeySpan, KeyValue, Record, ScanRange, ScanResult,
-    SessionRecord, Span,
+    apply_batch, Batch, BatchResponse, KeySpan, KeyValue, LeaseRecord, Record, ScanRange,
+    ScanResult, SessionRecord, Span,
 };
 use crate::raft::types::{LogId, StoredMembership};
 
 const CURRENT: u8 = b'c';
 const HISTORY: u8 = b'h';
 const SESSION: u8 = b's';
+const LEASE: u8 = b'l';
+const LEASE_KEY: u8 = b'k';
 // Meta keys start with `m`.
 /// (applied log id, store revision), postcard: one write per entry for both.
 const META_STATE: &[u8] = b"mstate";
@@ -224,11 +229,26 @@ fn history_from(tree: &sled::Tree, start: Vec<u8>) -> KeyHistories {
 }
 
 fn encode_current(record: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24 + record.value.len());
+    let mut out = Vec::with_capacity(32 + record.value.len());
     out.extend_from_slice(&record.create_revision.to_be_bytes());
     out.extend_from_slice(&record.version.to_be_bytes());
     out.extend_from_slice(&record.mod_revision.to_be_bytes());
+    out.extend_from_slice(&record.lease.to_be_bytes());
     out.extend_from_slice(&record.value);
+    out
+}
+
+/// `l` + the lease id.
+fn lease_key(id: i64) -> Vec<u8> {
+    prefixed(LEASE, &id.to_be_bytes())
+}
+
+/// `k` + the lease id + the key: every key of a lease starts with `k` + its id.
+fn lease_key_entry(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(LEASE_KEY);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key);
     out
 }
 
@@ -240,12 +260,18 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 fn decode_current(bytes: &[u8]) -> Result<Record, String> {
-    match (u64_at(bytes, 0), u64_at(bytes, 8), u64_at(bytes, 16)) {
-        (Some(create_revision), Some(version), Some(mod_revision)) => Ok(Record {
-            value: bytes[24..].to_vec(),
+    match (
+        u64_at(bytes, 0),
+        u64_at(bytes, 8),
+        u64_at(bytes, 16),
+        u64_at(bytes, 24),
+    ) {
+        (Some(create_revision), Some(version), Some(mod_revision), Some(lease)) => Ok(Record {
+            value: bytes[32..].to_vec(),
             create_revision,
             mod_revision,
             version,
+            lease: lease as i64,
         }),
         _ => Err(format!(
             "a current record of {} bytes is too short",
@@ -258,10 +284,13 @@ fn encode_version(record: Option<&Record>) -> Vec<u8> {
     match record {
         None => vec![0],
         Some(record) => {
-            let mut out = Vec::with_capacity(17 + record.value.len());
-            out.push(1);
+            let mut out = Vec::with_capacity(25 + record.value.len());
+            out.push(if record.lease == 0 { 1 } else { 2 });
             out.extend_from_slice(&record.create_revision.to_be_bytes());
             out.extend_from_slice(&record.version.to_be_bytes());
+            if record.lease != 0 {
+                out.extend_from_slice(&record.lease.to_be_bytes());
+            }
             out.extend_from_slice(&record.value);
             out
         }
@@ -278,6 +307,17 @@ fn decode_version(bytes: &[u8], revision: u64) -> Result<Option<Record>, String>
                 create_revision,
                 mod_revision: revision,
                 version,
+                lease: 0,
+            })),
+            _ => Err(format!("a version of {} bytes is too short", bytes.len())),
+        },
+        Some(2) => match (u64_at(bytes, 1), u64_at(bytes, 9), u64_at(bytes, 17)) {
+            (Some(create_revision), Some(version), Some(lease)) => Ok(Some(Record {
+                value: bytes[25..].to_vec(),
+                create_revision,
+                mod_revision: revision,
+                version,
+                lease: lease as i64,
             })),
             _ => Err(format!("a version of {} bytes is too short", bytes.len())),
         },
@@ -407,6 +447,18 @@ impl Keyspace {
             match record {
                 Some(record) => batch.insert(key, encode(record)),
                 None => batch.remove(key),
+            }
+        }
+        for (id, record) in &changes.leases {
+            match record {
+                Some(record) => batch.insert(lease_key(*id), encode(record)),
+                None => batch.remove(lease_key(*id)),
+            }
+        }
+        for ((id, key), attached) in &changes.lease_keys {
+            match attached {
+                true => batch.insert(lease_key_entry(*id, key), &[]),
+                false => batch.remove(lease_key_entry(*id, key)),
             }
         }
         let applied = applied.or(self.applied);
@@ -673,7 +725,9 @@ impl Keyspace {
 
     /// The keyspace now as a snapshot body (what a snapshot file holds after its header).
     pub fn snapshot_body(&self) -> Result<Vec<u8>, String> {
-        let sessions = self.session_entries().map_err(|error| error.to_string())?;
+        let sessions = self
+            .unversioned_entries()
+            .map_err(|error| error.to_string())?;
         let mut body = Vec::new();
         export_body(
             &self.tree,
@@ -721,9 +775,28 @@ impl Keyspace {
         tree.apply_batch(batch)
     }
 
-    /// Sessions' raw entries: copied when a snapshot is started, since they have no history.
-    pub(super) fn session_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
-        self.tree.scan_prefix([SESSION]).collect()
+    /// The raw entries with no history (sessions, leases and their keys): copied when a snapshot or backup
+    /// is started, since no revision of theirs can be read later.
+    pub(super) fn unversioned_entries(&self) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
+        [SESSION, LEASE, LEASE_KEY]
+            .into_iter()
+            .flat_map(|prefix| self.tree.scan_prefix([prefix]))
+            .collect()
+    }
+
+    /// Every lease, by id, with at most `limit` of them.
+    pub fn leases(&self, limit: usize) -> Result<Vec<(i64, LeaseRecord)>, ReadError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([LEASE]).take(limit) {
+            let (raw, bytes) = item?;
+            let id = u64_at(&raw, 1)
+                .ok_or_else(|| ReadError::Storage("a lease key is malformed".to_string()))?;
+            out.push((
+                id as i64,
+                decode(&bytes, "lease").map_err(ReadError::Storage)?,
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -776,6 +849,25 @@ impl KeyspaceRead for Keyspace {
 
     fn oldest_sessions(&self, count: usize) -> Result<Vec<(u64, u64)>, ReadFailure> {
         Ok(self.session_order.iter().take(count).copied().collect())
+    }
+
+    fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, ReadFailure> {
+        match self.tree.get(lease_key(id)).map_err(failure)? {
+            Some(bytes) => decode(&bytes, "lease").map(Some).map_err(ReadFailure),
+            None => Ok(None),
+        }
+    }
+
+    fn lease_keys(&self, id: i64, limit: usize) -> Result<Vec<Vec<u8>>, ReadFailure> {
+        let prefix = lease_key_entry(id, &[]);
+        self.tree
+            .scan_prefix(&prefix)
+            .take(limit)
+            .map(|item| {
+                item.map(|(raw, _)| raw[prefix.len()..].to_vec())
+                    .map_err(failure)
+            })
+            .collect()
     }
 }
 
@@ -944,7 +1036,7 @@ pub fn import_body(
                 }
                 last = Some((key.clone(), version_revision, value.clone()));
             }
-            Some(&SESSION) => {}
+            Some(&SESSION | &LEASE | &LEASE_KEY) => {}
             _ => return Err(io::Error::other("a snapshot entry has an unknown kind")),
         }
         batch.insert(key, value);

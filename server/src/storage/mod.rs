@@ -95,7 +95,9 @@ pub use log_store::LogStore;
 use sled_files::{flush_durably, SledFiles};
 pub use snapshot::SnapshotBuilder;
 use state_machine_store::SledHandles;
-pub use state_machine_store::{Applied, AppliedChanges, StateMachineStore, APPLIED_CHANGES_QUEUED};
+pub use state_machine_store::{
+    Applied, AppliedChanges, LeaseWithKeys, StateMachineStore, APPLIED_CHANGES_QUEUED,
+};
 use wal::Wal;
 
 /// Append callbacks that may wait for the flusher at once. An `append` beyond it waits for room, which
@@ -124,7 +126,9 @@ const KEY_DATA_FORMAT: &[u8] = b"data_format";
 /// The format of what a data dir holds in its WAL, metadata and snapshots. 2: log ids name a term only, one
 /// leader per term (openraft's `single-term-leader`). Dirs made before the key existed wrote log ids that also
 /// name a node (openraft's default, several leaders per term); they are refused, not misread.
-const DATA_FORMAT: u32 = 2;
+/// 3: keys carry a lease in their current record and log entries may grant and revoke leases; format 2
+/// data is refused (its backups load: versions kept their encoding).
+const DATA_FORMAT: u32 = 3;
 /// Key in `meta` naming the sled tree that holds the keyspace.
 const KEY_KEYSPACE_TREE: &[u8] = b"keyspace_tree";
 /// Names of keyspace trees: this and a generation number, which each snapshot install increments.
@@ -203,12 +207,21 @@ pub enum OpenError {
     },
     #[error("data dir {dir} keeps its Raft log in sled (raft/, tree `log`), the format of raftkv before the WAL (wal/); this version cannot read it and would lose those entries")]
     OldLogFormat { dir: PathBuf },
-    #[error("data dir {dir} is in format {found}, this version reads format {wanted} only (format 1 names a node in every log id, from before raftkv kept one leader per term)")]
+    #[error("data dir {dir} is in format {found}, this version reads format {wanted} only ({}); to keep its data, take a backup with the raftkv that wrote it (etcdctl snapshot save) and start the new nodes from it with --restore-from", data_format_change(*found))]
     OldDataFormat {
         dir: PathBuf,
         found: u32,
         wanted: u32,
     },
+}
+
+/// What changed since format `found`, in words.
+fn data_format_change(found: u32) -> &'static str {
+    match found {
+        1 => "format 1 names a node in every log id, from before raftkv kept one leader per term",
+        2 => "format 2 has no leases in its records and log entries",
+        _ => "a format this version does not know",
+    }
 }
 
 /// Figures the storage exposes for metrics and status.
@@ -556,6 +569,7 @@ pub fn open_with(
         maintenance,
         generation: Arc::new(AtomicU64::new(generation)),
         compactor,
+        lease_generation: Arc::default(),
     };
     // History compacted before a crash may still hold versions the compaction had not deleted yet.
     state_machine.wake_compactor();

@@ -112,6 +112,7 @@ pub(super) struct Cut {
     pub(super) tree: sled::Tree,
     pub(super) revision: u64,
     pub(super) compact_revision: u64,
+    /// The entries with no history (sessions, leases), copied when the cut was taken.
     pub(super) sessions: Vec<(sled::IVec, sled::IVec)>,
     /// The keyspace generation the tree belongs to: an install in between makes the cut obsolete.
     pub(super) generation: u64,

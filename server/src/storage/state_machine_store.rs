@@ -29,7 +29,7 @@ use super::snapshot::{
 use super::wal::LogProgress;
 use super::{read_error, write_error, StorageStats, KEYSPACE_TREE_PREFIX, KEY_KEYSPACE_TREE};
 use crate::kv::changes::{ChangeSet, HistoryEntry, KeyspaceRead, Pending};
-use crate::kv::state_machine::{apply_batch_onto, BatchResponse};
+use crate::kv::state_machine::{apply_batch_onto, BatchResponse, LeaseRecord, LEASE_KEYS_MAX};
 use crate::raft::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -109,6 +109,9 @@ pub enum UnwrittenError {
     ApplyFailed,
 }
 
+/// A lease with the keys attached to it (when asked for).
+pub type LeaseWithKeys = (LeaseRecord, Vec<Vec<u8>>);
+
 /// The sled handles installing a snapshot needs: the database (for new trees and flushes), its files (for
 /// durable flushes) and the `meta` tree (for the keyspace pointer).
 #[derive(Clone)]
@@ -146,6 +149,9 @@ pub struct StateMachineStore {
     pub(super) generation: Arc<AtomicU64>,
     /// The physical compaction.
     pub(super) compactor: Compactor,
+    /// Counts applied entries that granted or revoked a lease, and snapshot installs: the leader's lessor
+    /// reads the leases again when it moves.
+    pub(super) lease_generation: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -207,6 +213,41 @@ impl StateMachineStore {
         self.read_as_is(|applied| applied.last_applied.map_or(0, |log_id| log_id.index))
     }
 
+    /// Grows whenever leases were granted or revoked (or a snapshot replaced them all) since the last look.
+    pub fn lease_generation(&self) -> u64 {
+        self.lease_generation.load(Ordering::Acquire)
+    }
+
+    /// Every lease in the applied state, at most `limit`.
+    pub fn leases(&self, limit: usize) -> Result<Vec<(i64, LeaseRecord)>, String> {
+        self.read(|applied| {
+            applied
+                .keyspace
+                .leases(limit)
+                .map_err(|error| error.to_string())
+        })
+        .map_err(|error| error.to_string())?
+    }
+
+    /// The lease and, if `with_keys`, the keys attached to it, from the applied state.
+    pub fn lease(&self, id: i64, with_keys: bool) -> Result<Option<LeaseWithKeys>, String> {
+        self.read(|applied| {
+            let keyspace = &applied.keyspace;
+            let Some(record) = keyspace.lease(id).map_err(|error| error.0)? else {
+                return Ok(None);
+            };
+            let keys = if with_keys {
+                keyspace
+                    .lease_keys(id, LEASE_KEYS_MAX as usize)
+                    .map_err(|error| error.0)?
+            } else {
+                Vec::new()
+            };
+            Ok(Some((record, keys)))
+        })
+        .map_err(|error| error.to_string())?
+    }
+
     /// The versions every later `apply` writes (`AppliedChanges`), for watches.
     pub fn subscribe_changes(&self) -> broadcast::Receiver<AppliedChanges> {
         self.changes.subscribe()
@@ -223,9 +264,9 @@ impl StateMachineStore {
     /// The keyspace of `applied` as a cut to export (a snapshot or a backup), pinning its compaction point.
     fn cut(&self, applied: &Applied, generation: u64) -> Result<Cut, String> {
         let keyspace = &applied.keyspace;
-        let sessions = keyspace
-            .session_entries()
-            .map_err(|error| format!("reading the sessions for a cut failed: {error}"))?;
+        let sessions = keyspace.unversioned_entries().map_err(|error| {
+            format!("reading the sessions and leases for a cut failed: {error}")
+        })?;
         Ok(Cut {
             tree: keyspace.tree().clone(),
             revision: keyspace.revision(),
@@ -368,6 +409,7 @@ impl StateMachineStore {
             old
         };
         self.generation.store(generation, Ordering::Release);
+        self.lease_generation.fetch_add(1, Ordering::AcqRel);
         let old_name = old.tree().name();
         drop(old);
         sled.db
@@ -444,6 +486,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let response = match entry.payload {
                         EntryPayload::Blank => BatchResponse::default(),
                         EntryPayload::Normal(batch) => {
+                            if batch.writes.iter().any(|write| write.command.is_lease()) {
+                                self.lease_generation.fetch_add(1, Ordering::AcqRel);
+                            }
                             match apply_batch_onto(&mut pending, entry.log_id.index, &batch) {
                                 Ok(response) => response,
                                 Err(error) => {

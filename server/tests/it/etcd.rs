@@ -834,3 +834,81 @@ async fn etcd_reads_choose_their_consistency_in_metadata() {
     cluster.resume(leader);
     cluster.resume(other);
 }
+
+/// The lease id etcdctl prints in `lease 694d71ddacfda227 granted with TTL(2s)`.
+fn granted_lease(output: &str) -> String {
+    let words: Vec<&str> = output.split_whitespace().collect();
+    assert!(
+        words.first() == Some(&"lease") && output.contains("granted with TTL"),
+        "not a grant: {output}"
+    );
+    words[1].to_string()
+}
+
+/// Leases with etcdctl: grant, put with a lease, time-to-live with its keys, list, keep-alive, revoke, and
+/// expiry: the leader revokes a lease nobody keeps alive through Raft, and a watcher on another node sees the
+/// deletion. A put or revoke naming an unknown lease is refused with etcd's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_leases_expire_through_raft() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let mut others = [1, 2, 3].into_iter().filter(|id| *id != leader);
+    let (follower, watcher_node) = (others.next().unwrap(), others.next().unwrap());
+    let on_follower = [cluster.addr(follower)];
+
+    // Asked of a follower: passed to the leader. The fast timing's minimum TTL is 2 s.
+    let lease = granted_lease(&ok(&on_follower, &["lease", "grant", "1"]));
+    assert!(
+        ok(&on_follower, &["lease", "timetolive", &lease]).contains("granted with TTL(2s)"),
+        "the TTL is raised to the minimum"
+    );
+    ok(
+        &on_follower,
+        &["put", "session/a", "1", &format!("--lease={lease}")],
+    );
+    let ttl = ok(&on_follower, &["lease", "timetolive", &lease, "--keys"]);
+    assert!(ttl.contains("attached keys([session/a])"), "{ttl}");
+    assert!(ok(&on_follower, &["lease", "list"]).contains(&lease));
+    let got = json(&on_follower, &["get", "session/a"]);
+    assert_eq!(
+        format!("{:x}", got["kvs"][0]["lease"].as_i64().unwrap()),
+        lease
+    );
+
+    // Nobody keeps it alive: it expires, and a watcher on the third node sees the key go.
+    let events = lines_of(&[cluster.addr(watcher_node)], &["watch", "session/a"], 2);
+    assert_eq!(
+        events,
+        ["DELETE", "session/a"],
+        "the expiry deletes the key"
+    );
+    assert!(ok(&on_follower, &["get", "session/a"]).is_empty());
+    assert!(ok(&on_follower, &["lease", "timetolive", &lease]).contains("already expired"));
+
+    // Kept alive past its TTL, the key stays; revoked, it goes at once.
+    let kept = granted_lease(&ok(&on_follower, &["lease", "grant", "2"]));
+    ok(
+        &on_follower,
+        &["put", "session/b", "1", &format!("--lease={kept}")],
+    );
+    for _ in 0..8 {
+        let renewed = ok(&on_follower, &["lease", "keep-alive", "--once", &kept]);
+        assert!(renewed.contains("keepalived with TTL(2)"), "{renewed}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        ok(&on_follower, &["get", "session/b", "--print-value-only"]).trim(),
+        "1",
+        "kept alive for 4 s, twice its TTL"
+    );
+    assert!(ok(&on_follower, &["lease", "revoke", &kept]).contains("revoked"));
+    assert!(ok(&on_follower, &["get", "session/b"]).is_empty());
+
+    // Unknown leases: refused in etcd's words, nothing written.
+    let refused = run(&on_follower, &["put", "session/c", "1", "--lease=1234"], "");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("requested lease not found"));
+    let refused = run(&on_follower, &["lease", "revoke", &kept], "");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("requested lease not found"));
+    assert!(ok(&on_follower, &["get", "session/c"]).is_empty());
+}

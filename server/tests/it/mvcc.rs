@@ -116,12 +116,14 @@ impl Model {
                 create_revision: old.create_revision,
                 mod_revision: self.revision,
                 version: old.version + 1,
+                lease: 0,
             },
             None => Record {
                 value,
                 create_revision: self.revision,
                 mod_revision: self.revision,
                 version: 1,
+                lease: 0,
             },
         };
         self.versions

@@ -8,20 +8,28 @@
 //! [session=..]`, `compact REV`, `get KEY [rev=N]`, `scan prefix=P [limit=N] [rev=N]`,
 //! `scan start=A [end=B] [limit=N] [rev=N]`, `batch CMD; CMD; ...` (writes in one entry),
 //! `fill-sessions FIRST COUNT` (one put each from sessions FIRST.., keys `fill/ID`), `sessions`,
-//! `snapshot-roundtrip` (through a snapshot body into a new keyspace, compare, continue on the copy).
+//! `snapshot-roundtrip` (through a snapshot body into a new keyspace, compare, continue on the copy),
+//! `lease-grant ID TTL`, `lease-revoke ID`, `lease-put KEY VALUE LEASE` (a put attached to a lease, as a
+//! one-put transaction), `lease-keep KEY VALUE` (a put keeping the key's lease), `leases` (each lease, its
+//! TTL, key count and keys).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use raftkv_server::kv::changes::KeyspaceRead;
 use raftkv_server::kv::state_machine::{
-    Batch, Command, Expected, KeyValue, Request, Response, ScanRange, SessionRef,
+    Batch, Command, Expected, KeyValue, PutSpec, Request, Response, ScanRange, SessionRef, Txn,
+    TxnOp,
 };
 use raftkv_server::storage::Keyspace;
 
 fn show_kv(kv: &KeyValue) -> String {
+    let lease = match kv.lease {
+        0 => String::new(),
+        lease => format!(" lease={lease}"),
+    };
     format!(
-        "{}={} (create={} mod={} version={})",
+        "{}={} (create={} mod={} version={}{lease})",
         String::from_utf8_lossy(&kv.key),
         String::from_utf8_lossy(&kv.value),
         kv.create_revision,
@@ -50,6 +58,12 @@ fn show_response(response: &Response) -> String {
             compact_revision,
         } => format!("compact revision={revision} compact_revision={compact_revision}"),
         Response::Txn { revision, result } => format!("txn revision={revision} {result:?}"),
+        Response::LeaseGrant { revision, id, ttl } => {
+            format!("lease-grant revision={revision} id={id} ttl={ttl}")
+        }
+        Response::LeaseRevoke { revision, deleted } => {
+            format!("lease-revoke revision={revision} deleted={deleted}")
+        }
     }
 }
 
@@ -105,6 +119,28 @@ impl Script {
                 value: arg(2),
             },
             "delete" => Command::Delete { key: arg(1) },
+            "lease-grant" => Command::LeaseGrant {
+                id: words[1].parse().unwrap(),
+                ttl: words[2].parse().unwrap(),
+            },
+            "lease-revoke" => Command::LeaseRevoke {
+                id: words[1].parse().unwrap(),
+            },
+            "lease-put" | "lease-keep" => Command::Txn(Txn {
+                success: vec![TxnOp::Put(PutSpec {
+                    key: arg(1),
+                    value: arg(2),
+                    prev_kv: false,
+                    ignore_value: false,
+                    lease: if words[0] == "lease-put" {
+                        words[3].parse().unwrap()
+                    } else {
+                        0
+                    },
+                    ignore_lease: words[0] == "lease-keep",
+                })],
+                ..Txn::default()
+            }),
             "compact" => Command::Compact {
                 revision: words[1].parse().unwrap(),
             },
@@ -203,6 +239,28 @@ impl Script {
                 format!("filled {count} sessions")
             }
             "sessions" => format!("sessions {}", self.state.session_count()),
+            "leases" => {
+                let leases = self.state.leases(usize::MAX).unwrap();
+                let mut out = format!("leases {}", leases.len());
+                for (id, lease) in leases {
+                    let keys: Vec<String> = self
+                        .state
+                        .lease_keys(id, usize::MAX)
+                        .unwrap()
+                        .iter()
+                        .map(|key| String::from_utf8_lossy(key).into_owned())
+                        .collect();
+                    write!(
+                        out,
+                        "\n  {id} ttl={} keys={} [{}]",
+                        lease.ttl,
+                        lease.keys,
+                        keys.join(" ")
+                    )
+                    .unwrap();
+                }
+                out
+            }
             "snapshot-roundtrip" => {
                 let copy = self.state.snapshot_copy().expect("snapshot round trip");
                 self.state.compact_all().unwrap();

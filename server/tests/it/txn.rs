@@ -22,6 +22,8 @@ fn put_op(key: &str, value: &str) -> TxnOp {
         value: value.into(),
         prev_kv: true,
         ignore_value: false,
+        lease: 0,
+        ignore_lease: false,
     })
 }
 
@@ -199,6 +201,8 @@ fn a_refused_transaction_changes_nothing() {
                 value: Vec::new(),
                 prev_kv: false,
                 ignore_value: true,
+                lease: 0,
+                ignore_lease: false,
             }),
         ],
         ..Txn::default()
@@ -220,6 +224,8 @@ fn a_refused_transaction_changes_nothing() {
             value: Vec::new(),
             prev_kv: false,
             ignore_value: true,
+            lease: 0,
+            ignore_lease: false,
         })],
         ..Txn::default()
     };

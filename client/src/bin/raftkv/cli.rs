@@ -272,7 +272,9 @@ pub struct Failure {
 fn failure(error: ClientError, endpoints: &[String], pinned: Option<&str>) -> Failure {
     let code = match &error {
         ClientError::Indeterminate { .. } => EXIT_INDETERMINATE,
-        ClientError::Compacted(_) | ClientError::FutureRevision(_) => EXIT_FAILED,
+        ClientError::Compacted(_)
+        | ClientError::FutureRevision(_)
+        | ClientError::LeaseNotFound(_) => EXIT_FAILED,
         _ => EXIT_USAGE,
     };
     let message = match &error {
