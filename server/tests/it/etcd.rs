@@ -912,3 +912,81 @@ async fn etcdctl_leases_expire_through_raft() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("requested lease not found"));
     assert!(ok(&on_follower, &["get", "session/c"]).is_empty());
 }
+
+/// A lease outlives the death of the leader that granted it: the new leader renews every lease when it takes
+/// over, so the key is still there after the old deadline; nobody keeps it alive, so it expires later. A
+/// leader that loses its quorum expires nothing while it has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_leader_or_a_lost_quorum_never_expires_a_lease_early() {
+    use std::time::{Duration, Instant};
+    const TTL_SECONDS: i64 = 5;
+
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let first = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != first).collect();
+    let endpoints: Vec<String> = survivors.iter().map(|id| cluster.addr(*id)).collect();
+    let mut client = etcd_client::Client::connect(endpoints.clone(), None)
+        .await
+        .expect("connect");
+    let granted = client.lease_grant(TTL_SECONDS, None).await.expect("grant");
+    let put = etcd_client::PutOptions::new().with_lease(granted.id());
+    client.put("owned", "1", Some(put)).await.expect("put");
+    let granted_at = Instant::now();
+
+    // The leader dies a second in: its deadline for the lease was TTL_SECONDS after the grant, the new
+    // leader's is at least TTL_SECONDS after the kill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill(first);
+    let old_deadline = granted_at + Duration::from_secs(TTL_SECONDS as u64);
+    tokio::time::sleep_until((old_deadline + Duration::from_millis(500)).into()).await;
+    let still = client.get("owned", None).await.expect("get");
+    assert_eq!(
+        still.kvs().len(),
+        1,
+        "the lease expired by the old leader's clock"
+    );
+
+    // Not kept alive, it does expire, through the new leader.
+    let bound = Instant::now() + Duration::from_secs(3 * TTL_SECONDS as u64);
+    loop {
+        let now = client.get("owned", None).await.expect("get");
+        if now.kvs().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < bound, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ttl = client
+        .lease_time_to_live(granted.id(), None)
+        .await
+        .expect("time to live");
+    assert_eq!(ttl.ttl(), -1, "an expired lease reports TTL -1");
+
+    // The two survivors: one leads. With its only follower frozen past the TTL it has no quorum, and expires
+    // nothing; once the follower is back, the lease has a full TTL again.
+    let leader = cluster.wait_for_agreed_leader(&survivors, 0).await;
+    let follower = survivors.into_iter().find(|id| *id != leader).unwrap();
+    let mut on_leader = etcd_client::Client::connect([cluster.addr(leader)], None)
+        .await
+        .expect("connect");
+    let granted = on_leader.lease_grant(2, None).await.expect("grant");
+    let put = etcd_client::PutOptions::new().with_lease(granted.id());
+    on_leader.put("held", "1", Some(put)).await.expect("put");
+    cluster.pause(follower);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.resume(follower);
+    // A revoke proposed meanwhile would commit now; the renewed lease lasts 2 s from here.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let still = on_leader
+        .get(
+            "held",
+            Some(etcd_client::GetOptions::new().with_serializable()),
+        )
+        .await
+        .expect("a local read");
+    assert_eq!(
+        still.kvs().len(),
+        1,
+        "a leader without a quorum expired a lease"
+    );
+}
