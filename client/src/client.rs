@@ -273,7 +273,7 @@ impl Client {
         Ok(channel)
     }
 
-    fn kv_client(&self, endpoint: &str) -> Result<KvClient<Channel>, ClientError> {
+    pub(crate) fn kv_client(&self, endpoint: &str) -> Result<KvClient<Channel>, ClientError> {
         Ok(KvClient::new(self.channel(endpoint)?).max_decoding_message_size(RESPONSE_BYTES_MAX))
     }
 
@@ -399,7 +399,7 @@ impl Client {
         }
     }
 
-    fn request<T>(&self, message: T, deadline: Instant) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T, deadline: Instant) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let remaining = deadline.saturating_duration_since(Instant::now());
         request.set_timeout(
@@ -415,7 +415,7 @@ impl Client {
     /// attempt goes to the leader if `prefer_leader` and one is known, else to the endpoints in turn, skipping
     /// those cooling down after a failed connection: when every endpoint refused a connection during this call it
     /// ends at once; when some cool down after failures of earlier calls it waits for the first to be let through.
-    async fn with_retries<T, F, Fut>(
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         is_write: bool,
         prefer_leader: bool,
@@ -585,6 +585,17 @@ impl Client {
         value: impl Into<Vec<u8>>,
     ) -> Result<u64, ClientError> {
         self.session().put(key, value).await
+    }
+
+    /// Puts `key` attached to lease `lease` (0: none): the key is deleted when the lease ends. An unknown
+    /// lease is refused (`LeaseNotFound`), nothing written.
+    pub async fn put_with_lease(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> Result<u64, ClientError> {
+        self.session().put_with_lease(key, value, lease).await
     }
 
     /// Deletes `key`; returns the revision and whether it existed.
@@ -935,10 +946,21 @@ impl Session {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<u64, ClientError> {
+        self.put_with_lease(key, value, 0).await
+    }
+
+    /// Puts `key` attached to lease `lease` (0: none).
+    pub async fn put_with_lease(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> Result<u64, ClientError> {
         let request = kv::PutRequest {
             key: key.into(),
             value: value.into(),
             session: self.next(),
+            lease,
         };
         match self.client.write(Write::Put(request)).await? {
             Written::Put(response) => {

@@ -4,6 +4,7 @@
 mod breaker;
 mod client;
 pub mod error;
+mod lease;
 pub mod names;
 mod tls;
 pub mod txn;
@@ -16,6 +17,7 @@ pub use client::{
     REQUEST_TIMEOUT_DEFAULT,
 };
 pub use error::ClientError;
+pub use lease::LeaseStatus;
 pub use raftkv_proto::kv::{
     EventKind, Member, MembersResponse, Role, StatusResponse, WatchEvent, WatchResponse,
 };

@@ -88,13 +88,24 @@ pub fn compare_version(key: impl Into<Vec<u8>>, op: CompareOp, version: u64) -> 
 
 /// Writes `value` under `key`.
 pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
+    put_with_lease(key, value, 0)
+}
+
+/// Writes `value` under `key`, attached to lease `lease` (0: none).
+pub fn put_with_lease(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: i64) -> TxnOp {
     TxnOp {
         op: Some(kv::txn_op::Op::Put(kv::TxnPut {
             key: key.into(),
             value: value.into(),
             prev_kv: false,
+            lease,
         })),
     }
+}
+
+/// The create revision of `key` compared with `revision` (0 for a missing key).
+pub fn compare_create_revision(key: impl Into<Vec<u8>>, op: CompareOp, revision: u64) -> Compare {
+    compare(key, op, CompareTarget::CreateRevision(revision))
 }
 
 /// Reads `key`.

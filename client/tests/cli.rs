@@ -776,3 +776,64 @@ fn watch_prints_history_then_live_changes() {
         stderr(&compacted)
     );
 }
+
+/// `raftkv lease`: a grant (its id in hex, as etcdctl writes it), a put with the lease, its time to live with
+/// the keys, the list, a keep-alive, a revoke that deletes the key; then every refusal: an unknown lease (exit
+/// 1, nothing written) and ids or TTLs that are not numbers (exit 2).
+#[test]
+fn lease_commands_grant_attach_keep_alive_and_revoke() {
+    let cluster = Cluster::start();
+    let granted = cluster.raftkv(&["-w", "json", "lease", "grant", "2"]);
+    assert_exit(&granted, 0);
+    let granted = &json_lines(&granted)[0];
+    let id = granted["id"].as_str().expect("a hex id").to_string();
+    assert_eq!(granted["ttl"], 2);
+
+    assert_exit(
+        &cluster.raftkv(&["put", "job/owner", "me", "--lease", &id]),
+        0,
+    );
+    let got = cluster.raftkv(&["-w", "json", "get", "job/owner"]);
+    assert_eq!(json_lines(&got)[0]["kv"]["lease"], id.as_str());
+    let ttl = cluster.raftkv(&["lease", "ttl", &id, "--keys"]);
+    assert_exit(&ttl, 0);
+    assert!(
+        stdout(&ttl).contains("attached keys(job/owner)"),
+        "{}",
+        stdout(&ttl)
+    );
+    assert!(stdout(&cluster.raftkv(&["lease", "list"])).contains(&id));
+    let kept = cluster.raftkv(&["lease", "keep-alive", "--once", &id]);
+    assert_exit(&kept, 0);
+    assert_eq!(
+        stdout(&kept),
+        format!("lease {id} keepalived with TTL(2)\n")
+    );
+
+    assert_exit(&cluster.raftkv(&["lease", "revoke", &id]), 0);
+    assert_exit(&cluster.raftkv(&["get", "job/owner"]), 1);
+    let gone = cluster.raftkv(&["lease", "ttl", &id]);
+    assert_exit(&gone, 1);
+    assert_eq!(stdout(&gone), format!("lease {id} already expired\n"));
+    assert_exit(&cluster.raftkv(&["lease", "keep-alive", &id]), 1);
+
+    let refused = cluster.raftkv(&["put", "job/owner", "me", "--lease", &id]);
+    assert_exit(&refused, 1);
+    assert!(
+        stderr(&refused).contains(&format!(
+            "lease {} not found",
+            i64::from_str_radix(&id, 16).unwrap()
+        )),
+        "{}",
+        stderr(&refused)
+    );
+    assert_exit(&cluster.raftkv(&["get", "job/owner"]), 1);
+    assert_exit(&cluster.raftkv(&["lease", "grant", "0"]), 2);
+    let refused = cluster.raftkv(&["lease", "revoke", "zz"]);
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).contains("is not a lease id"),
+        "{}",
+        stderr(&refused)
+    );
+}

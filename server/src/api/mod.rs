@@ -421,16 +421,32 @@ impl kv::kv_server::Kv for Api {
     ) -> Result<GrpcResponse<kv::PutResponse>, Status> {
         observed("put", telemetry::CONSISTENCY_NONE, async move {
             let request = request.into_inner();
-            let command = Command::Put {
-                key: request.key,
-                value: request.value,
+            // A put with a lease is a one-put transaction, which is what carries leases.
+            let command = match request.lease {
+                0 => Command::Put {
+                    key: request.key,
+                    value: request.value,
+                },
+                lease => Command::Txn(state_machine::Txn {
+                    success: vec![state_machine::TxnOp::Put(state_machine::PutSpec {
+                        key: request.key,
+                        value: request.value,
+                        prev_kv: false,
+                        ignore_value: false,
+                        lease,
+                        ignore_lease: false,
+                    })],
+                    ..state_machine::Txn::default()
+                }),
             };
             match self
                 .write(session(request.session), command)
                 .await
                 .map_err(to_status)?
             {
-                Response::Put { revision } => Ok(GrpcResponse::new(kv::PutResponse { revision })),
+                Response::Put { revision } | Response::Txn { revision, .. } => {
+                    Ok(GrpcResponse::new(kv::PutResponse { revision }))
+                }
                 other => Err(to_status(ApiError::Internal(format!(
                     "put answered with {other:?}"
                 )))),
@@ -591,6 +607,70 @@ impl kv::kv_server::Kv for Api {
         self.start_watch(request.into_inner())
             .map(GrpcResponse::new)
             .map_err(to_status)
+    }
+
+    async fn lease_grant(
+        &self,
+        request: Request<kv::LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<kv::LeaseGrantResponse>, Status> {
+        let request = request.into_inner();
+        let (id, ttl, revision) = self
+            .lease_grant(request.id, request.ttl)
+            .await
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::LeaseGrantResponse {
+            id,
+            ttl,
+            revision,
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<kv::LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<kv::LeaseRevokeResponse>, Status> {
+        let revision = self
+            .lease_revoke(request.into_inner().id)
+            .await
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::LeaseRevokeResponse { revision }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<kv::LeaseKeepAliveRequest>,
+    ) -> Result<GrpcResponse<kv::LeaseKeepAliveResponse>, Status> {
+        let ttl = self
+            .lease_keep_alive(request.into_inner().id)
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::LeaseKeepAliveResponse { ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<kv::LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<kv::LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        let status = self
+            .lease_time_to_live(request.id, request.keys)
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(match status {
+            Some(status) => kv::LeaseTimeToLiveResponse {
+                found: true,
+                ttl: status.remaining,
+                granted_ttl: status.granted_ttl,
+                keys: status.keys,
+            },
+            None => kv::LeaseTimeToLiveResponse::default(),
+        }))
+    }
+
+    async fn lease_list(
+        &self,
+        _request: Request<kv::LeaseListRequest>,
+    ) -> Result<GrpcResponse<kv::LeaseListResponse>, Status> {
+        let ids = self.lease_list().map_err(to_status)?;
+        Ok(GrpcResponse::new(kv::LeaseListResponse { ids }))
     }
 
     async fn scan(

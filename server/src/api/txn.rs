@@ -63,7 +63,7 @@ fn op(op: kv::TxnOp) -> Result<TxnOp, ApiError> {
             value: put.value,
             prev_kv: put.prev_kv,
             ignore_value: false,
-            lease: 0,
+            lease: put.lease,
             ignore_lease: false,
         }),
         Some(kv::txn_op::Op::Delete(delete)) => TxnOp::DeleteRange {

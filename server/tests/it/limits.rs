@@ -154,6 +154,7 @@ async fn every_limit_is_refused_with_its_status_and_writes_nothing() {
             key: b"huge".to_vec(),
             value: vec![b'v'; CLIENT_REQUEST_BYTES_MAX],
             session: None,
+            lease: 0,
         })
         .await,
         Code::OutOfRange,
@@ -283,6 +284,7 @@ async fn proposals_over_the_pending_limit_are_refused_and_never_written() {
                     key: format!("flood/{i:05}").into_bytes(),
                     value: b"x".to_vec(),
                     session: None,
+                    lease: 0,
                 })
                 .await;
             (i, result)

@@ -75,7 +75,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write VALUE under KEY (no VALUE: read it from stdin).
-    Put { key: String, value: Option<String> },
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Attach the key to this lease (hex id, from `lease grant`): it is deleted when the lease ends.
+        #[arg(long, value_parser = crate::lease::parse_lease_id)]
+        lease: Option<i64>,
+    },
     /// Read KEY.
     Get {
         key: String,
@@ -142,6 +148,11 @@ pub enum Command {
     Txn,
     /// One row per node: role, term, leader, indexes, lag, errors.
     Status,
+    /// Grant, keep alive, revoke and inspect leases: keys put with a lease go when it ends.
+    Lease {
+        #[command(subcommand)]
+        action: crate::lease::LeaseAction,
+    },
     /// List or change the cluster's members.
     Members {
         #[command(subcommand)]
@@ -194,6 +205,7 @@ fn kv_json(kv: &KeyValue) -> Value {
     json!({
         "key": text(&kv.key), "value": text(&kv.value), "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision, "version": kv.version,
+        "lease": (kv.lease != 0).then(|| format!("{:x}", kv.lease)),
     })
 }
 
@@ -347,7 +359,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     let fail = |error| failure(error, &endpoints, None);
     let output = cli.output;
     match cli.command {
-        Command::Put { key, value } => {
+        Command::Put { key, value, lease } => {
             let value = match value {
                 Some(value) => value.into_bytes(),
                 None => {
@@ -362,7 +374,10 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                     buffer
                 }
             };
-            let revision = client.put(key.clone(), value).await.map_err(fail)?;
+            let revision = client
+                .put_with_lease(key.clone(), value, lease.unwrap_or(0))
+                .await
+                .map_err(fail)?;
             match output {
                 Output::Json => {
                     println!("{}", json!({"op": "put", "key": key, "revision": revision}))
@@ -621,6 +636,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(EXIT_OK)
         }
         Command::Status => Ok(print_status(&client, output).await),
+        Command::Lease { action } => crate::lease::run(action, &client, output, fail).await,
         Command::Bench(args) => {
             let report = crate::bench::run(&args, client.config().clone())
                 .await

@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod cli;
+mod lease;
 mod txn;
 mod watch;
 
