@@ -668,7 +668,7 @@ fn txn_runs_one_branch_at_one_revision() {
     assert_exit(&taken, 0);
     let taken = &json_lines(&taken)[0];
     assert_eq!(taken["succeeded"], true);
-    assert_eq!(taken["revision"], 2, "two puts, one revision");
+    assert_eq!(taken["revision"], 3, "two puts, one revision");
     assert_eq!(
         taken["results"][2]["kvs"][0]["value"], "2",
         "a get sees the puts before it"
@@ -681,7 +681,7 @@ fn txn_runs_one_branch_at_one_revision() {
 
     let got = cluster.raftkv(&["-w", "json", "get", "order/7"]);
     assert_eq!(json_lines(&got)[0]["kv"]["value"], "two apples");
-    assert_eq!(json_lines(&got)[0]["kv"]["mod_revision"], 2);
+    assert_eq!(json_lines(&got)[0]["kv"]["mod_revision"], 3);
 
     let mistaken = raftkv(
         &endpoints,
@@ -703,7 +703,7 @@ fn txn_runs_one_branch_at_one_revision() {
     );
     let unchanged = cluster.raftkv(&["-w", "json", "get", "stock"]);
     assert_eq!(json_lines(&unchanged)[0]["kv"]["value"], "2");
-    assert_eq!(json_lines(&unchanged)[0]["envelope"]["revision"], 2);
+    assert_eq!(json_lines(&unchanged)[0]["envelope"]["revision"], 3);
 }
 
 /// `raftkv watch` prints the history from `--rev`, then live changes, each once and in revision order, and
@@ -726,7 +726,7 @@ fn watch_prints_history_then_live_changes() {
             "job/",
             "--prefix",
         ])
-        .args(["--rev", "1", "--prev-kv", "--count", "4"])
+        .args(["--rev", "2", "--prev-kv", "--count", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -754,10 +754,10 @@ fn watch_prints_history_then_live_changes() {
         })
         .collect();
     let expected = [
-        ("put", "job/1", 1),
         ("put", "job/1", 2),
-        ("put", "job/2", 4),
-        ("delete", "job/1", 5),
+        ("put", "job/1", 3),
+        ("put", "job/2", 5),
+        ("delete", "job/1", 6),
     ];
     let expected: Vec<(String, String, u64)> = expected
         .iter()
@@ -767,8 +767,8 @@ fn watch_prints_history_then_live_changes() {
     let deleted = &json_lines(&output)[3];
     assert_eq!(deleted["prev_kv"]["value"], "running");
 
-    assert_exit(&cluster.raftkv(&["compact", "5"]), 0);
-    let compacted = cluster.raftkv(&["watch", "job/", "--prefix", "--rev", "2", "--count", "1"]);
+    assert_exit(&cluster.raftkv(&["compact", "6"]), 0);
+    let compacted = cluster.raftkv(&["watch", "job/", "--prefix", "--rev", "3", "--count", "1"]);
     assert_exit(&compacted, 1);
     assert!(
         stderr(&compacted).contains("compacted"),

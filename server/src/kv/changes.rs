@@ -17,7 +17,7 @@ pub struct ReadFailure(pub String);
 
 /// The applied state, as the state machine reads it.
 pub trait KeyspaceRead {
-    /// The store's revision: that of the last write that changed it, 0 for an empty store.
+    /// The store's revision: that of the last write that changed it, 1 for an empty store (as etcd's).
     fn revision(&self) -> u64;
     /// The oldest revision still readable; 0 or 1 when nothing was ever compacted.
     fn compact_revision(&self) -> u64;

@@ -7,7 +7,7 @@
 //! in the same order and so reaches the same state, revisions and responses, which is what lets a retried
 //! write be answered from the session table on whichever node is leader by then.
 //!
-//! Revisions are etcd's: a store-wide counter, 0 for an empty store, that grows by one for every write that
+//! Revisions are etcd's: a store-wide counter, 1 for an empty store, that grows by one for every write that
 //! changes the store (a put, a delete of an existing key, a cas that swapped). Writes the leader packed into
 //! one log entry take consecutive revisions in the order of the entry. A write that changes nothing (a delete
 //! of a missing key, a cas that did not swap, a compaction) answers with the current revision.

@@ -38,6 +38,8 @@ use crate::raft::types::{LogId, StoredMembership};
 const CURRENT: u8 = b'c';
 const HISTORY: u8 = b'h';
 const SESSION: u8 = b's';
+/// The revision of an empty store.
+pub const INITIAL_REVISION: u64 = 1;
 const LEASE: u8 = b'l';
 const LEASE_KEY: u8 = b'k';
 // Meta keys start with `m`.
@@ -381,7 +383,9 @@ impl Keyspace {
     pub fn open(tree: sled::Tree) -> Result<Self, String> {
         let (applied, revision) = match tree.get(META_STATE).map_err(|e| e.to_string())? {
             Some(bytes) => decode(&bytes, "applied state")?,
-            None => (None, 0),
+            // etcd's: an empty store is at revision 1, so the first write takes 2 and every revision a write
+            // takes is at least 2 (etcd's recipes wait on `revision - 1` as an upper bound, where 0 is none).
+            None => (None, INITIAL_REVISION),
         };
         let compact_revision = meta_u64(&tree, META_COMPACT)?;
         let mut session_order = BTreeSet::new();

@@ -338,7 +338,7 @@ pub fn restore(
                 dir.display()
             ))
         }
-        None if revision > 0 || has_log || restored_from.is_some() => {
+        None if revision > keyspace::INITIAL_REVISION || has_log || restored_from.is_some() => {
             return Err(format!(
                 "{} already holds a node's state; restore a backup only into an empty data dir",
                 dir.display()

@@ -138,17 +138,18 @@ async fn etcdctl_reads_writes_and_transacts_on_any_node() {
     let prefix = json(&all, &["get", "app/", "--prefix"]);
     assert_eq!(keys(&prefix), ["app/a", "app/b", "app/c"]);
     assert_eq!(prefix["count"], 3);
-    assert_eq!(prefix["header"]["revision"], 5);
+    // An empty store is at revision 1, as etcd's: the five puts took revisions 2 to 6.
+    assert_eq!(prefix["header"]["revision"], 6);
     assert_eq!(decode(&prefix["kvs"][0]["value"]), "4");
     assert_eq!(prefix["kvs"][0]["version"], 2);
-    assert_eq!(prefix["kvs"][0]["create_revision"], 1);
+    assert_eq!(prefix["kvs"][0]["create_revision"], 2);
 
     // A range [start, end), a past revision, limit with `more`, sorting, keys only.
     assert_eq!(
         keys(&json(&all, &["get", "app/a", "app/c"])),
         ["app/a", "app/b"]
     );
-    let past = json(&all, &["get", "app/a", "--rev=1"]);
+    let past = json(&all, &["get", "app/a", "--rev=2"]);
     assert_eq!(decode(&past["kvs"][0]["value"]), "1");
     let limited = json(
         &all,
@@ -173,7 +174,7 @@ async fn etcdctl_reads_writes_and_transacts_on_any_node() {
     assert_eq!(keys(&everything), ["app/a", "app/b", "app/c", "other"]);
 
     // A serializable read is served by the node asked, from its own state.
-    cluster.wait_applied(follower, 5).await;
+    cluster.wait_applied(follower, 6).await;
     let serial = json(&on(follower), &["get", "other", "--consistency=s"]);
     assert_eq!(serial["header"]["member_id"], follower);
     assert_eq!(decode(&serial["kvs"][0]["value"]), "x");
@@ -187,13 +188,13 @@ async fn etcdctl_reads_writes_and_transacts_on_any_node() {
     assert!(not_taken.starts_with("FAILURE"), "{not_taken}");
     let after = json(&all, &["get", "app/b"]);
     assert_eq!(decode(&after["kvs"][0]["value"]), "nope");
-    // One revision per transaction: two transactions after revision 5.
-    assert_eq!(after["header"]["revision"], 7);
+    // One revision per transaction: two transactions after revision 6.
+    assert_eq!(after["header"]["revision"], 8);
 
-    // etcdctl watch on a follower: the history from revision 1 (with the previous values), in order.
+    // etcdctl watch on a follower: the history from the first write (with the previous values), in order.
     let watched = lines_of(
         &on(follower),
-        &["watch", "app/", "--prefix", "--rev=1", "--prev-kv"],
+        &["watch", "app/", "--prefix", "--rev=2", "--prev-kv"],
         12,
     );
     assert_eq!(
@@ -214,9 +215,9 @@ async fn etcdctl_reads_writes_and_transacts_on_any_node() {
     assert!(keys(&json(&all, &["get", "app/", "--prefix"])).is_empty());
 
     // Compaction: older revisions are refused in etcd's words, newer ones beyond the store too.
-    assert!(ok(&all, &["compaction", "7"]).contains("compacted revision 7"));
+    assert!(ok(&all, &["compaction", "8"]).contains("compacted revision 8"));
     for (revision, words) in [
-        ("--rev=3", "required revision has been compacted"),
+        ("--rev=4", "required revision has been compacted"),
         ("--rev=100", "required revision is a future revision"),
     ] {
         let refused = run(&all, &["get", "other", revision], "");
@@ -402,14 +403,14 @@ async fn the_etcd_client_crate_works_unchanged() {
     assert_eq!(jobs.count(), 3);
     assert!(jobs.more());
     assert_eq!(jobs.kvs().len(), 2);
-    assert_eq!(jobs.header().unwrap().revision(), 3);
+    assert_eq!(jobs.header().unwrap().revision(), 4);
     assert_eq!(jobs.header().unwrap().member_id(), follower);
 
     // Claim job 1 only if nobody changed it since it was queued.
     let claimed = client
         .txn(
             Txn::new()
-                .when([Compare::mod_revision("job/1", CompareOp::Equal, 1)])
+                .when([Compare::mod_revision("job/1", CompareOp::Equal, 2)])
                 .and_then([
                     TxnOp::put("job/1", "running", None),
                     TxnOp::get("job/1", None),
@@ -419,11 +420,11 @@ async fn the_etcd_client_crate_works_unchanged() {
         .await
         .expect("txn");
     assert!(claimed.succeeded());
-    assert_eq!(claimed.header().unwrap().revision(), 4);
+    assert_eq!(claimed.header().unwrap().revision(), 5);
     let again = client
         .txn(
             Txn::new()
-                .when([Compare::mod_revision("job/1", CompareOp::Equal, 1)])
+                .when([Compare::mod_revision("job/1", CompareOp::Equal, 2)])
                 .and_then([TxnOp::put("job/1", "running twice", None)]),
         )
         .await
@@ -471,11 +472,11 @@ async fn the_etcd_client_crate_works_unchanged() {
         .expect("delete");
     assert_eq!(deleted.deleted(), 3);
     assert_eq!(deleted.prev_kvs().len(), 3);
-    assert_eq!(deleted.header().unwrap().revision(), 5);
+    assert_eq!(deleted.header().unwrap().revision(), 6);
 
-    client.compact(5, None).await.expect("compact");
+    client.compact(6, None).await.expect("compact");
     let refused = client
-        .get("job/1", Some(GetOptions::new().with_revision(2)))
+        .get("job/1", Some(GetOptions::new().with_revision(3)))
         .await
         .expect_err("a compacted revision is refused");
     match refused {
@@ -524,7 +525,7 @@ async fn etcdctl_snapshot_save_restores_into_a_new_cluster() {
         for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
             ok(&all, &["put", key, value]);
         }
-        cluster.wait_applied(2, 3).await;
+        cluster.wait_applied(2, 4).await;
         let saved = run(&[cluster.addr(2)], &["snapshot", "save", &backup_arg], "");
         assert!(
             saved.status.success(),
@@ -536,18 +537,18 @@ async fn etcdctl_snapshot_save_restores_into_a_new_cluster() {
     let mut args = fast_timing();
     args.extend(["--restore-from".to_string(), backup_arg.clone()]);
     let restored = TestCluster::start(3, &args);
-    restored.wait_for_agreed_leader(&[1, 2, 3], 3).await;
+    restored.wait_for_agreed_leader(&[1, 2, 3], 4).await;
     let all = restored.endpoints();
     let now = json(&all, &["get", "a"]);
     assert_eq!(decode(&now["kvs"][0]["value"]), "3");
     assert_eq!(now["kvs"][0]["version"], 2);
-    assert_eq!(now["header"]["revision"], 3);
+    assert_eq!(now["header"]["revision"], 4);
     assert_eq!(
-        decode(&json(&all, &["get", "a", "--rev=1"])["kvs"][0]["value"]),
+        decode(&json(&all, &["get", "a", "--rev=2"])["kvs"][0]["value"]),
         "1"
     );
     let next = json(&all, &["put", "c", "4"]);
-    assert_eq!(next["header"]["revision"], 4);
+    assert_eq!(next["header"]["revision"], 5);
     drop(restored);
 
     // A backup cut short is refused before anything is written.
@@ -627,7 +628,7 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
             Some(
                 WatchOptions::new()
                     .with_prefix()
-                    .with_start_revision(1)
+                    .with_start_revision(2)
                     .with_prev_key(),
             ),
         )
@@ -636,7 +637,7 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     let created = stream.message().await.expect("created").expect("open");
     assert!(created.created());
     let replayed = watch_events(&mut stream, 1).await;
-    assert_eq!(replayed, [(EventType::Put, "w/a".to_string(), 1)]);
+    assert_eq!(replayed, [(EventType::Put, "w/a".to_string(), 2)]);
 
     writer.put("w/a", "2", None).await.expect("put");
     writer.delete("w/a", None).await.expect("delete");
@@ -644,8 +645,8 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     assert_eq!(
         live,
         [
-            (EventType::Put, "w/a".to_string(), 3),
-            (EventType::Delete, "w/a".to_string(), 4)
+            (EventType::Put, "w/a".to_string(), 4),
+            (EventType::Delete, "w/a".to_string(), 5)
         ]
     );
 
@@ -659,7 +660,7 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     let many = watch_events(&mut stream, MANY).await;
     assert_eq!(many.len(), MANY, "no duplicates");
     let revisions: Vec<i64> = many.iter().map(|(_, _, revision)| *revision).collect();
-    let expected: Vec<i64> = (5..5 + MANY as i64).collect();
+    let expected: Vec<i64> = (6..6 + MANY as i64).collect();
     assert_eq!(revisions, expected, "every revision once, in order");
 
     // Progress: no events, watch id -1, and the revision everything was delivered through.
@@ -671,13 +672,13 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
         .expect("open");
     assert_eq!(progress.watch_id(), -1);
     assert!(progress.events().is_empty());
-    assert_eq!(progress.header().unwrap().revision(), 4 + MANY as i64);
+    assert_eq!(progress.header().unwrap().revision(), 5 + MANY as i64);
 
     writer.compact(100, None).await.expect("compact");
     let mut old = watcher
         .watch(
             "w/",
-            Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+            Some(WatchOptions::new().with_prefix().with_start_revision(3)),
         )
         .await
         .expect("watch");
@@ -871,8 +872,9 @@ async fn etcdctl_leases_expire_through_raft() {
     assert!(ok(&on_follower, &["lease", "list"]).contains(&lease));
     let got = json(&on_follower, &["get", "session/a"]);
     assert_eq!(
-        format!("{:x}", got["kvs"][0]["lease"].as_i64().unwrap()),
-        lease
+        got["kvs"][0]["lease"].as_i64(),
+        i64::from_str_radix(&lease, 16).ok(),
+        "{got}"
     );
 
     // Nobody keeps it alive: it expires, and a watcher on the third node sees the key go.
@@ -989,4 +991,120 @@ async fn a_change_of_leader_or_a_lost_quorum_never_expires_a_lease_early() {
         1,
         "a leader without a quorum expired a lease"
     );
+}
+
+/// `etcdctl lock` (etcd's client-side recipe: a lease, a key per waiter, the lowest create revision holds,
+/// each waiter watching its predecessor): two holders run their commands one after the other, never at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_etcdctl_locks_are_never_held_at_once() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let marks = dir.path().display().to_string();
+    // Inside the lock: fail loudly if the other holder is inside too, stay a while, leave.
+    let critical = format!(
+        "if [ -e {marks}/inside ]; then touch {marks}/overlap; fi; touch {marks}/inside; \
+         sleep 0.6; rm {marks}/inside; echo \"$1\" >> {marks}/done"
+    );
+    let holders: Vec<std::process::Child> = [1, 2]
+        .into_iter()
+        .map(|holder| {
+            Command::new(etcdctl_binary())
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", cluster.addr(holder)))
+                .args(ETCDCTL_TIMEOUTS)
+                .args([
+                    "lock",
+                    "jobs",
+                    "--",
+                    "sh",
+                    "-c",
+                    &critical,
+                    "sh",
+                    &holder.to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run etcdctl lock")
+        })
+        .collect();
+    for holder in holders {
+        let output = holder.wait_with_output().expect("etcdctl lock ends");
+        assert!(
+            output.status.success(),
+            "etcdctl lock failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let done = std::fs::read_to_string(dir.path().join("done")).expect("both ran");
+    assert_eq!(done.lines().count(), 2, "{done}");
+    assert!(
+        !dir.path().join("overlap").exists(),
+        "both holders were inside the lock at once"
+    );
+    // Each holder's key went with its session.
+    assert!(ok(&cluster.endpoints(), &["get", "jobs", "--prefix"]).is_empty());
+}
+
+/// `etcdctl elect`: the first candidate leads and an observer sees it; when it resigns (interrupted), the
+/// waiting candidate takes over and the observer sees that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_hands_leadership_to_the_next_candidate() {
+    use std::io::BufRead;
+    let cluster = TestCluster::start(3, &fast_timing());
+    cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let candidate = |node: u64, proposal: &str| {
+        let mut child = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", cluster.addr(node)))
+            .args(ETCDCTL_TIMEOUTS)
+            .args(["elect", "primary", proposal])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run etcdctl elect");
+        let (lines, receiver) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, receiver)
+    };
+    let next_line = |receiver: &std::sync::mpsc::Receiver<String>| {
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("etcdctl elect printed a line in time")
+    };
+    let (mut alpha, alpha_lines) = candidate(1, "alpha");
+    assert!(next_line(&alpha_lines).starts_with("primary/"));
+    assert_eq!(next_line(&alpha_lines), "alpha");
+    let (mut beta, beta_lines) = candidate(2, "beta");
+    let observed = lines_of(&[cluster.addr(3)], &["elect", "--listen", "primary"], 2);
+    assert_eq!(observed[1], "alpha", "{observed:?}");
+    assert!(
+        beta_lines
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "the second candidate must wait"
+    );
+
+    // The leader resigns on SIGINT; the other candidate is elected.
+    let _ = Command::new("kill")
+        .args(["-INT", &alpha.id().to_string()])
+        .status();
+    let _ = alpha.wait();
+    assert!(next_line(&beta_lines).starts_with("primary/"));
+    assert_eq!(next_line(&beta_lines), "beta");
+    let observed = lines_of(&[cluster.addr(3)], &["elect", "--listen", "primary"], 2);
+    assert_eq!(observed[1], "beta", "{observed:?}");
+    let _ = beta.kill();
+    let _ = beta.wait();
 }

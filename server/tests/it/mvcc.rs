@@ -266,7 +266,11 @@ proptest! {
         scan_limit in 1..6usize,
     ) {
         let mut store = Keyspace::temporary().unwrap();
-        let mut model = Model::default();
+        // An empty store is at revision 1, as etcd's.
+        let mut model = Model {
+            revision: 1,
+            ..Model::default()
+        };
         let mut index = 0;
         for step in &steps {
             match step {

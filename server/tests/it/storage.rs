@@ -144,8 +144,8 @@ async fn reopened_store_keeps_vote_log_state_and_membership() {
     let key5 = state_machine
         .read(|applied| applied.keyspace.get(b"key5", 0).unwrap())
         .unwrap();
-    // Entry 1 is the membership: key N is the (N-1)th write.
-    assert_eq!(key5.expect("key5 applied before restart").mod_revision, 4);
+    // Entry 1 is the membership: key N is the (N-1)th write, which takes revision N (the first takes 2).
+    assert_eq!(key5.expect("key5 applied before restart").mod_revision, 5);
     assert!(
         state_machine
             .read(|applied| applied.keyspace.get(b"after-snapshot", 0).unwrap())
@@ -1005,7 +1005,7 @@ async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs(
     store
         .apply(vec![
             command_entry(3, put("three")),
-            command_entry(4, Command::Compact { revision: 3 }),
+            command_entry(4, Command::Compact { revision: 4 }),
         ])
         .await
         .unwrap();
@@ -1020,7 +1020,7 @@ async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs(
     drop(builder);
     assert_eq!(
         store.compact_now().unwrap(),
-        3,
+        4,
         "caught up once the build is done"
     );
 
@@ -1039,8 +1039,8 @@ async fn a_snapshot_build_keeps_the_history_its_cut_needs_while_compaction_runs(
         })
         .unwrap()
     };
-    assert_eq!(at(1), Some(b"one".to_vec()));
-    assert_eq!(at(2), Some(b"two".to_vec()));
+    assert_eq!(at(2), Some(b"one".to_vec()));
+    assert_eq!(at(3), Some(b"two".to_vec()));
 }
 
 /// A watcher that reads nothing while more entries are applied than the applied-changes channel holds falls
@@ -1058,7 +1058,7 @@ async fn a_watcher_that_falls_behind_reads_the_history_and_misses_nothing() {
         key: b"k".to_vec(),
         range_end: vec![0],
     };
-    let mut watcher = Watcher::start(state_machine.clone(), every_key, 1).unwrap();
+    let mut watcher = Watcher::start(state_machine.clone(), every_key, 2).unwrap();
     let total = APPLIED_CHANGES_QUEUED as u64 + 100;
     for index in 1..=total {
         let entry = put_entry(1, index, &format!("k{index:05}"));
@@ -1076,7 +1076,8 @@ async fn a_watcher_that_falls_behind_reads_the_history_and_misses_nothing() {
             .expect("the watch goes on");
         revisions.extend(batch.iter().map(|change| change.revision));
     }
-    assert_eq!(revisions, (1..=total + 1).collect::<Vec<_>>());
+    // The first write takes revision 2.
+    assert_eq!(revisions, (2..=total + 2).collect::<Vec<_>>());
 }
 
 /// Each `apply` publishes the versions it wrote and no others, also while earlier entries' changes are still
@@ -1091,7 +1092,7 @@ async fn each_apply_publishes_only_its_own_changes() {
         state_machine.apply([entry]).await.unwrap();
         let published = changes.try_recv().expect("the apply published its change");
         let revisions: Vec<u64> = published.iter().map(|change| change.revision).collect();
-        assert_eq!(revisions, [index]);
+        assert_eq!(revisions, [index + 1], "the first write takes revision 2");
     }
 }
 
@@ -1127,7 +1128,8 @@ async fn a_watcher_never_splits_a_revision() {
         key: b"k".to_vec(),
         range_end: b"l".to_vec(),
     };
-    let deletion = keys as u64 + 1;
+    // The puts took revisions 2 to keys + 1.
+    let deletion = keys as u64 + 2;
     let mut watcher = Watcher::start(state_machine.clone(), every_key.clone(), deletion).unwrap();
     let delete_all = Txn {
         success: vec![TxnOp::DeleteRange {
@@ -1178,7 +1180,7 @@ async fn an_interrupted_restore_is_redone_only_with_its_own_backup() {
     };
     assert_eq!(
         restore(&first),
-        Ok(storage::Restored::Loaded { revision: 3 })
+        Ok(storage::Restored::Loaded { revision: 4 })
     );
     assert_eq!(restore(&first), Ok(storage::Restored::AlreadyLoaded));
 
@@ -1203,7 +1205,7 @@ async fn an_interrupted_restore_is_redone_only_with_its_own_backup() {
     assert!(refused.contains("interrupted"), "{refused}");
     assert_eq!(
         restore(&first),
-        Ok(storage::Restored::Loaded { revision: 3 })
+        Ok(storage::Restored::Loaded { revision: 4 })
     );
     let (_, state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
     assert_eq!(

@@ -96,8 +96,8 @@ fn a_transaction_takes_one_revision_for_all_its_changes() {
     let responses = entry(&mut store, 2, vec![Command::Txn(txn.clone())]);
     let (revision, result) = txn_result(&responses[0]);
     assert!(result.succeeded);
-    assert_eq!(revision, 4);
-    assert_eq!(store.revision(), 4);
+    assert_eq!(revision, 5);
+    assert_eq!(store.revision(), 5);
     match &result.results[..] {
         [TxnOpResult::Put {
             prev_kv: Some(prev),
@@ -109,20 +109,20 @@ fn a_transaction_takes_one_revision_for_all_its_changes() {
             assert_eq!(prev_kvs.len(), 2);
             let keys: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.key.as_slice()).collect();
             assert_eq!(keys, [b"a".as_slice(), b"x"]);
-            assert!(range.kvs.iter().all(|kv| kv.mod_revision == 4));
+            assert!(range.kvs.iter().all(|kv| kv.mod_revision == 5));
         }
         other => panic!("unexpected results {other:?}"),
     }
     // The store before the transaction is still readable at its revision.
-    assert_eq!(value_at(&store, "a", 3).as_deref(), Some("1"));
-    assert_eq!(value_at(&store, "b", 3).as_deref(), Some("2"));
-    assert_eq!(value_at(&store, "b", 4), None);
+    assert_eq!(value_at(&store, "a", 4).as_deref(), Some("1"));
+    assert_eq!(value_at(&store, "b", 4).as_deref(), Some("2"));
+    assert_eq!(value_at(&store, "b", 5), None);
 
     // The same transaction again: the compare fails, the other branch runs.
     let responses = entry(&mut store, 3, vec![Command::Txn(txn)]);
     let (revision, result) = txn_result(&responses[0]);
     assert!(!result.succeeded);
-    assert_eq!(revision, 5);
+    assert_eq!(revision, 6);
     assert_eq!(value_at(&store, "a", 0).as_deref(), Some("failed"));
 }
 
@@ -151,7 +151,7 @@ fn transactions_see_the_entries_applied_before_them_in_one_batch() {
     );
     let (revision, result) = txn_result(&responses[2]);
     assert!(result.succeeded);
-    assert_eq!(revision, 5);
+    assert_eq!(revision, 6);
     assert_eq!(
         result.results,
         [TxnOpResult::DeleteRange {
@@ -164,7 +164,7 @@ fn transactions_see_the_entries_applied_before_them_in_one_batch() {
         .unwrap();
     let keys: Vec<&[u8]> = left.kvs.iter().map(|kv| kv.key.as_slice()).collect();
     assert_eq!(keys, [b"p/3".as_slice()]);
-    assert_eq!(store.revision(), 6);
+    assert_eq!(store.revision(), 7);
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn a_refused_transaction_changes_nothing() {
             key: b"missing".to_vec()
         })
     );
-    assert_eq!(store.revision(), 1);
+    assert_eq!(store.revision(), 2);
     assert_eq!(value_at(&store, "a", 0).as_deref(), Some("1"));
 
     // A put keeping the value of a key that exists keeps it, at a new revision.
@@ -233,7 +233,7 @@ fn a_refused_transaction_changes_nothing() {
     let kv = store.get(b"a", 0).unwrap().unwrap();
     assert_eq!(
         (kv.value.as_slice(), kv.mod_revision, kv.version),
-        (b"1".as_slice(), 2, 2)
+        (b"1".as_slice(), 3, 2)
     );
 
     // A read-only transaction changes no revision.
@@ -245,8 +245,8 @@ fn a_refused_transaction_changes_nothing() {
         ..Txn::default()
     };
     let responses = entry(&mut store, 4, vec![Command::Txn(read_only)]);
-    assert_eq!(txn_result(&responses[0]).0, 2);
-    assert_eq!(store.revision(), 2);
+    assert_eq!(txn_result(&responses[0]).0, 3);
+    assert_eq!(store.revision(), 3);
 }
 
 /// What a transaction's reads return is bounded on the state before it, whatever the number of reads: a

@@ -205,7 +205,7 @@ fn kv_json(kv: &KeyValue) -> Value {
     json!({
         "key": text(&kv.key), "value": text(&kv.value), "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision, "version": kv.version,
-        "lease": (kv.lease != 0).then(|| format!("{:x}", kv.lease)),
+        "lease": (kv.lease != 0).then(|| crate::lease::lease_hex(kv.lease)),
     })
 }
 

@@ -46,6 +46,11 @@ pub enum LeaseAction {
     List,
 }
 
+/// A lease id as etcdctl writes it: 16 hex digits.
+pub fn lease_hex(id: i64) -> String {
+    format!("{id:016x}")
+}
+
 /// A lease id in hex (as etcdctl prints it), positive.
 pub fn parse_lease_id(text: &str) -> Result<i64, String> {
     match i64::from_str_radix(text.trim_start_matches("0x"), 16) {
@@ -78,12 +83,12 @@ pub async fn run(
             match output {
                 Output::Json => println!(
                     "{}",
-                    json!({"op": "lease-grant", "id": format!("{id:x}"), "ttl": ttl})
+                    json!({"op": "lease-grant", "id": lease_hex(id), "ttl": ttl})
                 ),
                 Output::Table => {
-                    print_table(&["id", "ttl"], &[vec![format!("{id:x}"), ttl.to_string()]])
+                    print_table(&["id", "ttl"], &[vec![lease_hex(id), ttl.to_string()]])
                 }
-                Output::Simple => println!("lease {id:x} granted with TTL({ttl}s)"),
+                Output::Simple => println!("lease {} granted with TTL({ttl}s)", lease_hex(id)),
             }
             Ok(EXIT_OK)
         }
@@ -92,18 +97,18 @@ pub async fn run(
                 match output {
                     Output::Json => println!(
                         "{}",
-                        json!({"op": "lease-keep-alive", "id": format!("{id:x}"), "ttl": 0})
+                        json!({"op": "lease-keep-alive", "id": lease_hex(id), "ttl": 0})
                     ),
-                    _ => println!("lease {id:x} expired or revoked."),
+                    _ => println!("lease {} expired or revoked.", lease_hex(id)),
                 }
                 return Ok(EXIT_FAILED);
             };
             match output {
                 Output::Json => println!(
                     "{}",
-                    json!({"op": "lease-keep-alive", "id": format!("{id:x}"), "ttl": ttl})
+                    json!({"op": "lease-keep-alive", "id": lease_hex(id), "ttl": ttl})
                 ),
-                _ => println!("lease {id:x} keepalived with TTL({ttl})"),
+                _ => println!("lease {} keepalived with TTL({ttl})", lease_hex(id)),
             }
             if once {
                 return Ok(EXIT_OK);
@@ -115,9 +120,9 @@ pub async fn run(
             match output {
                 Output::Json => println!(
                     "{}",
-                    json!({"op": "lease-revoke", "id": format!("{id:x}"), "revision": revision})
+                    json!({"op": "lease-revoke", "id": lease_hex(id), "revision": revision})
                 ),
-                _ => println!("lease {id:x} revoked"),
+                _ => println!("lease {} revoked", lease_hex(id)),
             }
             Ok(EXIT_OK)
         }
@@ -127,9 +132,9 @@ pub async fn run(
                 match output {
                     Output::Json => println!(
                         "{}",
-                        json!({"op": "lease-ttl", "id": format!("{id:x}"), "found": false})
+                        json!({"op": "lease-ttl", "id": lease_hex(id), "found": false})
                     ),
-                    _ => println!("lease {id:x} already expired"),
+                    _ => println!("lease {} already expired", lease_hex(id)),
                 }
                 return Ok(EXIT_FAILED);
             };
@@ -137,13 +142,13 @@ pub async fn run(
             match output {
                 Output::Json => println!(
                     "{}",
-                    json!({"op": "lease-ttl", "id": format!("{id:x}"), "found": true,
+                    json!({"op": "lease-ttl", "id": lease_hex(id), "found": true,
                            "ttl": status.remaining, "granted_ttl": status.granted_ttl, "keys": key_names})
                 ),
                 Output::Table => print_table(
                     &["id", "ttl", "granted_ttl", "keys"],
                     &[vec![
-                        format!("{id:x}"),
+                        lease_hex(id),
                         status.remaining.to_string(),
                         status.granted_ttl.to_string(),
                         key_names.join(","),
@@ -151,8 +156,10 @@ pub async fn run(
                 ),
                 Output::Simple => {
                     print!(
-                        "lease {id:x} granted with TTL({}s), remaining({}s)",
-                        status.granted_ttl, status.remaining
+                        "lease {} granted with TTL({}s), remaining({}s)",
+                        lease_hex(id),
+                        status.granted_ttl,
+                        status.remaining
                     );
                     if keys {
                         print!(", attached keys({})", key_names.join(" "));
@@ -167,19 +174,17 @@ pub async fn run(
             match output {
                 Output::Json => {
                     for id in &ids {
-                        println!("{}", json!({"op": "lease-list", "id": format!("{id:x}")}));
+                        println!("{}", json!({"op": "lease-list", "id": lease_hex(*id)}));
                     }
                 }
                 Output::Table => print_table(
                     &["id"],
-                    &ids.iter()
-                        .map(|id| vec![format!("{id:x}")])
-                        .collect::<Vec<_>>(),
+                    &ids.iter().map(|id| vec![lease_hex(*id)]).collect::<Vec<_>>(),
                 ),
                 Output::Simple => {
                     println!("found {} leases", ids.len());
                     for id in ids {
-                        println!("{id:x}");
+                        println!("{}", lease_hex(id));
                     }
                 }
             }
