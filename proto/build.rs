@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raftkv.proto",
         "proto/peer.proto",
         "proto/etcd/etcdserverpb/rpc.proto",
+        "proto/etcd/v3lockpb/v3lock.proto",
+        "proto/etcd/v3electionpb/v3election.proto",
     ];
     println!("cargo:rerun-if-changed=proto/etcd");
     for proto in protos {

@@ -14,7 +14,8 @@ pub mod peer {
     tonic::include_proto!("raftkv.peer.v1");
 }
 
-/// etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`), wire-compatible, which every node also serves.
+/// etcd's v3 API (`etcdserverpb`, `mvccpb`, `authpb`, `v3lockpb`, `v3electionpb`), wire-compatible, which
+/// every node also serves.
 pub mod etcd {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
@@ -24,6 +25,12 @@ pub mod etcd {
     }
     pub mod authpb {
         tonic::include_proto!("authpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
     }
 }
 

@@ -31,6 +31,8 @@ use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use raftkv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use raftkv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
+use raftkv_proto::etcd::v3electionpb::election_server::ElectionServer as EtcdElectionServer;
+use raftkv_proto::etcd::v3lockpb::lock_server::LockServer as EtcdLockServer;
 use raftkv_proto::kv::admin_server::AdminServer;
 use raftkv_proto::kv::kv_server::KvServer;
 use raftkv_proto::peer::peer_server::PeerServer;
@@ -422,6 +424,14 @@ impl Node {
             )
             .add_service(
                 EtcdLeaseServer::new(etcd.clone())
+                    .max_decoding_message_size(config.max_request_bytes),
+            )
+            .add_service(
+                EtcdLockServer::new(etcd.clone())
+                    .max_decoding_message_size(config.max_request_bytes),
+            )
+            .add_service(
+                EtcdElectionServer::new(etcd.clone())
                     .max_decoding_message_size(config.max_request_bytes),
             )
             .add_service(

@@ -6,13 +6,17 @@
 //!
 //! The services: `kv` (Range, Put, DeleteRange, Txn, Compact), `cluster` (members), `maintenance` (status,
 //! alarms, hashes, backups, leadership transfer), `auth` (disabled), `watch` (streams of changes), `lease`
-//! (grants, keep-alives, expiry by the leader's `lease::Lessor`).
+//! (grants, keep-alives, expiry by the leader's `lease::Lessor`), `lock` and `election` (etcd's `v3lockpb` and
+//! `v3electionpb`, built on `recipes`).
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipes;
 pub mod watch;
 
 use std::sync::Arc;

@@ -1108,3 +1108,121 @@ async fn etcdctl_elect_hands_leadership_to_the_next_candidate() {
     let _ = beta.kill();
     let _ = beta.wait();
 }
+
+/// The `v3lock` and `v3election` services through the `etcd-client` crate, asked of followers: a second lock
+/// waits until the first is unlocked and gets a later key (a fencing token that only grows); a campaign
+/// leads, proclaims, is observed, resigns, and the next campaigner leads; a resigned leader cannot proclaim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3lock_and_v3election_serve_etcd_clients() {
+    use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+    use std::time::Duration;
+
+    let cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let mut followers = [1, 2, 3].into_iter().filter(|id| *id != leader);
+    let (first, second) = (followers.next().unwrap(), followers.next().unwrap());
+    let connect = |id: u64| etcd_client::Client::connect([cluster.addr(id)], None);
+    let mut one = connect(first).await.expect("connect");
+    let mut two = connect(second).await.expect("connect");
+
+    let lease_one = one.lease_grant(30, None).await.expect("grant").id();
+    let lease_two = two.lease_grant(30, None).await.expect("grant").id();
+    let held = one
+        .lock("jobs", Some(LockOptions::new().with_lease(lease_one)))
+        .await
+        .expect("lock");
+    let held_key = held.key().to_vec();
+    let mut waiting = tokio::spawn(async move {
+        two.lock("jobs", Some(LockOptions::new().with_lease(lease_two)))
+            .await
+            .map(|response| response.key().to_vec())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), &mut waiting)
+            .await
+            .is_err(),
+        "the second lock must wait for the first"
+    );
+    one.unlock(held_key.clone()).await.expect("unlock");
+    let next_key = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the second lock is granted once the first is released")
+        .expect("the task")
+        .expect("lock");
+    let create = |key: &[u8]| {
+        let key = key.to_vec();
+        let mut client = one.clone();
+        async move { client.get(key, None).await.expect("get").kvs()[0].create_revision() }
+    };
+    assert!(
+        create(&next_key).await > 0 && next_key != held_key,
+        "a different key holds the lock now"
+    );
+
+    // Elections.
+    let mut alpha = connect(first).await.expect("connect");
+    let mut beta = connect(second).await.expect("connect");
+    let lease_alpha = alpha.lease_grant(30, None).await.expect("grant").id();
+    let lease_beta = beta.lease_grant(30, None).await.expect("grant").id();
+    let won = alpha
+        .campaign("primary", "alpha", lease_alpha)
+        .await
+        .expect("campaign");
+    let alpha_key = won.leader().expect("a leader key").clone();
+    let mut observer = connect(leader).await.expect("connect");
+    let mut observed = observer.observe("primary").await.expect("observe");
+    let now = observed.message().await.expect("a response").expect("open");
+    assert_eq!(now.kv().unwrap().value(), b"alpha");
+    alpha
+        .proclaim(
+            "alpha, again",
+            Some(ProclaimOptions::new().with_leader(alpha_key.clone())),
+        )
+        .await
+        .expect("proclaim");
+    let now = observed.message().await.expect("a response").expect("open");
+    assert_eq!(now.kv().unwrap().value(), b"alpha, again");
+    let mut campaign = tokio::spawn(async move {
+        beta.campaign("primary", "beta", lease_beta)
+            .await
+            .map(|response| response.leader().cloned())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), &mut campaign)
+            .await
+            .is_err(),
+        "the second campaigner must wait"
+    );
+    assert_eq!(
+        alpha
+            .leader("primary")
+            .await
+            .expect("leader")
+            .kv()
+            .unwrap()
+            .value(),
+        b"alpha, again"
+    );
+    alpha
+        .resign(Some(ResignOptions::new().with_leader(alpha_key.clone())))
+        .await
+        .expect("resign");
+    let beta_key = tokio::time::timeout(Duration::from_secs(10), campaign)
+        .await
+        .expect("the next campaigner leads")
+        .expect("the task")
+        .expect("campaign")
+        .expect("a leader key");
+    assert!(beta_key.rev() > alpha_key.rev());
+    let now = observed.message().await.expect("a response").expect("open");
+    assert_eq!(now.kv().unwrap().value(), b"beta");
+    match alpha
+        .proclaim("stale", Some(ProclaimOptions::new().with_leader(alpha_key)))
+        .await
+    {
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            assert_eq!(status.message(), "election: not leader")
+        }
+        other => panic!("a resigned leader must not proclaim: {other:?}"),
+    }
+}

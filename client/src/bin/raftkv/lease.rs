@@ -179,7 +179,9 @@ pub async fn run(
                 }
                 Output::Table => print_table(
                     &["id"],
-                    &ids.iter().map(|id| vec![lease_hex(*id)]).collect::<Vec<_>>(),
+                    &ids.iter()
+                        .map(|id| vec![lease_hex(*id)])
+                        .collect::<Vec<_>>(),
                 ),
                 Output::Simple => {
                     println!("found {} leases", ids.len());
