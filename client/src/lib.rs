@@ -5,6 +5,7 @@ mod breaker;
 mod client;
 pub mod error;
 mod lease;
+mod lock;
 pub mod names;
 mod tls;
 pub mod txn;
@@ -18,6 +19,7 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use lease::LeaseStatus;
+pub use lock::{lock_prefix, LockHold, LOCK_RECHECK_INTERVAL, LOCK_WAITERS_MAX};
 pub use raftkv_proto::kv::{
     EventKind, Member, MembersResponse, Role, StatusResponse, WatchEvent, WatchResponse,
 };

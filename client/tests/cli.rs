@@ -837,3 +837,115 @@ fn lease_commands_grant_attach_keep_alive_and_revoke() {
         stderr(&refused)
     );
 }
+
+/// `raftkv lock NAME -- CMD`: two holders run their commands one after the other, never at once, each with
+/// a fencing token in its environment, the second's above the first's; the command's exit code is the
+/// lock's.
+#[test]
+fn lock_runs_commands_one_at_a_time_with_growing_fencing_tokens() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().display().to_string();
+    let critical = format!(
+        "if [ -e {marks}/inside ]; then touch {marks}/overlap; fi; touch {marks}/inside; \
+         sleep 0.6; rm {marks}/inside; echo \"$RAFTKV_LOCK_REVISION\" >> {marks}/tokens; exit 7"
+    );
+    let holders: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new(raftkv_binary())
+                .args(["--endpoints", &cluster.endpoints()])
+                .args(["lock", "jobs", "--wait", "20s", "--", "sh", "-c", &critical])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for holder in holders {
+        let output = holder.wait_with_output().unwrap();
+        assert_exit(&output, 7);
+    }
+    assert!(
+        !dir.path().join("overlap").exists(),
+        "both held the lock at once"
+    );
+    let tokens: Vec<u64> = std::fs::read_to_string(dir.path().join("tokens"))
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens[0] < tokens[1], "fencing tokens grow: {tokens:?}");
+    // Both leases were revoked: no key is left.
+    let left = cluster.raftkv(&["scan", "--prefix", "jobs/"]);
+    assert_eq!(stdout(&left), "");
+}
+
+/// A holder paused past its lease is no longer the holder: another takes the lock, with a higher fencing
+/// token; when the first wakes up it learns it lost the lock, stops its command and exits 1.
+#[test]
+fn a_holder_paused_past_its_lease_loses_the_lock() {
+    let cluster = Cluster::start();
+    let mut first = Command::new(raftkv_binary())
+        .args(["--endpoints", &cluster.endpoints(), "-w", "json"])
+        .args(["lock", "jobs", "--ttl", "2", "--", "sleep", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let held: Value = serde_json::from_str(&line).unwrap();
+    let first_token = held["revision"].as_u64().unwrap();
+
+    // Frozen (a GC pause, a stopped VM): nobody renews its lease, which expires.
+    let pid = first.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let second = cluster.raftkv(&[
+        "-w",
+        "json",
+        "--timeout",
+        "20s",
+        "lock",
+        "jobs",
+        "--wait",
+        "15s",
+        "--",
+        "true",
+    ]);
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_exit(&second, 0);
+    let second_token = json_lines(&second)[0]["revision"].as_u64().unwrap();
+    assert!(
+        second_token > first_token,
+        "{first_token} then {second_token}"
+    );
+
+    let started = Instant::now();
+    while first.try_wait().unwrap().is_none() {
+        if started.elapsed() > WAIT_MAX {
+            let _ = first.kill();
+            panic!("the paused holder did not notice it lost the lock");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = first.wait_with_output().unwrap();
+    assert_exit(&output, 1);
+    assert!(
+        stderr(&output).contains("lost lock jobs"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -148,6 +148,19 @@ pub enum Command {
     Txn,
     /// One row per node: role, term, leader, indexes, lag, errors.
     Status,
+    /// Hold lock NAME while CMD runs (its fencing token in RAFTKV_LOCK_REVISION), or until interrupted.
+    Lock {
+        name: String,
+        /// Seconds the lock outlives this process if it dies (the lease's TTL).
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// Give up if the lock is not held within this (default: wait until interrupted).
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<Duration>,
+        /// The command to run while holding the lock, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Grant, keep alive, revoke and inspect leases: keys put with a lease go when it ends.
     Lease {
         #[command(subcommand)]
@@ -637,6 +650,12 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Status => Ok(print_status(&client, output).await),
         Command::Lease { action } => crate::lease::run(action, &client, output, fail).await,
+        Command::Lock {
+            name,
+            ttl,
+            wait,
+            command,
+        } => crate::lock::run(&client, &name, ttl, wait, &command, output, fail).await,
         Command::Bench(args) => {
             let report = crate::bench::run(&args, client.config().clone())
                 .await

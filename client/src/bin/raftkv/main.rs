@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod cli;
 mod lease;
+mod lock;
 mod txn;
 mod watch;
 
