@@ -98,6 +98,10 @@ pub struct Args {
     /// KiB), values (64 KiB) and transactions (`TXN_BYTES_MAX`) still apply below it.
     #[arg(long, default_value_t = crate::etcd::MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
+    /// etcd API: how often a watch created with `progress_notify` gets a response with no events while
+    /// nothing changes for it, in milliseconds (etcd's default, 10 minutes).
+    #[arg(long, default_value_t = crate::etcd::watch::PROGRESS_NOTIFY_INTERVAL_DEFAULT_MS)]
+    pub watch_progress_notify_interval_ms: u64,
     /// Discard history automatically: `revision` keeps the last --auto-compaction-retention revisions
     /// (checked every minute); `periodic` keeps --auto-compaction-retention of time (a duration such as `30m`,
     /// `1h`, `10s`, or a number of hours), compacting every tenth of it. Off unless a retention is given.
@@ -233,6 +237,7 @@ pub struct NodeConfig {
     pub log_keep_entries: u64,
     pub cache_mb: u64,
     pub max_txn_ops: usize,
+    pub watch_progress_notify_interval: Duration,
     pub max_request_bytes: usize,
     pub auto_compaction: Option<AutoCompaction>,
     pub metrics_listen: Option<SocketAddr>,
@@ -370,6 +375,14 @@ impl NodeConfig {
         if args.cache_mb == 0 {
             return Err("--cache-mb must be at least 1".to_string());
         }
+        if args.watch_progress_notify_interval_ms
+            < crate::etcd::watch::PROGRESS_NOTIFY_INTERVAL_MIN_MS
+        {
+            return Err(format!(
+                "--watch-progress-notify-interval-ms must be at least {}",
+                crate::etcd::watch::PROGRESS_NOTIFY_INTERVAL_MIN_MS
+            ));
+        }
         if !(1..=TXN_OPS_MAX).contains(&args.max_txn_ops) {
             return Err(format!("--max-txn-ops must be between 1 and {TXN_OPS_MAX}"));
         }
@@ -401,6 +414,9 @@ impl NodeConfig {
             log_keep_entries: args.log_keep_entries,
             cache_mb: args.cache_mb,
             max_txn_ops: args.max_txn_ops,
+            watch_progress_notify_interval: Duration::from_millis(
+                args.watch_progress_notify_interval_ms,
+            ),
             max_request_bytes: args.max_request_bytes,
             auto_compaction,
             metrics_listen: args.metrics_listen,

@@ -325,6 +325,8 @@ impl Node {
             cluster_id: etcd::cluster_number(&config.cluster_id),
             scheme: if tls.is_some() { "https" } else { "http" },
             max_txn_ops: config.max_txn_ops,
+            progress_notify_interval: config.watch_progress_notify_interval,
+            max_request_bytes: config.max_request_bytes,
         };
         let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {

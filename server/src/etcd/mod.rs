@@ -67,6 +67,10 @@ pub struct EtcdApi {
     pub scheme: &'static str,
     /// `--max-txn-ops`: most compares, or operations in one branch, of a transaction.
     pub max_txn_ops: usize,
+    /// `--watch-progress-notify-interval-ms`.
+    pub progress_notify_interval: Duration,
+    /// `--max-request-bytes`: also the size of a fragment of a watch response, for watches that ask for it.
+    pub max_request_bytes: usize,
 }
 
 /// etcd names a cluster by a number; raftkv by a string. A decimal `--cluster-id` is used as it is, any other

@@ -29,6 +29,10 @@ use crate::watch::{changed_kv, previous_versions, WatchEnd, Watcher};
 pub const WATCH_RESPONSES_QUEUED: usize = 64;
 /// Most watches one stream may hold.
 pub const WATCHES_PER_STREAM_MAX: usize = 1_024;
+/// etcd's default interval of progress notifications (`--experimental-watch-progress-notify-interval`).
+pub const PROGRESS_NOTIFY_INTERVAL_DEFAULT_MS: u64 = 10 * 60 * 1000;
+/// The shortest interval `--watch-progress-notify-interval-ms` takes.
+pub const PROGRESS_NOTIFY_INTERVAL_MIN_MS: u64 = 100;
 /// The `watch_id` of responses that belong to no watch (progress), as etcd sends it.
 const NO_WATCH: i64 = -1;
 
@@ -79,8 +83,22 @@ impl EtcdApi {
             return;
         }
         delivered.store(watcher.delivered_through(), Ordering::Release);
+        // With `progress_notify`, a response with no events whenever a whole interval passes without one.
+        let interval = self.progress_notify_interval;
+        let mut quiet_until = tokio::time::Instant::now() + interval;
         loop {
-            let changes = match watcher.next_batch().await {
+            let next = tokio::select! {
+                next = watcher.next_batch() => next,
+                _ = tokio::time::sleep_until(quiet_until), if create.progress_notify => {
+                    let progress = self.watch_response(id, watcher.delivered_through());
+                    if responses.send(Ok(progress)).await.is_err() {
+                        return;
+                    }
+                    quiet_until = tokio::time::Instant::now() + interval;
+                    continue;
+                }
+            };
+            let changes = match next {
                 Ok(changes) if changes.is_empty() => {
                     delivered.store(watcher.delivered_through(), Ordering::Release);
                     continue;
@@ -113,11 +131,16 @@ impl EtcdApi {
                     return;
                 }
             };
-            let mut response = self.watch_response(id, last.max(store.applied_revision()));
-            response.events = events;
-            if responses.send(Ok(response)).await.is_err() {
-                return;
+            let revision = last.max(store.applied_revision());
+            for (events, more) in fragments(events, create.fragment, self.max_request_bytes) {
+                let mut response = self.watch_response(id, revision);
+                response.fragment = more;
+                response.events = events;
+                if responses.send(Ok(response)).await.is_err() {
+                    return;
+                }
             }
+            quiet_until = tokio::time::Instant::now() + interval;
             delivered.store(watcher.delivered_through(), Ordering::Release);
         }
     }
@@ -156,6 +179,37 @@ impl EtcdApi {
         .await
         .map_err(|error| error.to_string())?
     }
+}
+
+/// The events of one response, cut (if the watch asked for `fragment`) into parts of at most `bytes`
+/// encoded bytes each (a single larger event is a part of its own); each part with whether more follow.
+fn fragments(
+    events: Vec<mvccpb::Event>,
+    fragment: bool,
+    bytes: usize,
+) -> Vec<(Vec<mvccpb::Event>, bool)> {
+    if !fragment {
+        return vec![(events, false)];
+    }
+    let mut parts: Vec<Vec<mvccpb::Event>> = vec![Vec::new()];
+    let mut size = 0;
+    for event in events {
+        let event_size = prost::Message::encoded_len(&event);
+        let current = parts.last_mut().expect("one part at least");
+        if !current.is_empty() && size + event_size > bytes {
+            parts.push(vec![event]);
+            size = event_size;
+        } else {
+            current.push(event);
+            size += event_size;
+        }
+    }
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| (part, index < last))
+        .collect()
 }
 
 /// Why a watch ended, in etcd's words, and the compaction point to report (0 unless it was compacted).
@@ -255,5 +309,42 @@ impl pb::watch_server::Watch for EtcdApi {
         Ok(GrpcResponse::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(value_bytes: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: mvccpb::event::EventType::Put as i32,
+            kv: Some(mvccpb::KeyValue {
+                key: b"k".to_vec(),
+                value: vec![b'v'; value_bytes],
+                ..mvccpb::KeyValue::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn fragments_stay_under_the_size_and_say_whether_more_follow() {
+        let size = prost::Message::encoded_len(&event(100));
+        let parts = fragments(vec![event(100), event(100), event(100)], true, 2 * size);
+        let shape: Vec<(usize, bool)> = parts
+            .iter()
+            .map(|(events, more)| (events.len(), *more))
+            .collect();
+        assert_eq!(shape, [(2, true), (1, false)]);
+        let whole = fragments(vec![event(100), event(100), event(100)], false, size);
+        assert_eq!(whole.len(), 1, "no fragments unless the watch asked");
+        assert!(!whole[0].1);
+        let oversized = fragments(vec![event(1000), event(10)], true, size);
+        let shape: Vec<(usize, bool)> = oversized
+            .iter()
+            .map(|(events, more)| (events.len(), *more))
+            .collect();
+        assert_eq!(shape, [(1, true), (1, false)], "a larger event goes alone");
     }
 }

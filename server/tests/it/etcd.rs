@@ -1226,3 +1226,57 @@ async fn v3lock_and_v3election_serve_etcd_clients() {
         other => panic!("a resigned leader must not proclaim: {other:?}"),
     }
 }
+
+/// A watch created with `progress_notify` gets a response with no events, at the revision it has seen
+/// through, each time an interval passes with nothing for it; a watch without it gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notify_says_how_far_a_quiet_watch_has_seen() {
+    use etcd_client::WatchOptions;
+    use std::time::Duration;
+
+    let mut args = fast_timing();
+    args.extend([
+        "--watch-progress-notify-interval-ms".to_string(),
+        "300".to_string(),
+    ]);
+    let cluster = TestCluster::start(1, &args);
+    cluster.wait_for_agreed_leader(&[1], 0).await;
+    let mut client = etcd_client::Client::connect([cluster.addr(1)], None)
+        .await
+        .expect("connect");
+    let mut notified = client
+        .watch(
+            "quiet/",
+            Some(WatchOptions::new().with_prefix().with_progress_notify()),
+        )
+        .await
+        .expect("watch");
+    let mut silent = client
+        .watch("quiet/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
+    let created = notified.message().await.expect("created").expect("open");
+    assert!(created.created());
+    silent.message().await.expect("created").expect("open");
+    let written = client.put("elsewhere", "x", None).await.expect("put");
+    let revision = written.header().unwrap().revision();
+
+    let bound = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = tokio::time::timeout_at(bound, notified.message())
+            .await
+            .expect("a progress notification within the bound")
+            .expect("a response")
+            .expect("open");
+        assert!(progress.events().is_empty());
+        if progress.header().unwrap().revision() >= revision {
+            break;
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), silent.message())
+            .await
+            .is_err(),
+        "a watch without progress_notify gets no progress"
+    );
+}
