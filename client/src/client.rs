@@ -627,19 +627,39 @@ impl Client {
             start_revision: options.start_revision,
             prev_kv: options.prev_kv,
         };
-        let pinned = options.endpoint.as_deref();
+        let pinned = options.endpoint.clone();
+        let (stream, next) = self.open_watch(&request, pinned.as_deref()).await?;
+        Ok(Watch {
+            client: self.clone(),
+            request,
+            pinned,
+            stream,
+            next,
+        })
+    }
+
+    /// Starts a watch stream on the first node that serves it (or on `pinned` only); returns it with the first
+    /// revision it reports.
+    async fn open_watch(
+        &self,
+        request: &kv::WatchRequest,
+        pinned: Option<&str>,
+    ) -> Result<(tonic::Streaming<kv::WatchResponse>, u64), ClientError> {
         self.with_retries(false, false, pinned, |endpoint, _deadline| {
             let request = request.clone();
             async move {
                 let mut client = self
                     .kv_client(&endpoint)
                     .map_err(|error| tonic::Status::internal(error.to_string()))?;
-                client
-                    .watch(tonic::Request::new(request))
-                    .await
-                    .map(|response| Watch {
-                        stream: response.into_inner(),
-                    })
+                let response = client.watch(tonic::Request::new(request.clone())).await?;
+                // The node resolves a start revision of 0; an older node does not say, and a resumed watch
+                // then starts from the one asked for.
+                let first = response
+                    .metadata()
+                    .get(raftkv_proto::contract::WATCH_START_KEY)
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(request.start_revision);
+                Ok((response.into_inner(), first))
             }
         })
         .await
@@ -891,19 +911,61 @@ pub struct WatchOptions {
     pub endpoint: Option<String>,
 }
 
-/// A stream of changes (`Client::watch`), served by one node.
+/// Times one `Watch::next` call resumes a watch on another node before it gives up.
+pub const WATCH_RESUMES_MAX: usize = 8;
+
+/// A stream of changes (`Client::watch`), served by one node at a time.
 pub struct Watch {
+    client: Client,
+    request: kv::WatchRequest,
+    pinned: Option<String>,
     stream: tonic::Streaming<kv::WatchResponse>,
+    /// The first revision not yet delivered: where a resumed stream starts.
+    next: u64,
 }
 
 impl Watch {
-    /// The next changes, in revision order; waits for them. `None` once the node has ended the stream; an
-    /// error (e.g. `Compacted` for a start revision below the compaction point) ends it too.
+    /// The next changes, in revision order; waits for them. When the serving node goes away (its connection
+    /// breaks, it shuts down) the watch resumes on another node from the first revision not yet delivered,
+    /// so no change is lost or repeated (at most `WATCH_RESUMES_MAX` times per call; a pinned watch does not
+    /// resume). `None` once a pinned node ended the stream; an error (e.g. `Compacted` for a start revision
+    /// below the compaction point) ends the watch.
     pub async fn next(&mut self) -> Result<Option<kv::WatchResponse>, ClientError> {
-        self.stream
-            .message()
-            .await
-            .map_err(|status| from_status(&status))
+        let mut resumes = 0;
+        loop {
+            let ended = match self.stream.message().await {
+                Ok(Some(response)) => {
+                    if let Some(last) = response.events.last().and_then(|event| event.kv.as_ref()) {
+                        self.next = last.mod_revision + 1;
+                    }
+                    return Ok(Some(response));
+                }
+                Ok(None) => None,
+                Err(status) => Some(status),
+            };
+            let resumable = self.pinned.is_none()
+                && ended.as_ref().is_none_or(|status| {
+                    matches!(
+                        crate::error::kind(status),
+                        None | Some(raftkv_proto::contract::ErrorKind::ShuttingDown)
+                    )
+                });
+            if !resumable || resumes >= WATCH_RESUMES_MAX {
+                return match ended {
+                    None => Ok(None),
+                    Some(status) => Err(from_status(&status)),
+                };
+            }
+            resumes += 1;
+            self.request.start_revision = self.next;
+            let (stream, _) = self.client.open_watch(&self.request, None).await?;
+            self.stream = stream;
+        }
+    }
+
+    /// The first revision this watch has not delivered yet.
+    pub fn next_revision(&self) -> u64 {
+        self.next
     }
 }
 

@@ -15,7 +15,7 @@ pub use client::{
     CasResult, Client, ClientConfig, Consistency, Expected, GetResult, KeyValue, ReadEnvelope,
     ReadOptions, ScanRange, ScanResult, Session, Watch, WatchOptions, ATTEMPTS_MAX,
     BACKOFF_INITIAL, BACKOFF_MAX, CONNECT_TIMEOUT_DEFAULT, OVERALL_TIMEOUT_DEFAULT,
-    REQUEST_TIMEOUT_DEFAULT,
+    REQUEST_TIMEOUT_DEFAULT, WATCH_RESUMES_MAX,
 };
 pub use error::ClientError;
 pub use lease::LeaseStatus;

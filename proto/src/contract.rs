@@ -22,6 +22,9 @@ pub const ETCD_MIN_REVISION_KEY: &str = "raftkv-min-revision";
 pub const ETCD_SERVED_KEY: &str = "raftkv-served";
 /// etcd API request metadata a follower adds to a write it forwards to the leader.
 pub const ETCD_FORWARDED_KEY: &str = "raftkv-forwarded";
+/// Response metadata of `raftkv.v1.Kv/Watch`: the first revision the stream reports (a start revision of 0
+/// resolved by the node), so a client can resume the watch elsewhere from the same point.
+pub const WATCH_START_KEY: &str = "raftkv-watch-start";
 
 /// The kinds of error a node names in `raftkv-error`. The gRPC code carries the class; the kind says exactly
 /// what happened and whether a write may have been applied.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use raftkv_proto::contract::{ERROR_KIND_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY};
+use raftkv_proto::contract::{ERROR_KIND_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY, WATCH_START_KEY};
 use raftkv_proto::kv;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataValue;
@@ -604,9 +604,12 @@ impl kv::kv_server::Kv for Api {
         &self,
         request: Request<kv::WatchRequest>,
     ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
-        self.start_watch(request.into_inner())
-            .map(GrpcResponse::new)
-            .map_err(to_status)
+        let (stream, first) = self.start_watch(request.into_inner()).map_err(to_status)?;
+        let mut response = GrpcResponse::new(stream);
+        response
+            .metadata_mut()
+            .insert(WATCH_START_KEY, MetadataValue::from(first));
+        Ok(response)
     }
 
     async fn lease_grant(

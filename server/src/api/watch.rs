@@ -48,8 +48,12 @@ fn event(change: HistoryEntry, prev: Option<KeyValue>) -> kv::WatchEvent {
 }
 
 impl Api {
-    /// Starts the watch `request` asks for and streams its changes.
-    pub(super) fn start_watch(&self, request: kv::WatchRequest) -> Result<WatchStream, ApiError> {
+    /// Starts the watch `request` asks for and streams its changes; also returns the first revision it
+    /// reports (`WATCH_START_KEY`).
+    pub(super) fn start_watch(
+        &self,
+        request: kv::WatchRequest,
+    ) -> Result<(WatchStream, u64), ApiError> {
         let span = KeySpan {
             key: request.key,
             range_end: request.range_end,
@@ -61,6 +65,7 @@ impl Api {
         let prev_kv = request.prev_kv;
         let mut watcher =
             Watcher::start(store.clone(), span, start).map_err(|end| ended(end, start))?;
+        let first = watcher.delivered_through() + 1;
         let (sender, receiver) = mpsc::channel(WATCH_STREAM_QUEUED);
         tokio::spawn(async move {
             loop {
@@ -109,8 +114,9 @@ impl Api {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        Ok((
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+            first,
+        ))
     }
 }

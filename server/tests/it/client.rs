@@ -135,3 +135,74 @@ async fn a_reading_client_learns_the_leader() {
         "reads after the leader answered went elsewhere: {served_by:?}"
     );
 }
+
+/// A watch whose node dies goes on on another node from the first revision it had not delivered: every change
+/// arrives once, in order, across the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_node_when_its_node_dies() {
+    use raftkv_client::WatchOptions;
+
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    // A new client sends its first call to its first endpoint: the watch starts on the victim.
+    let endpoints: Vec<String> = std::iter::once(victim)
+        .chain([1, 2, 3].into_iter().filter(|id| *id != victim))
+        .map(|id| cluster.addr(id))
+        .collect();
+    let watcher = Client::new(ClientConfig::new(endpoints)).unwrap();
+    let writer = cluster.client();
+    let options = WatchOptions {
+        range_end: raftkv_client::txn::prefix_end(b"feed/"),
+        ..WatchOptions::default()
+    };
+    let mut watch = watcher.watch("feed/", &options).await.expect("watch");
+    const BEFORE: usize = 10;
+    const AFTER: usize = 10;
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    for index in 0..BEFORE {
+        writer
+            .put(format!("feed/{index:02}"), "x")
+            .await
+            .expect("put");
+    }
+    collect_changes(&mut watch, &mut seen, BEFORE).await;
+    cluster.kill(victim);
+    for index in BEFORE..BEFORE + AFTER {
+        writer
+            .put(format!("feed/{index:02}"), "x")
+            .await
+            .expect("put");
+    }
+    collect_changes(&mut watch, &mut seen, BEFORE + AFTER).await;
+    let keys: Vec<String> = seen.iter().map(|(key, _)| key.clone()).collect();
+    let expected: Vec<String> = (0..BEFORE + AFTER)
+        .map(|index| format!("feed/{index:02}"))
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "every change once, in order, across the kill"
+    );
+    assert!(seen.windows(2).all(|pair| pair[0].1 < pair[1].1));
+}
+
+/// Reads `watch` until `seen` holds `until` changes (key, revision), at most `WAIT_MAX`.
+async fn collect_changes(
+    watch: &mut raftkv_client::Watch,
+    seen: &mut Vec<(String, u64)>,
+    until: usize,
+) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while seen.len() < until {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let response = tokio::time::timeout(left, watch.next())
+            .await
+            .expect("changes within the bound")
+            .expect("the watch goes on")
+            .expect("the stream stays open");
+        for event in response.events {
+            let kv = event.kv.expect("a key");
+            seen.push((String::from_utf8(kv.key).unwrap(), kv.mod_revision));
+        }
+    }
+}
