@@ -10,9 +10,11 @@
 # WAL on a majority (the leader's own sync before anything acts on the entry) before it acknowledges. Timing is the same: heartbeat 100 ms, election timeout 1000 ms.
 #
 # Usage: scripts/bench-vs-etcd.sh [--rounds N] [--duration 10s] [--clients 64] [--key-space 10000]
-#                                 [--memory-keys 1000000] [--only WORKLOAD,...] [--out DIR] [--report DIR]
+#                                 [--memory-keys 1000000] [--watchers 1000] [--watch-rate 100]
+#                                 [--only WORKLOAD,...] [--out DIR] [--report DIR]
 # --report DIR prints the table of an earlier run's results and starts nothing. --rounds 0 runs only the
-# loads (and the memory and restart figures).
+# loads (and the memory and restart figures). The watch workload: --watchers watchers of every key while
+# puts go in at --watch-rate per second; its op/s are events delivered, its latencies from put to event.
 #
 # Each workload also runs against raftkv through its etcd v3 API, with the same etcd-client load generator
 # that drives etcd (system "raftkv-etcd"): the last columns give its throughput, its ratio to etcd, and that
@@ -31,6 +33,8 @@ DURATION=10s
 CLIENTS=64
 KEY_SPACE=10000
 MEMORY_KEYS=1000000
+WATCHERS=1000
+WATCH_RATE=100
 ONLY=""
 OUT=""
 REPORT=""
@@ -42,7 +46,7 @@ RESTART_POLLS=6000
 RESTART_POLL_SECONDS=0.05
 POLL_SECONDS=0.2
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
         --clients) CLIENTS="$2"; shift 2 ;;
         --key-space) KEY_SPACE="$2"; shift 2 ;;
         --memory-keys) MEMORY_KEYS="$2"; shift 2 ;;
+        --watchers) WATCHERS="$2"; shift 2 ;;
+        --watch-rate) WATCH_RATE="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --report) REPORT="$2"; shift 2 ;;
@@ -68,6 +74,7 @@ WORKLOADS=(
     "get-lease|get --consistency lease --clients $CLIENTS --no-preload"
     "get-stale|get --consistency stale --clients $CLIENTS --no-preload"
     "mixed-50|mixed --read-ratio 0.5 --consistency linearizable --clients $CLIENTS --no-preload"
+    "watch|watch --watchers $WATCHERS --rate $WATCH_RATE --clients 8 --connections 8"
 )
 selected() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 

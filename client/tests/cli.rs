@@ -639,6 +639,34 @@ fn bench_runs_a_small_workload_and_reports_it_as_json() {
     assert!(stdout(&table).contains("raftkv"), "{}", stdout(&table));
 }
 
+/// `bench watch`: every put reaches every watcher (no `missed_event`), counted and timed per event.
+#[test]
+fn bench_watch_delivers_every_event_to_every_watcher() {
+    let cluster = Cluster::start();
+    let output = cluster.raftkv(&[
+        "-w",
+        "json",
+        "bench",
+        "watch",
+        "--watchers",
+        "5",
+        "--total",
+        "40",
+        "--clients",
+        "2",
+    ]);
+    assert_exit(&output, 0);
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["workload"], "watch");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["ok_by_operation"]["event"], 200, "{report}");
+    assert_eq!(report["latency"]["count"], 200, "{report}");
+    assert_eq!(
+        report["latency_by_operation"]["put"]["count"], 40,
+        "{report}"
+    );
+}
+
 /// Flags that cannot make a run are refused before anything is sent, with exit 2 and what to change.
 #[test]
 fn bench_refuses_bad_flags_with_exit_2() {

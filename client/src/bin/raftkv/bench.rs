@@ -12,6 +12,7 @@ mod etcd;
 mod raftkv;
 pub mod report;
 pub mod schedule;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -59,6 +60,9 @@ pub enum Workload {
     Mixed,
     /// Writes every key of the key space once, in order.
     Load,
+    /// --watchers watchers of every key while the clients put random keys: events delivered per second and
+    /// the latency from each put's start to its event at each watcher.
+    Watch,
 }
 
 impl Workload {
@@ -68,6 +72,7 @@ impl Workload {
             Workload::Get => "get",
             Workload::Mixed => "mixed",
             Workload::Load => "load",
+            Workload::Watch => "watch",
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct BenchArgs {
     /// Seed of the key choice and of the value bytes: the same seed gives the same operations.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The watch workload: watchers of every key, spread over the nodes and --connections.
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
 }
 
 /// A validated run.
@@ -142,6 +150,8 @@ struct Plan {
     key_size: usize,
     value: Vec<u8>,
     seed: u64,
+    /// Each put's value starts with when it was sent (`watch::stamp`).
+    stamp: bool,
 }
 
 fn consistency_of(arg: ConsistencyArg) -> (Consistency, &'static str) {
@@ -194,6 +204,17 @@ impl BenchArgs {
         if self.value_size > VALUE_BYTES_MAX {
             return Err(format!("--value-size must be at most {VALUE_BYTES_MAX}"));
         }
+        if self.workload == Workload::Watch {
+            if self.watchers == 0 || self.watchers > watch::WATCHERS_MAX {
+                return Err(format!("--watchers must be 1..={}", watch::WATCHERS_MAX));
+            }
+            if self.value_size < watch::STAMP_BYTES {
+                return Err(format!(
+                    "--value-size must be at least {} for watch: each value carries when it was sent",
+                    watch::STAMP_BYTES
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return Err("--read-ratio must be between 0 and 1".to_string());
         }
@@ -243,6 +264,7 @@ impl BenchArgs {
             key_size: self.key_size,
             value,
             seed: self.seed,
+            stamp: self.workload == Workload::Watch,
         })
     }
 }
@@ -384,7 +406,9 @@ async fn client_loop(phase: Arc<Phase>, mut worker: Worker, index: usize) -> Mea
         };
         let (operation, key_index) = match plan.workload {
             Workload::Load => (Operation::Put, number),
-            Workload::Put => (Operation::Put, rng.random_range(0..plan.key_space)),
+            Workload::Put | Workload::Watch => {
+                (Operation::Put, rng.random_range(0..plan.key_space))
+            }
             Workload::Get => (Operation::Get, rng.random_range(0..plan.key_space)),
             Workload::Mixed => {
                 let operation = if rng.random_bool(plan.read_ratio) {
@@ -395,8 +419,17 @@ async fn client_loop(phase: Arc<Phase>, mut worker: Worker, index: usize) -> Mea
                 (operation, rng.random_range(0..plan.key_space))
             }
         };
+        let stamped;
+        let value = if plan.stamp {
+            let mut value = plan.value.clone();
+            watch::stamp(&mut value);
+            stamped = value;
+            &stamped
+        } else {
+            &plan.value
+        };
         let outcome = worker
-            .run(operation, key(key_index, plan.key_size), &plan.value)
+            .run(operation, key(key_index, plan.key_size), value)
             .await;
         let latency = due.elapsed();
         match outcome {
@@ -543,6 +576,9 @@ fn process_cpu_time() -> Option<Duration> {
 pub async fn run(args: &BenchArgs, config: ClientConfig) -> Result<Report, String> {
     let plan = args.plan()?;
     let progress = std::io::stderr().is_terminal();
+    if plan.workload == Workload::Watch {
+        return run_watch(args, config, plan, progress).await;
+    }
     let pool = Pool::connect(args, config).await?;
     if matches!(plan.workload, Workload::Get | Workload::Mixed) && !args.no_preload {
         let preload = Plan {
@@ -594,6 +630,62 @@ pub async fn run(args: &BenchArgs, config: ClientConfig) -> Result<Report, Strin
             .collect(),
         client_cpu_percent: cpu_used.map(|cpu| {
             100.0 * cpu.as_secs_f64() / merged.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+        }),
+    })
+}
+
+/// The watch workload: the watchers first, then the puts, then a drain until every event arrived.
+async fn run_watch(
+    args: &BenchArgs,
+    config: ClientConfig,
+    plan: Plan,
+    progress: bool,
+) -> Result<Report, String> {
+    let watchers = watch::Watchers::start(args, &config, args.watchers).await?;
+    let pool = Pool::connect(args, config).await?;
+    let cpu_before = process_cpu_time();
+    let started = Instant::now();
+    let merged = run_phase(&pool, plan.clone(), "watch", progress).await;
+    let puts = merged.ok.get("put").copied().unwrap_or(0);
+    let expected = puts * args.watchers as u64;
+    let watched = watchers.finish(expected).await;
+    let cpu_used = cpu_before
+        .zip(process_cpu_time())
+        .map(|(before, after)| after - before);
+    let mut errors = merged.errors;
+    for error in watched.errors {
+        *errors.entry(format!("watch: {error}")).or_default() += 1;
+    }
+    if watched.events < expected {
+        errors.insert("missed_event".to_string(), expected - watched.events);
+    }
+    let mut latency_by_operation = BTreeMap::new();
+    latency_by_operation.insert("put", LatencySummary::of(&merged.latency));
+    Ok(Report {
+        target: match args.target {
+            TargetKind::Raftkv => "raftkv",
+            TargetKind::Etcd => "etcd",
+        },
+        workload: plan.workload.name(),
+        consistency: None,
+        read_ratio: None,
+        clients: plan.clients,
+        connections: args.connections,
+        rate_per_second: args.rate,
+        key_space: plan.key_space,
+        key_size: plan.key_size,
+        value_size: plan.value.len(),
+        // Until every event arrived: events per second counts the delivery, not just the puts.
+        elapsed: watched.completed - started,
+        ok: BTreeMap::from([("event", watched.events)]),
+        errors,
+        latency: LatencySummary::of(&watched.latency),
+        latency_by_operation,
+        client_cpu_percent: cpu_used.map(|cpu| {
+            100.0 * cpu.as_secs_f64()
+                / (watched.completed - started)
+                    .as_secs_f64()
+                    .max(f64::MIN_POSITIVE)
         }),
     })
 }
@@ -653,6 +745,8 @@ mod tests {
             ("load --total 5", "drop --total"),
             ("put --total 0", "--total"),
             ("put --total 5 --duration 1s", "cannot be used with"),
+            ("watch --watchers 0", "--watchers"),
+            ("watch --value-size 4", "--value-size must be at least 8"),
         ] {
             let error = plan(line)
                 .err()

@@ -125,7 +125,7 @@ impl EtcdWorker {
     }
 }
 
-fn error_kind(error: &etcd_client::Error) -> String {
+pub(super) fn error_kind(error: &etcd_client::Error) -> String {
     match error {
         etcd_client::Error::GRpcStatus(status) => format!("{:?}", status.code()).to_lowercase(),
         etcd_client::Error::TransportError(_) => "transport".to_string(),
