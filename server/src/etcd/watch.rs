@@ -152,32 +152,32 @@ impl EtcdApi {
         prev_kv: bool,
     ) -> Result<Vec<mvccpb::Event>, String> {
         let store = self.api.reader.state_machine.clone();
-        tokio::task::spawn_blocking(move || {
-            let previous = if prev_kv {
-                previous_versions(&store, &changes)?
-            } else {
-                vec![None; changes.len()]
-            };
-            Ok(changes
-                .into_iter()
-                .zip(previous)
-                .map(|(change, prev)| {
-                    let (deleted, kv) = changed_kv(change);
-                    let kind = if deleted {
-                        mvccpb::event::EventType::Delete
-                    } else {
-                        mvccpb::event::EventType::Put
-                    };
-                    mvccpb::Event {
-                        r#type: kind as i32,
-                        kv: Some(to_mvcc(kv)),
-                        prev_kv: prev.map(to_mvcc),
-                    }
-                })
-                .collect())
-        })
-        .await
-        .map_err(|error| error.to_string())?
+        let previous = if prev_kv {
+            // Reads of the history: off the async threads.
+            let changes = changes.clone();
+            tokio::task::spawn_blocking(move || previous_versions(&store, &changes))
+                .await
+                .map_err(|error| error.to_string())??
+        } else {
+            vec![None; changes.len()]
+        };
+        Ok(changes
+            .into_iter()
+            .zip(previous)
+            .map(|(change, prev)| {
+                let (deleted, kv) = changed_kv(change);
+                let kind = if deleted {
+                    mvccpb::event::EventType::Delete
+                } else {
+                    mvccpb::event::EventType::Put
+                };
+                mvccpb::Event {
+                    r#type: kind as i32,
+                    kv: Some(to_mvcc(kv)),
+                    prev_kv: prev.map(to_mvcc),
+                }
+            })
+            .collect())
     }
 }
 
