@@ -7,10 +7,12 @@
 //!
 //! - [`linearizable`]: register histories, key by key (Wing & Gong with Lowe's memoisation).
 //! - [`set`]: set histories: lost acknowledged adds, elements that were never (successfully) attempted.
+//! - [`bank`]: bank histories: every read sees the opening total, no negative balance, no lost transfer.
 //! - [`split_brain`]: observation events: never two leaders in one term.
 //! - [`session`]: per client, monotonic reads and read-your-writes from revisions and read envelopes.
 //! - [`staleness`]: how stale envelope-carrying reads were, and whether bounded reads kept their bound.
 
+pub mod bank;
 pub mod linearizable;
 pub mod session;
 pub mod set;
@@ -52,6 +54,8 @@ pub enum Model {
     Register,
     /// add / read on sets: checked for lost and unexpected elements.
     Set,
+    /// open / transfer / read of bank accounts: checked for the total, negative balances, lost transfers.
+    Bank,
 }
 
 impl std::str::FromStr for Model {
@@ -61,6 +65,7 @@ impl std::str::FromStr for Model {
         match text {
             "register" => Ok(Model::Register),
             "set" => Ok(Model::Set),
+            "bank" => Ok(Model::Bank),
             other => Err(CheckError::UnknownModel(other.to_string())),
         }
     }
@@ -71,7 +76,7 @@ impl std::str::FromStr for Model {
 pub enum CheckError {
     #[error(transparent)]
     History(#[from] HistoryError),
-    #[error("unknown model `{0}` (expected register or set)")]
+    #[error("unknown model `{0}` (expected register, set or bank)")]
     UnknownModel(String),
     #[error("line {line}: op {index} is a `{f}`, which the {model} model does not have; check with the other model")]
     ModelMismatch {
@@ -147,6 +152,9 @@ pub struct Report {
     /// Set model only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set: Option<set::SetReport>,
+    /// Bank model only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank: Option<bank::BankReport>,
     /// From observation events (valid and vacuous when there are none).
     pub split_brain: split_brain::SplitBrainReport,
     /// From revisions and read envelopes (valid and vacuous when there are none).
@@ -166,12 +174,14 @@ pub fn check_history_with_budget(
     model: Model,
     budget: &SearchBudget,
 ) -> Result<Report, CheckError> {
-    let (linearizable, set) = match model {
+    let (linearizable, set, bank) = match model {
         Model::Register => (
             Some(linearizable::check_with_budget(history, budget)?),
             None,
+            None,
         ),
-        Model::Set => (None, Some(set::check(history)?)),
+        Model::Set => (None, Some(set::check(history)?), None),
+        Model::Bank => (None, None, Some(bank::check(history)?)),
     };
     let split_brain = split_brain::check(history)?;
     let session = session::check(history);
@@ -179,6 +189,7 @@ pub fn check_history_with_budget(
     let verdict = [
         linearizable.as_ref().map(|report| report.verdict),
         set.as_ref().map(|report| report.verdict),
+        bank.as_ref().map(|report| report.verdict),
         Some(split_brain.verdict),
         Some(session.verdict),
         Some(staleness.verdict),
@@ -192,6 +203,7 @@ pub fn check_history_with_budget(
         summary: HistorySummary::of(history),
         linearizable,
         set,
+        bank,
         split_brain,
         session,
         staleness,

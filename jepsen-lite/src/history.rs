@@ -64,6 +64,8 @@ pub enum Function {
     Cas,
     /// Add an element to a set.
     Add,
+    /// Move an amount between two bank accounts; the value is `{"from", "to", "amount"}`.
+    Transfer,
 }
 
 impl Function {
@@ -73,6 +75,7 @@ impl Function {
             "write" => Some(Self::Write),
             "cas" => Some(Self::Cas),
             "add" => Some(Self::Add),
+            "transfer" => Some(Self::Transfer),
             _ => None,
         }
     }
@@ -84,6 +87,7 @@ impl Function {
             Self::Write => "write",
             Self::Cas => "cas",
             Self::Add => "add",
+            Self::Transfer => "transfer",
         }
     }
 }

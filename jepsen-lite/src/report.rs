@@ -36,7 +36,7 @@ use html::{escape, seconds_text, value_text, Table};
 /// Checks under `results.checks`, in the order of the verdict table, with the figures shown for each
 /// (label, JSON pointer into the check; an array shows its length). Checks not listed here show their scalar
 /// fields.
-const CHECK_FIGURES: [(&str, &[(&str, &str)]); 5] = [
+const CHECK_FIGURES: [(&str, &[(&str, &str)]); 6] = [
     (
         "linearizable",
         &[
@@ -57,6 +57,17 @@ const CHECK_FIGURES: [(&str, &[(&str, &str)]); 5] = [
             ("lost", "/lost_count"),
             ("unexpected", "/unexpected_count"),
             ("ok adds unverified", "/adds_ok_unverified"),
+        ],
+    ),
+    (
+        "bank",
+        &[
+            ("accounts", "/accounts"),
+            ("opening total", "/opening_total"),
+            ("reads checked", "/reads_checked"),
+            ("transfers ok", "/transfers_ok"),
+            ("transfers indeterminate", "/transfers_indeterminate"),
+            ("anomalies", "/anomalies_count"),
         ],
     ),
     (
@@ -159,6 +170,11 @@ pub fn render_html(history: &History, results: &Value) -> anyhow::Result<String>
     availability_section(&mut page, results);
     liveness_section(&mut page, results);
     staleness_section(&mut page, history, results, &axis, &windows)?;
+    if let Some(chart) = charts::bank_total_chart(history, &axis, &windows)? {
+        page.push_str("<h2>Bank: the total over time</h2>\n");
+        page.push_str(&html::legend(&[("fault window", fault_swatch())]));
+        figure(&mut page, &chart);
+    }
     page.push_str("</body>\n</html>\n");
     Ok(page)
 }

@@ -63,6 +63,8 @@ pub struct RunConfig {
     pub max_staleness: Option<Duration>,
     /// Reads carry their session's revision (read-your-writes, monotonic reads).
     pub sessions: bool,
+    /// Bank transfers write without comparing revisions (the negative control).
+    pub blind_transfers: bool,
     #[serde(serialize_with = "serialize_display")]
     pub nemesis: NemesisSet,
     #[serde(serialize_with = "serialize_duration")]
@@ -208,6 +210,7 @@ impl Shared {
             consistency: self.config.read_consistency,
             max_staleness: self.config.max_staleness,
             sessions: self.config.sessions,
+            blind_transfers: self.config.blind_transfers,
         }
     }
 
@@ -403,6 +406,21 @@ async fn liveness(cluster: &Cluster, client: &Client, bound: Duration) -> Livene
     }
 }
 
+/// Opens the bank's accounts before the clients start (each attempt in the history), until one succeeds.
+async fn open_accounts(shared: &Shared) {
+    let op = Op::Open {
+        accounts: shared.config.keys.max(2),
+    };
+    let endpoint = shared.endpoints[0].clone();
+    for _ in 0..FINAL_READ_ATTEMPTS_MAX {
+        let process = shared.next_process.fetch_add(1, Ordering::Relaxed);
+        let mut session = shared.client.session();
+        if shared.perform(process, &op, &mut session, &endpoint).await == EventType::Ok {
+            return;
+        }
+    }
+}
+
 /// Final reads from every node: every register key, or the whole set. Each attempt is in the history.
 async fn final_reads(shared: &Shared) {
     let recorder = &shared.recorder;
@@ -416,6 +434,7 @@ async fn final_reads(shared: &Shared) {
             WorkloadKind::Set => vec![Op::Read {
                 key: workload::SET_KEY.to_string(),
             }],
+            WorkloadKind::Bank => vec![Op::Balances],
         };
         for op in ops {
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
@@ -432,12 +451,13 @@ async fn final_reads(shared: &Shared) {
                 );
                 let outcome = match shared.config.workload {
                     WorkloadKind::Set => workload::read_set(&shared.client, endpoint).await,
-                    WorkloadKind::Register => {
+                    WorkloadKind::Register | WorkloadKind::Bank => {
                         let mut session = shared.client.session();
                         let policy = ReadPolicy {
                             consistency: Consistency::Linearizable,
                             max_staleness: None,
                             sessions: false,
+                            blind_transfers: false,
                         };
                         workload::execute(&op, &mut session, &shared.client, endpoint, &policy)
                             .await
@@ -491,6 +511,7 @@ fn merged_verdict(checks: &Report, config: &RunConfig) -> Verdict {
     [
         checks.linearizable.as_ref().map(|report| report.verdict),
         checks.set.as_ref().map(|report| report.verdict),
+        checks.bank.as_ref().map(|report| report.verdict),
         Some(checks.split_brain.verdict),
         Some(checks.staleness.verdict),
     ]
@@ -534,6 +555,12 @@ pub fn validate(config: &RunConfig) -> anyhow::Result<()> {
     }
     if config.max_staleness.is_some() && config.read_consistency != Consistency::Stale {
         bail!("--max-staleness only applies to --read-consistency stale");
+    }
+    if config.blind_transfers && config.workload != WorkloadKind::Bank {
+        bail!("--bank-blind-writes only applies to --workload bank");
+    }
+    if config.workload == WorkloadKind::Bank && config.keys < 2 {
+        bail!("--workload bank needs --keys of at least 2 accounts");
     }
     if !(0.0..=1.0).contains(&config.slo.served_fraction_min) {
         bail!("--slo-served-fraction must be between 0 and 1");
@@ -589,6 +616,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
     let model = match config.workload {
         WorkloadKind::Register => Model::Register,
         WorkloadKind::Set => Model::Set,
+        WorkloadKind::Bank => Model::Bank,
     };
     let checks = checker::check_history(&history, model)
         .with_context(|| format!("cannot check {}", history_path.display()))?;
@@ -676,6 +704,9 @@ async fn run_on(
         Arc::clone(&recorder),
         observer_stopped,
     ));
+    if config.workload == WorkloadKind::Bank {
+        open_accounts(&shared).await;
+    }
     let mut clients = JoinSet::new();
     for index in 0..config.concurrency {
         clients.spawn(client_task(Arc::clone(&shared), index));

@@ -5,6 +5,11 @@
 //!   register (stored under `register/KEY`). Checked for linearizability.
 //! - `set`: adds of unique integers to one set (each element its own key under `set/`), then a final read of the
 //!   whole set from every node. Checked for lost and phantom elements.
+//! - `bank`: accounts (`bank/a0`, ...) opened with `BANK_INITIAL_BALANCE` each, transfers between two of them
+//!   (read both, then one transaction that puts both only if neither changed since: compares on their mod
+//!   revisions) and reads of every balance. Checked: every read sees the total, no balance below zero, the
+//!   final balances account for every acknowledged transfer. `--bank-blind-writes` drops the compares (the
+//!   negative control: concurrent transfers then lose updates, and money appears or vanishes).
 //!
 //! Each client is a Jepsen-style process: one operation at a time, with its own client session (exactly-once
 //! writes, read-your-writes). Reads are pinned to the client's own node, so clients of a minority node see what
@@ -17,6 +22,7 @@
 use std::time::Duration;
 
 use raftkv_client::names::{consistency_name, role_name};
+use raftkv_client::txn::{compare_create_revision, compare_mod_revision, put, CompareOp, Txn};
 use raftkv_client::{
     Client, ClientError, Consistency, Expected, GetResult, ReadEnvelope, ReadOptions, ScanRange,
     Session,
@@ -38,6 +44,18 @@ pub const REGISTER_VALUES: i64 = 5;
 /// The `error` of a cas completion that failed because the register held another value: the cluster answered,
 /// so availability counts it as served.
 pub const CAS_MISMATCH: &str = "cas_mismatch";
+/// Where bank accounts live in the store.
+pub const BANK_PREFIX: &str = "bank/";
+/// The history key of the bank workload's operations.
+pub const BANK_KEY: &str = "bank";
+/// Every account's balance when the accounts are opened.
+pub const BANK_INITIAL_BALANCE: i64 = 100;
+/// A transfer moves 1 to this many units.
+pub const BANK_TRANSFER_MAX: i64 = 5;
+/// The `error` of a transfer refused because an account changed between its read and its transaction.
+pub const TRANSFER_CONFLICT: &str = "conflict";
+/// The `error` of a transfer refused because the source account held less than the amount.
+pub const TRANSFER_INSUFFICIENT: &str = "insufficient";
 /// Elements read per page by the set's final read.
 pub const SET_READ_PAGE: u32 = 1000;
 /// Most pages one final set read may take (bounds the loop: far more elements than a run adds).
@@ -49,6 +67,7 @@ pub const SET_READ_PAGES_MAX: usize = 1000;
 pub enum WorkloadKind {
     Register,
     Set,
+    Bank,
 }
 
 /// One operation a client is about to issue.
@@ -69,6 +88,18 @@ pub enum Op {
     Add {
         element: u64,
     },
+    /// Opens the bank's `accounts` accounts with `BANK_INITIAL_BALANCE` each (once, before the clients start).
+    Open {
+        accounts: usize,
+    },
+    /// Moves `amount` from account `from` to account `to`.
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: i64,
+    },
+    /// Reads every account's balance.
+    Balances,
 }
 
 impl Op {
@@ -79,6 +110,9 @@ impl Op {
             Op::Write { .. } => Function::Write,
             Op::Cas { .. } => Function::Cas,
             Op::Add { .. } => Function::Add,
+            Op::Open { .. } => Function::Write,
+            Op::Transfer { .. } => Function::Transfer,
+            Op::Balances => Function::Read,
         }
     }
 
@@ -87,6 +121,7 @@ impl Op {
         match self {
             Op::Read { key } | Op::Write { key, .. } | Op::Cas { key, .. } => key,
             Op::Add { .. } => SET_KEY,
+            Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_KEY,
         }
     }
 
@@ -97,8 +132,22 @@ impl Op {
             Op::Write { value, .. } => Value::from(*value),
             Op::Cas { expected, new, .. } => Value::from(vec![*expected, *new]),
             Op::Add { element } => Value::from(*element),
+            Op::Open { accounts } => Value::Object(
+                (0..*accounts)
+                    .map(|index| (account_name(index), Value::from(BANK_INITIAL_BALANCE)))
+                    .collect(),
+            ),
+            Op::Transfer { from, to, amount } => serde_json::json!({
+                "from": account_name(*from), "to": account_name(*to), "amount": amount,
+            }),
+            Op::Balances => Value::Null,
         }
     }
+}
+
+/// The name of bank account `index` (its store key is `BANK_PREFIX` + the name).
+pub fn account_name(index: usize) -> String {
+    format!("a{index}")
 }
 
 /// The history key of register `index`.
@@ -133,6 +182,20 @@ pub fn generate(
         WorkloadKind::Set => Op::Add {
             element: next_element(),
         },
+        WorkloadKind::Bank => {
+            let accounts = keys.max(2);
+            if rng.random_bool(0.5) {
+                Op::Balances
+            } else {
+                let from = rng.random_range(0..accounts);
+                let to = (from + rng.random_range(1..accounts)) % accounts;
+                Op::Transfer {
+                    from,
+                    to,
+                    amount: rng.random_range(1..=BANK_TRANSFER_MAX),
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +209,8 @@ pub struct ReadPolicy {
     /// on any node, at the price of waiting on a node that is behind. Without it a stale read shows the node's
     /// state as it is.
     pub sessions: bool,
+    /// Bank transfers write without comparing revisions (`--bank-blind-writes`, the negative control).
+    pub blind_transfers: bool,
 }
 
 /// How one operation ended, ready for the history.
@@ -252,6 +317,7 @@ fn read_outcome(result: Result<GetResult, ClientError>, policy: &ReadPolicy) -> 
 fn store_key(op: &Op) -> Vec<u8> {
     match op {
         Op::Add { element } => format!("{SET_PREFIX}{element:020}").into_bytes(),
+        Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_PREFIX.as_bytes().to_vec(),
         other => format!("{REGISTER_PREFIX}{}", other.key()).into_bytes(),
     }
 }
@@ -315,6 +381,149 @@ pub async fn execute(
             }
             Err(error) => write_error(&error, Value::from(*element)),
         },
+        Op::Open { accounts } => open_accounts(*accounts, session, op.invoke_value()).await,
+        Op::Transfer { from, to, amount } => {
+            let options = read_options(policy, read_endpoint);
+            transfer(
+                *from,
+                *to,
+                *amount,
+                session,
+                client,
+                &options,
+                policy,
+                op.invoke_value(),
+            )
+            .await
+        }
+        Op::Balances => read_balances(client, &read_options(policy, read_endpoint)).await,
+    }
+}
+
+/// The read options of `policy`, pinned to `endpoint`.
+fn read_options(policy: &ReadPolicy, endpoint: &str) -> ReadOptions {
+    ReadOptions {
+        consistency: policy.consistency,
+        max_staleness: policy
+            .max_staleness
+            .filter(|_| policy.consistency == Consistency::Stale),
+        min_revision: 0,
+        revision: 0,
+        endpoint: Some(endpoint.to_string()),
+    }
+}
+
+fn account_key(index: usize) -> Vec<u8> {
+    format!("{BANK_PREFIX}{}", account_name(index)).into_bytes()
+}
+
+/// Puts every account with its initial balance, in one transaction, unless the first exists already.
+async fn open_accounts(accounts: usize, session: &mut Session, value: Value) -> Outcome {
+    let mut txn = Txn::default().when(compare_create_revision(account_key(0), CompareOp::Equal, 0));
+    for index in 0..accounts {
+        txn = txn.and_then(put(account_key(index), BANK_INITIAL_BALANCE.to_string()));
+    }
+    match session.txn(txn).await {
+        Ok(response) if response.succeeded => {
+            Outcome::new(EventType::Ok, value).with("revision", response.revision)
+        }
+        Ok(_) => Outcome::new(EventType::Fail, value).with("error", "accounts already open"),
+        Err(error) => write_error(&error, value),
+    }
+}
+
+/// One transfer: both balances read as the policy says, then one transaction putting both new balances, only
+/// if neither account changed since it was read (unless `blind_transfers`).
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    from: usize,
+    to: usize,
+    amount: i64,
+    session: &mut Session,
+    client: &Client,
+    options: &ReadOptions,
+    policy: &ReadPolicy,
+    value: Value,
+) -> Outcome {
+    let mut read = Vec::with_capacity(2);
+    for account in [from, to] {
+        match client.get(account_key(account), options).await {
+            Ok(GetResult { kv: Some(kv), .. }) => {
+                let balance = String::from_utf8_lossy(&kv.value).parse::<i64>().ok();
+                match balance {
+                    Some(balance) => read.push((balance, kv.mod_revision)),
+                    None => {
+                        return Outcome::new(EventType::Fail, value)
+                            .with("error", "unreadable balance")
+                    }
+                }
+            }
+            // A read has no effect: the transfer definitely did not happen.
+            Ok(_) => return Outcome::new(EventType::Fail, value).with("error", "no account"),
+            Err(error) => {
+                return Outcome::new(EventType::Fail, value)
+                    .with("error", error.kind())
+                    .with("message", error.to_string())
+            }
+        }
+    }
+    let [(from_balance, from_revision), (to_balance, to_revision)] = [read[0], read[1]];
+    if from_balance < amount {
+        return Outcome::new(EventType::Fail, value).with("error", TRANSFER_INSUFFICIENT);
+    }
+    let mut txn = Txn::default();
+    if !policy.blind_transfers {
+        txn = txn
+            .when(compare_mod_revision(
+                account_key(from),
+                CompareOp::Equal,
+                from_revision,
+            ))
+            .when(compare_mod_revision(
+                account_key(to),
+                CompareOp::Equal,
+                to_revision,
+            ));
+    }
+    let txn = txn
+        .and_then(put(account_key(from), (from_balance - amount).to_string()))
+        .and_then(put(account_key(to), (to_balance + amount).to_string()));
+    match session.txn(txn).await {
+        Ok(response) if response.succeeded => {
+            Outcome::new(EventType::Ok, value).with("revision", response.revision)
+        }
+        Ok(_) => Outcome::new(EventType::Fail, value).with("error", TRANSFER_CONFLICT),
+        Err(error) => write_error(&error, value),
+    }
+}
+
+/// Every account's balance, from one scan: `{"a0": 100, ...}`.
+pub async fn read_balances(client: &Client, options: &ReadOptions) -> Outcome {
+    let result = client
+        .scan(
+            ScanRange::Prefix(BANK_PREFIX.as_bytes().to_vec()),
+            SET_READ_PAGE,
+            options,
+        )
+        .await;
+    match result {
+        Ok(scan) => {
+            let balances: Map<String, Value> = scan
+                .kvs
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key[BANK_PREFIX.len()..]).into_owned(),
+                        register_value(&kv.value),
+                    )
+                })
+                .collect();
+            Outcome::new(EventType::Ok, Value::Object(balances))
+                .with("envelope", envelope_json(&scan.envelope))
+        }
+        Err(error) => Outcome::new(EventType::Fail, Value::Null)
+            .with("error", error.kind())
+            .with("message", error.to_string()),
     }
 }
 
@@ -414,6 +623,35 @@ mod tests {
         assert_eq!(op, Op::Add { element: 42 });
         assert_eq!(op.key(), SET_KEY);
         assert_eq!(op.invoke_value(), Value::from(42));
+    }
+
+    #[test]
+    fn bank_ops_read_or_move_a_bounded_amount_between_two_accounts() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let ops: Vec<Op> = (0..400)
+            .map(|_| generate(WorkloadKind::Bank, 3, &mut rng, || unreachable!()))
+            .collect();
+        let transfers = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Transfer { .. }))
+            .count();
+        assert!(
+            (150..250).contains(&transfers),
+            "{transfers} transfers of 400"
+        );
+        for op in &ops {
+            assert_eq!(op.key(), BANK_KEY);
+            if let Op::Transfer { from, to, amount } = op {
+                assert!(from != to && *from < 3 && *to < 3, "{op:?}");
+                assert!((1..=BANK_TRANSFER_MAX).contains(amount), "{op:?}");
+            }
+        }
+        let open = Op::Open { accounts: 2 };
+        assert_eq!(
+            open.invoke_value(),
+            serde_json::json!({"a0": 100, "a1": 100})
+        );
+        assert_eq!(open.function(), Function::Write);
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn check_with_budget(
         anomalies: Vec::new(),
     };
     for operation in &history.operations {
-        if operation.f == Function::Add {
+        if matches!(operation.f, Function::Add | Function::Transfer) {
             return Err(CheckError::ModelMismatch {
                 index: operation.index,
                 line: operation.invoke_line,
@@ -308,7 +308,9 @@ fn check_key(
                     .expect("cas values are checked before the search");
                 Step::Cas(interner.id(expected), interner.id(new))
             }
-            Function::Add => unreachable!("add operations are rejected before the search"),
+            Function::Add | Function::Transfer => {
+                unreachable!("add and transfer operations are rejected before the search")
+            }
         };
         all_steps.push(step);
     }

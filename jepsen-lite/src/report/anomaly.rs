@@ -175,7 +175,7 @@ pub fn operation_label(operation: &Operation) -> String {
             Some((expected, new)) => format!("cas {}→{}", value_text(expected), value_text(new)),
             None => format!("cas {}", value_text(&operation.input)),
         },
-        Function::Write | Function::Add => {
+        Function::Write | Function::Add | Function::Transfer => {
             format!("{} {}", operation.f, value_text(&operation.input))
         }
     };

@@ -292,6 +292,7 @@ pub fn latency_charts(
         Function::Write,
         Function::Cas,
         Function::Add,
+        Function::Transfer,
     ];
     // Exhaustive, so a new function cannot be left without a chart.
     let kind_slot = |f: Function| match f {
@@ -299,6 +300,7 @@ pub fn latency_charts(
         Function::Write => 1,
         Function::Cas => 2,
         Function::Add => 3,
+        Function::Transfer => 4,
     };
     // series[kind][outcome] = points
     let mut series: Vec<Vec<Vec<LatencyPoint>>> = vec![vec![Vec::new(); 3]; kinds.len()];
@@ -567,6 +569,88 @@ pub fn staleness_chart(
         "milliseconds since the serving node last heard from a leader, per ok read ({} reads)",
         points.len()
     );
+    if kept.len() < points.len() {
+        caption.push_str(&format!("; {} shown, thinned evenly", kept.len()));
+    }
+    Ok(Some(Chart { caption, svg }))
+}
+
+/// Bank totals.
+pub const BANK_TOTAL_COLOR: RGBColor = RGBColor(44, 160, 44);
+/// Bank totals that differ from the opening total.
+pub const BANK_WRONG_COLOR: RGBColor = RGBColor(214, 39, 40);
+
+/// For the bank workload: the total of the balances each `ok` read saw, over the read's completion time, in
+/// green where it is the opening total and red where it is not. `None` without bank reads.
+pub fn bank_total_chart(
+    history: &History,
+    axis: &TimeAxis,
+    windows: &[FaultWindow],
+) -> anyhow::Result<Option<Chart>> {
+    let total_of = |value: &serde_json::Value| -> Option<i64> {
+        value
+            .as_object()?
+            .values()
+            .map(serde_json::Value::as_i64)
+            .sum::<Option<i64>>()
+    };
+    let bank = |op: &&crate::history::Operation| op.key == crate::checker::bank::BANK_KEY;
+    let opening = history
+        .operations
+        .iter()
+        .filter(bank)
+        .find(|op| op.f == Function::Write && op.status == Status::Ok)
+        .and_then(|op| total_of(&op.input));
+    let points: Vec<(f64, f64)> = history
+        .operations
+        .iter()
+        .filter(bank)
+        .filter(|op| op.f == Function::Read && op.status == Status::Ok)
+        .filter_map(|op| {
+            let total = total_of(op.output.as_ref()?)?;
+            let time = op.complete_time.unwrap_or(op.invoke_time);
+            Some((seconds(time), total as f64))
+        })
+        .collect();
+    if points.is_empty() {
+        return Ok(None);
+    }
+    let kept = thin_evenly(&points, STALENESS_POINTS_MAX);
+    let y_top = (points.iter().map(|&(_, total)| total).fold(0.0, f64::max)
+        * LABEL_HEADROOM_FACTOR)
+        .max(10.0);
+    let expected = opening.map(|total| total as f64);
+    let svg = render_svg((CHART_WIDTH_PX, STALENESS_CHART_HEIGHT_PX), |root| {
+        let mut chart = linear_time_chart(
+            root,
+            axis,
+            y_top,
+            ("read completion time (s)", "total of the balances"),
+            windows,
+        )?;
+        let right = kept.iter().filter(|point| Some(point.1) == expected);
+        let wrong = kept.iter().filter(|point| Some(point.1) != expected);
+        let good = BANK_TOTAL_COLOR.mix(0.7).filled();
+        let bad = BANK_WRONG_COLOR.filled();
+        chart.draw_series(right.map(|&point| Circle::new(point, 2, good)))?;
+        chart.draw_series(wrong.map(|&point| Circle::new(point, 3, bad)))?;
+        label_fault_windows(&mut chart, windows)?;
+        Ok(())
+    })?;
+    let wrong = points
+        .iter()
+        .filter(|point| Some(point.1) != expected)
+        .count();
+    let mut caption = match opening {
+        Some(total) => format!(
+            "the total of the balances per ok read ({} reads; opening total {total}; {wrong} reads saw another)",
+            points.len()
+        ),
+        None => format!(
+            "the total of the balances per ok read ({} reads; no opening total recorded)",
+            points.len()
+        ),
+    };
     if kept.len() < points.len() {
         caption.push_str(&format!("; {} shown, thinned evenly", kept.len()));
     }

@@ -31,6 +31,7 @@ fn checker_verdict(report: &Report, checker: &str) -> Option<Verdict> {
     match checker {
         "linearizable" => report.linearizable.as_ref().map(|r| r.verdict),
         "set" => report.set.as_ref().map(|r| r.verdict),
+        "bank" => report.bank.as_ref().map(|r| r.verdict),
         "split_brain" => Some(report.split_brain.verdict),
         "session" => Some(report.session.verdict),
         "staleness" => Some(report.staleness.verdict),
@@ -53,7 +54,14 @@ fn check_case(path: &Path, model: Model) -> Option<String> {
         }
         (_, Err(error)) => mismatch(format!("rejected: {error}")),
         ("valid", Ok(report)) => {
-            let checkers = ["linearizable", "set", "split_brain", "session", "staleness"];
+            let checkers = [
+                "linearizable",
+                "set",
+                "bank",
+                "split_brain",
+                "session",
+                "staleness",
+            ];
             let not_valid: Vec<_> = checkers
                 .iter()
                 .filter(|checker| {
@@ -90,7 +98,11 @@ fn hand_written_histories_get_their_expected_verdicts() {
     // Every testdata history, for both models, gets the verdict its file name promises; all mismatches are listed.
     let mut failures = Vec::new();
     let mut cases = 0;
-    for (directory, model) in [("register", Model::Register), ("set", Model::Set)] {
+    for (directory, model) in [
+        ("register", Model::Register),
+        ("set", Model::Set),
+        ("bank", Model::Bank),
+    ] {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(testdata(directory))
             .unwrap()
             .map(|entry| entry.unwrap().path())

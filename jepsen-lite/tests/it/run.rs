@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use jepsen_lite::availability::Slo;
+use jepsen_lite::checker::bank::BankAnomaly;
 use jepsen_lite::checker::Verdict;
 use jepsen_lite::demo::{self, DemoConfig};
 use jepsen_lite::history::History;
@@ -27,6 +28,7 @@ fn short_config(dir: &TempDir, nodes: u64, workload: WorkloadKind, nemesis: &str
         read_consistency: Consistency::Linearizable,
         max_staleness: None,
         sessions: false,
+        blind_transfers: false,
         nemesis: nemesis.parse::<NemesisSet>().unwrap(),
         nemesis_interval: Duration::from_millis(1500),
         seed: 42,
@@ -290,4 +292,68 @@ async fn split_brain_demo_shows_every_step_as_raft_promises() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_keeps_its_total_under_faults_and_blind_writes_are_caught() {
+    // Transfers that compare revisions keep the total through a leader partition and kills.
+    let dir = TempDir::new().unwrap();
+    let mut config = short_config(&dir, 3, WorkloadKind::Bank, "partition-leader,kill");
+    config.keys = 4;
+    let outcome = runner::run(config).await.expect("the harness runs");
+    assert_valid(&outcome);
+    let bank = outcome.results.checks.bank.as_ref().unwrap();
+    assert_eq!(bank.opening_total, Some(400));
+    assert!(bank.transfers_ok > 20, "{bank:?}");
+    assert!(bank.reads_checked > 20, "{bank:?}");
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    assert!(
+        page.contains("Bank: the total over time"),
+        "the report draws the total"
+    );
+    assert!(
+        page.contains("; 0 reads saw another)"),
+        "every read saw the opening total"
+    );
+
+    // Negative control: stale reads and blind writes (read, compute, put both without comparing) lose
+    // updates between concurrent transfers, and money appears or vanishes: the bank check must say so.
+    // Whether two transfers interleave is up to timing, so a run without an anomaly is repeated, a bounded
+    // number of times.
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    let (dir, outcome) = loop {
+        attempt += 1;
+        let dir = TempDir::new().unwrap();
+        let mut config = short_config(&dir, 3, WorkloadKind::Bank, "none");
+        config.keys = 2;
+        config.concurrency = 8;
+        config.rate = 400.0;
+        config.time_limit = Duration::from_secs(5);
+        config.read_consistency = Consistency::Stale;
+        config.blind_transfers = true;
+        let outcome = runner::run(config).await.expect("the harness runs");
+        // Caught as a read that saw another total (a lost transfer alone would not show in the chart).
+        let bank = outcome.results.checks.bank.as_ref().unwrap();
+        let caught = bank
+            .anomalies
+            .iter()
+            .any(|anomaly| matches!(anomaly, BankAnomaly::WrongTotal { .. }));
+        if caught || attempt == ATTEMPTS {
+            break (dir, outcome);
+        }
+    };
+    let bank = outcome.results.checks.bank.as_ref().unwrap();
+    assert_eq!(
+        bank.verdict,
+        Verdict::Invalid,
+        "blind transfers went unnoticed in {ATTEMPTS} runs: {bank:?}"
+    );
+    assert_eq!(outcome.results.verdict, Verdict::Invalid);
+    assert_eq!(outcome.results.exit_code, 1);
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    assert!(
+        !page.contains("; 0 reads saw another)"),
+        "the report marks the reads that saw another total"
+    );
 }

@@ -34,9 +34,13 @@ pub struct RunCommand {
     /// What the clients do
     #[arg(long, value_enum, default_value = "register")]
     workload: WorkloadKind,
-    /// Registers of the register workload
+    /// Registers of the register workload; accounts of the bank workload (at least 2)
     #[arg(long, default_value_t = 4)]
     keys: usize,
+    /// Bank workload: transfers write both balances without comparing their revisions (the negative control:
+    /// concurrent transfers lose updates, which the bank check must flag)
+    #[arg(long)]
+    bank_blind_writes: bool,
     /// Consistency of the workload's reads: linearizable, lease or stale
     #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
     read_consistency: Consistency,
@@ -123,6 +127,7 @@ impl RunCommand {
             read_consistency: self.read_consistency,
             max_staleness: self.max_staleness,
             sessions: self.sessions,
+            blind_transfers: self.bank_blind_writes,
             nemesis: self.nemesis,
             nemesis_interval: self.nemesis_interval,
             seed,
@@ -188,6 +193,16 @@ pub async fn run(command: RunCommand) -> anyhow::Result<ExitCode> {
     }
     if let Some(set) = &checks.set {
         println!("set          {:8}", word(set.verdict));
+    }
+    if let Some(bank) = &checks.bank {
+        println!(
+            "bank         {:8} {} reads, {} transfers ok, {} anomalies: {}",
+            word(bank.verdict),
+            bank.reads_checked,
+            bank.transfers_ok,
+            bank.anomalies_count,
+            bank.explanation
+        );
     }
     println!(
         "split-brain  {:8} {} observations, max term {}, {} term conflicts, {} revision conflicts",

@@ -86,7 +86,9 @@ impl Simulator {
                 }
                 Value::Bool(swapped)
             }
-            Function::Add => unreachable!("the register simulator does not add"),
+            Function::Add | Function::Transfer => {
+                unreachable!("the register simulator does not add or transfer")
+            }
         }
     }
 
