@@ -8,12 +8,14 @@
 //! - [`linearizable`]: register histories, key by key (Wing & Gong with Lowe's memoisation).
 //! - [`set`]: set histories: lost acknowledged adds, elements that were never (successfully) attempted.
 //! - [`bank`]: bank histories: every read sees the opening total, no negative balance, no lost transfer.
+//! - [`lock`]: lock histories: no two holds overlap, fenced writes never go back to an older holder.
 //! - [`split_brain`]: observation events: never two leaders in one term.
 //! - [`session`]: per client, monotonic reads and read-your-writes from revisions and read envelopes.
 //! - [`staleness`]: how stale envelope-carrying reads were, and whether bounded reads kept their bound.
 
 pub mod bank;
 pub mod linearizable;
+pub mod lock;
 pub mod session;
 pub mod set;
 pub mod split_brain;
@@ -56,6 +58,8 @@ pub enum Model {
     Set,
     /// open / transfer / read of bank accounts: checked for the total, negative balances, lost transfers.
     Bank,
+    /// acquire / fenced write / release of a lock: checked for overlapping holds and fencing.
+    Lock,
 }
 
 impl std::str::FromStr for Model {
@@ -66,6 +70,7 @@ impl std::str::FromStr for Model {
             "register" => Ok(Model::Register),
             "set" => Ok(Model::Set),
             "bank" => Ok(Model::Bank),
+            "lock" => Ok(Model::Lock),
             other => Err(CheckError::UnknownModel(other.to_string())),
         }
     }
@@ -76,7 +81,7 @@ impl std::str::FromStr for Model {
 pub enum CheckError {
     #[error(transparent)]
     History(#[from] HistoryError),
-    #[error("unknown model `{0}` (expected register, set or bank)")]
+    #[error("unknown model `{0}` (expected register, set, bank or lock)")]
     UnknownModel(String),
     #[error("line {line}: op {index} is a `{f}`, which the {model} model does not have; check with the other model")]
     ModelMismatch {
@@ -155,6 +160,9 @@ pub struct Report {
     /// Bank model only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bank: Option<bank::BankReport>,
+    /// Lock model only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<lock::LockReport>,
     /// From observation events (valid and vacuous when there are none).
     pub split_brain: split_brain::SplitBrainReport,
     /// From revisions and read envelopes (valid and vacuous when there are none).
@@ -174,15 +182,13 @@ pub fn check_history_with_budget(
     model: Model,
     budget: &SearchBudget,
 ) -> Result<Report, CheckError> {
-    let (linearizable, set, bank) = match model {
-        Model::Register => (
-            Some(linearizable::check_with_budget(history, budget)?),
-            None,
-            None,
-        ),
-        Model::Set => (None, Some(set::check(history)?), None),
-        Model::Bank => (None, None, Some(bank::check(history)?)),
-    };
+    let (mut linearizable, mut set, mut bank, mut lock) = (None, None, None, None);
+    match model {
+        Model::Register => linearizable = Some(linearizable::check_with_budget(history, budget)?),
+        Model::Set => set = Some(set::check(history)?),
+        Model::Bank => bank = Some(bank::check(history)?),
+        Model::Lock => lock = Some(lock::check(history)?),
+    }
     let split_brain = split_brain::check(history)?;
     let session = session::check(history);
     let staleness = staleness::check(history);
@@ -190,6 +196,7 @@ pub fn check_history_with_budget(
         linearizable.as_ref().map(|report| report.verdict),
         set.as_ref().map(|report| report.verdict),
         bank.as_ref().map(|report| report.verdict),
+        lock.as_ref().map(|report| report.verdict),
         Some(split_brain.verdict),
         Some(session.verdict),
         Some(staleness.verdict),
@@ -204,6 +211,7 @@ pub fn check_history_with_budget(
         linearizable,
         set,
         bank,
+        lock,
         split_brain,
         session,
         staleness,

@@ -66,6 +66,10 @@ pub enum Function {
     Add,
     /// Move an amount between two bank accounts; the value is `{"from", "to", "amount"}`.
     Transfer,
+    /// Take the lock; an `ok` value is `{"token", "lease"}` (the token: the holder key's create revision).
+    Acquire,
+    /// Give the lock up; the value is the hold's `{"token", "lease"}`.
+    Release,
 }
 
 impl Function {
@@ -76,6 +80,8 @@ impl Function {
             "cas" => Some(Self::Cas),
             "add" => Some(Self::Add),
             "transfer" => Some(Self::Transfer),
+            "acquire" => Some(Self::Acquire),
+            "release" => Some(Self::Release),
             _ => None,
         }
     }
@@ -88,6 +94,8 @@ impl Function {
             Self::Cas => "cas",
             Self::Add => "add",
             Self::Transfer => "transfer",
+            Self::Acquire => "acquire",
+            Self::Release => "release",
         }
     }
 }

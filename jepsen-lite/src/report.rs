@@ -36,7 +36,7 @@ use html::{escape, seconds_text, value_text, Table};
 /// Checks under `results.checks`, in the order of the verdict table, with the figures shown for each
 /// (label, JSON pointer into the check; an array shows its length). Checks not listed here show their scalar
 /// fields.
-const CHECK_FIGURES: [(&str, &[(&str, &str)]); 6] = [
+const CHECK_FIGURES: [(&str, &[(&str, &str)]); 7] = [
     (
         "linearizable",
         &[
@@ -67,6 +67,15 @@ const CHECK_FIGURES: [(&str, &[(&str, &str)]); 6] = [
             ("reads checked", "/reads_checked"),
             ("transfers ok", "/transfers_ok"),
             ("transfers indeterminate", "/transfers_indeterminate"),
+            ("anomalies", "/anomalies_count"),
+        ],
+    ),
+    (
+        "lock",
+        &[
+            ("holds", "/holds"),
+            ("fenced writes ok", "/fenced_writes_ok"),
+            ("fenced writes refused", "/fenced_writes_refused"),
             ("anomalies", "/anomalies_count"),
         ],
     ),

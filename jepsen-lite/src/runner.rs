@@ -222,6 +222,19 @@ impl Shared {
         session: &mut raftkv_client::Session,
         endpoint: &str,
     ) -> EventType {
+        self.perform_for_value(process, op, session, endpoint)
+            .await
+            .0
+    }
+
+    /// `perform`, also returning the completion's value.
+    async fn perform_for_value(
+        &self,
+        process: u64,
+        op: &Op,
+        session: &mut raftkv_client::Session,
+        endpoint: &str,
+    ) -> (EventType, Value) {
         let key = Some(op.key());
         let mut invoke_extra = Map::new();
         invoke_extra.insert("node_endpoint".into(), endpoint.into());
@@ -236,8 +249,44 @@ impl Shared {
         let Outcome { kind, value, extra } =
             workload::execute(op, session, &self.client, endpoint, &self.policy()).await;
         self.recorder
-            .client(process, kind, op.function(), key, value, extra);
-        kind
+            .client(process, kind, op.function(), key, value.clone(), extra);
+        (kind, value)
+    }
+
+    /// One hold of the lock workload: acquire, a fenced write, a pause, release; returns the kind of the last
+    /// operation run (an `info` ends the process, as for any workload).
+    async fn lock_cycle(
+        &self,
+        process: u64,
+        session: &mut raftkv_client::Session,
+        endpoint: &str,
+    ) -> EventType {
+        let (kind, held) = self
+            .perform_for_value(process, &Op::Acquire, session, endpoint)
+            .await;
+        if kind != EventType::Ok {
+            return kind;
+        }
+        let token = held.get("token").and_then(Value::as_u64).unwrap_or(0);
+        let key = held
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        let lease = held
+            .get("lease")
+            .and_then(Value::as_str)
+            .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+            .unwrap_or(0);
+        let fenced = Op::Fenced { token, key };
+        let kind = self.perform(process, &fenced, session, endpoint).await;
+        if kind == EventType::Info {
+            return kind;
+        }
+        tokio::time::sleep(workload::LOCK_HOLD).await;
+        self.perform(process, &Op::Release { token, lease }, session, endpoint)
+            .await
     }
 }
 
@@ -270,10 +319,15 @@ async fn client_task(shared: Arc<Shared>, index: usize) {
                 break;
             }
         }
-        let op = workload::generate(config.workload, config.keys, &mut rng, || {
-            shared.next_element.fetch_add(1, Ordering::Relaxed)
-        });
-        if shared.perform(process, &op, &mut session, &endpoint).await == EventType::Info {
+        let outcome = if config.workload == WorkloadKind::Lock {
+            shared.lock_cycle(process, &mut session, &endpoint).await
+        } else {
+            let op = workload::generate(config.workload, config.keys, &mut rng, || {
+                shared.next_element.fetch_add(1, Ordering::Relaxed)
+            });
+            shared.perform(process, &op, &mut session, &endpoint).await
+        };
+        if outcome == EventType::Info {
             // The old process may still have a write in flight: go on as a new one, with a new session.
             process = shared.next_process.fetch_add(1, Ordering::Relaxed);
             session = shared.client.session();
@@ -435,6 +489,8 @@ async fn final_reads(shared: &Shared) {
                 key: workload::SET_KEY.to_string(),
             }],
             WorkloadKind::Bank => vec![Op::Balances],
+            // Nothing to read back: the holds and fenced writes are the history.
+            WorkloadKind::Lock => Vec::new(),
         };
         for op in ops {
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
@@ -451,7 +507,7 @@ async fn final_reads(shared: &Shared) {
                 );
                 let outcome = match shared.config.workload {
                     WorkloadKind::Set => workload::read_set(&shared.client, endpoint).await,
-                    WorkloadKind::Register | WorkloadKind::Bank => {
+                    WorkloadKind::Register | WorkloadKind::Bank | WorkloadKind::Lock => {
                         let mut session = shared.client.session();
                         let policy = ReadPolicy {
                             consistency: Consistency::Linearizable,
@@ -512,6 +568,7 @@ fn merged_verdict(checks: &Report, config: &RunConfig) -> Verdict {
         checks.linearizable.as_ref().map(|report| report.verdict),
         checks.set.as_ref().map(|report| report.verdict),
         checks.bank.as_ref().map(|report| report.verdict),
+        checks.lock.as_ref().map(|report| report.verdict),
         Some(checks.split_brain.verdict),
         Some(checks.staleness.verdict),
     ]
@@ -617,6 +674,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
         WorkloadKind::Register => Model::Register,
         WorkloadKind::Set => Model::Set,
         WorkloadKind::Bank => Model::Bank,
+        WorkloadKind::Lock => Model::Lock,
     };
     let checks = checker::check_history(&history, model)
         .with_context(|| format!("cannot check {}", history_path.display()))?;

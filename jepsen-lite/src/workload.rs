@@ -10,6 +10,10 @@
 //!   revisions) and reads of every balance. Checked: every read sees the total, no balance below zero, the
 //!   final balances account for every acknowledged transfer. `--bank-blind-writes` drops the compares (the
 //!   negative control: concurrent transfers then lose updates, and money appears or vanishes).
+//! - `lock`: each client in turn grants a lease, takes the lock `LOCK_NAME` with it (the client library's
+//!   recipe), writes `FENCED_KEY` fenced by its token (a transaction that puts only if the lock key still has
+//!   the token as its create revision), holds the lock `LOCK_HOLD`, and releases it by revoking the lease.
+//!   Checked: no two holds overlap in real time, and the fenced writes' tokens never go backwards.
 //!
 //! Each client is a Jepsen-style process: one operation at a time, with its own client session (exactly-once
 //! writes, read-your-writes). Reads are pinned to the client's own node, so clients of a minority node see what
@@ -56,6 +60,20 @@ pub const BANK_TRANSFER_MAX: i64 = 5;
 pub const TRANSFER_CONFLICT: &str = "conflict";
 /// The `error` of a transfer refused because the source account held less than the amount.
 pub const TRANSFER_INSUFFICIENT: &str = "insufficient";
+/// The lock of the lock workload.
+pub const LOCK_NAME: &str = "jepsen-lock";
+/// The history key of the lock workload's acquires and releases.
+pub const LOCK_KEY: &str = "lock";
+/// The history (and store) key of the writes fenced by the lock's token.
+pub const FENCED_KEY: &str = "fenced";
+/// TTL of the lease each hold takes, in seconds.
+pub const LOCK_LEASE_TTL: i64 = 10;
+/// How long an acquire waits for the lock before it gives up (`fail`, `lock_wait`).
+pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(3);
+/// How long a holder keeps the lock after its fenced write.
+pub const LOCK_HOLD: Duration = Duration::from_millis(50);
+/// The `error` of a fenced write refused because the lock key no longer has the writer's token.
+pub const FENCE_REFUSED: &str = "fenced_out";
 /// Elements read per page by the set's final read.
 pub const SET_READ_PAGE: u32 = 1000;
 /// Most pages one final set read may take (bounds the loop: far more elements than a run adds).
@@ -68,6 +86,7 @@ pub enum WorkloadKind {
     Register,
     Set,
     Bank,
+    Lock,
 }
 
 /// One operation a client is about to issue.
@@ -100,6 +119,18 @@ pub enum Op {
     },
     /// Reads every account's balance.
     Balances,
+    /// Grants a lease and takes the lock with it.
+    Acquire,
+    /// A write of `FENCED_KEY` that happens only while the hold with `token` (its lock key `key`) lasts.
+    Fenced {
+        token: u64,
+        key: Vec<u8>,
+    },
+    /// Gives the lock up by revoking the hold's lease.
+    Release {
+        token: u64,
+        lease: i64,
+    },
 }
 
 impl Op {
@@ -113,6 +144,9 @@ impl Op {
             Op::Open { .. } => Function::Write,
             Op::Transfer { .. } => Function::Transfer,
             Op::Balances => Function::Read,
+            Op::Acquire => Function::Acquire,
+            Op::Fenced { .. } => Function::Write,
+            Op::Release { .. } => Function::Release,
         }
     }
 
@@ -122,6 +156,8 @@ impl Op {
             Op::Read { key } | Op::Write { key, .. } | Op::Cas { key, .. } => key,
             Op::Add { .. } => SET_KEY,
             Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_KEY,
+            Op::Acquire | Op::Release { .. } => LOCK_KEY,
+            Op::Fenced { .. } => FENCED_KEY,
         }
     }
 
@@ -140,7 +176,11 @@ impl Op {
             Op::Transfer { from, to, amount } => serde_json::json!({
                 "from": account_name(*from), "to": account_name(*to), "amount": amount,
             }),
-            Op::Balances => Value::Null,
+            Op::Balances | Op::Acquire => Value::Null,
+            Op::Fenced { token, .. } => Value::from(*token),
+            Op::Release { token, lease } => {
+                serde_json::json!({"token": token, "lease": format!("{lease:016x}")})
+            }
         }
     }
 }
@@ -182,6 +222,8 @@ pub fn generate(
         WorkloadKind::Set => Op::Add {
             element: next_element(),
         },
+        // A lock client's operations follow from each other (`runner`); alone, it acquires.
+        WorkloadKind::Lock => Op::Acquire,
         WorkloadKind::Bank => {
             let accounts = keys.max(2);
             if rng.random_bool(0.5) {
@@ -318,6 +360,8 @@ fn store_key(op: &Op) -> Vec<u8> {
     match op {
         Op::Add { element } => format!("{SET_PREFIX}{element:020}").into_bytes(),
         Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_PREFIX.as_bytes().to_vec(),
+        Op::Acquire | Op::Release { .. } => LOCK_NAME.as_bytes().to_vec(),
+        Op::Fenced { .. } => FENCED_KEY.as_bytes().to_vec(),
         other => format!("{REGISTER_PREFIX}{}", other.key()).into_bytes(),
     }
 }
@@ -334,15 +378,7 @@ pub async fn execute(
     let key = store_key(op);
     match op {
         Op::Read { .. } => {
-            let options = ReadOptions {
-                consistency: policy.consistency,
-                max_staleness: policy
-                    .max_staleness
-                    .filter(|_| policy.consistency == Consistency::Stale),
-                min_revision: 0,
-                revision: 0,
-                endpoint: Some(read_endpoint.to_string()),
-            };
+            let options = read_options(policy, read_endpoint);
             let result = if policy.sessions {
                 session.get(key, &options).await
             } else {
@@ -397,6 +433,65 @@ pub async fn execute(
             .await
         }
         Op::Balances => read_balances(client, &read_options(policy, read_endpoint)).await,
+        Op::Acquire => acquire(client).await,
+        Op::Fenced {
+            token,
+            key: lock_key,
+        } => {
+            let txn = Txn::default()
+                .when(compare_create_revision(
+                    lock_key.clone(),
+                    CompareOp::Equal,
+                    *token,
+                ))
+                .and_then(put(key, token.to_string()));
+            match session.txn(txn).await {
+                Ok(response) if response.succeeded => {
+                    Outcome::new(EventType::Ok, Value::from(*token))
+                        .with("revision", response.revision)
+                }
+                Ok(_) => {
+                    Outcome::new(EventType::Fail, Value::from(*token)).with("error", FENCE_REFUSED)
+                }
+                Err(error) => write_error(&error, Value::from(*token)),
+            }
+        }
+        Op::Release { lease, .. } => match client.lease_revoke(*lease).await {
+            Ok(revision) => {
+                Outcome::new(EventType::Ok, op.invoke_value()).with("revision", revision)
+            }
+            // Gone already (expired): nothing held any more, which is what a release wants.
+            Err(ClientError::LeaseNotFound(_)) => Outcome::new(EventType::Ok, op.invoke_value()),
+            Err(error) => write_error(&error, op.invoke_value()),
+        },
+    }
+}
+
+/// Grants a lease and takes the lock with it; `ok` with `{"token", "lease", "key"}`. A lease left behind by
+/// a failed wait is revoked (or expires).
+async fn acquire(client: &Client) -> Outcome {
+    let lease = match client.lease_grant(LOCK_LEASE_TTL, 0).await {
+        Ok((lease, _)) => lease,
+        Err(error) => return write_error(&error, Value::Null),
+    };
+    match client.lock(LOCK_NAME, lease, Some(LOCK_WAIT_MAX)).await {
+        Ok(hold) => Outcome::new(
+            EventType::Ok,
+            serde_json::json!({
+                "token": hold.revision,
+                "lease": format!("{lease:016x}"),
+                "key": String::from_utf8_lossy(&hold.key),
+            }),
+        ),
+        Err(error) => {
+            let _ = client.lease_revoke(lease).await;
+            let kind = match error {
+                // The wait ran out: nothing is held (the key went with the lease).
+                ClientError::DeadlineExceeded { .. } => "lock_wait".to_string(),
+                other => other.kind().to_string(),
+            };
+            Outcome::new(EventType::Fail, Value::Null).with("error", kind)
+        }
     }
 }
 

@@ -154,7 +154,10 @@ pub fn check_with_budget(
         anomalies: Vec::new(),
     };
     for operation in &history.operations {
-        if matches!(operation.f, Function::Add | Function::Transfer) {
+        if matches!(
+            operation.f,
+            Function::Add | Function::Transfer | Function::Acquire | Function::Release
+        ) {
             return Err(CheckError::ModelMismatch {
                 index: operation.index,
                 line: operation.invoke_line,
@@ -308,8 +311,8 @@ fn check_key(
                     .expect("cas values are checked before the search");
                 Step::Cas(interner.id(expected), interner.id(new))
             }
-            Function::Add | Function::Transfer => {
-                unreachable!("add and transfer operations are rejected before the search")
+            Function::Add | Function::Transfer | Function::Acquire | Function::Release => {
+                unreachable!("only register operations reach the search")
             }
         };
         all_steps.push(step);

@@ -175,7 +175,11 @@ pub fn operation_label(operation: &Operation) -> String {
             Some((expected, new)) => format!("cas {}→{}", value_text(expected), value_text(new)),
             None => format!("cas {}", value_text(&operation.input)),
         },
-        Function::Write | Function::Add | Function::Transfer => {
+        Function::Write
+        | Function::Add
+        | Function::Transfer
+        | Function::Acquire
+        | Function::Release => {
             format!("{} {}", operation.f, value_text(&operation.input))
         }
     };

@@ -293,6 +293,8 @@ pub fn latency_charts(
         Function::Cas,
         Function::Add,
         Function::Transfer,
+        Function::Acquire,
+        Function::Release,
     ];
     // Exhaustive, so a new function cannot be left without a chart.
     let kind_slot = |f: Function| match f {
@@ -301,6 +303,8 @@ pub fn latency_charts(
         Function::Cas => 2,
         Function::Add => 3,
         Function::Transfer => 4,
+        Function::Acquire => 5,
+        Function::Release => 6,
     };
     // series[kind][outcome] = points
     let mut series: Vec<Vec<Vec<LatencyPoint>>> = vec![vec![Vec::new(); 3]; kinds.len()];

@@ -32,6 +32,7 @@ fn checker_verdict(report: &Report, checker: &str) -> Option<Verdict> {
         "linearizable" => report.linearizable.as_ref().map(|r| r.verdict),
         "set" => report.set.as_ref().map(|r| r.verdict),
         "bank" => report.bank.as_ref().map(|r| r.verdict),
+        "lock" => report.lock.as_ref().map(|r| r.verdict),
         "split_brain" => Some(report.split_brain.verdict),
         "session" => Some(report.session.verdict),
         "staleness" => Some(report.staleness.verdict),
@@ -58,6 +59,7 @@ fn check_case(path: &Path, model: Model) -> Option<String> {
                 "linearizable",
                 "set",
                 "bank",
+                "lock",
                 "split_brain",
                 "session",
                 "staleness",
@@ -102,6 +104,7 @@ fn hand_written_histories_get_their_expected_verdicts() {
         ("register", Model::Register),
         ("set", Model::Set),
         ("bank", Model::Bank),
+        ("lock", Model::Lock),
     ] {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(testdata(directory))
             .unwrap()

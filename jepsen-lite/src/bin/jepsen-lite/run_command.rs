@@ -194,6 +194,16 @@ pub async fn run(command: RunCommand) -> anyhow::Result<ExitCode> {
     if let Some(set) = &checks.set {
         println!("set          {:8}", word(set.verdict));
     }
+    if let Some(lock) = &checks.lock {
+        println!(
+            "lock         {:8} {} holds, {} fenced writes, {} anomalies: {}",
+            word(lock.verdict),
+            lock.holds,
+            lock.fenced_writes_ok,
+            lock.anomalies_count,
+            lock.explanation
+        );
+    }
     if let Some(bank) = &checks.bank {
         println!(
             "bank         {:8} {} reads, {} transfers ok, {} anomalies: {}",

@@ -86,7 +86,7 @@ impl Simulator {
                 }
                 Value::Bool(swapped)
             }
-            Function::Add | Function::Transfer => {
+            Function::Add | Function::Transfer | Function::Acquire | Function::Release => {
                 unreachable!("the register simulator does not add or transfer")
             }
         }
