@@ -179,6 +179,11 @@ pub fn render_html(history: &History, results: &Value) -> anyhow::Result<String>
     availability_section(&mut page, results);
     liveness_section(&mut page, results);
     staleness_section(&mut page, history, results, &axis, &windows)?;
+    if let Some(chart) = charts::lock_timeline_chart(history, &axis, &windows)? {
+        page.push_str("<h2>Lock: the holds over time</h2>\n");
+        page.push_str(&html::legend(&[("fault window", fault_swatch())]));
+        figure(&mut page, &chart);
+    }
     if let Some(chart) = charts::bank_total_chart(history, &axis, &windows)? {
         page.push_str("<h2>Bank: the total over time</h2>\n");
         page.push_str(&html::legend(&[("fault window", fault_swatch())]));

@@ -661,6 +661,78 @@ pub fn bank_total_chart(
     Ok(Some(Chart { caption, svg }))
 }
 
+/// Holds drawn in the lock timeline at most (the first ones).
+pub const LOCK_HOLDS_DRAWN_MAX: usize = 2_000;
+
+/// For the lock workload: every hold of the lock as a bar on its client's row, from its acquire's `ok` to its
+/// release's invoke; holds that overlapped another in red. `None` without holds.
+pub fn lock_timeline_chart(
+    history: &History,
+    axis: &TimeAxis,
+    windows: &[FaultWindow],
+) -> anyhow::Result<Option<Chart>> {
+    let Ok(report) = crate::checker::lock::check(history) else {
+        return Ok(None);
+    };
+    if report.timeline.is_empty() {
+        return Ok(None);
+    }
+    let overlapping: std::collections::BTreeSet<usize> = report
+        .anomalies
+        .iter()
+        .filter_map(|anomaly| match anomaly {
+            crate::checker::lock::LockAnomaly::Overlap { first, second } => {
+                Some([first.acquire_op, second.acquire_op])
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let processes: Vec<u64> = report
+        .timeline
+        .iter()
+        .map(|hold| hold.process)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let row = |process: u64| processes.iter().position(|p| *p == process).unwrap_or(0) as f64;
+    let drawn = &report.timeline[..report.timeline.len().min(LOCK_HOLDS_DRAWN_MAX)];
+    let svg = render_svg((CHART_WIDTH_PX, STALENESS_CHART_HEIGHT_PX), |root| {
+        let mut chart = linear_time_chart(
+            root,
+            axis,
+            processes.len() as f64 + 0.5,
+            ("time (s)", "client process (row)"),
+            windows,
+        )?;
+        let good = BANK_TOTAL_COLOR.mix(0.8).filled();
+        let bad = BANK_WRONG_COLOR.filled();
+        chart.draw_series(drawn.iter().map(|hold| {
+            let y = row(hold.process) + 0.2;
+            let style = if overlapping.contains(&hold.acquire_op) {
+                bad
+            } else {
+                good
+            };
+            Rectangle::new(
+                [(seconds(hold.start), y), (seconds(hold.end), y + 0.6)],
+                style,
+            )
+        }))?;
+        label_fault_windows(&mut chart, windows)?;
+        Ok(())
+    })?;
+    let mut caption = format!(
+        "each hold of the lock, from its acquire to its release, on its client's row ({} holds; {} overlapped another, in red)",
+        report.timeline.len(),
+        overlapping.len()
+    );
+    if drawn.len() < report.timeline.len() {
+        caption.push_str(&format!("; the first {} drawn", drawn.len()));
+    }
+    Ok(Some(Chart { caption, svg }))
+}
+
 /// Splits `budget` among series of the given sizes: the smallest series are kept whole while the rest share
 /// what remains equally (water filling). The shares sum to at most `budget`.
 pub fn fair_shares(sizes: &[usize], budget: usize) -> Vec<usize> {

@@ -507,3 +507,53 @@ fn long_histories_are_thinned_to_a_bounded_page() {
     assert!(page.contains(&format!("{} of {operations} points shown", points)));
     assert!(page.len() < 4 << 20, "page of {} bytes", page.len());
 }
+
+/// The lock timeline draws every hold and marks the ones that overlapped in red; the bank chart marks the reads
+/// that saw another total.
+#[test]
+fn lock_and_bank_charts_mark_their_anomalies() {
+    use jepsen_lite::report::charts::{
+        bank_total_chart, lock_timeline_chart, TimeAxis, BANK_WRONG_COLOR,
+    };
+    let red = {
+        let RGBColor(red, green, blue) = BANK_WRONG_COLOR;
+        format!("fill=\"#{red:02X}{green:02X}{blue:02X}\"")
+    };
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/histories");
+    let overlap =
+        History::read_file(&testdata.join("lock/invalid-lock-two-holders-at-once.jsonl")).unwrap();
+    let chart = lock_timeline_chart(&overlap, &TimeAxis::of(&overlap), &[])
+        .unwrap()
+        .expect("a chart of the holds");
+    assert!(
+        chart.caption.contains("2 holds; 2 overlapped another"),
+        "{}",
+        chart.caption
+    );
+    assert!(chart.svg.contains(&red), "overlapping holds in red");
+    let in_turn = History::read_file(
+        &testdata.join("lock/valid-holds-in-turn-with-a-fenced-out-writer.jsonl"),
+    )
+    .unwrap();
+    let chart = lock_timeline_chart(&in_turn, &TimeAxis::of(&in_turn), &[])
+        .unwrap()
+        .expect("a chart of the holds");
+    assert!(
+        chart.caption.contains("0 overlapped another"),
+        "{}",
+        chart.caption
+    );
+    assert!(!chart.svg.contains(&red));
+
+    let created =
+        History::read_file(&testdata.join("bank/invalid-bank-money-created.jsonl")).unwrap();
+    let chart = bank_total_chart(&created, &TimeAxis::of(&created), &[])
+        .unwrap()
+        .expect("a chart of the totals");
+    assert!(
+        chart.caption.contains("1 reads saw another"),
+        "{}",
+        chart.caption
+    );
+    assert!(chart.svg.contains(&red));
+}

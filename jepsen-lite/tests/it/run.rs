@@ -371,4 +371,10 @@ async fn lock_holds_never_overlap_and_fenced_writes_keep_order_under_faults() {
     assert!(lock.holds > 5, "{lock:?}");
     assert!(lock.fenced_writes_ok > 5, "{lock:?}");
     assert_eq!(lock.anomalies_count, 0);
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    assert!(
+        page.contains("Lock: the holds over time"),
+        "the report draws the holds"
+    );
+    assert!(page.contains("0 overlapped another"), "no hold overlapped");
 }
