@@ -9,6 +9,7 @@
 //! - [`set`]: set histories: lost acknowledged adds, elements that were never (successfully) attempted.
 //! - [`bank`]: bank histories: every read sees the opening total, no negative balance, no lost transfer.
 //! - [`lock`]: lock histories: no two holds overlap, fenced writes never go back to an older holder.
+//! - [`watch`]: watch histories: every watcher sees every acknowledged write once, in order, as the others do.
 //! - [`split_brain`]: observation events: never two leaders in one term.
 //! - [`session`]: per client, monotonic reads and read-your-writes from revisions and read envelopes.
 //! - [`staleness`]: how stale envelope-carrying reads were, and whether bounded reads kept their bound.
@@ -20,6 +21,7 @@ pub mod session;
 pub mod set;
 pub mod split_brain;
 pub mod staleness;
+pub mod watch;
 
 use std::path::Path;
 
@@ -60,6 +62,8 @@ pub enum Model {
     Bank,
     /// acquire / fenced write / release of a lock: checked for overlapping holds and fencing.
     Lock,
+    /// writes and watchers: checked for order, gaps, duplicates, phantoms and agreement.
+    Watch,
 }
 
 impl std::str::FromStr for Model {
@@ -71,6 +75,7 @@ impl std::str::FromStr for Model {
             "set" => Ok(Model::Set),
             "bank" => Ok(Model::Bank),
             "lock" => Ok(Model::Lock),
+            "watch" => Ok(Model::Watch),
             other => Err(CheckError::UnknownModel(other.to_string())),
         }
     }
@@ -81,7 +86,7 @@ impl std::str::FromStr for Model {
 pub enum CheckError {
     #[error(transparent)]
     History(#[from] HistoryError),
-    #[error("unknown model `{0}` (expected register, set, bank or lock)")]
+    #[error("unknown model `{0}` (expected register, set, bank, lock or watch)")]
     UnknownModel(String),
     #[error("line {line}: op {index} is a `{f}`, which the {model} model does not have; check with the other model")]
     ModelMismatch {
@@ -163,6 +168,9 @@ pub struct Report {
     /// Lock model only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<lock::LockReport>,
+    /// Watch model only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<watch::WatchReport>,
     /// From observation events (valid and vacuous when there are none).
     pub split_brain: split_brain::SplitBrainReport,
     /// From revisions and read envelopes (valid and vacuous when there are none).
@@ -182,12 +190,13 @@ pub fn check_history_with_budget(
     model: Model,
     budget: &SearchBudget,
 ) -> Result<Report, CheckError> {
-    let (mut linearizable, mut set, mut bank, mut lock) = (None, None, None, None);
+    let (mut linearizable, mut set, mut bank, mut lock, mut watch) = (None, None, None, None, None);
     match model {
         Model::Register => linearizable = Some(linearizable::check_with_budget(history, budget)?),
         Model::Set => set = Some(set::check(history)?),
         Model::Bank => bank = Some(bank::check(history)?),
         Model::Lock => lock = Some(lock::check(history)?),
+        Model::Watch => watch = Some(watch::check(history)?),
     }
     let split_brain = split_brain::check(history)?;
     let session = session::check(history);
@@ -197,6 +206,7 @@ pub fn check_history_with_budget(
         set.as_ref().map(|report| report.verdict),
         bank.as_ref().map(|report| report.verdict),
         lock.as_ref().map(|report| report.verdict),
+        watch.as_ref().map(|report| report.verdict),
         Some(split_brain.verdict),
         Some(session.verdict),
         Some(staleness.verdict),
@@ -212,6 +222,7 @@ pub fn check_history_with_budget(
         set,
         bank,
         lock,
+        watch,
         split_brain,
         session,
         staleness,

@@ -70,6 +70,9 @@ pub enum Function {
     Acquire,
     /// Give the lock up; the value is the hold's `{"token", "lease"}`.
     Release,
+    /// A watcher's whole life: invoked when it starts (`{"node", "from"}`), completed when it stops with every
+    /// event it saw (`{"from", "through", "events": [[key, value, revision], ...]}`).
+    Watch,
 }
 
 impl Function {
@@ -82,6 +85,7 @@ impl Function {
             "transfer" => Some(Self::Transfer),
             "acquire" => Some(Self::Acquire),
             "release" => Some(Self::Release),
+            "watch" => Some(Self::Watch),
             _ => None,
         }
     }
@@ -96,6 +100,7 @@ impl Function {
             Self::Transfer => "transfer",
             Self::Acquire => "acquire",
             Self::Release => "release",
+            Self::Watch => "watch",
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use crate::availability::{self, AvailabilityReport, Slo};
 use crate::checker::{self, Model, Report, Verdict};
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::history::{EventType, History, Status};
+use crate::history::{EventType, Function, History, Status};
 use crate::nemesis::{self, NemesisSet, Schedule};
 use crate::recorder::Recorder;
 use crate::workload::{self, Op, Outcome, ReadPolicy, WorkloadKind};
@@ -202,6 +202,8 @@ struct Shared {
     next_element: AtomicU64,
     /// When clients stop invoking.
     deadline: Duration,
+    /// The highest revision of an acknowledged write: what the watchers must reach before they stop.
+    max_revision: AtomicU64,
 }
 
 impl Shared {
@@ -248,6 +250,11 @@ impl Shared {
         );
         let Outcome { kind, value, extra } =
             workload::execute(op, session, &self.client, endpoint, &self.policy()).await;
+        if let (EventType::Ok, Some(revision)) =
+            (kind, extra.get("revision").and_then(Value::as_u64))
+        {
+            self.max_revision.fetch_max(revision, Ordering::Relaxed);
+        }
         self.recorder
             .client(process, kind, op.function(), key, value.clone(), extra);
         (kind, value)
@@ -460,6 +467,120 @@ async fn liveness(cluster: &Cluster, client: &Client, bound: Duration) -> Livene
     }
 }
 
+/// The history key of the watchers' operations.
+pub const WATCH_KEY: &str = crate::checker::watch::WATCH_KEY;
+/// How long, after the clients are done, the watchers may take to reach the last acknowledged write.
+pub const WATCH_CATCH_UP_MAX: Duration = Duration::from_secs(10);
+
+/// A watcher of the watch workload, running.
+struct RunningWatcher {
+    process: u64,
+    stop: watch::Sender<bool>,
+    through: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<workload::Watcher>,
+}
+
+/// One watcher per node, each first served by its node (and resuming elsewhere), each invoke in the history.
+async fn start_watchers(shared: &Arc<Shared>, cluster: &Cluster) -> Vec<RunningWatcher> {
+    let endpoints = cluster.endpoints();
+    let mut running = Vec::new();
+    for index in 0..endpoints.len() {
+        let order: Vec<String> = endpoints[index..]
+            .iter()
+            .chain(&endpoints[..index])
+            .cloned()
+            .collect();
+        let mut config = cluster.client_config(order.clone());
+        config.request_timeout = shared.config.request_timeout;
+        config.connect_timeout = shared.config.request_timeout;
+        config.overall_timeout = shared.config.operation_timeout;
+        let process = shared.next_process.fetch_add(1, Ordering::Relaxed);
+        let started = match Client::new(config) {
+            Ok(client) => workload::Watcher::start(&client)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        let mut watcher = match started {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!(%error, node = %order[0], "a watcher could not start");
+                continue;
+            }
+        };
+        let mut invoke = Map::new();
+        invoke.insert("node_endpoint".into(), order[0].clone().into());
+        shared.recorder.client(
+            process,
+            EventType::Invoke,
+            Function::Watch,
+            Some(WATCH_KEY),
+            serde_json::json!({"node": order[0], "from": watcher.from}),
+            invoke,
+        );
+        let (stop, mut stopped) = watch::channel(false);
+        let through = Arc::new(AtomicU64::new(watcher.through()));
+        let seen = Arc::clone(&through);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    going = watcher.take() => {
+                        seen.store(watcher.through(), Ordering::Relaxed);
+                        if !going {
+                            return watcher;
+                        }
+                    }
+                    _ = stopped.wait_for(|stop| *stop) => return watcher,
+                }
+            }
+        });
+        running.push(RunningWatcher {
+            process,
+            stop,
+            through,
+            task,
+        });
+    }
+    running
+}
+
+/// Waits until every watcher has seen the last acknowledged write (at most `WATCH_CATCH_UP_MAX`), stops them
+/// and records what each saw.
+async fn stop_watchers(shared: &Shared, watchers: Vec<RunningWatcher>) {
+    let target = shared.max_revision.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + WATCH_CATCH_UP_MAX;
+    while tokio::time::Instant::now() < deadline
+        && watchers.iter().any(|watcher| {
+            watcher.through.load(Ordering::Relaxed) < target && !watcher.task.is_finished()
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for watcher in watchers {
+        let _ = watcher.stop.send(true);
+        let Ok(seen) = watcher.task.await else {
+            continue;
+        };
+        let (kind, mut extra) = match &seen.ended {
+            None => (EventType::Ok, Map::new()),
+            Some(reason) => {
+                let mut extra = Map::new();
+                extra.insert("error".into(), reason.clone().into());
+                (EventType::Info, extra)
+            }
+        };
+        extra.insert("final".into(), true.into());
+        shared.recorder.client(
+            watcher.process,
+            kind,
+            Function::Watch,
+            Some(WATCH_KEY),
+            seen.record(),
+            extra,
+        );
+    }
+}
+
 /// Opens the bank's accounts before the clients start (each attempt in the history), until one succeeds.
 async fn open_accounts(shared: &Shared) {
     let op = Op::Open {
@@ -489,8 +610,8 @@ async fn final_reads(shared: &Shared) {
                 key: workload::SET_KEY.to_string(),
             }],
             WorkloadKind::Bank => vec![Op::Balances],
-            // Nothing to read back: the holds and fenced writes are the history.
-            WorkloadKind::Lock => Vec::new(),
+            // Nothing to read back: the holds and fenced writes (or the watchers' events) are the history.
+            WorkloadKind::Lock | WorkloadKind::Watch => Vec::new(),
         };
         for op in ops {
             for _ in 0..FINAL_READ_ATTEMPTS_MAX {
@@ -507,7 +628,10 @@ async fn final_reads(shared: &Shared) {
                 );
                 let outcome = match shared.config.workload {
                     WorkloadKind::Set => workload::read_set(&shared.client, endpoint).await,
-                    WorkloadKind::Register | WorkloadKind::Bank | WorkloadKind::Lock => {
+                    WorkloadKind::Register
+                    | WorkloadKind::Bank
+                    | WorkloadKind::Lock
+                    | WorkloadKind::Watch => {
                         let mut session = shared.client.session();
                         let policy = ReadPolicy {
                             consistency: Consistency::Linearizable,
@@ -569,6 +693,7 @@ fn merged_verdict(checks: &Report, config: &RunConfig) -> Verdict {
         checks.set.as_ref().map(|report| report.verdict),
         checks.bank.as_ref().map(|report| report.verdict),
         checks.lock.as_ref().map(|report| report.verdict),
+        checks.watch.as_ref().map(|report| report.verdict),
         Some(checks.split_brain.verdict),
         Some(checks.staleness.verdict),
     ]
@@ -675,6 +800,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
         WorkloadKind::Set => Model::Set,
         WorkloadKind::Bank => Model::Bank,
         WorkloadKind::Lock => Model::Lock,
+        WorkloadKind::Watch => Model::Watch,
     };
     let checks = checker::check_history(&history, model)
         .with_context(|| format!("cannot check {}", history_path.display()))?;
@@ -754,6 +880,7 @@ async fn run_on(
         next_process: AtomicU64::new(config.concurrency as u64),
         next_element: AtomicU64::new(0),
         deadline: config.time_limit,
+        max_revision: AtomicU64::new(0),
     });
     let (stop_observer, observer_stopped) = watch::channel(false);
     let observer = tokio::spawn(crate::observer::observe(
@@ -765,6 +892,10 @@ async fn run_on(
     if config.workload == WorkloadKind::Bank {
         open_accounts(&shared).await;
     }
+    let watchers = match config.workload {
+        WorkloadKind::Watch => start_watchers(&shared, cluster).await,
+        _ => Vec::new(),
+    };
     let mut clients = JoinSet::new();
     for index in 0..config.concurrency {
         clients.spawn(client_task(Arc::clone(&shared), index));
@@ -784,6 +915,7 @@ async fn run_on(
     let liveness = liveness(cluster, &client, config.recovery_timeout).await;
     tracing::info!(summary = %liveness.summary, "liveness");
     final_reads(&shared).await;
+    stop_watchers(&shared, watchers).await;
     let _ = stop_observer.send(true);
     observer.await.context("the observer panicked")??;
     let duration = recorder.elapsed();

@@ -14,6 +14,10 @@
 //!   recipe), writes `FENCED_KEY` fenced by its token (a transaction that puts only if the lock key still has
 //!   the token as its create revision), holds the lock `LOCK_HOLD`, and releases it by revoking the lease.
 //!   Checked: no two holds overlap in real time, and the fenced writes' tokens never go backwards.
+//! - `watch`: clients put unique values on `--keys` keys (stored under `watched/`) while one watcher per node
+//!   (the client library's watch, which resumes on another node when its node goes) records every event it
+//!   sees. Checked: each watcher's events in revision order, no duplicates, no gaps against the acknowledged
+//!   writes, nothing that was not written, and every watcher agreeing with every other.
 //!
 //! Each client is a Jepsen-style process: one operation at a time, with its own client session (exactly-once
 //! writes, read-your-writes). Reads are pinned to the client's own node, so clients of a minority node see what
@@ -74,6 +78,10 @@ pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(3);
 pub const LOCK_HOLD: Duration = Duration::from_millis(50);
 /// The `error` of a fenced write refused because the lock key no longer has the writer's token.
 pub const FENCE_REFUSED: &str = "fenced_out";
+/// Where the watch workload's keys live in the store.
+pub const WATCHED_PREFIX: &str = "watched/";
+/// Events one watcher records at most; past it the watcher stops and says so (`truncated`).
+pub const WATCH_EVENTS_RECORDED_MAX: usize = 50_000;
 /// Elements read per page by the set's final read.
 pub const SET_READ_PAGE: u32 = 1000;
 /// Most pages one final set read may take (bounds the loop: far more elements than a run adds).
@@ -87,6 +95,7 @@ pub enum WorkloadKind {
     Set,
     Bank,
     Lock,
+    Watch,
 }
 
 /// One operation a client is about to issue.
@@ -131,6 +140,11 @@ pub enum Op {
         token: u64,
         lease: i64,
     },
+    /// Puts a unique `value` on watched key `key`.
+    Emit {
+        key: String,
+        value: u64,
+    },
 }
 
 impl Op {
@@ -147,13 +161,17 @@ impl Op {
             Op::Acquire => Function::Acquire,
             Op::Fenced { .. } => Function::Write,
             Op::Release { .. } => Function::Release,
+            Op::Emit { .. } => Function::Write,
         }
     }
 
     /// The history key.
     pub fn key(&self) -> &str {
         match self {
-            Op::Read { key } | Op::Write { key, .. } | Op::Cas { key, .. } => key,
+            Op::Read { key }
+            | Op::Write { key, .. }
+            | Op::Cas { key, .. }
+            | Op::Emit { key, .. } => key,
             Op::Add { .. } => SET_KEY,
             Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_KEY,
             Op::Acquire | Op::Release { .. } => LOCK_KEY,
@@ -178,6 +196,7 @@ impl Op {
             }),
             Op::Balances | Op::Acquire => Value::Null,
             Op::Fenced { token, .. } => Value::from(*token),
+            Op::Emit { value, .. } => Value::from(*value),
             Op::Release { token, lease } => {
                 serde_json::json!({"token": token, "lease": format!("{lease:016x}")})
             }
@@ -224,6 +243,10 @@ pub fn generate(
         },
         // A lock client's operations follow from each other (`runner`); alone, it acquires.
         WorkloadKind::Lock => Op::Acquire,
+        WorkloadKind::Watch => Op::Emit {
+            key: register_key(rng.random_range(0..keys.max(1))),
+            value: next_element(),
+        },
         WorkloadKind::Bank => {
             let accounts = keys.max(2);
             if rng.random_bool(0.5) {
@@ -362,6 +385,7 @@ fn store_key(op: &Op) -> Vec<u8> {
         Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_PREFIX.as_bytes().to_vec(),
         Op::Acquire | Op::Release { .. } => LOCK_NAME.as_bytes().to_vec(),
         Op::Fenced { .. } => FENCED_KEY.as_bytes().to_vec(),
+        Op::Emit { key, .. } => format!("{WATCHED_PREFIX}{key}").into_bytes(),
         other => format!("{REGISTER_PREFIX}{}", other.key()).into_bytes(),
     }
 }
@@ -411,6 +435,12 @@ pub async fn execute(
                 Err(error) => write_error(&error, value),
             }
         }
+        Op::Emit { value, .. } => match session.put(key, value.to_string()).await {
+            Ok(revision) => {
+                Outcome::new(EventType::Ok, Value::from(*value)).with("revision", revision)
+            }
+            Err(error) => write_error(&error, Value::from(*value)),
+        },
         Op::Add { element } => match session.put(key, Vec::new()).await {
             Ok(revision) => {
                 Outcome::new(EventType::Ok, Value::from(*element)).with("revision", revision)
@@ -684,6 +714,78 @@ pub async fn read_set(client: &Client, endpoint: &str) -> Outcome {
         "error",
         format!("more than {SET_READ_PAGES_MAX} pages of {SET_READ_PAGE}"),
     )
+}
+
+/// One watcher of the watch workload: every key under `WATCHED_PREFIX`, through `client` (whose first endpoint
+/// serves it first; it resumes on the others), from the revision its node resolves.
+pub struct Watcher {
+    watch: raftkv_client::Watch,
+    /// The first revision the watch reports.
+    pub from: u64,
+    /// `[key, value, revision]` per event, in the order seen.
+    pub events: Vec<Value>,
+    /// Why it stopped early, if it did.
+    pub ended: Option<String>,
+}
+
+impl Watcher {
+    pub async fn start(client: &Client) -> Result<Watcher, ClientError> {
+        let options = raftkv_client::WatchOptions {
+            range_end: raftkv_client::txn::prefix_end(WATCHED_PREFIX.as_bytes()),
+            ..raftkv_client::WatchOptions::default()
+        };
+        let watch = client.watch(WATCHED_PREFIX, &options).await?;
+        Ok(Watcher {
+            from: watch.next_revision(),
+            watch,
+            events: Vec::new(),
+            ended: None,
+        })
+    }
+
+    /// The revision through which it has seen everything.
+    pub fn through(&self) -> u64 {
+        self.watch.next_revision().saturating_sub(1)
+    }
+
+    /// Takes the next batch of events (waits for it); false once the watch has ended.
+    pub async fn take(&mut self) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        match self.watch.next().await {
+            Ok(Some(response)) => {
+                for event in response.events {
+                    let Some(kv) = event.kv else { continue };
+                    let key = String::from_utf8_lossy(&kv.key)
+                        .trim_start_matches(WATCHED_PREFIX)
+                        .to_string();
+                    self.events.push(serde_json::json!([
+                        key,
+                        register_value(&kv.value),
+                        kv.mod_revision
+                    ]));
+                }
+                if self.events.len() > WATCH_EVENTS_RECORDED_MAX {
+                    self.ended = Some("truncated".to_string());
+                }
+                self.ended.is_none()
+            }
+            Ok(None) => {
+                self.ended = Some("the stream ended".to_string());
+                false
+            }
+            Err(error) => {
+                self.ended = Some(error.to_string());
+                false
+            }
+        }
+    }
+
+    /// What the history records when it stops.
+    pub fn record(&self) -> Value {
+        serde_json::json!({"from": self.from, "through": self.through(), "events": self.events})
+    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,11 @@ pub fn check_with_budget(
     for operation in &history.operations {
         if matches!(
             operation.f,
-            Function::Add | Function::Transfer | Function::Acquire | Function::Release
+            Function::Add
+                | Function::Transfer
+                | Function::Acquire
+                | Function::Release
+                | Function::Watch
         ) {
             return Err(CheckError::ModelMismatch {
                 index: operation.index,
@@ -311,9 +315,11 @@ fn check_key(
                     .expect("cas values are checked before the search");
                 Step::Cas(interner.id(expected), interner.id(new))
             }
-            Function::Add | Function::Transfer | Function::Acquire | Function::Release => {
-                unreachable!("only register operations reach the search")
-            }
+            Function::Add
+            | Function::Transfer
+            | Function::Acquire
+            | Function::Release
+            | Function::Watch => unreachable!("only register operations reach the search"),
         };
         all_steps.push(step);
     }

@@ -179,7 +179,8 @@ pub fn operation_label(operation: &Operation) -> String {
         | Function::Add
         | Function::Transfer
         | Function::Acquire
-        | Function::Release => {
+        | Function::Release
+        | Function::Watch => {
             format!("{} {}", operation.f, value_text(&operation.input))
         }
     };

@@ -295,6 +295,7 @@ pub fn latency_charts(
         Function::Transfer,
         Function::Acquire,
         Function::Release,
+        Function::Watch,
     ];
     // Exhaustive, so a new function cannot be left without a chart.
     let kind_slot = |f: Function| match f {
@@ -305,6 +306,7 @@ pub fn latency_charts(
         Function::Transfer => 4,
         Function::Acquire => 5,
         Function::Release => 6,
+        Function::Watch => 7,
     };
     // series[kind][outcome] = points
     let mut series: Vec<Vec<Vec<LatencyPoint>>> = vec![vec![Vec::new(); 3]; kinds.len()];

@@ -33,6 +33,7 @@ fn checker_verdict(report: &Report, checker: &str) -> Option<Verdict> {
         "set" => report.set.as_ref().map(|r| r.verdict),
         "bank" => report.bank.as_ref().map(|r| r.verdict),
         "lock" => report.lock.as_ref().map(|r| r.verdict),
+        "watch" => report.watch.as_ref().map(|r| r.verdict),
         "split_brain" => Some(report.split_brain.verdict),
         "session" => Some(report.session.verdict),
         "staleness" => Some(report.staleness.verdict),
@@ -60,6 +61,7 @@ fn check_case(path: &Path, model: Model) -> Option<String> {
                 "set",
                 "bank",
                 "lock",
+                "watch",
                 "split_brain",
                 "session",
                 "staleness",
@@ -105,6 +107,7 @@ fn hand_written_histories_get_their_expected_verdicts() {
         ("set", Model::Set),
         ("bank", Model::Bank),
         ("lock", Model::Lock),
+        ("watch", Model::Watch),
     ] {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(testdata(directory))
             .unwrap()

@@ -378,3 +378,20 @@ async fn lock_holds_never_overlap_and_fenced_writes_keep_order_under_faults() {
     );
     assert!(page.contains("0 overlapped another"), "no hold overlapped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_on_every_node_see_every_write_in_order_across_kills() {
+    // One watcher per node while clients write: nodes are killed (a watcher whose node dies resumes on
+    // another) and partitioned; every watcher sees every acknowledged write once, in order, as the others do.
+    let dir = TempDir::new().unwrap();
+    let config = short_config(&dir, 3, WorkloadKind::Watch, "kill,partition-halves");
+    let outcome = runner::run(config).await.expect("the harness runs");
+    assert_valid(&outcome);
+    let watch = outcome.results.checks.watch.as_ref().unwrap();
+    assert_eq!(watch.watchers_checked, 3, "{watch:?}");
+    assert!(watch.writes_ok > 100, "{watch:?}");
+    assert!(
+        watch.watchers.iter().all(|watcher| watcher.events > 100),
+        "{watch:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! `jepsen-lite check --model register|set|bank|lock FILE`: re-checks a recorded (or hand-written) history and prints
+//! `jepsen-lite check --model register|set|bank|lock|watch FILE`: re-checks a recorded (or hand-written) history and prints
 //! the report as JSON. Exit 0: valid; 1: an anomaly was found; 2: unknown (the search budget ran out) or the
 //! history could not be read.
 
@@ -16,7 +16,7 @@ const EXIT_UNKNOWN: u8 = 2;
 
 #[derive(Debug, Args)]
 pub struct CheckCommand {
-    /// The workload model the history came from: register, set, bank or lock.
+    /// The workload model the history came from: register, set, bank, lock or watch.
     #[arg(long, value_parser = parse_model)]
     model: Model,
     /// The history, one JSON object per line (docs/design.md, "History format").

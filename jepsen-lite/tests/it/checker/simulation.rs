@@ -86,7 +86,11 @@ impl Simulator {
                 }
                 Value::Bool(swapped)
             }
-            Function::Add | Function::Transfer | Function::Acquire | Function::Release => {
+            Function::Add
+            | Function::Transfer
+            | Function::Acquire
+            | Function::Release
+            | Function::Watch => {
                 unreachable!("the register simulator does not add or transfer")
             }
         }
