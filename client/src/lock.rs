@@ -89,6 +89,11 @@ impl Client {
                     &linearizable,
                 )
                 .await?;
+            if holders.more {
+                return Err(ClientError::OutOfRange(format!(
+                    "more than {LOCK_WAITERS_MAX} would-be holders wait on lock {name:?}"
+                )));
+            }
             if !holders.kvs.iter().any(|kv| kv.key == key) {
                 return Err(lease_gone(lease));
             }

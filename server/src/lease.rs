@@ -59,6 +59,8 @@ struct Deadlines {
 pub enum RenewRefusal {
     /// This node does not lead, or leads without a quorum.
     NotLeading,
+    /// The lease is past its deadline (its revoke may be on its way): too late to renew.
+    Expired,
 }
 
 impl Lessor {
@@ -97,15 +99,23 @@ impl Lessor {
         }
     }
 
-    /// A keep-alive of lease `id`, which exists with `ttl`: its deadline moves to `ttl` from now.
+    /// A keep-alive of lease `id`, which exists with `ttl`: its deadline moves to `ttl` from now, unless the
+    /// deadline has passed (an expired lease is not brought back: its revoke may already be proposed).
     pub fn renew(&self, id: i64, ttl: i64) -> Result<(), RenewRefusal> {
         let mut state = self.lock();
         if state.leading.is_none() {
             return Err(RenewRefusal::NotLeading);
         }
-        state
-            .deadlines
-            .insert(id, Instant::now() + ttl_duration(ttl));
+        let now = Instant::now();
+        let expired = state.revoking.contains(&id)
+            || state
+                .deadlines
+                .get(&id)
+                .is_some_and(|deadline| *deadline <= now);
+        if expired {
+            return Err(RenewRefusal::Expired);
+        }
+        state.deadlines.insert(id, now + ttl_duration(ttl));
         Ok(())
     }
 
@@ -162,6 +172,11 @@ impl Lessor {
             }
             if let Err(error) = self.refresh(&store, term) {
                 tracing::warn!(%error, "cannot read the leases; expiring nothing until it can");
+                continue;
+            }
+            // While leadership moves, keep-alives may not reach a leader for a while: expire nothing (the
+            // next leader renews every lease anyway).
+            if quorum.handover.target().is_some() {
                 continue;
             }
             for id in self.expired() {
@@ -289,6 +304,23 @@ mod tests {
         assert!(matches!(lessor.remaining(7), Some(9 | 10)));
         lessor.forget(7);
         assert_eq!(lessor.remaining(7), None);
+    }
+
+    #[test]
+    fn an_expired_lease_is_not_brought_back() {
+        let lessor = Lessor::new(Duration::from_millis(1000), Duration::from_secs(1));
+        {
+            let mut state = lessor.lock();
+            state.leading = Some(1);
+            state.deadlines.insert(3, Instant::now());
+        }
+        assert_eq!(lessor.renew(3, 10), Err(RenewRefusal::Expired));
+        assert_eq!(lessor.expired(), vec![3], "still handed out for its revoke");
+        assert_eq!(
+            lessor.renew(3, 10),
+            Err(RenewRefusal::Expired),
+            "its revoke is on its way"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! that hold lasts) and `release` (key `lock`). The rules:
 //!
 //! - **Overlap**: a hold lasts from its `ok` acquire's completion to the invoke of the same process's next
-//!   release (or the end of the history, if it never released): while it lasts the holder believes it holds the
+//!   release, or, if it never released, to the end of the process's last operation (a process that got an
+//!   `info` stops acting as the holder and goes on as another): while it lasts the holder believes it holds the
 //!   lock. No two holds may overlap in time (equal times are not an overlap).
 //! - **Fencing**: the `ok` fenced writes, ordered by their `revision`, carry tokens that never go down: a
 //!   holder that lost the lock without knowing it must be refused, not allowed to write over a newer holder.
@@ -97,16 +98,22 @@ pub fn check(history: &History) -> Result<LockReport, CheckError> {
         let output = operation.output.as_ref().unwrap_or(&Value::Null);
         let token = token_of(operation, output)?;
         let start = operation.complete_time.unwrap_or(operation.invoke_time);
-        let end = history
+        let later: Vec<&Operation> = history
             .operations
             .iter()
-            .filter(|later| {
-                later.process == operation.process
-                    && later.f == Function::Release
-                    && later.invoke_time >= start
-            })
+            .filter(|later| later.process == operation.process && later.invoke_time >= start)
+            .collect();
+        let end = later
+            .iter()
+            .filter(|later| later.f == Function::Release)
             .map(|release| release.invoke_time)
             .min()
+            .or_else(|| {
+                later
+                    .iter()
+                    .map(|later| later.end_time.unwrap_or(last_time))
+                    .max()
+            })
             .unwrap_or(last_time);
         holds.push(Hold {
             acquire_op: operation.index,

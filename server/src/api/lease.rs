@@ -82,12 +82,14 @@ impl Api {
     /// Renews lease `id` to its full TTL, on the leader; returns that TTL, or 0 if the lease does not exist
     /// (etcd's answer for a lease that expired or was revoked).
     pub(crate) fn lease_keep_alive(&self, id: i64) -> Result<i64, ApiError> {
-        self.ensure_leader_with_quorum()?;
+        // Not refused while leadership moves: the lessor expires nothing meanwhile, and holders keep renewing.
+        self.ensure_leader_and_quorum()?;
         let Some((lease, _)) = self.lease_record(id, false)? else {
             return Ok(0);
         };
         match self.lessor.renew(id, lease.ttl) {
             Ok(()) => Ok(lease.ttl),
+            Err(RenewRefusal::Expired) => Ok(0),
             Err(RenewRefusal::NotLeading) => Err(ApiError::NoQuorum(
                 "this leader has not yet renewed its leases since it was elected or got its quorum back; retry"
                     .to_string(),

@@ -253,10 +253,16 @@ impl Api {
     /// indeterminate, while the client could have gone to the new leader at once. Before its first
     /// acknowledgement a leader's age counts from its election (`QuorumClock`).
     fn ensure_leader_with_quorum(&self) -> Result<(), ApiError> {
-        self.ensure_leader()?;
         if let Some(target) = self.quorum.handover.target() {
+            self.ensure_leader()?;
             return Err(ApiError::LeaderTransfer { target });
         }
+        self.ensure_leader_and_quorum()
+    }
+
+    /// `ensure_leader_with_quorum` without refusing while leadership moves (for keep-alives).
+    fn ensure_leader_and_quorum(&self) -> Result<(), ApiError> {
+        self.ensure_leader()?;
         let quorum_age_ms = self
             .quorum
             .leader_quorum_age()

@@ -12,7 +12,7 @@ use raftkv_proto::etcd::v3electionpb::{self as pb, election_client::ElectionClie
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::recipes::{candidate_key, candidates_span, leader_of};
+use super::recipes::{candidate_key, candidates_span, leader_of, KeyCleanup};
 use super::{etcd_error, forward, EtcdApi, FORWARD_TIMEOUT};
 use crate::api::SERVER_REQUEST_TIMEOUT;
 use crate::kv::state_machine::{Compare, CompareOp, CompareTarget, KeySpan, PutSpec, Txn, TxnOp};
@@ -97,6 +97,7 @@ impl pb::election_server::Election for EtcdApi {
         }
         let key = candidate_key(&request.name, request.lease);
         let (rev, _) = self.claim(&key, request.lease, &request.value).await?;
+        let cleanup = KeyCleanup::new(self, &key);
         let leader = pb::LeaderKey {
             name: request.name.clone(),
             key: key.clone(),
@@ -107,6 +108,7 @@ impl pb::election_server::Election for EtcdApi {
         self.while_leading(&leader, put_op(&leader, &request.value))
             .await?;
         self.wait_turn(&request.name, &key, rev).await?;
+        cleanup.disarm();
         let (revision, _) = self.api.reader.state_machine.revisions();
         Ok(GrpcResponse::new(pb::CampaignResponse {
             header: Some(self.header(revision)),

@@ -5,7 +5,7 @@
 use raftkv_proto::etcd::v3lockpb::{self as pb, lock_client::LockClient};
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
-use super::recipes::candidate_key;
+use super::recipes::{candidate_key, KeyCleanup};
 use super::{etcd_error, forward, to_etcd_status, EtcdApi};
 use crate::api::SERVER_REQUEST_TIMEOUT;
 use crate::kv::state_machine::{Command, Response};
@@ -46,7 +46,9 @@ impl pb::lock_server::Lock for EtcdApi {
         }
         let key = candidate_key(&request.name, request.lease);
         let (mine, _) = self.claim(&key, request.lease, &[]).await?;
+        let cleanup = KeyCleanup::new(self, &key);
         self.wait_turn(&request.name, &key, mine).await?;
+        cleanup.disarm();
         let (revision, _) = self.api.reader.state_machine.revisions();
         Ok(GrpcResponse::new(pb::LockResponse {
             header: Some(self.header(revision)),

@@ -124,7 +124,15 @@ impl EtcdApi {
                 )
             })
             .map_err(|error| to_etcd_status(ApiError::Internal(error.to_string())))?;
-        let mut kvs = scanned.map_err(|error| to_etcd_status(error.into()))?.kvs;
+        let scanned = scanned.map_err(|error| to_etcd_status(error.into()))?;
+        if scanned.more {
+            // The holder might be among those not read: refuse rather than guess.
+            return Err(etcd_error(
+                Code::ResourceExhausted,
+                &format!("more than {CANDIDATES_MAX} candidates wait on this name"),
+            ));
+        }
+        let mut kvs = scanned.kvs;
         kvs.sort_by_key(|kv| kv.create_revision);
         Ok((kvs, revision))
     }
@@ -160,6 +168,38 @@ impl EtcdApi {
             if changes.iter().any(|change| change.record.is_none()) {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Deletes a candidate's key when dropped armed: a Lock or Campaign whose wait failed or was cancelled
+/// leaves no key queued behind (etcd's recipes delete it too).
+pub(super) struct KeyCleanup {
+    api: Option<EtcdApi>,
+    key: Vec<u8>,
+}
+
+impl KeyCleanup {
+    pub(super) fn new(api: &EtcdApi, key: &[u8]) -> KeyCleanup {
+        KeyCleanup {
+            api: Some(api.clone()),
+            key: key.to_vec(),
+        }
+    }
+
+    /// The wait succeeded: the key stays.
+    pub(super) fn disarm(mut self) {
+        self.api = None;
+    }
+}
+
+impl Drop for KeyCleanup {
+    fn drop(&mut self) {
+        if let Some(api) = self.api.take() {
+            let key = std::mem::take(&mut self.key);
+            tokio::spawn(async move {
+                let _ = api.api.write(None, Command::Delete { key }).await;
+            });
         }
     }
 }

@@ -1143,6 +1143,42 @@ async fn v3lock_and_v3election_serve_etcd_clients() {
             .is_err(),
         "the second lock must wait for the first"
     );
+    // A third would-be holder gives up (its request is cancelled): its key does not stay queued.
+    let mut three = connect(second).await.expect("connect");
+    let lease_three = three.lease_grant(30, None).await.expect("grant").id();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        three.lock("jobs", Some(LockOptions::new().with_lease(lease_three))),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the third lock must wait");
+    let queued = |lease: i64| format!("jobs/{lease:x}");
+    let bound = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = one
+            .get(
+                "jobs/",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .expect("get");
+        let gone = keys
+            .kvs()
+            .iter()
+            .all(|kv| kv.key_str().unwrap() != queued(lease_three));
+        if gone {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < bound,
+            "a cancelled lock left its key queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     one.unlock(held_key.clone()).await.expect("unlock");
     let next_key = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -1278,5 +1314,34 @@ async fn progress_notify_says_how_far_a_quiet_watch_has_seen() {
             .await
             .is_err(),
         "a watch without progress_notify gets no progress"
+    );
+}
+
+/// `etcdctl watch --prefix --rev --prev-kv` on a follower prints the history from the revision asked, then a
+/// write another etcdctl process makes while it watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_sees_history_then_another_process_writing() {
+    let cluster = TestCluster::start(3, &fast_timing());
+    let leader = cluster.wait_for_agreed_leader(&[1, 2, 3], 0).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let all = cluster.endpoints();
+    ok(&all, &["put", "w/a", "1"]);
+    ok(&all, &["put", "w/a", "2"]);
+    let on_follower = vec![cluster.addr(follower)];
+    let watcher = std::thread::spawn(move || {
+        lines_of(
+            &on_follower,
+            &["watch", "w/", "--prefix", "--rev=2", "--prev-kv"],
+            11,
+        )
+    });
+    // The writer is another process, started while the watch runs.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    ok(&all, &["put", "w/b", "3"]);
+    let lines = watcher.join().expect("the watcher thread");
+    assert_eq!(
+        lines,
+        ["PUT", "w/a", "1", "PUT", "w/a", "1", "w/a", "2", "PUT", "w/b", "3"],
+        "history (the second put with its previous value), then the live write"
     );
 }

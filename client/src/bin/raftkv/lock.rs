@@ -122,8 +122,21 @@ async fn keep_alive(client: Client, lease: i64, ttl: i64) -> ClientError {
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(ttl / KEEP_ALIVE_PER_TTL).await;
-        match client.lease_keep_alive(lease).await {
-            Ok(Some(_)) => renewed = tokio::time::Instant::now(),
+        // The lease runs from when a renewal was asked, and a renewal that has not come back by the time
+        // the last one runs out is no renewal: the lock is lost then, not when the call gives up.
+        let asked = tokio::time::Instant::now();
+        let call = client.lease_keep_alive(lease);
+        let answer = match tokio::time::timeout_at(renewed + ttl, call).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return ClientError::LeaseNotFound(format!(
+                    "lease {} not renewed within its TTL",
+                    lease_hex(lease)
+                ))
+            }
+        };
+        match answer {
+            Ok(Some(_)) => renewed = asked,
             Ok(None) => {
                 return ClientError::LeaseNotFound(format!(
                     "lease {} expired or was revoked",
