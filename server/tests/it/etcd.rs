@@ -675,6 +675,9 @@ async fn watches_replay_history_then_follow_with_no_gaps() {
     assert_eq!(progress.header().unwrap().revision(), 5 + MANY as i64);
 
     writer.compact(100, None).await.expect("compact");
+    // A watch is served from what its node has applied: a linearizable read there first makes the follower
+    // apply the compaction (its read index is past it).
+    watcher.get("w/", None).await.expect("a linearizable read");
     let mut old = watcher
         .watch(
             "w/",
