@@ -925,7 +925,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The next changes, in revision order; waits for them. When the serving node goes away (its connection
+    /// The next changes, in revision order; waits for them (a response without events is a progress report,
+    /// sent while the store changes with nothing for this watch). When the serving node goes away (its connection
     /// breaks, it shuts down) the watch resumes on another node from the first revision not yet delivered,
     /// so no change is lost or repeated (at most `WATCH_RESUMES_MAX` times per call; a pinned watch does not
     /// resume). `None` once a pinned node ended the stream; an error (e.g. `Compacted` for a start revision
@@ -935,8 +936,13 @@ impl Watch {
         loop {
             let ended = match self.stream.message().await {
                 Ok(Some(response)) => {
-                    if let Some(last) = response.events.last().and_then(|event| event.kv.as_ref()) {
-                        self.next = last.mod_revision + 1;
+                    match response.events.last().and_then(|event| event.kv.as_ref()) {
+                        Some(last) => self.next = last.mod_revision + 1,
+                        // A progress report: everything through `revision` is delivered.
+                        None if response.events.is_empty() => {
+                            self.next = self.next.max(response.revision + 1)
+                        }
+                        None => {}
                     }
                     return Ok(Some(response));
                 }

@@ -2,6 +2,7 @@
 //! that cannot go on (its start compacted, the node stopping) ends the stream with the error's status.
 
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use raftkv_proto::kv;
@@ -14,6 +15,10 @@ use crate::kv::state_machine::{KeySpan, KeyValue};
 use crate::storage::ReadError;
 use crate::watch::{changed_kv, previous_versions, WatchEnd, Watcher};
 
+/// How often, at most, a watch with nothing to deliver while the store changes tells its client how far it has
+/// seen (an empty response): a client resuming the watch elsewhere then starts from there, not from its last
+/// event, which may have been compacted away meanwhile.
+pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Responses waiting for a client that reads slower than the store changes; beyond it the watch waits (and
 /// reads the history from sled once it has fallen too far behind the applied changes).
 pub const WATCH_STREAM_QUEUED: usize = 16;
@@ -68,9 +73,22 @@ impl Api {
         let first = watcher.delivered_through() + 1;
         let (sender, receiver) = mpsc::channel(WATCH_STREAM_QUEUED);
         tokio::spawn(async move {
+            let mut reported = Instant::now();
             loop {
                 let changes = match watcher.next_batch().await {
-                    Ok(changes) if changes.is_empty() => continue,
+                    Ok(changes) if changes.is_empty() => {
+                        if reported.elapsed() >= WATCH_PROGRESS_INTERVAL {
+                            reported = Instant::now();
+                            let progress = kv::WatchResponse {
+                                events: Vec::new(),
+                                revision: watcher.delivered_through(),
+                            };
+                            if sender.send(Ok(progress)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     Ok(changes) => changes,
                     Err(end) => {
                         let _ = sender.send(Err(to_status(ended(end, start)))).await;

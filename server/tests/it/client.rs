@@ -206,3 +206,60 @@ async fn collect_changes(
         }
     }
 }
+
+/// A watch on a quiet key hears how far it has seen while other keys change, so when its node dies it resumes
+/// from there, not from a revision compacted meanwhile: the next change of its key arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_resumes_past_a_compaction_when_its_node_dies() {
+    use raftkv_client::WatchOptions;
+
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let endpoints: Vec<String> = std::iter::once(victim)
+        .chain([1, 2, 3].into_iter().filter(|id| *id != victim))
+        .map(|id| cluster.addr(id))
+        .collect();
+    let watcher = Client::new(ClientConfig::new(endpoints)).unwrap();
+    let writer = cluster.client();
+    let mut watch = watcher
+        .watch("quiet", &WatchOptions::default())
+        .await
+        .expect("watch");
+    let start = watch.next_revision();
+    // Other keys change for longer than a progress interval; the watch hears how far it has seen.
+    let deadline = Instant::now() + WAIT_MAX;
+    while watch.next_revision() <= start + 1 {
+        writer.put("busy", "x").await.expect("put");
+        assert!(
+            Instant::now() < deadline,
+            "no progress report within the bound"
+        );
+        if let Ok(Ok(Some(response))) =
+            tokio::time::timeout(Duration::from_millis(100), watch.next()).await
+        {
+            assert!(response.events.is_empty(), "the quiet key did not change");
+        }
+    }
+    // Compacted past where the watch started (and had its last event, none): resuming from there would fail.
+    let point = watch.next_revision() - 1;
+    assert!(point > start);
+    writer.compact(point).await.expect("compact");
+    cluster.kill(victim);
+    writer.put("quiet", "now").await.expect("put");
+    let response = tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let response = watch
+                .next()
+                .await
+                .expect("the watch resumes")
+                .expect("open");
+            if !response.events.is_empty() {
+                return response;
+            }
+        }
+    })
+    .await
+    .expect("the change within the bound");
+    assert_eq!(response.events[0].kv.as_ref().unwrap().value, b"now");
+}
