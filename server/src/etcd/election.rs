@@ -43,7 +43,7 @@ impl EtcdApi {
             success: vec![op],
             failure: Vec::new(),
         };
-        let (revision, result) = self.write_txn(txn).await?;
+        let (revision, result) = self.propose_txn(txn).await?;
         if result.succeeded {
             Ok(revision)
         } else {

@@ -244,7 +244,7 @@ impl EtcdApi {
     }
 
     /// Proposes a transaction on this node, the leader, and returns its revision and result.
-    async fn propose_txn(&self, txn: Txn) -> Result<(u64, TxnResult), Status> {
+    pub(super) async fn propose_txn(&self, txn: Txn) -> Result<(u64, TxnResult), Status> {
         match self
             .api
             .write(None, Command::Txn(txn))

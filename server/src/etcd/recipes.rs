@@ -13,8 +13,8 @@ use super::{etcd_error, to_etcd_status, EtcdApi};
 use crate::api::ApiError;
 use crate::kv::changes::KeyspaceRead as _;
 use crate::kv::state_machine::{
-    Command, Compare, CompareOp, CompareTarget, KeySpan, KeyValue, PutSpec, RangeSpec, Response,
-    ScanRange, Txn, TxnOp, TxnOpResult, SCAN_LIMIT_MAX,
+    Command, Compare, CompareOp, CompareTarget, KeySpan, KeyValue, PutSpec, RangeSpec, ScanRange,
+    Txn, TxnOp, TxnOpResult, SCAN_LIMIT_MAX,
 };
 use crate::watch::Watcher;
 
@@ -77,7 +77,7 @@ impl EtcdApi {
                 ..RangeSpec::default()
             })],
         };
-        let (revision, result) = self.write_txn(txn).await?;
+        let (revision, result) = self.propose_txn(txn).await?;
         if result.succeeded {
             return Ok((revision, revision));
         }
@@ -89,24 +89,6 @@ impl EtcdApi {
                 Code::Aborted,
                 "the candidate's key went away while it was claimed; retry",
             )),
-        }
-    }
-
-    /// Proposes a transaction (on the leader) and returns its revision and result.
-    pub(super) async fn write_txn(
-        &self,
-        txn: Txn,
-    ) -> Result<(u64, crate::kv::state_machine::TxnResult), Status> {
-        match self
-            .api
-            .write(None, Command::Txn(txn))
-            .await
-            .map_err(to_etcd_status)?
-        {
-            Response::Txn { revision, result } => Ok((revision, result)),
-            other => Err(to_etcd_status(ApiError::Internal(format!(
-                "a transaction was answered with {other:?}"
-            )))),
         }
     }
 

@@ -49,6 +49,38 @@ fn since_stamp(value: &[u8]) -> Option<Duration> {
     )
 }
 
+/// One watcher's responses, each as its events' latencies (`None` for an event without a stamp), or why the
+/// watch ended.
+type Latencies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<Option<Duration>>, String>> + Send>>;
+
+/// Counts and times one watcher's events until it ends or `stopped`; returns its histogram and why it ended
+/// early, if it did.
+async fn count_events(
+    mut latencies: Latencies,
+    events: Arc<AtomicU64>,
+    mut stopped: watch::Receiver<bool>,
+) -> (Histogram<u64>, Option<String>) {
+    use futures::StreamExt as _;
+    let mut latency = report::histogram();
+    loop {
+        let next = tokio::select! {
+            next = latencies.next() => next,
+            _ = stopped.wait_for(|stop| *stop) => return (latency, None),
+        };
+        match next {
+            Some(Ok(response)) => {
+                for since in response.iter().flatten() {
+                    report::record(&mut latency, *since);
+                }
+                events.fetch_add(response.len() as u64, Ordering::Relaxed);
+            }
+            Some(Err(reason)) => return (latency, Some(reason)),
+            None => return (latency, Some("watch_ended".to_string())),
+        }
+    }
+}
+
 /// What all the watchers saw.
 pub struct Watched {
     pub events: u64,
@@ -89,34 +121,28 @@ impl Watchers {
                 };
                 for index in 0..count {
                     let client = &clients[index % clients.len()];
-                    let mut stream = client
+                    let stream = client
                         .watch(KEY_PREFIX.to_string(), &options)
                         .await
                         .map_err(|error| format!("cannot start watcher {index}: {error}"))?;
-                    let (events, mut stopped) = (events.clone(), stopped.clone());
-                    tasks.spawn(async move {
-                        let mut latency = report::histogram();
-                        loop {
-                            let next = tokio::select! {
-                                next = stream.next() => next,
-                                _ = stopped.wait_for(|stop| *stop) => return (latency, None),
-                            };
-                            match next {
-                                Ok(Some(response)) => {
-                                    for event in response.events {
-                                        if let Some(since) =
-                                            event.kv.as_ref().and_then(|kv| since_stamp(&kv.value))
-                                        {
-                                            report::record(&mut latency, since);
-                                        }
-                                        events.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                                Ok(None) => return (latency, Some("watch_ended".to_string())),
-                                Err(error) => return (latency, Some(error.kind().to_string())),
-                            }
-                        }
+                    // Each response as the latency of each of its events (`None`: no stamp).
+                    let latencies = futures::stream::unfold(stream, |mut stream| async move {
+                        let next = match stream.next().await {
+                            Ok(Some(response)) => Ok(response
+                                .events
+                                .iter()
+                                .map(|event| event.kv.as_ref().and_then(|kv| since_stamp(&kv.value)))
+                                .collect()),
+                            Ok(None) => Err("watch_ended".to_string()),
+                            Err(error) => Err(error.kind().to_string()),
+                        };
+                        Some((next, stream))
                     });
+                    tasks.spawn(count_events(
+                        Box::pin(latencies),
+                        events.clone(),
+                        stopped.clone(),
+                    ));
                 }
             }
             #[cfg(feature = "etcd")]
@@ -133,39 +159,30 @@ impl Watchers {
                 }
                 for index in 0..count {
                     let mut client = clients[index % clients.len()].clone();
-                    let mut stream = client
+                    let stream = client
                         .watch(
                             KEY_PREFIX.to_string(),
                             Some(etcd_client::WatchOptions::new().with_prefix()),
                         )
                         .await
                         .map_err(|error| format!("cannot start watcher {index}: {error}"))?;
-                    let (events, mut stopped) = (events.clone(), stopped.clone());
-                    tasks.spawn(async move {
-                        let mut latency = report::histogram();
-                        loop {
-                            let next = tokio::select! {
-                                next = stream.message() => next,
-                                _ = stopped.wait_for(|stop| *stop) => return (latency, None),
-                            };
-                            match next {
-                                Ok(Some(response)) => {
-                                    for event in response.events() {
-                                        if let Some(since) =
-                                            event.kv().and_then(|kv| since_stamp(kv.value()))
-                                        {
-                                            report::record(&mut latency, since);
-                                        }
-                                        events.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                                Ok(None) => return (latency, Some("watch_ended".to_string())),
-                                Err(error) => {
-                                    return (latency, Some(super::etcd::error_kind(&error)))
-                                }
-                            }
-                        }
+                    let latencies = futures::stream::unfold(stream, |mut stream| async move {
+                        let next = match stream.message().await {
+                            Ok(Some(response)) => Ok(response
+                                .events()
+                                .iter()
+                                .map(|event| event.kv().and_then(|kv| since_stamp(kv.value())))
+                                .collect()),
+                            Ok(None) => Err("watch_ended".to_string()),
+                            Err(error) => Err(super::etcd::error_kind(&error)),
+                        };
+                        Some((next, stream))
                     });
+                    tasks.spawn(count_events(
+                        Box::pin(latencies),
+                        events.clone(),
+                        stopped.clone(),
+                    ));
                 }
             }
             #[cfg(not(feature = "etcd"))]
