@@ -145,12 +145,7 @@ async fn a_watch_resumes_on_another_node_when_its_node_dies() {
     let mut cluster = TestCluster::start(3, &fast_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    // A new client sends its first call to its first endpoint: the watch starts on the victim.
-    let endpoints: Vec<String> = std::iter::once(victim)
-        .chain([1, 2, 3].into_iter().filter(|id| *id != victim))
-        .map(|id| cluster.addr(id))
-        .collect();
-    let watcher = Client::new(ClientConfig::new(endpoints)).unwrap();
+    let watcher = client_starting_at(&cluster, victim);
     let writer = cluster.client();
     let options = WatchOptions {
         range_end: raftkv_client::txn::prefix_end(b"feed/"),
@@ -216,11 +211,7 @@ async fn a_quiet_watch_resumes_past_a_compaction_when_its_node_dies() {
     let mut cluster = TestCluster::start(3, &fast_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
     let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let endpoints: Vec<String> = std::iter::once(victim)
-        .chain([1, 2, 3].into_iter().filter(|id| *id != victim))
-        .map(|id| cluster.addr(id))
-        .collect();
-    let watcher = Client::new(ClientConfig::new(endpoints)).unwrap();
+    let watcher = client_starting_at(&cluster, victim);
     let writer = cluster.client();
     let mut watch = watcher
         .watch("quiet", &WatchOptions::default())
@@ -262,4 +253,14 @@ async fn a_quiet_watch_resumes_past_a_compaction_when_its_node_dies() {
     .await
     .expect("the change within the bound");
     assert_eq!(response.events[0].kv.as_ref().unwrap().value, b"now");
+}
+
+/// A client of a 3-node cluster whose first endpoint is node `first`: a new client sends its first call there,
+/// so a watch it starts is served by `first` until that node goes.
+fn client_starting_at(cluster: &TestCluster, first: u64) -> Client {
+    let endpoints: Vec<String> = std::iter::once(first)
+        .chain([1, 2, 3].into_iter().filter(|id| *id != first))
+        .map(|id| cluster.addr(id))
+        .collect();
+    Client::new(ClientConfig::new(endpoints)).unwrap()
 }
