@@ -471,6 +471,8 @@ async fn liveness(cluster: &Cluster, client: &Client, bound: Duration) -> Livene
 pub const WATCH_KEY: &str = crate::checker::watch::WATCH_KEY;
 /// How long, after the clients are done, the watchers may take to reach the last acknowledged write.
 pub const WATCH_CATCH_UP_MAX: Duration = Duration::from_secs(10);
+/// How often the runner looks at how far each watcher has seen while it waits for them to catch up.
+pub const WATCH_CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
 /// A watcher of the watch workload, running.
 struct RunningWatcher {
@@ -554,7 +556,7 @@ async fn stop_watchers(shared: &Shared, watchers: Vec<RunningWatcher>) {
             watcher.through.load(Ordering::Relaxed) < target && !watcher.task.is_finished()
         })
     {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(WATCH_CATCH_UP_POLL).await;
     }
     for watcher in watchers {
         let _ = watcher.stop.send(true);

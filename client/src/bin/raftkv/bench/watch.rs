@@ -22,6 +22,8 @@ pub const WATCHERS_MAX: usize = 10_000;
 /// How long, after the last put, the watchers may take to receive every event before the rest count as
 /// missed.
 pub const WATCH_DRAIN_MAX: Duration = Duration::from_secs(10);
+/// How often `finish` looks at the event count while it drains.
+pub const WATCH_DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Bytes of a put's value that hold when it was sent.
 pub const STAMP_BYTES: usize = 8;
 
@@ -202,7 +204,7 @@ impl Watchers {
     pub async fn finish(mut self, expected: u64) -> Watched {
         let drained = Instant::now() + WATCH_DRAIN_MAX;
         while self.events.load(Ordering::Relaxed) < expected && Instant::now() < drained {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(WATCH_DRAIN_POLL).await;
         }
         let completed = Instant::now();
         let _ = self.stop.send(true);
