@@ -60,6 +60,16 @@ fn ok_with_input(endpoints: &[String], args: &[&str], stdin: &str) -> String {
 /// Runs a long-lived etcdctl (e.g. `watch`) until it has printed `wanted` lines or `WATCH_WAIT_MAX` passed,
 /// then stops it; returns the lines.
 fn lines_of(endpoints: &[String], args: &[&str], wanted: usize) -> Vec<String> {
+    lines_of_telling(endpoints, args, wanted, |_| {})
+}
+
+/// `lines_of`, calling `seen` with the count of lines read so far after each line.
+fn lines_of_telling(
+    endpoints: &[String],
+    args: &[&str],
+    wanted: usize,
+    mut seen: impl FnMut(usize),
+) -> Vec<String> {
     use std::io::BufRead;
     let mut child = Command::new(etcdctl_binary())
         .env("ETCDCTL_API", "3")
@@ -85,7 +95,10 @@ fn lines_of(endpoints: &[String], args: &[&str], wanted: usize) -> Vec<String> {
     while lines.len() < wanted {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match receiver.recv_timeout(left) {
-            Ok(line) => lines.push(line),
+            Ok(line) => {
+                lines.push(line);
+                seen(lines.len());
+            }
             Err(_) => break,
         }
     }
@@ -1331,15 +1344,25 @@ async fn etcdctl_watch_sees_history_then_another_process_writing() {
     ok(&all, &["put", "w/a", "1"]);
     ok(&all, &["put", "w/a", "2"]);
     let on_follower = vec![cluster.addr(follower)];
+    // The two historical events: a PUT (3 lines), then a PUT with its previous value (5 lines).
+    const HISTORY_LINES: usize = 8;
+    let (history_printed, history_seen) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
-        lines_of(
+        lines_of_telling(
             &on_follower,
             &["watch", "w/", "--prefix", "--rev=2", "--prev-kv"],
             11,
+            |count| {
+                if count == HISTORY_LINES {
+                    let _ = history_printed.send(());
+                }
+            },
         )
     });
-    // The writer is another process, started while the watch runs.
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Once the history is printed the watch is live; the writer is another process, started then.
+    history_seen
+        .recv_timeout(WATCH_WAIT_MAX)
+        .expect("etcdctl printed the history within the wait");
     ok(&all, &["put", "w/b", "3"]);
     let lines = watcher.join().expect("the watcher thread");
     assert_eq!(
