@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs jepsen-lite's workloads under every nemesis on 3 and 5 nodes with linearizable reads, plus the negative
-# controls (stale reads on the register, blind writes on the bank), and prints one table of verdicts. Each run's
-# history, results and report stay under OUT.
+# controls (stale reads on the register, lease reads on a slow-clocked leader, blind writes on the bank, lock
+# holders stalled past their lease), and prints one table of verdicts. Each run's history, results and report
+# stay under OUT.
 #
 #   scripts/jepsen-matrix.sh                 # 30 s per run, seed 1, release build, every workload
 #   TIME=60s SEED=7 scripts/jepsen-matrix.sh
@@ -17,7 +18,7 @@ SEED=${SEED:-1}
 INTERVAL=${INTERVAL:-5s}
 OUT=${OUT:-jepsen-out/matrix}
 PROFILE=${PROFILE:-release}
-NEMESES=${NEMESES:-"partition-halves partition-leader partition-ring bridge kill pause latency all"}
+NEMESES=${NEMESES:-"partition-halves partition-leader partition-ring bridge kill pause latency clock all"}
 NODES=${NODES:-"3 5"}
 WORKLOADS=${WORKLOADS:-"register set bank lock watch"}
 
@@ -61,22 +62,30 @@ for workload in $WORKLOADS; do
 done
 
 # Negative controls, each of which must be flagged (exit 1) while the split-brain check passes: stale reads
-# under partitions on the register, and blind writes (no compare) with stale reads on the bank.
-control() { # workload name arguments...
-  local workload=$1 name=$2
-  shift 2
+# under partitions on the register; lease reads on a leader whose clock runs at a quarter of real time, cut off
+# (the server's default timing: the slow lease then outlasts the majority's election by seconds); blind writes
+# (no compare) with stale reads on the bank; lock holders stalled past their lease (the holds overlap, the
+# fenced writes stay in order).
+control() { # workload name reads arguments...
+  local workload=$1 name=$2 reads=$3
+  shift 3
   local dir="$OUT/$workload-3-$name-control" code=0
   "$BIN" run --workload "$workload" --nodes 3 --time-limit "$TIME" --nemesis-interval "$INTERVAL" \
     --seed "$SEED" --out "$dir" "$@" >"$dir.log" 2>&1 || code=$?
-  row "$workload" 3 "$name" stale "$dir" "$code"
+  row "$workload" 3 "$name" "$reads" "$dir" "$code"
   [[ $code -eq 1 ]] || failures=$((failures + 1))
 }
 if [[ " $WORKLOADS " == *" register "* ]]; then
-  control register partition-halves --nemesis partition-halves --read-consistency stale
+  control register partition-halves stale --nemesis partition-halves --read-consistency stale
+  control register clock lease --nemesis clock --read-consistency lease --server-defaults \
+    --nemesis-interval 10s --time-limit 30s --concurrency 6 --rate 200 --keys 2
 fi
 if [[ " $WORKLOADS " == *" bank "* ]]; then
-  control bank blind-writes --nemesis none --read-consistency stale --bank-blind-writes \
+  control bank blind-writes stale --nemesis none --read-consistency stale --bank-blind-writes \
     --concurrency 8 --rate 400 --keys 2
+fi
+if [[ " $WORKLOADS " == *" lock "* ]]; then
+  control lock holder-pause linearizable --nemesis none --lock-holder-pause --concurrency 3
 fi
 
 echo

@@ -1,4 +1,4 @@
-//! `jepsen-lite demo split-brain`: a guided partition on five real nodes that shows, step by step, what each
+//! The guided demonstrations. `jepsen-lite demo split-brain` (here): a guided partition on five real nodes that shows, step by step, what each
 //! side of a partition can and cannot do, and checks every claim it prints.
 //!
 //! The story: the leader and one follower are cut off from the other three. The minority keeps a node that still
@@ -19,6 +19,8 @@ use raftkv_client::{Client, ClientConfig, ClientError, Consistency, GetResult, R
 use raftkv_testkit::fast_timing;
 
 use crate::cluster::{Cluster, ClusterConfig};
+
+pub mod clock;
 
 /// Nodes in the demo cluster.
 pub const DEMO_NODES: u64 = 5;
@@ -60,6 +62,34 @@ impl Narrator<'_> {
     fn say(&mut self, text: &str) -> anyhow::Result<()> {
         writeln!(self.out, "   {text}")?;
         Ok(())
+    }
+
+    /// Ends a demo whose story returned `result` on `cluster`: the nodes' log tails on stderr if a step could not
+    /// be carried out, the cluster shut down, then `passed` or `failed` and the failed expectations. Returns
+    /// whether every expectation held.
+    async fn conclude(
+        &mut self,
+        cluster: Cluster,
+        result: anyhow::Result<()>,
+        passed: &str,
+        failed: &str,
+    ) -> anyhow::Result<bool> {
+        if result.is_err() {
+            // Why a step could not be carried out is in the nodes' logs, which go with the data root.
+            eprint!("{}", cluster.log_tails(FAILED_DEMO_LOG_TAIL_BYTES));
+        }
+        cluster.shutdown().await;
+        result?;
+        writeln!(self.out)?;
+        if self.failures.is_empty() {
+            writeln!(self.out, "{passed}")?;
+            return Ok(true);
+        }
+        writeln!(self.out, "{failed}")?;
+        for failure in &self.failures {
+            writeln!(self.out, "  - {failure}")?;
+        }
+        Ok(false)
     }
 
     /// Prints one observation with a mark saying whether it was what Raft promises.
@@ -133,26 +163,14 @@ pub async fn split_brain(config: DemoConfig, out: &mut dyn Write) -> anyhow::Res
     })
     .await?;
     let result = story(&mut cluster, &mut narrator).await;
-    if result.is_err() {
-        // Why a step could not be carried out is in the nodes' logs, which go with the data root.
-        eprint!("{}", cluster.log_tails(FAILED_DEMO_LOG_TAIL_BYTES));
-    }
-    cluster.shutdown().await;
-    result?;
-    writeln!(narrator.out)?;
-    if narrator.failures.is_empty() {
-        writeln!(
-            narrator.out,
-            "Every step went as Raft promises: no split brain, nothing acknowledged was lost."
-        )?;
-        Ok(true)
-    } else {
-        writeln!(narrator.out, "Some steps did not go as Raft promises:")?;
-        for failure in &narrator.failures {
-            writeln!(narrator.out, "  - {failure}")?;
-        }
-        Ok(false)
-    }
+    narrator
+        .conclude(
+            cluster,
+            result,
+            "Every step went as Raft promises: no split brain, nothing acknowledged was lost.",
+            "Some steps did not go as Raft promises:",
+        )
+        .await
 }
 
 async fn story(cluster: &mut Cluster, narrator: &mut Narrator<'_>) -> anyhow::Result<()> {

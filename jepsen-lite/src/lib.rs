@@ -2,6 +2,7 @@
 
 pub mod availability;
 pub mod checker;
+pub mod clock;
 pub mod cluster;
 pub mod demo;
 pub mod faults;

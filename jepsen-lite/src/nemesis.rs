@@ -7,7 +7,8 @@
 //! [`apply`], which returns an [`ActiveFault`] that knows how to [`ActiveFault::heal`] exactly what it did.
 //!
 //! Faults never touch the nodes' configuration: partitions and latency go through the proxy mesh, kills and
-//! pauses through signals to the node processes.
+//! pauses through signals to the node processes, and a clock skew restarts a node under libfaketime
+//! ([`crate::clock`]) with the same flags.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::Rng as _;
 
+use crate::clock;
 use crate::cluster::Cluster;
 use crate::net::Connectivity;
 
@@ -45,10 +47,15 @@ pub enum Fault {
     Pause,
     /// Extra latency on every link.
     Latency,
+    /// One node's clock runs at `--clock-rate` (restarted under libfaketime); it is handed the leadership and
+    /// cut off from the others. Healing lets every link pass and restarts it on a true clock.
+    Clock,
 }
 
 impl Fault {
-    /// Every fault, in the order `all` cycles through them.
+    /// Every fault but `clock`, in the order `all` cycles through them. `clock` is left out of `all`: it needs
+    /// libfaketime, and setting it up (a restart, a catch-up, a leadership transfer on a slow clock) takes
+    /// seconds of its window.
     pub const ALL: [Fault; 7] = [
         Fault::PartitionHalves,
         Fault::PartitionLeader,
@@ -69,6 +76,7 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Pause => "pause",
             Fault::Latency => "latency",
+            Fault::Clock => "clock",
         }
     }
 }
@@ -82,7 +90,7 @@ impl fmt::Display for Fault {
 /// Why a nemesis list could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum NemesisError {
-    #[error("unknown nemesis {0:?} (expected none, partition-halves, partition-leader, partition-ring, bridge, kill, pause, latency or all)")]
+    #[error("unknown nemesis {0:?} (expected none, partition-halves, partition-leader, partition-ring, bridge, kill, pause, latency, clock or all)")]
     Unknown(String),
     #[error("`none` cannot be combined with other nemeses")]
     NoneWithOthers,
@@ -110,6 +118,7 @@ impl FromStr for NemesisSet {
                 _ => faults.push(
                     *Fault::ALL
                         .iter()
+                        .chain([&Fault::Clock])
                         .find(|fault| fault.name() == name)
                         .ok_or_else(|| NemesisError::Unknown(name.to_string()))?,
                 ),
@@ -186,6 +195,9 @@ pub enum ActiveFault {
     Killed { node: u64 },
     /// A node was paused; healing resumes it.
     Paused { node: u64 },
+    /// A node runs on a skewed clock (and may be cut off); healing lets every link pass and sets its clock
+    /// right.
+    Skewed { node: u64, description: String },
 }
 
 impl ActiveFault {
@@ -195,11 +207,12 @@ impl ActiveFault {
             ActiveFault::Network { description } => description.clone(),
             ActiveFault::Killed { node } => format!("killed node {node}"),
             ActiveFault::Paused { node } => format!("paused node {node}"),
+            ActiveFault::Skewed { description, .. } => description.clone(),
         }
     }
 
     /// Lifts the fault.
-    pub fn heal(&self, cluster: &mut Cluster) -> anyhow::Result<()> {
+    pub async fn heal(&self, cluster: &mut Cluster) -> anyhow::Result<()> {
         match self {
             ActiveFault::Network { .. } => {
                 cluster.mesh().heal();
@@ -211,6 +224,10 @@ impl ActiveFault {
             ActiveFault::Paused { node } => cluster
                 .resume(*node)
                 .with_context(|| format!("cannot resume node {node}")),
+            ActiveFault::Skewed { node, .. } => {
+                cluster.mesh().heal();
+                clock::restart_at_rate(cluster, *node, None).await
+            }
         }
     }
 }
@@ -255,11 +272,27 @@ async fn leader_or_random(cluster: &Cluster, rng: &mut StdRng) -> u64 {
     }
 }
 
+/// How faults with a setting are made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultSettings {
+    /// The rate of a skewed clock (`clock`).
+    pub clock_rate: f64,
+}
+
+impl Default for FaultSettings {
+    fn default() -> Self {
+        FaultSettings {
+            clock_rate: clock::CLOCK_RATE_DEFAULT,
+        }
+    }
+}
+
 /// Starts `fault` on `cluster`, drawing its targets from `rng`.
 pub async fn apply(
     fault: Fault,
     cluster: &mut Cluster,
     rng: &mut StdRng,
+    settings: &FaultSettings,
 ) -> anyhow::Result<ActiveFault> {
     let mut ids = cluster.ids();
     let n = ids.len();
@@ -338,7 +371,59 @@ pub async fn apply(
                 description: format!("{millis}ms added to every link, each way"),
             })
         }
+        Fault::Clock => {
+            let node = ids[rng.random_range(0..n)];
+            skew_lead_and_isolate(cluster, node, settings.clock_rate).await
+        }
     }
+}
+
+/// The `clock` fault on `node`: restarted at `rate`, caught up, handed the leadership, its lease renewed, cut
+/// off. A node that
+/// would not take the leadership is cut off all the same (and the description says so): the fault is the
+/// skewed clock, the lead is what makes it matter.
+async fn skew_lead_and_isolate(
+    cluster: &mut Cluster,
+    node: u64,
+    rate: f64,
+) -> anyhow::Result<ActiveFault> {
+    let up: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != node && cluster.is_up(*id))
+        .collect();
+    let mut revision = 0;
+    for id in up {
+        if let Some(status) = cluster.status(id).await {
+            revision = revision.max(status.revision);
+        }
+    }
+    clock::restart_at_rate(cluster, node, Some(rate)).await?;
+    let caught_up = cluster
+        .wait_status(
+            node,
+            clock::CATCH_UP_TIMEOUT,
+            "serve and catch up",
+            |status| status.leader_id != 0 && status.revision >= revision,
+        )
+        .await;
+    let lead = match caught_up {
+        Ok(_) => clock::move_leader_to(cluster, node)
+            .await
+            .map(|term| format!("leading in term {term}")),
+        Err(error) => Err(anyhow::anyhow!(error)),
+    };
+    if lead.is_ok() {
+        // A quorum read renews the leader's lease: the cut then comes when the lease is at its longest, the
+        // case a clock-rate assumption has to cover.
+        let _ = clock::renew_lease(cluster, node).await;
+    }
+    cluster.mesh().isolate(node)?;
+    let lead = lead.unwrap_or_else(|error| format!("not leading ({error:#})"));
+    Ok(ActiveFault::Skewed {
+        node,
+        description: format!("node {node}'s clock at x{rate}, {lead}, cut off from the others"),
+    })
 }
 
 #[cfg(test)]
@@ -359,6 +444,16 @@ mod tests {
             NemesisSet(vec![Fault::PartitionHalves, Fault::Kill])
         );
         assert!("partition".parse::<NemesisSet>().is_err());
+        // `clock` is named on its own; `all` leaves it out (it needs libfaketime and seconds of setup).
+        assert_eq!(
+            "clock".parse::<NemesisSet>().unwrap(),
+            NemesisSet(vec![Fault::Clock])
+        );
+        assert!(!"all"
+            .parse::<NemesisSet>()
+            .unwrap()
+            .0
+            .contains(&Fault::Clock));
         assert!("none,kill".parse::<NemesisSet>().is_err());
         assert_eq!(
             "kill,pause".parse::<NemesisSet>().unwrap().to_string(),

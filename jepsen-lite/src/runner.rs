@@ -65,10 +65,14 @@ pub struct RunConfig {
     pub sessions: bool,
     /// Bank transfers write without comparing revisions (the negative control).
     pub blind_transfers: bool,
+    /// Lock holders now and then stall past their lease's TTL after taking the lock.
+    pub lock_holder_pause: bool,
     #[serde(serialize_with = "serialize_display")]
     pub nemesis: NemesisSet,
     #[serde(serialize_with = "serialize_duration")]
     pub nemesis_interval: Duration,
+    /// The rate of a skewed clock (`clock` nemesis).
+    pub clock_rate: f64,
     pub seed: u64,
     pub out: PathBuf,
     pub server_binary: PathBuf,
@@ -261,15 +265,21 @@ impl Shared {
     }
 
     /// One hold of the lock workload: acquire, a fenced write, a pause, release; returns the kind of the last
-    /// operation run (an `info` ends the process, as for any workload).
+    /// operation run (an `info` ends the process, as for any workload). With `stall`, the holder sleeps past
+    /// its lease's TTL between the acquire and the fenced write.
     async fn lock_cycle(
         &self,
         process: u64,
         session: &mut raftkv_client::Session,
         endpoint: &str,
+        stall: bool,
     ) -> EventType {
+        let ttl = match self.config.lock_holder_pause {
+            true => workload::LOCK_PAUSE_LEASE_TTL,
+            false => workload::LOCK_LEASE_TTL,
+        };
         let (kind, held) = self
-            .perform_for_value(process, &Op::Acquire, session, endpoint)
+            .perform_for_value(process, &Op::Acquire { ttl }, session, endpoint)
             .await;
         if kind != EventType::Ok {
             return kind;
@@ -286,6 +296,20 @@ impl Shared {
             .and_then(Value::as_str)
             .and_then(|hex| i64::from_str_radix(hex, 16).ok())
             .unwrap_or(0);
+        if stall {
+            let granted = held
+                .get("ttl")
+                .and_then(Value::as_u64)
+                .unwrap_or(ttl as u64);
+            let stall_for = Duration::from_secs(granted) + workload::LOCK_PAUSE_PAST_TTL;
+            tracing::info!(
+                process,
+                token,
+                ?stall_for,
+                "a lock holder stalls past its lease"
+            );
+            tokio::time::sleep(stall_for).await;
+        }
         let fenced = Op::Fenced { token, key };
         let kind = self.perform(process, &fenced, session, endpoint).await;
         if kind == EventType::Info {
@@ -327,7 +351,10 @@ async fn client_task(shared: Arc<Shared>, index: usize) {
             }
         }
         let outcome = if config.workload == WorkloadKind::Lock {
-            shared.lock_cycle(process, &mut session, &endpoint).await
+            let stall = config.lock_holder_pause && rng.random_bool(workload::LOCK_PAUSE_SHARE);
+            shared
+                .lock_cycle(process, &mut session, &endpoint, stall)
+                .await
         } else {
             let op = workload::generate(config.workload, config.keys, &mut rng, || {
                 shared.next_element.fetch_add(1, Ordering::Relaxed)
@@ -348,13 +375,14 @@ async fn nemesis_task(
     recorder: &Recorder,
     schedule: &Schedule,
     rng: &mut StdRng,
+    settings: &nemesis::FaultSettings,
 ) -> anyhow::Result<()> {
     for window in &schedule.windows {
         let now = recorder.elapsed();
         if window.start > now {
             tokio::time::sleep(window.start - now).await;
         }
-        let active = nemesis::apply(window.fault, cluster, rng)
+        let active = nemesis::apply(window.fault, cluster, rng, settings)
             .await
             .with_context(|| format!("cannot start the {} fault", window.fault))?;
         let description = active.description();
@@ -368,7 +396,7 @@ async fn nemesis_task(
         if window.end > now {
             tokio::time::sleep(window.end - now).await;
         }
-        active.heal(cluster)?;
+        active.heal(cluster).await?;
         recorder.nemesis("stop", window.fault.name(), Value::Null);
         tracing::info!(fault = %window.fault, "fault healed");
     }
@@ -734,6 +762,10 @@ pub fn validate(config: &RunConfig) -> anyhow::Result<()> {
             nemesis::Fault::Kill | nemesis::Fault::Pause | nemesis::Fault::Latency
         )
     });
+    if config.nemesis.0.contains(&nemesis::Fault::Clock) {
+        crate::clock::libfaketime().context("the clock nemesis needs libfaketime")?;
+        crate::clock::check_rate(config.clock_rate).map_err(anyhow::Error::msg)?;
+    }
     if partitions && config.nodes < 3 {
         bail!("partition nemeses need at least 3 nodes");
     }
@@ -742,6 +774,9 @@ pub fn validate(config: &RunConfig) -> anyhow::Result<()> {
     }
     if config.blind_transfers && config.workload != WorkloadKind::Bank {
         bail!("--bank-blind-writes only applies to --workload bank");
+    }
+    if config.lock_holder_pause && config.workload != WorkloadKind::Lock {
+        bail!("--lock-holder-pause only applies to --workload lock");
     }
     if config.workload == WorkloadKind::Bank && config.keys < 2 {
         bail!("--workload bank needs --keys of at least 2 accounts");
@@ -902,7 +937,10 @@ async fn run_on(
     for index in 0..config.concurrency {
         clients.spawn(client_task(Arc::clone(&shared), index));
     }
-    let nemesis_result = nemesis_task(cluster, &recorder, schedule, nemesis_rng).await;
+    let settings = nemesis::FaultSettings {
+        clock_rate: config.clock_rate,
+    };
+    let nemesis_result = nemesis_task(cluster, &recorder, schedule, nemesis_rng, &settings).await;
     let now = recorder.elapsed();
     if now < config.time_limit && nemesis_result.is_ok() {
         tokio::time::sleep(config.time_limit - now).await;

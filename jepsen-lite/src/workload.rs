@@ -14,6 +14,11 @@
 //!   recipe), writes `FENCED_KEY` fenced by its token (a transaction that puts only if the lock key still has
 //!   the token as its create revision), holds the lock `LOCK_HOLD`, and releases it by revoking the lease.
 //!   Checked: no two holds overlap in real time, and the fenced writes' tokens never go backwards.
+//!   `--lock-holder-pause` makes a share of the holders stall past their lease's TTL right after taking the
+//!   lock (as a process pause or a long garbage collection would): the lease expires, another client takes the
+//!   lock, and the stalled one wakes still believing it holds it. The holds then overlap (the check must say
+//!   so: a lease-based lock cannot stop that), while the fenced writes stay in order (the token refuses the
+//!   stalled holder's write).
 //! - `watch`: clients put unique values on `--keys` keys (stored under `watched/`) while one watcher per node
 //!   (the client library's watch, which resumes on another node when its node goes) records every event it
 //!   sees. Checked: each watcher's events in revision order, no duplicates, no gaps against the acknowledged
@@ -72,6 +77,13 @@ pub const LOCK_KEY: &str = "lock";
 pub const FENCED_KEY: &str = "fenced";
 /// TTL of the lease each hold takes, in seconds.
 pub const LOCK_LEASE_TTL: i64 = 10;
+/// With `--lock-holder-pause`: the TTL of each hold's lease, in seconds (short, so that a stalled holder
+/// outlives it within a run; the cluster raises it to its minimum if need be).
+pub const LOCK_PAUSE_LEASE_TTL: i64 = 2;
+/// With `--lock-holder-pause`: the share of holds whose holder stalls after taking the lock.
+pub const LOCK_PAUSE_SHARE: f64 = 0.25;
+/// With `--lock-holder-pause`: how long past its lease's TTL a stalled holder sleeps before its fenced write.
+pub const LOCK_PAUSE_PAST_TTL: Duration = Duration::from_secs(1);
 /// How long an acquire waits for the lock before it gives up (`fail`, `lock_wait`).
 pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(3);
 /// How long a holder keeps the lock after its fenced write.
@@ -128,8 +140,10 @@ pub enum Op {
     },
     /// Reads every account's balance.
     Balances,
-    /// Grants a lease and takes the lock with it.
-    Acquire,
+    /// Grants a lease of `ttl` seconds and takes the lock with it.
+    Acquire {
+        ttl: i64,
+    },
     /// A write of `FENCED_KEY` that happens only while the hold with `token` (its lock key `key`) lasts.
     Fenced {
         token: u64,
@@ -158,7 +172,7 @@ impl Op {
             Op::Open { .. } => Function::Write,
             Op::Transfer { .. } => Function::Transfer,
             Op::Balances => Function::Read,
-            Op::Acquire => Function::Acquire,
+            Op::Acquire { .. } => Function::Acquire,
             Op::Fenced { .. } => Function::Write,
             Op::Release { .. } => Function::Release,
             Op::Emit { .. } => Function::Write,
@@ -174,7 +188,7 @@ impl Op {
             | Op::Emit { key, .. } => key,
             Op::Add { .. } => SET_KEY,
             Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_KEY,
-            Op::Acquire | Op::Release { .. } => LOCK_KEY,
+            Op::Acquire { .. } | Op::Release { .. } => LOCK_KEY,
             Op::Fenced { .. } => FENCED_KEY,
         }
     }
@@ -194,7 +208,7 @@ impl Op {
             Op::Transfer { from, to, amount } => serde_json::json!({
                 "from": account_name(*from), "to": account_name(*to), "amount": amount,
             }),
-            Op::Balances | Op::Acquire => Value::Null,
+            Op::Balances | Op::Acquire { .. } => Value::Null,
             Op::Fenced { token, .. } => Value::from(*token),
             Op::Emit { value, .. } => Value::from(*value),
             Op::Release { token, lease } => {
@@ -242,7 +256,9 @@ pub fn generate(
             element: next_element(),
         },
         // A lock client's operations follow from each other (`runner`); alone, it acquires.
-        WorkloadKind::Lock => Op::Acquire,
+        WorkloadKind::Lock => Op::Acquire {
+            ttl: LOCK_LEASE_TTL,
+        },
         WorkloadKind::Watch => Op::Emit {
             key: register_key(rng.random_range(0..keys.max(1))),
             value: next_element(),
@@ -383,7 +399,7 @@ fn store_key(op: &Op) -> Vec<u8> {
     match op {
         Op::Add { element } => format!("{SET_PREFIX}{element:020}").into_bytes(),
         Op::Open { .. } | Op::Transfer { .. } | Op::Balances => BANK_PREFIX.as_bytes().to_vec(),
-        Op::Acquire | Op::Release { .. } => LOCK_NAME.as_bytes().to_vec(),
+        Op::Acquire { .. } | Op::Release { .. } => LOCK_NAME.as_bytes().to_vec(),
         Op::Fenced { .. } => FENCED_KEY.as_bytes().to_vec(),
         Op::Emit { key, .. } => format!("{WATCHED_PREFIX}{key}").into_bytes(),
         other => format!("{REGISTER_PREFIX}{}", other.key()).into_bytes(),
@@ -463,7 +479,7 @@ pub async fn execute(
             .await
         }
         Op::Balances => read_balances(client, &read_options(policy, read_endpoint)).await,
-        Op::Acquire => acquire(client).await,
+        Op::Acquire { ttl } => acquire(client, *ttl).await,
         Op::Fenced {
             token,
             key: lock_key,
@@ -497,11 +513,12 @@ pub async fn execute(
     }
 }
 
-/// Grants a lease and takes the lock with it; `ok` with `{"token", "lease", "key"}`. A lease left behind by
-/// a failed wait is revoked (or expires).
-async fn acquire(client: &Client) -> Outcome {
-    let lease = match client.lease_grant(LOCK_LEASE_TTL, 0).await {
-        Ok((lease, _)) => lease,
+/// Grants a lease of `ttl` seconds and takes the lock with it; `ok` with `{"token", "lease", "key", "ttl"}`
+/// (`ttl`: the TTL granted, which the cluster may have raised to its minimum). A lease left behind by a failed
+/// wait is revoked (or expires).
+async fn acquire(client: &Client, ttl: i64) -> Outcome {
+    let (lease, granted_ttl) = match client.lease_grant(ttl, 0).await {
+        Ok(granted) => granted,
         Err(error) => return write_error(&error, Value::Null),
     };
     match client.lock(LOCK_NAME, lease, Some(LOCK_WAIT_MAX)).await {
@@ -511,6 +528,7 @@ async fn acquire(client: &Client) -> Outcome {
                 "token": hold.revision,
                 "lease": format!("{lease:016x}"),
                 "key": String::from_utf8_lossy(&hold.key),
+                "ttl": granted_ttl,
             }),
         ),
         Err(error) => {

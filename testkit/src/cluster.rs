@@ -84,6 +84,8 @@ struct Node {
     args: Vec<String>,
     /// Started with `--initial-cluster` (a founding member), at every start.
     bootstrap: bool,
+    /// Environment variables added at every start (e.g. libfaketime's), set by [`Cluster::set_env`].
+    env: Vec<(String, String)>,
     child: Option<Child>,
     paused: bool,
 }
@@ -164,6 +166,7 @@ impl Cluster {
                 metrics_addr,
                 args,
                 bootstrap: true,
+                env: Vec::new(),
                 child: None,
                 paused: false,
             };
@@ -222,6 +225,7 @@ impl Cluster {
             metrics_addr: None,
             args: args.to_vec(),
             bootstrap: false,
+            env: Vec::new(),
             child: None,
             paused: false,
         };
@@ -269,6 +273,7 @@ impl Cluster {
         let child = command
             .args(&node.args)
             .env("RUST_LOG", filter)
+            .envs(node.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -452,6 +457,13 @@ impl Cluster {
             bail!("node {id} is running");
         }
         self.spawn(id)
+    }
+
+    /// Sets the environment variables node `id` gets, beyond `RUST_LOG`, from its next start on (replacing
+    /// any set before; empty: none).
+    pub fn set_env(&mut self, id: u64, env: Vec<(String, String)>) -> anyhow::Result<()> {
+        self.node_mut(id)?.env = env;
+        Ok(())
     }
 
     /// SIGSTOPs a node.

@@ -29,8 +29,10 @@ fn short_config(dir: &TempDir, nodes: u64, workload: WorkloadKind, nemesis: &str
         max_staleness: None,
         sessions: false,
         blind_transfers: false,
+        lock_holder_pause: false,
         nemesis: nemesis.parse::<NemesisSet>().unwrap(),
         nemesis_interval: Duration::from_millis(1500),
+        clock_rate: jepsen_lite::clock::CLOCK_RATE_DEFAULT,
         seed: 42,
         out: dir.path().to_path_buf(),
         server_binary: server_binary().expect("raftkv-server binary"),
@@ -264,24 +266,31 @@ async fn stale_reads_under_a_partition_are_caught_by_the_register_check() {
     assert!(results.checks.staleness.envelopes_checked > 0);
 }
 
+fn demo_config(dir: &TempDir) -> DemoConfig {
+    DemoConfig {
+        server_binary: server_binary().unwrap(),
+        data_root: dir.path().to_path_buf(),
+    }
+}
+
+/// A demo's narrative, once it is known that every step went as expected.
+fn demo_text(passed: bool, output: Vec<u8>) -> String {
+    let text = String::from_utf8(output).unwrap();
+    assert!(passed, "{text}");
+    assert!(!text.contains("UNEXPECTED"), "{text}");
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_brain_demo_shows_every_step_as_raft_promises() {
     // The demo checks each claim it prints; it returns false if any step went otherwise (e.g. a minority
     // follower of the deposed leader claiming a fresh leader contact).
     let dir = TempDir::new().unwrap();
     let mut output = Vec::new();
-    let passed = demo::split_brain(
-        DemoConfig {
-            server_binary: server_binary().unwrap(),
-            data_root: dir.path().to_path_buf(),
-        },
-        &mut output,
-    )
-    .await
-    .expect("the demo runs");
-    let text = String::from_utf8(output).unwrap();
-    assert!(passed, "{text}");
-    assert!(!text.contains("UNEXPECTED"), "{text}");
+    let passed = demo::split_brain(demo_config(&dir), &mut output)
+        .await
+        .expect("the demo runs");
+    let text = demo_text(passed, output);
     for needle in [
         "cannot commit",
         "refused",
@@ -289,6 +298,85 @@ async fn split_brain_demo_shows_every_step_as_raft_promises() {
         "too stale",
         "stepped down",
         "demo/minority absent",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+/// A run under the clock nemesis at the server's default timing: one window of 9 s (the skewed node's restart,
+/// catch-up and slow takeover take about half of it, the cut the rest).
+fn clock_config(dir: &TempDir, consistency: Consistency) -> RunConfig {
+    let mut config = short_config(dir, 3, WorkloadKind::Register, "clock");
+    config.read_consistency = consistency;
+    config.server_args = Vec::new();
+    config.nemesis_interval = Duration::from_secs(9);
+    config.time_limit = Duration::from_secs(27);
+    config.concurrency = 6;
+    config.rate = 200.0;
+    config.keys = 2;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_clock_on_the_leader_breaks_lease_reads_but_not_linearizable_ones() {
+    // The leader's clock runs at x0.25 (libfaketime), far past the drift margin, and it is cut off: its lease
+    // outlasts the majority's election, so lease reads return values the new leader overwrote and the register
+    // check must flag them. Under the same schedule (same seed) linearizable reads stay valid. Whether a lease
+    // read falls in the window is up to timing (the clients pinned to the slow node may be waiting on a write
+    // then), so the lease run is repeated, a bounded number of times, until one did.
+    const ATTEMPTS: usize = 2;
+    let mut attempt = 0;
+    let (_dir, outcome) = loop {
+        attempt += 1;
+        let dir = TempDir::new().unwrap();
+        let outcome = runner::run(clock_config(&dir, Consistency::Lease))
+            .await
+            .expect("the harness runs");
+        if outcome.results.verdict == Verdict::Invalid || attempt == ATTEMPTS {
+            break (dir, outcome);
+        }
+    };
+    let results = &outcome.results;
+    let window = &results.schedule[0];
+    assert_eq!(window.fault, "clock");
+    let described = &results.availability.windows[0].description;
+    assert!(
+        described.contains("x0.25") && described.contains("leading"),
+        "{described:?}"
+    );
+    let linearizable = results.checks.linearizable.as_ref().unwrap();
+    assert_eq!(
+        linearizable.verdict,
+        Verdict::Invalid,
+        "no stale lease read was flagged in {ATTEMPTS} runs: {}",
+        results_json(&outcome)["checks"]
+    );
+    assert!(linearizable.anomalies[0].counterexample.is_some());
+    assert_eq!(results.exit_code, 1);
+    // Stale, not split: the slow leader served reads, it never acknowledged a write the majority lacks.
+    assert_eq!(results.checks.split_brain.verdict, Verdict::Valid);
+
+    let dir = TempDir::new().unwrap();
+    let outcome = runner::run(clock_config(&dir, Consistency::Linearizable))
+        .await
+        .expect("the harness runs");
+    assert_valid(&outcome);
+    assert_eq!(outcome.results.schedule[0].fault, "clock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_demo_shows_a_stale_lease_read_and_a_refusing_linearizable_one() {
+    let dir = TempDir::new().unwrap();
+    let mut output = Vec::new();
+    let passed = demo::clock::clock(demo_config(&dir), &mut output)
+        .await
+        .expect("the demo runs");
+    let text = demo_text(passed, output);
+    for needle in [
+        "a STALE read",
+        "linearizable read on node",
+        "With a true clock",
+        "lease ended before",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
@@ -377,6 +465,42 @@ async fn lock_holds_never_overlap_and_fenced_writes_keep_order_under_faults() {
         "the report draws the holds"
     );
     assert!(page.contains("0 overlapped another"), "no hold overlapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stalled_past_its_lease_overlaps_the_next_but_its_fenced_write_is_refused() {
+    // Jepsen's finding about lease-based locks, shown: a holder that stalls past its lease's TTL (as in a
+    // process pause) still believes it holds the lock when another client has taken it. The overlap is real and
+    // the check must flag it; the fencing token is what keeps the protected writes in order anyway.
+    use jepsen_lite::checker::lock::LockAnomaly;
+    let dir = TempDir::new().unwrap();
+    let mut config = short_config(&dir, 3, WorkloadKind::Lock, "none");
+    config.concurrency = 3;
+    config.lock_holder_pause = true;
+    let outcome = runner::run(config).await.expect("the harness runs");
+    let results = &outcome.results;
+    let lock = results.checks.lock.as_ref().unwrap();
+    assert_eq!(lock.verdict, Verdict::Invalid, "{lock:?}");
+    assert!(
+        lock.anomalies
+            .iter()
+            .any(|anomaly| matches!(anomaly, LockAnomaly::Overlap { .. })),
+        "{lock:?}"
+    );
+    assert!(
+        !lock
+            .anomalies
+            .iter()
+            .any(|anomaly| matches!(anomaly, LockAnomaly::FenceBackwards { .. })),
+        "a stalled holder's write went through: {lock:?}"
+    );
+    assert!(lock.fenced_writes_refused > 0, "{lock:?}");
+    assert_eq!(results.exit_code, 1);
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    assert!(
+        !page.contains("0 overlapped another"),
+        "the report shows the overlap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

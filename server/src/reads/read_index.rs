@@ -267,21 +267,26 @@ async fn round(raft: Raft, node_id: NodeId, waiters: Vec<Waiter>, lease: Arc<Lea
 /// Why a round failed, in words: which nodes answered, of which, and how many a quorum needs (per voter set
 /// during a joint membership change).
 pub fn quorum_shortfall(reached: &BTreeSet<NodeId>, voter_sets: &[BTreeSet<NodeId>]) -> String {
-    let list = |ids: &mut dyn Iterator<Item = &NodeId>| {
-        let ids: Vec<String> = ids.map(ToString::to_string).collect();
-        if ids.is_empty() {
-            "none".to_string()
-        } else {
-            ids.join(", ")
-        }
-    };
     let sets: Vec<String> = voter_sets
         .iter()
         .map(|voters| {
+            let answered: Vec<String> = voters
+                .iter()
+                .filter(|id| reached.contains(id))
+                .map(ToString::to_string)
+                .collect();
+            let answered = match answered.as_slice() {
+                [] => "none".to_string(),
+                [one] => format!("only node {one}"),
+                many => format!("nodes {}", many.join(", ")),
+            };
             format!(
-                "reached {} of voters {}, a quorum needs {}",
-                list(&mut voters.iter().filter(|id| reached.contains(id))),
-                list(&mut voters.iter()),
+                "reached {answered} of voters {}, a quorum needs {}",
+                voters
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 voters.len() / 2 + 1
             )
         })
@@ -447,7 +452,11 @@ mod tests {
         let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
         assert_eq!(
             quorum_shortfall(&set(&[1, 5]), &[set(&[1, 2, 3, 4, 5])]),
-            "reached 1, 5 of voters 1, 2, 3, 4, 5, a quorum needs 3 (this node may be cut off from the others; try another node)"
+            "reached nodes 1, 5 of voters 1, 2, 3, 4, 5, a quorum needs 3 (this node may be cut off from the others; try another node)"
+        );
+        assert_eq!(
+            quorum_shortfall(&set(&[2]), &[set(&[1, 2, 3])]),
+            "reached only node 2 of voters 1, 2, 3, a quorum needs 2 (this node may be cut off from the others; try another node)"
         );
         assert_eq!(
             quorum_shortfall(&set(&[]), &[set(&[1, 2, 3]), set(&[3, 4, 5])]),

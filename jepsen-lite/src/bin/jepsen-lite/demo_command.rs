@@ -1,5 +1,5 @@
-//! `jepsen-lite demo split-brain`: runs the guided partition of [`jepsen_lite::demo`] and prints its story.
-//! Exit 0 when every step went as Raft promises, 1 when one did not, 2 when the demo could not run.
+//! `jepsen-lite demo split-brain|clock`: runs a guided demonstration of [`jepsen_lite::demo`] and prints its
+//! story. Exit 0 when every step went as expected, 1 when one did not, 2 when the demo could not run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,9 @@ use jepsen_lite::demo::{self, DemoConfig};
 pub enum DemoCommand {
     /// Five nodes; the leader and one follower are cut off. Shows what each side can and cannot do, then heals
     SplitBrain(DemoArgs),
+    /// Three nodes; one runs with a slow clock (libfaketime), leads, and is cut off. Its lease read returns a
+    /// value the majority overwrote while a linearizable read refuses; with a true clock both refuse
+    Clock(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -25,7 +28,10 @@ pub struct DemoArgs {
 }
 
 pub async fn run(command: DemoCommand) -> anyhow::Result<ExitCode> {
-    let DemoCommand::SplitBrain(args) = command;
+    let (args, clock) = match command {
+        DemoCommand::SplitBrain(args) => (args, false),
+        DemoCommand::Clock(args) => (args, true),
+    };
     let server_binary = match args.server_bin {
         Some(path) => path,
         None => raftkv_testkit::server_binary()?,
@@ -35,13 +41,13 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot clear {}", args.data_dir.display()))?;
     }
     let mut stdout = std::io::stdout();
-    let passed = demo::split_brain(
-        DemoConfig {
-            server_binary,
-            data_root: args.data_dir,
-        },
-        &mut stdout,
-    )
-    .await?;
+    let config = DemoConfig {
+        server_binary,
+        data_root: args.data_dir,
+    };
+    let passed = match clock {
+        true => demo::clock::clock(config, &mut stdout).await?,
+        false => demo::split_brain(config, &mut stdout).await?,
+    };
     Ok(ExitCode::from(if passed { 0 } else { 1 }))
 }

@@ -17,7 +17,9 @@ use jepsen_lite::runner::{self, RunConfig};
 use jepsen_lite::workload::WorkloadKind;
 use raftkv_client::Consistency;
 
+/// A flag given twice takes its last value, so that scripts can append to a common set of flags.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct RunCommand {
     /// Nodes in the cluster (3 or 5 make sense; 1 to 9 work)
     #[arg(long, default_value_t = 3)]
@@ -41,6 +43,11 @@ pub struct RunCommand {
     /// concurrent transfers lose updates, which the bank check must flag)
     #[arg(long)]
     bank_blind_writes: bool,
+    /// Lock workload: a quarter of the holders stall past their lease's TTL right after taking the lock (as a
+    /// process pause would). Their holds overlap the next holder's, which the lock check must flag, while the
+    /// fencing token keeps the protected writes in order
+    #[arg(long)]
+    lock_holder_pause: bool,
     /// Consistency of the workload's reads: linearizable, lease or stale
     #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
     read_consistency: Consistency,
@@ -51,9 +58,12 @@ pub struct RunCommand {
     #[arg(long, value_parser = parse_duration_arg)]
     max_staleness: Option<Duration>,
     /// Faults, comma-separated: none, partition-halves, partition-leader, partition-ring, bridge, kill, pause,
-    /// latency, all
+    /// latency, clock, all (every one but clock)
     #[arg(long, default_value = "all")]
     nemesis: NemesisSet,
+    /// Clock nemesis: the rate of the skewed node's clock (0.25: one of its seconds lasts four real ones)
+    #[arg(long, default_value_t = jepsen_lite::clock::CLOCK_RATE_DEFAULT, value_parser = jepsen_lite::clock::parse_rate)]
+    clock_rate: f64,
     /// Length of each fault, and of the calm between faults
     #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
     nemesis_interval: Duration,
@@ -128,8 +138,10 @@ impl RunCommand {
             max_staleness: self.max_staleness,
             sessions: self.sessions,
             blind_transfers: self.bank_blind_writes,
+            lock_holder_pause: self.lock_holder_pause,
             nemesis: self.nemesis,
             nemesis_interval: self.nemesis_interval,
+            clock_rate: self.clock_rate,
             seed,
             out: self.out,
             server_binary,
