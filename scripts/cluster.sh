@@ -11,14 +11,18 @@
 #   scripts/cluster.sh pause ID        SIGSTOP node ID          resume ID    SIGCONT it
 #   scripts/cluster.sh partition 1,2/3 cut the links between groups (one-way: see `jepsen-lite net --help`)
 #   scripts/cluster.sh isolate ID      cut node ID off from every other node
+#   scripts/cluster.sh cut A B         cut both links between nodes A and B
+#   scripts/cluster.sh one-way A B     hold A's requests to B (B's replies still pass)
+#   scripts/cluster.sh slow A B DELAY  delay link A->B by DELAY each way (e.g. 200ms)
 #   scripts/cluster.sh heal            restore every link
+#   scripts/cluster.sh ui [--listen ADDR]  serve the playground page for this cluster (default 127.0.0.1:7080)
 #   scripts/cluster.sh logs ID [-f]    show (or follow) node ID's log
 #
 # Node i listens on 127.0.0.1:$((RAFTKV_BASE_PORT + i)) (default base 7000). The proxy for the link i->j
 # listens on BASE+100 + 10*i + j; its control port is BASE+99. Node i serves Prometheus metrics on
-# 127.0.0.1:BASE+200+i (/metrics). Processes are tracked by pid files in .cluster/, never by name. With
-# --tls, the proxies relay the TLS bytes unchanged (peers verify the name raftkv-node, not the proxy address
-# they dial).
+# 127.0.0.1:BASE+200+i (/metrics). Processes are tracked by pid files in .cluster/ (with the size and the base
+# port, which the playground reads), never by name. With --tls, the proxies relay the TLS bytes unchanged
+# (peers verify the name raftkv-node, not the proxy address they dial).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -103,6 +107,7 @@ cmd_up() {
   fi
   build
   echo "$n" >"$STATE/size"
+  echo "$BASE" >"$STATE/base"
   if [ "$tls" = yes ]; then
     # Reuse the certificates of an earlier `up --tls` of this size, so clients keep trusting the same CA.
     if ! tls_on || [ ! -f "$TLS_DIR/node$n.pem" ]; then
@@ -188,6 +193,20 @@ cmd_status() {
 
 net() { "$BIN/jepsen-lite" net "$@" --control "$CONTROL"; }
 
+cmd_ui() {
+  [ "$(node_count)" -gt 0 ] || die "no cluster here; 'scripts/cluster.sh up' first"
+  local listen=127.0.0.1:7080
+  if [ "${1:-}" = "--listen" ]; then
+    [ -n "${2:-}" ] || die "ui --listen takes an address, e.g. 127.0.0.1:7080"
+    listen=$2
+  elif [ -n "${1:-}" ]; then
+    die "ui takes only --listen ADDR"
+  fi
+  echo "the playground: http://$listen/ (Ctrl-C stops it; the cluster keeps running)"
+  if command -v xdg-open >/dev/null; then (sleep 1; xdg-open "http://$listen/" >/dev/null 2>&1 || true) & fi
+  exec "$BIN/jepsen-lite" ui --cluster-dir "$STATE" --listen "$listen"
+}
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
@@ -201,10 +220,16 @@ case "${1:-}" in
   resume) check_id "${2:-}"; alive "$STATE/node$2.pid" || die "node $2 is not running"; kill -CONT "$(cat "$STATE/node$2.pid")"; echo "node $2 resumed" ;;
   partition) [ -n "${2:-}" ] || die "partition takes groups, e.g. 1,2/3"; net partition "$2" ;;
   isolate) check_id "${2:-}"; net isolate "$2" ;;
+  cut) check_id "${2:-}"; check_id "${3:-}"; net cut "$2" "$3" ;;
+  one-way) check_id "${2:-}"; check_id "${3:-}"; net one-way "$2" "$3" ;;
+  slow)
+    check_id "${2:-}"; check_id "${3:-}"; [ -n "${4:-}" ] || die "slow takes A B DELAY, e.g. 1 2 200ms"
+    net delay "$4" --link "$2-$3" ;;
   heal) net heal ;;
+  ui) shift; cmd_ui "$@" ;;
   logs)
     check_id "${2:-}"
     if [ "${3:-}" = "-f" ]; then tail -f "$STATE/node$2.log"; else tail -n 100 "$STATE/node$2.log"; fi ;;
-  ""|-h|--help|help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help|help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1'; see 'scripts/cluster.sh help'" ;;
 esac

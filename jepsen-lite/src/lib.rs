@@ -13,4 +13,5 @@ pub mod observer;
 pub mod recorder;
 pub mod report;
 pub mod runner;
+pub mod ui;
 pub mod workload;

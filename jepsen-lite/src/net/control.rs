@@ -1,6 +1,6 @@
 //! The control protocol of a long-lived mesh (`jepsen-lite net serve`): its commands, its server and its
 //! client. One request per TCP connection: the client sends one line of text, the same words as the CLI
-//! (`partition 1,2/3`, `isolate 2`, `heal`, `ring`, `bridge`, `one-way 1 2`, `delay 50ms [1-2]`, `reset 1 2`,
+//! (`partition 1,2/3`, `isolate 2`, `heal`, `ring`, `bridge`, `cut 1 2`, `one-way 1 2`, `delay 50ms [1-2]`, `reset 1 2`,
 //! `member 2 8e9e05c52164694d`, `status`), and the server answers with one line of JSON, `{"ok":true,"error":null,"links":[...]}` (every
 //! link after the command) or `{"ok":false,"error":"...","links":[]}`, then closes. Plain text in, JSON out:
 //! `echo status | nc 127.0.0.1 PORT` works by hand, and programs get typed answers.
@@ -52,6 +52,8 @@ pub enum Command {
     Ring,
     /// Two halves joined by one bridge node.
     Bridge,
+    /// Nodes `a` and `b` cannot reach each other: both links between them cut.
+    Cut { a: u64, b: u64 },
     /// Link `from`->`to` holds bytes toward `to`; replies still flow.
     OneWay { from: u64, to: u64 },
     /// Link `from`->`to` resets its connections and every new one.
@@ -86,6 +88,10 @@ impl Command {
                 Ok(Command::Partition(parse_groups(&groups.concat())?))
             }
             ["isolate", id] => Ok(Command::Isolate(node(id)?)),
+            ["cut", a, b] => Ok(Command::Cut {
+                a: node(a)?,
+                b: node(b)?,
+            }),
             ["one-way", from, to] => Ok(Command::OneWay {
                 from: node(from)?,
                 to: node(to)?,
@@ -108,10 +114,12 @@ impl Command {
             }),
             [] => Err(invalid("the request is empty")),
             [verb, ..] => match *verb {
-                "status" | "heal" | "ring" | "bridge" | "partition" | "isolate" | "one-way"
-                | "reset" | "delay" | "member" => Err(invalid("wrong number of arguments")),
+                "status" | "heal" | "ring" | "bridge" | "partition" | "isolate" | "cut"
+                | "one-way" | "reset" | "delay" | "member" => {
+                    Err(invalid("wrong number of arguments"))
+                }
                 _ => Err(invalid(
-                    "unknown command; expected status, heal, partition, isolate, ring, bridge, one-way, reset, delay or member",
+                    "unknown command; expected status, heal, partition, isolate, ring, bridge, cut, one-way, reset, delay or member",
                 )),
             },
         }
@@ -129,6 +137,10 @@ impl Command {
             Command::Isolate(id) => mesh.isolate(*id),
             Command::Ring => mesh.ring(),
             Command::Bridge => mesh.bridge(),
+            Command::Cut { a, b } => {
+                mesh.set_link(*a, *b, LinkState::Cut)?;
+                mesh.set_link(*b, *a, LinkState::Cut)
+            }
             Command::OneWay { from, to } => mesh.one_way(*from, *to),
             Command::Reset { from, to } => mesh.set_link(*from, *to, LinkState::Reset),
             Command::Delay {
@@ -166,6 +178,7 @@ impl fmt::Display for Command {
                 write!(f, "partition {}", groups.join("/"))
             }
             Command::Isolate(id) => write!(f, "isolate {id}"),
+            Command::Cut { a, b } => write!(f, "cut {a} {b}"),
             Command::OneWay { from, to } => write!(f, "one-way {from} {to}"),
             Command::Reset { from, to } => write!(f, "reset {from} {to}"),
             Command::Delay { delay, link } => {
@@ -354,6 +367,7 @@ mod tests {
             Command::Bridge,
             Command::Partition(vec![vec![1, 2], vec![3, 4, 5]]),
             Command::Isolate(2),
+            Command::Cut { a: 1, b: 3 },
             Command::OneWay { from: 1, to: 2 },
             Command::Reset { from: 3, to: 1 },
             Command::Delay {
@@ -382,6 +396,7 @@ mod tests {
             ("isolate", "wrong number of arguments"),
             ("isolate two", "\"two\" is not a node id"),
             ("one-way 1", "wrong number of arguments"),
+            ("cut 1", "wrong number of arguments"),
             ("partition 1,2,3", "at least two groups"),
             ("delay 50", "invalid duration"),
             ("delay 50ms 1", "invalid link"),

@@ -1,13 +1,15 @@
 //! The `jepsen-lite` binary. `main` parses the command line, runs one subcommand family and turns an error into
 //! one line on stderr and exit code 2 (the harness itself failed). Each family lives in its own module and owns
 //! its arguments: `run_command` for `jepsen-lite run`, `check_command` for `jepsen-lite check`, `net_command` for
-//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`, `certs_command` for `jepsen-lite certs`.
+//! `jepsen-lite net ...`, `demo_command` for `jepsen-lite demo ...`, `certs_command` for `jepsen-lite certs`, `ui_command` for
+//! `jepsen-lite ui`.
 
 mod certs_command;
 mod check_command;
 mod demo_command;
 mod net_command;
 mod run_command;
+mod ui_command;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -41,6 +43,8 @@ enum Command {
     Check(check_command::CheckCommand),
     /// Write a throwaway CA and node and client certificates for a local TLS cluster
     Certs(certs_command::CertsCommand),
+    /// Serve the playground: a live page of a local cluster to watch it, break it, read and write
+    Ui(ui_command::UiCommand),
 }
 
 fn main() -> ExitCode {
@@ -96,5 +100,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs_command::run(command),
         Command::Run(command) => runtime.block_on(run_command::run(command)),
         Command::Demo(command) => runtime.block_on(demo_command::run(command)),
+        Command::Ui(command) => runtime.block_on(ui_command::run(command)),
     }
 }

@@ -58,6 +58,13 @@ pub enum NetCommand {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Cut both links between nodes A and B: they cannot reach each other, everyone else can
+    Cut {
+        a: u64,
+        b: u64,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Hold bytes from FROM toward TO on link FROM->TO; replies still flow
     OneWay {
         from: u64,
@@ -151,6 +158,7 @@ pub async fn run(command: NetCommand) -> anyhow::Result<ExitCode> {
         NetCommand::Heal { control } => (Command::Heal, control),
         NetCommand::Ring { control } => (Command::Ring, control),
         NetCommand::Bridge { control } => (Command::Bridge, control),
+        NetCommand::Cut { a, b, control } => (Command::Cut { a, b }, control),
         NetCommand::OneWay { from, to, control } => (Command::OneWay { from, to }, control),
         NetCommand::Reset { from, to, control } => (Command::Reset { from, to }, control),
         NetCommand::Delay {

@@ -1,0 +1,313 @@
+//! The playground in a real browser: `jepsen-lite ui --nodes 3` (a real process with its own three nodes) driven
+//! by Debian's headless chromium through the DevTools protocol. The page must show three nodes and one leader;
+//! a click on "isolate" under the leader must lead to a new leader in a higher term on the majority, with the old
+//! one shown cut off; a stale read on the isolated node must answer with how stale it may be; a click on "heal"
+//! must bring back one leader that every node follows. Also: requests addressed to another host, or sent from
+//! another site's page, are refused over real HTTP.
+//!
+//! With `RAFTKV_UI_SCREENSHOT=PATH`, the page is saved as a PNG while the leader is cut off (the README's
+//! picture: `RAFTKV_UI_SCREENSHOT=docs/playground.png cargo test -p jepsen-lite --test it ui::`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::ScreenshotParams;
+use chromiumoxide::Page;
+use futures::StreamExt as _;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where Debian and others put the browser.
+const CHROMIUM_CANDIDATES: [&str; 3] = [
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+];
+/// Longest the playground may take to start its cluster and print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the page may take to show what a step expects (elections at the fast timing take about a second;
+/// the page is updated every few hundred milliseconds).
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+/// Pause between two looks at the page.
+const PAGE_POLL: Duration = Duration::from_millis(200);
+/// Longest the playground may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `jepsen-lite ui`, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Playground {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Playground {
+    async fn start() -> Playground {
+        let dir = TempDir::new().unwrap();
+        let port = raftkv_testkit::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jepsen-lite"))
+            .args(["ui", "--nodes", "3", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("cluster"))
+            .env(
+                "RAFTKV_SERVER_BIN",
+                raftkv_testkit::server_binary().expect("raftkv-server binary"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start jepsen-lite ui");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .expect("the playground printed its address in time")
+            .unwrap()
+            .expect("the playground printed a line");
+        let url = line
+            .strip_prefix("playground: ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        assert_eq!(url, format!("http://127.0.0.1:{port}/"));
+        Playground {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let exited = tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await;
+        assert!(
+            matches!(exited, Ok(Ok(status)) if status.success()),
+            "the playground did not stop cleanly: {exited:?}"
+        );
+    }
+}
+
+/// Sends a raw HTTP request and returns the status line.
+async fn http_status(url: &str, request: &str) -> String {
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn chromium() -> PathBuf {
+    CHROMIUM_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+        .expect("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+}
+
+/// What the page shows, read by a script in the page.
+async fn look(page: &Page) -> Value {
+    let script = r#"(() => {
+        const nodes = [...document.querySelectorAll('.node')].map((card) => ({
+            id: Number(card.dataset.node), role: card.dataset.role, term: Number(card.dataset.term),
+            health: card.dataset.health, cutOff: card.dataset.cutOff === 'true' }));
+        const answer = document.getElementById('answer');
+        return { nodes, answer: answer.textContent, answerOk: answer.dataset.ok || null,
+                 command: document.getElementById('command').textContent,
+                 events: document.getElementById('events').textContent };
+    })()"#;
+    page.evaluate(script)
+        .await
+        .expect("the page runs the script")
+        .into_value()
+        .expect("the script returns JSON")
+}
+
+/// Looks at the page until `check` accepts what it shows; panics with the last look after `PAGE_WAIT`.
+async fn wait_for(page: &Page, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let seen = look(page).await;
+        if check(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not show {what} within {PAGE_WAIT:?}; it shows {seen:#}"
+        );
+        tokio::time::sleep(PAGE_POLL).await;
+    }
+}
+
+fn serving_leaders(seen: &Value) -> Vec<(u64, u64)> {
+    seen["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["role"] == "leader" && node["health"] == "serving")
+        .map(|node| (node["id"].as_u64().unwrap(), node["term"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_browser() {
+    let playground = Playground::start().await;
+
+    // Only requests addressed to the playground itself are answered.
+    let own = http_status(
+        &playground.url,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            playground
+                .url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+        ),
+    )
+    .await;
+    assert!(own.contains(" 200 "), "{own}");
+    let rebound = http_status(
+        &playground.url,
+        "GET / HTTP/1.1\r\nHost: rebound.example:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(rebound.contains(" 403 "), "{rebound}");
+    let cross_site = http_status(
+        &playground.url,
+        &format!(
+            "POST /api/action HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{{\"action\":\"heal\"}}",
+            playground.url.trim_start_matches("http://").trim_end_matches('/')
+        ),
+    )
+    .await;
+    assert!(cross_site.contains(" 403 "), "{cross_site}");
+
+    let profile = TempDir::new().unwrap();
+    let config = BrowserConfig::builder()
+        .chrome_executable(chromium())
+        .no_sandbox()
+        .user_data_dir(profile.path())
+        .window_size(1400, 1100)
+        .viewport(None)
+        .build()
+        .expect("a browser configuration");
+    let (mut browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let page = browser
+        .new_page(playground.url.as_str())
+        .await
+        .expect("the page opens");
+
+    let seen = wait_for(&page, "three nodes and one leader", |seen| {
+        seen["nodes"].as_array().unwrap().len() == 3 && serving_leaders(seen).len() == 1
+    })
+    .await;
+    let (old_leader, old_term) = serving_leaders(&seen)[0];
+
+    page.find_element(format!(
+        "button[data-action='isolate'][data-node='{old_leader}']"
+    ))
+    .await
+    .expect("an isolate button under the leader")
+    .click()
+    .await
+    .expect("the click lands");
+    let seen = wait_for(
+        &page,
+        "a new leader in a higher term and the old one cut off",
+        |seen| {
+            let new_leader = serving_leaders(seen)
+                .into_iter()
+                .any(|(id, term)| id != old_leader && term > old_term);
+            let old_cut_off = seen["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|node| node["id"] == old_leader && node["cutOff"] == true);
+            new_leader && old_cut_off
+        },
+    )
+    .await;
+    assert!(
+        seen["command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("isolate {old_leader}")),
+        "{seen:#}"
+    );
+
+    // A stale read on the isolated node, through the form.
+    page.evaluate(format!(
+        "(() => {{ document.getElementById('kv-op').value = 'get'; document.getElementById('kv-node').value = '{old_leader}'; document.getElementById('kv-consistency').value = 'stale'; }})()"
+    ))
+    .await
+    .expect("the form is filled");
+    page.find_element("#kv-run")
+        .await
+        .expect("the run button")
+        .click()
+        .await
+        .expect("the click lands");
+    let seen = wait_for(&page, "the stale read's answer", |seen| {
+        seen["answerOk"] == "true"
+    })
+    .await;
+    let answer = seen["answer"].as_str().unwrap();
+    assert!(
+        answer.contains(&format!("served by node {old_leader}")) && answer.contains("may be stale"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("since it heard from a leader")
+            || answer.contains("has not heard from a leader"),
+        "{answer}"
+    );
+    let command = seen["command"].as_str().unwrap();
+    assert!(command.contains("--consistency stale"), "{command}");
+    if let Some(path) = std::env::var_os("RAFTKV_UI_SCREENSHOT") {
+        let png = page
+            .screenshot(ScreenshotParams::builder().full_page(true).build())
+            .await
+            .expect("a screenshot");
+        std::fs::write(&path, png).expect("the screenshot is written");
+    }
+
+    page.find_element("#heal")
+        .await
+        .expect("the heal button")
+        .click()
+        .await
+        .expect("the click lands");
+    wait_for(&page, "one leader that every node follows", |seen| {
+        let leaders = serving_leaders(seen);
+        let nodes = seen["nodes"].as_array().unwrap();
+        leaders.len() == 1
+            && nodes
+                .iter()
+                .all(|node| node["health"] == "serving" && node["cutOff"] == false)
+            && nodes
+                .iter()
+                .all(|node| node["term"].as_u64() == Some(leaders[0].1))
+    })
+    .await;
+
+    browser.close().await.expect("chromium closes");
+    let _ = browser.wait().await;
+    events.abort();
+    playground.stop().await;
+}
