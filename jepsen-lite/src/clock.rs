@@ -110,11 +110,11 @@ pub async fn restart_at_rate(
         Some(rate) => skewed_env(&libfaketime()?, rate),
         None => Vec::new(),
     };
-    if cluster.is_up(id) {
-        cluster
-            .terminate(id, RESTART_EXIT_TIMEOUT)
-            .await
-            .with_context(|| format!("cannot stop node {id} to change its clock"))?;
+    if cluster.pid(id).is_some() {
+        // A node that does not exit in time is SIGKILLed by `terminate`: stopped either way.
+        if let Err(error) = cluster.terminate(id, RESTART_EXIT_TIMEOUT).await {
+            tracing::warn!(node = id, error = %format!("{error:#}"), "restarting onto another clock");
+        }
     }
     cluster.set_env(id, env)?;
     cluster

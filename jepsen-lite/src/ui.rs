@@ -15,6 +15,7 @@ pub mod dashboard;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::{Request, State};
@@ -24,6 +25,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::future::IntoFuture as _;
 use tokio::sync::watch;
 
 use backend::Backend;
@@ -31,12 +33,17 @@ use dashboard::Dashboard;
 
 /// The page.
 const PAGE: &str = include_str!("ui/page.html");
+/// How long connections may take to finish once the playground stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest request body an action may have.
 pub const ACTION_BODY_BYTES_MAX: usize = 16 * 1024;
 
 struct Shared {
     backend: Arc<Backend>,
     dashboard: Arc<Dashboard>,
+    /// Set when the playground stops: ends every event stream, so that the server's graceful shutdown does not
+    /// wait on pages left open.
+    stop: watch::Receiver<bool>,
     /// The `Host` values this server answers to (`127.0.0.1:7080`, `localhost:7080`).
     hosts: Vec<String>,
 }
@@ -91,10 +98,17 @@ async fn events(
     State(shared): State<Arc<Shared>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let receiver = shared.dashboard.subscribe();
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.changed().await.ok()?;
+    let stop = shared.stop.clone();
+    let stream = futures::stream::unfold((receiver, stop), |(mut receiver, mut stop)| async move {
+        tokio::select! {
+            changed = receiver.changed() => changed.ok()?,
+            _ = stop.wait_for(|stopped| *stopped) => return None,
+        }
         let json = receiver.borrow_and_update().clone();
-        Some((Ok(Event::default().event("snapshot").data(json)), receiver))
+        Some((
+            Ok(Event::default().event("snapshot").data(json)),
+            (receiver, stop),
+        ))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -152,6 +166,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         backend,
         dashboard,
+        stop: stop.clone(),
         hosts: allowed_hosts(addr),
     });
     let app = Router::new()
@@ -160,15 +175,24 @@ pub async fn serve(
         .route("/api/action", post(action))
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
         .with_state(shared);
-    let served = axum::serve(listener, app)
+    let mut stopped = stop.clone();
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
-        .await;
+        .into_future();
+    // Once stopping, connections get `SHUTDOWN_GRACE` to finish (event streams end at once).
+    let served = tokio::select! {
+        served = server => served.context("the playground's web server failed"),
+        () = async {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    };
     let _ = halt.send(true);
     let _ = poller.await;
     let _ = probe.await;
-    served.context("the playground's web server failed")
+    served
 }
 
 #[cfg(test)]

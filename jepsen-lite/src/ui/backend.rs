@@ -3,7 +3,8 @@
 //! its state folder (`.cluster/`: the size, each process's pid file, the base port; the mesh's control port is
 //! the base port + 99). Both answer the same questions (which nodes, which processes run, which links pass)
 //! and take the same actions (kill, restart, pause, resume, network commands), each bounded by a deadline.
-//! Every action has the `scripts/cluster.sh` line that does the same by hand.
+//! Every action has the `scripts/cluster.sh` line that does the same by hand (for the playground's own
+//! cluster, the line that does it to a `scripts/cluster.sh` cluster).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,8 @@ enum Inner {
 
 /// A `scripts/cluster.sh` cluster, reached through its state folder.
 struct Attached {
+    /// Held while `scripts/cluster.sh` runs: two restarts of one node at once would both start a process.
+    running: Mutex<()>,
     dir: PathBuf,
     script: PathBuf,
     base_port: u16,
@@ -149,10 +152,21 @@ impl Backend {
             .collect();
         Ok(Backend {
             inner: Inner::Attached(Attached {
+                running: Mutex::new(()),
                 dir: root,
                 script,
                 base_port,
-                control: format!("127.0.0.1:{}", base_port + CONTROL_PORT_OFFSET),
+                control: format!(
+                    "127.0.0.1:{}",
+                    base_port
+                        .checked_add(CONTROL_PORT_OFFSET)
+                        .with_context(|| {
+                            format!(
+                                "{} holds a base port too high for the control port",
+                                dir.display()
+                            )
+                        })?
+                ),
             }),
             nodes,
             tls,
@@ -298,10 +312,13 @@ fn own_state(cluster: &Cluster, id: u64) -> ProcessState {
 impl Attached {
     /// Runs `scripts/cluster.sh ARGS` for this cluster; its error output is the error.
     async fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let _one_at_a_time = self.running.lock().await;
         let output = tokio::process::Command::new("bash")
             .arg(&self.script)
             .args(args)
             .env("RAFTKV_BASE_PORT", self.base_port.to_string())
+            // Its own process group: a node it restarts must not get the Ctrl-C meant for the playground.
+            .process_group(0)
             .kill_on_drop(true)
             .output()
             .await

@@ -27,6 +27,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PROBE_SECONDS_KEPT: usize = 120;
 /// Events kept on the timeline.
 pub const EVENTS_KEPT: usize = 200;
+/// Fault spans kept (and shaded).
+pub const FAULT_SPANS_KEPT: usize = 100;
 /// The key the probe writes.
 pub const PROBE_KEY: &str = "playground/probe";
 /// Milliseconds without word from a leader (on a follower) or from a quorum (on a leader) after which the node
@@ -278,10 +280,15 @@ impl State {
                 .any(|node| node.process != ProcessState::Running);
         let open = self.faults.last().is_some_and(|span| span.end_ms.is_none());
         match (faulty, open) {
-            (true, false) => self.faults.push(FaultSpan {
-                start_ms: now_ms,
-                end_ms: None,
-            }),
+            (true, false) => {
+                self.faults.push(FaultSpan {
+                    start_ms: now_ms,
+                    end_ms: None,
+                });
+                if self.faults.len() > FAULT_SPANS_KEPT {
+                    self.faults.remove(0);
+                }
+            }
             (false, true) => {
                 if let Some(span) = self.faults.last_mut() {
                     span.end_ms = Some(now_ms);

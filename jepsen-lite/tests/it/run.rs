@@ -341,7 +341,7 @@ async fn a_slow_clock_on_the_leader_breaks_lease_reads_but_not_linearizable_ones
     assert_eq!(window.fault, "clock");
     let described = &results.availability.windows[0].description;
     assert!(
-        described.contains("x0.25") && described.contains("leading"),
+        described.contains("x0.25") && described.contains("leading in term"),
         "{described:?}"
     );
     let linearizable = results.checks.linearizable.as_ref().unwrap();
@@ -464,7 +464,10 @@ async fn lock_holds_never_overlap_and_fenced_writes_keep_order_under_faults() {
         page.contains("Lock: the holds over time"),
         "the report draws the holds"
     );
-    assert!(page.contains("0 overlapped another"), "no hold overlapped");
+    assert!(
+        page.contains("holds; 0 overlapped another"),
+        "no hold overlapped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

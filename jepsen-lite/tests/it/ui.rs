@@ -219,14 +219,16 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
     .await;
     let (old_leader, old_term) = serving_leaders(&seen)[0];
 
-    page.find_element(format!(
-        "button[data-action='isolate'][data-node='{old_leader}']"
-    ))
-    .await
-    .expect("an isolate button under the leader")
-    .click()
-    .await
-    .expect("the click lands");
+    // The node cards are drawn anew with every update, so the button is found and clicked in one go.
+    let clicked: bool = page
+        .evaluate(format!(
+            "(() => {{ const b = document.querySelector(\"button[data-action='isolate'][data-node='{old_leader}']\"); if (b) b.click(); return !!b; }})()"
+        ))
+        .await
+        .expect("the page runs the script")
+        .into_value()
+        .expect("a boolean");
+    assert!(clicked, "no isolate button under node {old_leader}");
     let seen = wait_for(
         &page,
         "a new leader in a higher term and the old one cut off",
@@ -264,9 +266,10 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
         .await
         .expect("the click lands");
     let seen = wait_for(&page, "the stale read's answer", |seen| {
-        seen["answerOk"] == "true"
+        !seen["answerOk"].is_null()
     })
     .await;
+    assert_eq!(seen["answerOk"], "true", "{seen:#}");
     let answer = seen["answer"].as_str().unwrap();
     assert!(
         answer.contains(&format!("served by node {old_leader}")) && answer.contains("may be stale"),
@@ -306,8 +309,9 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
     })
     .await;
 
+    // Stopped with the page still open (its event stream too): the playground must not wait on it.
+    playground.stop().await;
     browser.close().await.expect("chromium closes");
     let _ = browser.wait().await;
     events.abort();
-    playground.stop().await;
 }

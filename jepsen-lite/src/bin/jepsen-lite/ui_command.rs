@@ -37,6 +37,12 @@ pub struct UiCommand {
 
 pub async fn run(command: UiCommand) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    anyhow::ensure!(
+        !command.listen.ip().is_unspecified(),
+        "--listen {} names no address the page can be reached by (the playground answers only requests addressed to the address it listens on); give one, e.g. 127.0.0.1:{}",
+        command.listen,
+        command.listen.port()
+    );
     let listener = tokio::net::TcpListener::bind(command.listen)
         .await
         .with_context(|| {
