@@ -304,6 +304,7 @@ impl Node {
                 )
                 .instrument(span.clone()),
         );
+        let (draining, draining_signal) = watch::channel(false);
         let api = Api {
             node_id: config.id,
             address: config.advertise.clone(),
@@ -317,6 +318,7 @@ impl Node {
             peers: peers.clone(),
             timing,
             lessor,
+            draining: draining_signal.clone(),
         };
         let etcd = EtcdApi {
             api: api.clone(),
@@ -328,7 +330,6 @@ impl Node {
             progress_notify_interval: config.watch_progress_notify_interval,
             max_request_bytes: config.max_request_bytes,
         };
-        let (draining, draining_signal) = watch::channel(false);
         let peer = PeerService {
             node_id: config.id,
             cluster_id: config.cluster_id.clone(),

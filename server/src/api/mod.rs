@@ -117,6 +117,38 @@ pub struct Api {
     pub timing: ElectionTiming,
     /// The leader's lease deadlines.
     pub lessor: Arc<Lessor>,
+    /// Set when the node starts to shut down: long-lived response streams end (`until_draining`).
+    pub draining: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What a long-lived stream ends with when its node shuts down: clients resume elsewhere, as after any
+/// unavailable node.
+pub const DRAINING_MESSAGE: &str = "the node is shutting down; resume on another node";
+
+/// `stream`, ended with `Unavailable` (`DRAINING_MESSAGE`) as soon as the node starts to shut down. A watch or
+/// a keep-alive stream otherwise lasts as long as its client wants, and the shutdown's drain would wait for it
+/// until `DRAIN_TIMEOUT` and then drop the server.
+pub fn until_draining<T: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    draining: tokio::sync::watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>> {
+    use futures::StreamExt as _;
+    let stream = Box::pin(stream);
+    Box::pin(futures::stream::unfold(
+        Some((stream, draining)),
+        |state| async move {
+            let (mut stream, mut draining) = state?;
+            // `None`: the node started to shut down.
+            let next = tokio::select! {
+                item = stream.next() => Some(item),
+                Ok(_) = draining.wait_for(|draining| *draining) => None,
+            };
+            match next {
+                Some(item) => item.map(|item| (item, Some((stream, draining)))),
+                None => Some((Err(Status::unavailable(DRAINING_MESSAGE)), None)),
+            }
+        },
+    ))
 }
 
 fn session(session: Option<kv::Session>) -> Option<SessionRef> {

@@ -133,7 +133,10 @@ impl Api {
             }
         });
         Ok((
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+            super::until_draining(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+                self.draining.clone(),
+            ),
             first,
         ))
     }

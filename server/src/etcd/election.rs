@@ -175,8 +175,9 @@ impl pb::election_server::Election for EtcdApi {
                 let _ = responses.send(Err(status)).await;
             }
         });
-        Ok(GrpcResponse::new(Box::pin(
+        Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(stream),
+            self.api.draining.clone(),
         )))
     }
 

@@ -137,8 +137,9 @@ impl pb::lease_server::Lease for EtcdApi {
                 }
             }
         });
-        Ok(GrpcResponse::new(Box::pin(
+        Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(stream),
+            self.api.draining.clone(),
         )))
     }
 

@@ -306,8 +306,9 @@ impl pb::watch_server::Watch for EtcdApi {
                 watch.abort();
             }
         });
-        Ok(GrpcResponse::new(Box::pin(
+        Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
+            self.api.draining.clone(),
         )))
     }
 }

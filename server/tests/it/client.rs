@@ -181,6 +181,54 @@ async fn a_watch_resumes_on_another_node_when_its_node_dies() {
     assert!(seen.windows(2).all(|pair| pair[0].1 < pair[1].1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_watches_at_once_and_they_resume_elsewhere() {
+    // A node's open watch streams must not hold up its shutdown: SIGTERM ends them at once (`Unavailable`),
+    // the node exits well within the drain bound, and the watcher resumes on another node, missing nothing.
+    use raftkv_client::WatchOptions;
+    // Below the server's drain bound (`DRAIN_TIMEOUT`, 6 s): a shutdown that waited on the watch would not
+    // make it.
+    const EXIT_BOUND: Duration = Duration::from_secs(4);
+    const BEFORE: usize = 5;
+    const AFTER: usize = 5;
+
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let watcher = client_starting_at(&cluster, victim);
+    let writer = cluster.client();
+    let options = WatchOptions {
+        range_end: raftkv_client::txn::prefix_end(b"drain/"),
+        ..WatchOptions::default()
+    };
+    let mut watch = watcher.watch("drain/", &options).await.expect("watch");
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    for index in 0..BEFORE {
+        writer
+            .put(format!("drain/{index:02}"), "x")
+            .await
+            .expect("put");
+    }
+    collect_changes(&mut watch, &mut seen, BEFORE).await;
+    let status = cluster.terminate(victim, EXIT_BOUND).await;
+    assert!(status.success(), "node {victim} exited with {status:?}");
+    for index in BEFORE..BEFORE + AFTER {
+        writer
+            .put(format!("drain/{index:02}"), "x")
+            .await
+            .expect("put");
+    }
+    collect_changes(&mut watch, &mut seen, BEFORE + AFTER).await;
+    let keys: Vec<String> = seen.iter().map(|(key, _)| key.clone()).collect();
+    let expected: Vec<String> = (0..BEFORE + AFTER)
+        .map(|index| format!("drain/{index:02}"))
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "every change once, in order, across the stop"
+    );
+}
+
 /// Reads `watch` until `seen` holds `until` changes (key, revision), at most `WAIT_MAX`.
 async fn collect_changes(
     watch: &mut raftkv_client::Watch,
