@@ -184,6 +184,16 @@ pub fn render_html(history: &History, results: &Value) -> anyhow::Result<String>
         page.push_str(&html::legend(&[("fault window", fault_swatch())]));
         figure(&mut page, &chart);
     }
+    if let Some((chart, watchers)) = charts::watch_lag_chart(history, &axis, &windows)? {
+        page.push_str("<h2>Watch: how far behind each watcher was</h2>\n");
+        let mut legend: Vec<(&str, String)> = watchers
+            .iter()
+            .map(|(name, color)| (name.as_str(), charts::hex(*color)))
+            .collect();
+        legend.push(("fault window", fault_swatch()));
+        page.push_str(&html::legend(&legend));
+        figure(&mut page, &chart);
+    }
     if let Some(chart) = charts::bank_total_chart(history, &axis, &windows)? {
         page.push_str("<h2>Bank: the total over time</h2>\n");
         page.push_str(&html::legend(&[("fault window", fault_swatch())]));

@@ -551,10 +551,12 @@ async fn start_watchers(shared: &Arc<Shared>, cluster: &Cluster) -> Vec<RunningW
         let (stop, mut stopped) = watch::channel(false);
         let through = Arc::new(AtomicU64::new(watcher.through()));
         let seen = Arc::clone(&through);
+        let recorder = Arc::clone(&shared.recorder);
         let task = tokio::spawn(async move {
+            let now = || recorder.elapsed().as_nanos() as u64;
             loop {
                 tokio::select! {
-                    going = watcher.take() => {
+                    going = watcher.take(now) => {
                         seen.store(watcher.through(), Ordering::Relaxed);
                         if !going {
                             return watcher;

@@ -740,7 +740,8 @@ pub struct Watcher {
     watch: raftkv_client::Watch,
     /// The first revision the watch reports.
     pub from: u64,
-    /// `[key, value, revision]` per event, in the order seen.
+    /// `[key, value, revision, seen]` per event, in the order seen; `seen` is when the watcher got it, in
+    /// nanoseconds of the history's clock.
     pub events: Vec<Value>,
     /// Why it stopped early, if it did.
     pub ended: Option<String>,
@@ -766,13 +767,15 @@ impl Watcher {
         self.watch.next_revision().saturating_sub(1)
     }
 
-    /// Takes the next batch of events (waits for it); false once the watch has ended.
-    pub async fn take(&mut self) -> bool {
+    /// Takes the next batch of events (waits for it), stamping them with `now()` (the history's clock) when they
+    /// arrive; false once the watch has ended.
+    pub async fn take(&mut self, now: impl Fn() -> u64) -> bool {
         if self.ended.is_some() {
             return false;
         }
         match self.watch.next().await {
             Ok(Some(response)) => {
+                let seen = now();
                 for event in response.events {
                     let Some(kv) = event.kv else { continue };
                     let key = String::from_utf8_lossy(&kv.key)
@@ -781,7 +784,8 @@ impl Watcher {
                     self.events.push(serde_json::json!([
                         key,
                         register_value(&kv.value),
-                        kv.mod_revision
+                        kv.mod_revision,
+                        seen
                     ]));
                 }
                 if self.events.len() > WATCH_EVENTS_RECORDED_MAX {

@@ -2,7 +2,8 @@
 //!
 //! The watch workload's clients `write` unique values on a few keys (an `ok` write carries its `revision`); each
 //! watcher is one `watch` operation of key `watch` whose `ok` value is `{"from", "through", "events"}`, the
-//! events as `[key, value, revision]` in the order the watcher got them. The rules, per watcher:
+//! events as `[key, value, revision]` in the order the watcher got them (the workload adds a fourth element,
+//! when it got each, which the report draws as lag and the rules here ignore). The rules, per watcher:
 //!
 //! - **Order**: revisions never go down, and no (key, revision) comes twice (no duplicate across resumes).
 //! - **Gap**: every `ok` write with a revision in `[from, through]` is among the events.
@@ -116,13 +117,18 @@ fn events_of(operation: &Operation) -> Result<(u64, u64, Vec<Seen>), CheckError>
         .ok_or_else(|| bad(operation, "a watch's value needs an `events` array"))?
         .iter()
         .map(|event| match event.as_array().map(Vec::as_slice) {
-            Some([key, value, revision]) => {
+            Some([key, value, revision] | [key, value, revision, _]) => {
                 Some((key.as_str()?.to_string(), value.clone(), revision.as_u64()?))
             }
             _ => None,
         })
         .collect::<Option<Vec<Seen>>>()
-        .ok_or_else(|| bad(operation, "each event must be [key, value, revision]"))?;
+        .ok_or_else(|| {
+            bad(
+                operation,
+                "each event must be [key, value, revision] or [key, value, revision, seen]",
+            )
+        })?;
     Ok((from, through, events))
 }
 

@@ -760,6 +760,122 @@ pub fn thin_evenly<T: Clone>(points: &[T], keep: usize) -> Vec<T> {
         .collect()
 }
 
+/// A chart's legend: each series' name and colour.
+pub type Legend = Vec<(String, RGBColor)>;
+
+/// Points drawn per watcher in the watch lag chart at most (thinned evenly beyond).
+pub const WATCH_LAG_POINTS_MAX: usize = 4_000;
+/// One colour per watcher, in the order of their nodes (repeated beyond).
+pub const WATCHER_COLORS: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// For the watch workload: each watcher's lag, the time from a write's acknowledgement to the watcher getting
+/// its event, by when the watcher got it, one colour per watcher (an event that arrived before its writer saw
+/// the acknowledgement counts as 0). `None` without events carrying the time they were seen.
+pub fn watch_lag_chart(
+    history: &History,
+    axis: &TimeAxis,
+    windows: &[FaultWindow],
+) -> anyhow::Result<Option<(Chart, Legend)>> {
+    use std::collections::HashMap;
+    let acknowledged: HashMap<(&str, u64), u64> = history
+        .operations
+        .iter()
+        .filter(|op| op.f == Function::Write && op.status == Status::Ok)
+        .filter_map(|op| {
+            let revision = op.extra.get("revision")?.as_u64()?;
+            Some(((op.key.as_str(), revision), op.complete_time?))
+        })
+        .collect();
+    let mut watchers: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for op in history
+        .operations
+        .iter()
+        .filter(|op| op.f == Function::Watch && op.status == Status::Ok)
+    {
+        let node = op
+            .input
+            .get("node")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let events = op
+            .output
+            .as_ref()
+            .and_then(|output| output.get("events"))
+            .and_then(serde_json::Value::as_array);
+        let points: Vec<(f64, f64)> = events
+            .into_iter()
+            .flatten()
+            .filter_map(|event| {
+                let event = event.as_array()?;
+                let (key, revision, seen) = (
+                    event.first()?.as_str()?,
+                    event.get(2)?.as_u64()?,
+                    event.get(3)?.as_u64()?,
+                );
+                let acked = *acknowledged.get(&(key, revision))?;
+                let lag_ms = seen.saturating_sub(acked) as f64 / 1e6;
+                Some((seconds(seen), lag_ms))
+            })
+            .collect();
+        if !points.is_empty() {
+            watchers.push((format!("watcher starting on {node}"), points));
+        }
+    }
+    if watchers.is_empty() {
+        return Ok(None);
+    }
+    let y_top = (watchers
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|&(_, lag)| lag))
+        .fold(0.0, f64::max)
+        * LABEL_HEADROOM_FACTOR)
+        .max(10.0);
+    let legend: Legend = watchers
+        .iter()
+        .enumerate()
+        .map(|(index, (name, _))| (name.clone(), WATCHER_COLORS[index % WATCHER_COLORS.len()]))
+        .collect();
+    let svg = render_svg((CHART_WIDTH_PX, STALENESS_CHART_HEIGHT_PX), |root| {
+        let mut chart = linear_time_chart(
+            root,
+            axis,
+            y_top,
+            (
+                "time the watcher got the event (s)",
+                "lag after the write's ok (ms)",
+            ),
+            windows,
+        )?;
+        for (index, (_, points)) in watchers.iter().enumerate() {
+            let color = WATCHER_COLORS[index % WATCHER_COLORS.len()];
+            let kept = thin_evenly(points, WATCH_LAG_POINTS_MAX);
+            chart.draw_series(
+                kept.iter()
+                    .map(|&point| Circle::new(point, 2, color.mix(0.7).filled())),
+            )?;
+        }
+        label_fault_windows(&mut chart, windows)?;
+        Ok(())
+    })?;
+    let events: usize = watchers.iter().map(|(_, points)| points.len()).sum();
+    let worst = watchers
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|&(_, lag)| lag))
+        .fold(0.0, f64::max);
+    let caption = format!(
+        "each watcher's lag behind the acknowledged writes ({} watchers, {events} events; the longest {worst:.0} ms)",
+        watchers.len()
+    );
+    Ok(Some((Chart { caption, svg }, legend)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

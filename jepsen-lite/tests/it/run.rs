@@ -521,4 +521,11 @@ async fn watchers_on_every_node_see_every_write_in_order_across_kills() {
         watch.watchers.iter().all(|watcher| watcher.events > 100),
         "{watch:?}"
     );
+    // The report draws each watcher's lag, from the time each event was seen.
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+    assert!(
+        page.contains("Watch: how far behind each watcher was"),
+        "no lag chart"
+    );
+    assert!(page.contains("(3 watchers, "), "every watcher drawn");
 }
