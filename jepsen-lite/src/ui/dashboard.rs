@@ -218,26 +218,67 @@ impl Dashboard {
                 node_view(id, address, process, status.as_ref())
             })
             .collect();
-        let mut elections = Vec::new();
+        // What changed since the last poll without the page asking (elections, and processes or links changed
+        // from a terminal): told on the timeline.
+        let mut seen = Vec::new();
         {
             let mut state = self.state.lock().expect("dashboard lock");
             for node in views.iter().filter(|node| node.role == "leader") {
                 if state.leaders_seen.insert((node.term, node.id)) {
-                    elections.push(format!("node {} leads in term {}", node.id, node.term));
+                    seen.push((
+                        "election",
+                        format!("node {} leads in term {}", node.id, node.term),
+                    ));
                 }
             }
             while state.leaders_seen.len() > EVENTS_KEPT {
                 state.leaders_seen.pop_first();
             }
+            for (before, after) in state.nodes.iter().zip(&views) {
+                if before.id == after.id && before.process != after.process {
+                    let word = match after.process {
+                        ProcessState::Running => "is running",
+                        ProcessState::Paused => "is paused",
+                        ProcessState::Stopped => "stopped",
+                    };
+                    seen.push(("process", format!("node {} {word}", after.id)));
+                }
+            }
             state.nodes = views;
             if let Some(links) = &links {
-                state.links = links.iter().map(link_view).collect();
+                let views: Vec<LinkView> = links.iter().map(link_view).collect();
+                let changed = !state.links.is_empty()
+                    && views.iter().zip(&state.links).any(|(now, then)| {
+                        now.state != then.state || now.delay_ms != then.delay_ms
+                    });
+                if changed {
+                    let passing = views.iter().all(|link| link.state == "pass");
+                    seen.push(match passing {
+                        true => (
+                            "heal",
+                            "every link passes (changed outside the page)".to_string(),
+                        ),
+                        false => (
+                            "fault",
+                            format!(
+                                "links changed outside the page: {}",
+                                views
+                                    .iter()
+                                    .filter(|link| link.state != "pass")
+                                    .map(|link| format!("{}→{} {}", link.from, link.to, link.state))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    });
+                }
+                state.links = views;
             }
             let now = self.now_ms();
             state.track_fault(now);
         }
-        for text in elections {
-            self.event("election", text);
+        for (kind, text) in seen {
+            self.event(kind, text);
         }
         self.publish();
     }
