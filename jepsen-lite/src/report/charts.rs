@@ -865,13 +865,18 @@ pub fn watch_lag_chart(
         Ok(())
     })?;
     let events: usize = watchers.iter().map(|(_, points)| points.len()).sum();
-    let worst = watchers
+    // Points of one watcher may hide under another's: the caption gives each one's longest lag.
+    let longest: Vec<String> = watchers
         .iter()
-        .flat_map(|(_, points)| points.iter().map(|&(_, lag)| lag))
-        .fold(0.0, f64::max);
+        .map(|(name, points)| {
+            let worst = points.iter().map(|&(_, lag)| lag).fold(0.0, f64::max);
+            format!("{name}: {worst:.0} ms")
+        })
+        .collect();
     let caption = format!(
-        "each watcher's lag behind the acknowledged writes ({} watchers, {events} events; the longest {worst:.0} ms)",
-        watchers.len()
+        "each watcher's lag behind the acknowledged writes ({} watchers, {events} events; the longest per watcher: {})",
+        watchers.len(),
+        longest.join(", ")
     );
     Ok(Some((Chart { caption, svg }, legend)))
 }
