@@ -71,7 +71,8 @@ pub enum Function {
     /// Give the lock up; the value is the hold's `{"token", "lease"}`.
     Release,
     /// A watcher's whole life: invoked when it starts (`{"node", "from"}`), completed when it stops with every
-    /// event it saw (`{"from", "through", "events": [[key, value, revision], ...]}`).
+    /// event it saw (`{"from", "through", "events": [[key, value, revision, seen], ...]}`, `seen` optional: when
+    /// the watcher got the event).
     Watch,
 }
 

@@ -117,7 +117,12 @@ fn events_of(operation: &Operation) -> Result<(u64, u64, Vec<Seen>), CheckError>
         .ok_or_else(|| bad(operation, "a watch's value needs an `events` array"))?
         .iter()
         .map(|event| match event.as_array().map(Vec::as_slice) {
-            Some([key, value, revision] | [key, value, revision, _]) => {
+            Some([key, value, revision]) => {
+                Some((key.as_str()?.to_string(), value.clone(), revision.as_u64()?))
+            }
+            // The time the watcher got it: a non-negative integer, as every `time` is.
+            Some([key, value, revision, seen]) => {
+                seen.as_u64()?;
                 Some((key.as_str()?.to_string(), value.clone(), revision.as_u64()?))
             }
             _ => None,
@@ -126,7 +131,7 @@ fn events_of(operation: &Operation) -> Result<(u64, u64, Vec<Seen>), CheckError>
         .ok_or_else(|| {
             bad(
                 operation,
-                "each event must be [key, value, revision] or [key, value, revision, seen]",
+                "each event must be [key, value, revision] or [key, value, revision, seen], seen a time in nanoseconds",
             )
         })?;
     Ok((from, through, events))

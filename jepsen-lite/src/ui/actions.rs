@@ -8,7 +8,7 @@ use raftkv_client::names::{consistency_name, role_name};
 use raftkv_client::{Client, Consistency, Expected, ReadEnvelope, ReadOptions, Role};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, ProcessAction};
+use super::backend::{Backend, ProcessAction, ProcessState};
 use super::dashboard::Dashboard;
 use crate::net::{parse_groups, Command};
 
@@ -245,6 +245,14 @@ async fn run(action: &Action, backend: &Backend, dashboard: &Dashboard) -> Resul
             .process(process, node)
             .await
             .map_err(|error| format!("{error:#}"))?;
+        dashboard.set_process(
+            node,
+            match process {
+                ProcessAction::Kill => ProcessState::Stopped,
+                ProcessAction::Pause => ProcessState::Paused,
+                ProcessAction::Restart | ProcessAction::Resume => ProcessState::Running,
+            },
+        );
         let done = match process {
             ProcessAction::Kill => "killed (SIGKILL)",
             ProcessAction::Restart => "restarted on its data",

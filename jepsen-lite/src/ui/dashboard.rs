@@ -1,9 +1,9 @@
 //! What the page shows, kept live: every node's status (polled), the links of the mesh, a timeline of events
-//! (elections seen by the poller, and every action taken), a background probe's operations per second and
+//! (elections, processes and links changed from elsewhere, all seen by the poller, and every action taken), a background probe's operations per second and
 //! latency, and the windows during which a fault was in place. One task polls and probes; the page gets the
 //! whole picture as one JSON snapshot each time it changes ([`Dashboard::subscribe`]), over server-sent events.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,8 +117,12 @@ struct State {
     events: VecDeque<EventView>,
     probe: VecDeque<ProbeSecond>,
     faults: Vec<FaultSpan>,
-    /// (term, node) of every leader seen, so that each election is told once.
-    leaders_seen: BTreeSet<(u64, u64)>,
+    /// The highest term in which a leader was told: each election is told once, and a cut-off leader of an
+    /// older term is not told as new.
+    leader_term_told: u64,
+    /// Bumped by every change of links the page makes: a poll that fetched the links before it does not
+    /// overwrite them with what it saw.
+    links_version: u64,
 }
 
 /// The live picture of the cluster, shared by the poller, the actions and the page's streams.
@@ -190,6 +194,7 @@ impl Dashboard {
         {
             let mut state = self.state.lock().expect("dashboard lock");
             state.links = links.iter().map(link_view).collect();
+            state.links_version += 1;
             let now = self.now_ms();
             state.track_fault(now);
         }
@@ -198,7 +203,21 @@ impl Dashboard {
 
     /// One poll: process states, every node's status, the links (when `links` is given); elections seen
     /// since the last poll go on the timeline.
-    async fn poll(&self, backend: &Backend, links: Option<Vec<LinkStatus>>) {
+    /// The version of the links as the page last set them (see `State::links_version`).
+    fn links_version(&self) -> u64 {
+        self.state.lock().expect("dashboard lock").links_version
+    }
+
+    /// Records a process state the page itself caused, so that the next poll does not tell it again.
+    pub fn set_process(&self, node: u64, process: ProcessState) {
+        let mut state = self.state.lock().expect("dashboard lock");
+        if let Some(view) = state.nodes.iter_mut().find(|view| view.id == node) {
+            view.process = process;
+        }
+    }
+
+    /// One poll; `links` were fetched when the page's links were at `links_version`.
+    async fn poll(&self, backend: &Backend, links: Option<Vec<LinkStatus>>, links_version: u64) {
         let processes = backend.process_states().await;
         let statuses = futures::future::join_all(backend.nodes().iter().map(|(&id, address)| {
             let config = status_config(backend, address);
@@ -223,16 +242,17 @@ impl Dashboard {
         let mut seen = Vec::new();
         {
             let mut state = self.state.lock().expect("dashboard lock");
-            for node in views.iter().filter(|node| node.role == "leader") {
-                if state.leaders_seen.insert((node.term, node.id)) {
+            for node in views
+                .iter()
+                .filter(|node| node.role == "leader" && node.health == "serving")
+            {
+                if node.term > state.leader_term_told {
+                    state.leader_term_told = node.term;
                     seen.push((
                         "election",
                         format!("node {} leads in term {}", node.id, node.term),
                     ));
                 }
-            }
-            while state.leaders_seen.len() > EVENTS_KEPT {
-                state.leaders_seen.pop_first();
             }
             for (before, after) in state.nodes.iter().zip(&views) {
                 if before.id == after.id && before.process != after.process {
@@ -245,7 +265,10 @@ impl Dashboard {
                 }
             }
             state.nodes = views;
-            if let Some(links) = &links {
+            if let Some(links) = links
+                .as_ref()
+                .filter(|_| state.links_version == links_version)
+            {
                 let views: Vec<LinkView> = links.iter().map(link_view).collect();
                 let changed = !state.links.is_empty()
                     && views.iter().zip(&state.links).any(|(now, then)| {
@@ -410,8 +433,9 @@ pub async fn run_poller(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        let version = dashboard.links_version();
         let links = backend.net(&crate::net::Command::Status).await.ok();
-        dashboard.poll(&backend, links).await;
+        dashboard.poll(&backend, links, version).await;
         tokio::select! {
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
             _ = stop.changed() => return,

@@ -121,22 +121,29 @@ pub struct Api {
     pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What a long-lived stream ends with when its node shuts down: clients resume elsewhere, as after any
-/// unavailable node.
-pub const DRAINING_MESSAGE: &str = "the node is shutting down; resume on another node";
+/// Refuses to open a long-lived stream (`ShuttingDown`) once the node has started to shut down, so that the
+/// client opens it on another node instead of getting a stream that ends at once.
+pub fn refuse_if_draining(draining: &tokio::sync::watch::Receiver<bool>) -> Result<(), ApiError> {
+    match *draining.borrow() {
+        true => Err(ApiError::ShuttingDown),
+        false => Ok(()),
+    }
+}
 
-/// `stream`, ended with `Unavailable` (`DRAINING_MESSAGE`) as soon as the node starts to shut down. A watch or
-/// a keep-alive stream otherwise lasts as long as its client wants, and the shutdown's drain would wait for it
-/// until `DRAIN_TIMEOUT` and then drop the server.
+/// `stream`, ended with `ending()` (the API's `ShuttingDown` status: `Unavailable`, kind `shutting_down`) as
+/// soon as the node starts to shut down. A watch or a keep-alive stream otherwise lasts as long as its client
+/// wants, and the shutdown's drain would wait for it until `DRAIN_TIMEOUT` and then drop the server. Clients
+/// resume elsewhere, as after any unavailable node.
 pub fn until_draining<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     draining: tokio::sync::watch::Receiver<bool>,
+    ending: fn() -> Status,
 ) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>> {
     use futures::StreamExt as _;
     let stream = Box::pin(stream);
     Box::pin(futures::stream::unfold(
         Some((stream, draining)),
-        |state| async move {
+        move |state| async move {
             let (mut stream, mut draining) = state?;
             // `None`: the node started to shut down.
             let next = tokio::select! {
@@ -145,7 +152,7 @@ pub fn until_draining<T: Send + 'static>(
             };
             match next {
                 Some(item) => item.map(|item| (item, Some((stream, draining)))),
-                None => Some((Err(Status::unavailable(DRAINING_MESSAGE)), None)),
+                None => Some((Err(ending()), None)),
             }
         },
     ))

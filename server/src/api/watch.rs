@@ -59,6 +59,7 @@ impl Api {
         &self,
         request: kv::WatchRequest,
     ) -> Result<(WatchStream, u64), ApiError> {
+        super::refuse_if_draining(&self.draining)?;
         let span = KeySpan {
             key: request.key,
             range_end: request.range_end,
@@ -136,6 +137,7 @@ impl Api {
             super::until_draining(
                 tokio_stream::wrappers::ReceiverStream::new(receiver),
                 self.draining.clone(),
+                || to_status(ApiError::ShuttingDown),
             ),
             first,
         ))

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response as GrpcResponse, Status};
 
 use super::recipes::{candidate_key, candidates_span, leader_of, KeyCleanup};
-use super::{etcd_error, forward, EtcdApi, FORWARD_TIMEOUT};
+use super::{etcd_error, forward, to_etcd_status, EtcdApi, FORWARD_TIMEOUT};
 use crate::api::SERVER_REQUEST_TIMEOUT;
+use crate::error::ApiError;
 use crate::kv::state_machine::{Compare, CompareOp, CompareTarget, KeySpan, PutSpec, Txn, TxnOp};
 use crate::watch::Watcher;
 
@@ -166,6 +167,7 @@ impl pb::election_server::Election for EtcdApi {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<GrpcResponse<Self::ObserveStream>, Status> {
+        crate::api::refuse_if_draining(&self.api.draining).map_err(to_etcd_status)?;
         let name = request.into_inner().name;
         let (responses, stream) = mpsc::channel(OBSERVED_QUEUED);
         let api = self.clone();
@@ -178,6 +180,7 @@ impl pb::election_server::Election for EtcdApi {
         Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(stream),
             self.api.draining.clone(),
+            || to_etcd_status(ApiError::ShuttingDown),
         )))
     }
 

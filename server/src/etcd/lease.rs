@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response as GrpcResponse, Status, Streaming};
 
 use super::{etcd_error, forward, to_etcd_status, EtcdApi, FORWARD_TIMEOUT};
+use crate::error::ApiError;
 
 /// Keep-alive responses of one stream waiting for the client to take them.
 pub const KEEP_ALIVE_RESPONSES_QUEUED: usize = 16;
@@ -121,6 +122,7 @@ impl pb::lease_server::Lease for EtcdApi {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        crate::api::refuse_if_draining(&self.api.draining).map_err(to_etcd_status)?;
         let metadata = request.metadata().clone();
         let mut requests = request.into_inner();
         let (responses, stream) = mpsc::channel(KEEP_ALIVE_RESPONSES_QUEUED);
@@ -140,6 +142,7 @@ impl pb::lease_server::Lease for EtcdApi {
         Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(stream),
             self.api.draining.clone(),
+            || to_etcd_status(ApiError::ShuttingDown),
         )))
     }
 

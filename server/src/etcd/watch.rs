@@ -19,7 +19,8 @@ use tokio::task::AbortHandle;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use super::kv::to_mvcc;
-use super::EtcdApi;
+use super::{to_etcd_status, EtcdApi};
+use crate::error::ApiError;
 use crate::kv::changes::HistoryEntry;
 use crate::kv::state_machine::KeySpan;
 use crate::watch::{changed_kv, previous_versions, WatchEnd, Watcher};
@@ -233,6 +234,7 @@ impl pb::watch_server::Watch for EtcdApi {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        crate::api::refuse_if_draining(&self.api.draining).map_err(to_etcd_status)?;
         let mut requests = request.into_inner();
         let (responses, receiver) = mpsc::channel(WATCH_RESPONSES_QUEUED);
         let api = self.clone();
@@ -309,6 +311,7 @@ impl pb::watch_server::Watch for EtcdApi {
         Ok(GrpcResponse::new(crate::api::until_draining(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
             self.api.draining.clone(),
+            || to_etcd_status(ApiError::ShuttingDown),
         )))
     }
 }
