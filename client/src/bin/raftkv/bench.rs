@@ -85,6 +85,21 @@ pub enum TargetKind {
     Etcd,
 }
 
+impl TargetKind {
+    /// The name reports give it.
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Raftkv => "raftkv",
+            TargetKind::Etcd => "etcd",
+        }
+    }
+}
+
+/// The load generator's CPU use over `elapsed`, in percent of one core.
+fn cpu_percent(cpu: Duration, elapsed: Duration) -> f64 {
+    100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
 /// Flags of `raftkv bench`. The cluster is the global `--endpoints`; `--timeout` bounds each operation.
 #[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
@@ -606,10 +621,7 @@ pub async fn run(args: &BenchArgs, config: ClientConfig) -> Result<Report, Strin
         .map(|(before, after)| after - before);
     let reads = matches!(plan.workload, Workload::Get | Workload::Mixed);
     Ok(Report {
-        target: match args.target {
-            TargetKind::Raftkv => "raftkv",
-            TargetKind::Etcd => "etcd",
-        },
+        target: args.target.name(),
         workload: plan.workload.name(),
         consistency: reads.then(|| consistency_of(args.consistency).1),
         read_ratio: (plan.workload == Workload::Mixed).then_some(plan.read_ratio),
@@ -628,9 +640,7 @@ pub async fn run(args: &BenchArgs, config: ClientConfig) -> Result<Report, Strin
             .iter()
             .map(|(operation, histogram)| (*operation, LatencySummary::of(histogram)))
             .collect(),
-        client_cpu_percent: cpu_used.map(|cpu| {
-            100.0 * cpu.as_secs_f64() / merged.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
-        }),
+        client_cpu_percent: cpu_used.map(|cpu| cpu_percent(cpu, merged.elapsed)),
     })
 }
 
@@ -662,10 +672,7 @@ async fn run_watch(
     let mut latency_by_operation = BTreeMap::new();
     latency_by_operation.insert("put", LatencySummary::of(&merged.latency));
     Ok(Report {
-        target: match args.target {
-            TargetKind::Raftkv => "raftkv",
-            TargetKind::Etcd => "etcd",
-        },
+        target: args.target.name(),
         workload: plan.workload.name(),
         consistency: None,
         read_ratio: None,
@@ -681,12 +688,7 @@ async fn run_watch(
         errors,
         latency: LatencySummary::of(&watched.latency),
         latency_by_operation,
-        client_cpu_percent: cpu_used.map(|cpu| {
-            100.0 * cpu.as_secs_f64()
-                / (watched.completed - started)
-                    .as_secs_f64()
-                    .max(f64::MIN_POSITIVE)
-        }),
+        client_cpu_percent: cpu_used.map(|cpu| cpu_percent(cpu, watched.completed - started)),
     })
 }
 
