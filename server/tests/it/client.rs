@@ -136,61 +136,21 @@ async fn a_reading_client_learns_the_leader() {
     );
 }
 
-/// A watch whose node dies goes on on another node from the first revision it had not delivered: every change
-/// arrives once, in order, across the kill.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_resumes_on_another_node_when_its_node_dies() {
-    use raftkv_client::WatchOptions;
-
-    let mut cluster = TestCluster::start(3, &fast_timing());
-    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
-    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let watcher = client_starting_at(&cluster, victim);
-    let writer = cluster.client();
-    let options = WatchOptions {
-        range_end: raftkv_client::txn::prefix_end(b"feed/"),
-        ..WatchOptions::default()
-    };
-    let mut watch = watcher.watch("feed/", &options).await.expect("watch");
-    const BEFORE: usize = 10;
-    const AFTER: usize = 10;
-    let mut seen: Vec<(String, u64)> = Vec::new();
-    for index in 0..BEFORE {
-        writer
-            .put(format!("feed/{index:02}"), "x")
-            .await
-            .expect("put");
-    }
-    collect_changes(&mut watch, &mut seen, BEFORE).await;
-    cluster.kill(victim);
-    for index in BEFORE..BEFORE + AFTER {
-        writer
-            .put(format!("feed/{index:02}"), "x")
-            .await
-            .expect("put");
-    }
-    collect_changes(&mut watch, &mut seen, BEFORE + AFTER).await;
-    let keys: Vec<String> = seen.iter().map(|(key, _)| key.clone()).collect();
-    let expected: Vec<String> = (0..BEFORE + AFTER)
-        .map(|index| format!("feed/{index:02}"))
-        .collect();
-    assert_eq!(
-        keys, expected,
-        "every change once, in order, across the kill"
-    );
-    assert!(seen.windows(2).all(|pair| pair[0].1 < pair[1].1));
+/// How the watched node goes away in [`watch_across_a_stop`].
+enum Stop {
+    /// SIGKILL.
+    Kill,
+    /// SIGTERM, and the node must have exited within this bound.
+    Sigterm(Duration),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ends_open_watches_at_once_and_they_resume_elsewhere() {
-    // A node's open watch streams must not hold up its shutdown: SIGTERM ends them at once (`Unavailable`),
-    // the node exits well within the drain bound, and the watcher resumes on another node, missing nothing.
+/// Watches `prefix` from a follower while writing, stops that follower as `stop` says, writes more, and checks
+/// that every change arrived once, in order, across the stop (the watch resumed on another node from the first
+/// revision it had not delivered).
+async fn watch_across_a_stop(prefix: &str, stop: Stop) {
     use raftkv_client::WatchOptions;
-    // Below the server's drain bound (`DRAIN_TIMEOUT`, 6 s): a shutdown that waited on the watch would not
-    // make it.
-    const EXIT_BOUND: Duration = Duration::from_secs(4);
-    const BEFORE: usize = 5;
-    const AFTER: usize = 5;
+    const BEFORE: usize = 10;
+    const AFTER: usize = 10;
 
     let mut cluster = TestCluster::start(3, &fast_timing());
     let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
@@ -198,35 +158,55 @@ async fn sigterm_ends_open_watches_at_once_and_they_resume_elsewhere() {
     let watcher = client_starting_at(&cluster, victim);
     let writer = cluster.client();
     let options = WatchOptions {
-        range_end: raftkv_client::txn::prefix_end(b"drain/"),
+        range_end: raftkv_client::txn::prefix_end(prefix.as_bytes()),
         ..WatchOptions::default()
     };
-    let mut watch = watcher.watch("drain/", &options).await.expect("watch");
+    let mut watch = watcher.watch(prefix, &options).await.expect("watch");
     let mut seen: Vec<(String, u64)> = Vec::new();
+    let put = |index: usize| {
+        let writer = writer.clone();
+        let key = format!("{prefix}{index:02}");
+        async move { writer.put(key, "x").await.expect("put") }
+    };
     for index in 0..BEFORE {
-        writer
-            .put(format!("drain/{index:02}"), "x")
-            .await
-            .expect("put");
+        put(index).await;
     }
     collect_changes(&mut watch, &mut seen, BEFORE).await;
-    let status = cluster.terminate(victim, EXIT_BOUND).await;
-    assert!(status.success(), "node {victim} exited with {status:?}");
+    match stop {
+        Stop::Kill => cluster.kill(victim),
+        Stop::Sigterm(bound) => {
+            let status = cluster.terminate(victim, bound).await;
+            assert!(status.success(), "node {victim} exited with {status:?}");
+        }
+    }
     for index in BEFORE..BEFORE + AFTER {
-        writer
-            .put(format!("drain/{index:02}"), "x")
-            .await
-            .expect("put");
+        put(index).await;
     }
     collect_changes(&mut watch, &mut seen, BEFORE + AFTER).await;
     let keys: Vec<String> = seen.iter().map(|(key, _)| key.clone()).collect();
     let expected: Vec<String> = (0..BEFORE + AFTER)
-        .map(|index| format!("drain/{index:02}"))
+        .map(|index| format!("{prefix}{index:02}"))
         .collect();
     assert_eq!(
         keys, expected,
         "every change once, in order, across the stop"
     );
+    assert!(seen.windows(2).all(|pair| pair[0].1 < pair[1].1));
+}
+
+/// A watch whose node dies goes on on another node from the first revision it had not delivered: every change
+/// arrives once, in order, across the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_node_when_its_node_dies() {
+    watch_across_a_stop("feed/", Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_watches_at_once_and_they_resume_elsewhere() {
+    // A node's open watch streams must not hold up its shutdown: SIGTERM ends them at once (`shutting_down`),
+    // the node exits well within a bound below the server's drain bound (`DRAIN_TIMEOUT`, 6 s: a shutdown
+    // that waited on the watch would not make it), and the watcher resumes on another node, missing nothing.
+    watch_across_a_stop("drain/", Stop::Sigterm(Duration::from_secs(4))).await;
 }
 
 /// Reads `watch` until `seen` holds `until` changes (key, revision), at most `WAIT_MAX`.
