@@ -135,6 +135,18 @@ pub fn consistency_name(consistency: Consistency) -> &'static str {
     }
 }
 
+/// A consistency from its CLI name; the error says which names there are.
+pub fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    [
+        Consistency::Linearizable,
+        Consistency::Lease,
+        Consistency::Stale,
+    ]
+    .into_iter()
+    .find(|consistency| consistency_name(*consistency) == text)
+    .ok_or_else(|| format!("unknown consistency {text:?} (expected linearizable, lease or stale)"))
+}
+
 /// What liveness found after the final heal.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LivenessReport {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{Backend, ProcessAction, ProcessState};
 use super::dashboard::Dashboard;
 use crate::net::{parse_groups, Command};
+use crate::runner::parse_consistency;
 
 /// Longest any action may take, whatever it is.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,17 +151,10 @@ pub async fn perform(action: Action, backend: &Backend, dashboard: &Dashboard) -
 }
 
 fn check_node(backend: &Backend, node: u64) -> Result<String, String> {
-    backend.nodes().get(&node).cloned().ok_or_else(|| {
-        format!(
-            "there is no node {node}: the nodes are {}",
-            backend
-                .nodes()
-                .keys()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
+    backend
+        .address(node)
+        .map(str::to_string)
+        .map_err(|error| error.to_string())
 }
 
 fn check_text(what: &str, text: &str) -> Result<(), String> {
@@ -297,17 +291,6 @@ fn describe_net(command: &Command) -> String {
     }
 }
 
-fn consistency_of(text: Option<&str>) -> Result<Consistency, String> {
-    match text.unwrap_or("linearizable") {
-        "linearizable" => Ok(Consistency::Linearizable),
-        "lease" => Ok(Consistency::Lease),
-        "stale" => Ok(Consistency::Stale),
-        other => Err(format!(
-            "unknown consistency {other:?}: use linearizable, lease or stale"
-        )),
-    }
-}
-
 async fn kv(action: &Action, backend: &Backend) -> Result<String, String> {
     let (node, key) = match action {
         Action::Put { node, key, .. }
@@ -380,7 +363,10 @@ async fn kv(action: &Action, backend: &Backend) -> Result<String, String> {
             min_revision,
             ..
         } => {
-            let consistency = consistency_of(consistency.as_deref())?;
+            let consistency = match consistency.as_deref() {
+                Some(name) => parse_consistency(name)?,
+                None => Consistency::Linearizable,
+            };
             if max_staleness_ms.is_some() && consistency != Consistency::Stale {
                 return Err("a staleness bound applies to stale reads only".to_string());
             }
@@ -391,11 +377,7 @@ async fn kv(action: &Action, backend: &Backend) -> Result<String, String> {
                 endpoint: Some(address),
                 ..Default::default()
             };
-            let mode = match consistency {
-                Consistency::Linearizable => "linearizable",
-                Consistency::Lease => "lease",
-                Consistency::Stale => "stale",
-            };
+            let mode = crate::runner::consistency_name(consistency);
             let result = client
                 .get(key.as_str(), &options)
                 .await

@@ -185,23 +185,23 @@ impl Backend {
         config
     }
 
-    fn check_node(&self, id: u64) -> anyhow::Result<()> {
-        match self.nodes.contains_key(&id) {
-            true => Ok(()),
-            false => bail!(
+    /// Node `id`'s client address; the error names the nodes there are.
+    pub fn address(&self, id: u64) -> anyhow::Result<&str> {
+        self.nodes.get(&id).map(String::as_str).with_context(|| {
+            format!(
                 "there is no node {id}: the nodes are {}",
                 self.nodes
                     .keys()
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ),
-        }
+            )
+        })
     }
 
     /// Kills, restarts, pauses or resumes node `id`, within `PROCESS_ACTION_TIMEOUT`.
     pub async fn process(&self, action: ProcessAction, id: u64) -> anyhow::Result<()> {
-        self.check_node(id)?;
+        self.address(id)?;
         let work = async {
             match &self.inner {
                 Inner::Own(cluster) => {

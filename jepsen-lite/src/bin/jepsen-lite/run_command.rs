@@ -49,7 +49,7 @@ pub struct RunCommand {
     #[arg(long)]
     lock_holder_pause: bool,
     /// Consistency of the workload's reads: linearizable, lease or stale
-    #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+    #[arg(long, default_value = "linearizable", value_parser = jepsen_lite::runner::parse_consistency)]
     read_consistency: Consistency,
     /// Reads carry the client session's revision: read-your-writes and monotonic reads even when stale
     #[arg(long)]
@@ -107,17 +107,6 @@ pub struct RunCommand {
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|error| error.to_string())
-}
-
-fn parse_consistency(text: &str) -> Result<Consistency, String> {
-    match text {
-        "linearizable" => Ok(Consistency::Linearizable),
-        "lease" => Ok(Consistency::Lease),
-        "stale" => Ok(Consistency::Stale),
-        other => Err(format!(
-            "unknown consistency {other:?} (expected linearizable, lease or stale)"
-        )),
-    }
 }
 
 impl RunCommand {
