@@ -35,6 +35,7 @@ BIN="$ROOT/target/release"
 NODES_MAX=9
 LEADER_WAIT_SECONDS=30
 STOP_WAIT_SECONDS=15
+UI_WAIT_TRIES=100
 
 die() { echo "cluster.sh: $*" >&2; exit 2; }
 
@@ -203,7 +204,16 @@ cmd_ui() {
     die "ui takes only --listen ADDR"
   fi
   echo "the playground: http://$listen/ (Ctrl-C stops it; the cluster keeps running)"
-  if command -v xdg-open >/dev/null; then (sleep 1; xdg-open "http://$listen/" >/dev/null 2>&1 || true) & fi
+  if command -v xdg-open >/dev/null; then
+    # Open the browser once the page answers (bounded: UI_WAIT_TRIES x 0.1 s).
+    (for _ in $(seq 1 "$UI_WAIT_TRIES"); do
+       if (exec 3<>"/dev/tcp/${listen%:*}/${listen##*:}") 2>/dev/null; then
+         xdg-open "http://$listen/" >/dev/null 2>&1 || true
+         break
+       fi
+       sleep 0.1
+     done) &
+  fi
   exec "$BIN/jepsen-lite" ui --cluster-dir "$STATE" --listen "$listen"
 }
 
