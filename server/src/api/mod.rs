@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use raftkv_proto::contract::{ERROR_KIND_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY, WATCH_START_KEY};
+use raftkv_proto::contract::{
+    ErrorKind, ERROR_KIND_KEY, LEADER_ADDR_KEY, LEADER_ID_KEY, WATCH_START_KEY,
+};
 use raftkv_proto::kv;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataValue;
@@ -262,7 +264,8 @@ async fn observed<T>(
             .metadata()
             .get(ERROR_KIND_KEY)
             .and_then(|kind| kind.to_str().ok())
-            .unwrap_or("transport"),
+            .and_then(ErrorKind::from_name)
+            .map_or("transport", ErrorKind::as_str),
     };
     telemetry::record_client_operation(kind, consistency, outcome, started.elapsed());
     result

@@ -20,6 +20,7 @@ pub const SCAN_LIMIT_DEFAULT: usize = 1_000;
 /// A key's stored record: its value and revisions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key since it last did not exist.
     pub create_revision: u64,
@@ -34,7 +35,9 @@ pub struct Record {
 /// A key with its record, as returned to clients.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,

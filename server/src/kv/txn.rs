@@ -37,7 +37,9 @@ pub const TXN_BYTES_MAX: usize = WRITE_BYTES_MAX;
 /// single zero byte: every key from `key` on; otherwise `[key, range_end)`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySpan {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 
@@ -108,7 +110,7 @@ pub enum CompareTarget {
     Version(i64),
     Create(i64),
     Mod(i64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key's lease (0: none).
     Lease(i64),
 }
@@ -274,7 +276,9 @@ impl RangeSpec {
 /// A put inside a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutSpec {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Answer with the key as it was before the put.
     pub prev_kv: bool,

@@ -225,6 +225,13 @@ async fn metrics_follow_writes_and_a_leader_change() {
     }
     let read = client.get("m0", &ReadOptions::default()).await.unwrap();
     assert!(read.kv.is_some());
+    // A refused read is counted under its error kind.
+    let future = ReadOptions {
+        revision: 1_000_000,
+        endpoint: Some(cluster.addr(leader)),
+        ..ReadOptions::default()
+    };
+    assert!(client.get("m0", &future).await.is_err());
     // Metrics count log indexes, not revisions: where the last write's entry lies.
     let last_index = cluster.wait_applied(leader, last).await.applied_index;
 
@@ -259,6 +266,14 @@ async fn metrics_follow_writes_and_a_leader_change() {
         &[("kind", "get"), ("consistency", "linearizable")],
     );
     assert!(gets >= 1.0, "the linearizable get was not counted");
+    let refused = after.sum(
+        "raftkv_client_operations_total",
+        &[("kind", "get"), ("outcome", "future_revision")],
+    );
+    assert_eq!(
+        refused, 1.0,
+        "the read at a future revision was not counted"
+    );
     for follower in &followers {
         // A follower that led briefly earlier (an election race at start) keeps its per-follower lag gauges
         // until they idle out (GAUGE_IDLE_TIMEOUT), so wait for them to go as well.
