@@ -45,15 +45,18 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
-use crate::api::{Api, CLIENT_RESPONSE_BYTES_MAX, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT};
+use crate::api::{
+    self, Api, CLIENT_RESPONSE_BYTES_MAX, SERVER_REQUEST_TIMEOUT, WRITE_COMMIT_TIMEOUT,
+};
 use crate::config::NodeConfig;
+use crate::error::ApiError;
 use crate::etcd::{self, EtcdApi};
 use crate::kv::state_machine::ENTRY_BYTES_MAX;
 use crate::kv::state_machine::WRITE_BYTES_MAX;
 use crate::kv::write_batch::{WriteBatcher, PROPOSALS_PENDING_MAX};
 use crate::lease::Lessor;
 use crate::ops::auto_compaction;
-use crate::ops::health::{HealthPublisher, HEALTH_SERVICES};
+use crate::ops::health::{DrainingHealth, HealthPublisher, HEALTH_SERVICES};
 use crate::ops::observer::Observer;
 use crate::ops::snapshot_schedule::{self, SnapshotSchedule};
 use crate::ops::telemetry;
@@ -305,6 +308,7 @@ impl Node {
                 .instrument(span.clone()),
         );
         let (draining, draining_signal) = watch::channel(false);
+        let health_draining = draining_signal.clone();
         let api = Api {
             node_id: config.id,
             address: config.advertise.clone(),
@@ -352,7 +356,11 @@ impl Node {
             takeover,
         };
         tasks.spawn(elector.run(stopped.clone()).instrument(span.clone()));
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_reporter = tonic_health::server::HealthReporter::new();
+        let health_service =
+            DrainingHealth::server(health_reporter.clone(), health_draining, || {
+                api::to_status(ApiError::ShuttingDown)
+            });
         let health = HealthPublisher::new(health_reporter.clone()).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)

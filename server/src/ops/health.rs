@@ -8,10 +8,20 @@
 //! Otherwise NOT_SERVING, which is also the state from start-up until the first check and from the first step
 //! of shutdown on. The decision is a pure function of what the observer saw, so it is the same wherever it is
 //! evaluated.
+//!
+//! The service itself is tonic-health's, behind `DrainingHealth`: its Watch streams end when the node starts
+//! to shut down, after a last NOT_SERVING, instead of holding the server's drain until `DRAIN_TIMEOUT`.
 
+use std::pin::Pin;
 use std::time::Duration;
 
-use tonic_health::server::HealthReporter;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 use crate::raft::types::NodeId;
@@ -108,6 +118,86 @@ impl HealthPublisher {
             self.reporter.set_service_status(service, status).await;
         }
         self.current = Some(serving);
+    }
+}
+
+/// The `grpc.health.v1` service: tonic-health's Check as it is; its Watch streams end with `ending()` (the
+/// API's shutting-down status) once the node starts to shut down, after a last NOT_SERVING, and a Watch opened
+/// from then on is refused with it. Without this a watcher (a load balancer, `grpc-health-probe -watch`)
+/// kept the shutdown's drain waiting for its stream until `DRAIN_TIMEOUT`.
+pub struct DrainingHealth {
+    inner: HealthService,
+    draining: watch::Receiver<bool>,
+    ending: fn() -> Status,
+}
+
+impl DrainingHealth {
+    /// The service for `reporter`'s statuses; `draining` turns true when shutdown begins.
+    pub fn server(
+        reporter: HealthReporter,
+        draining: watch::Receiver<bool>,
+        ending: fn() -> Status,
+    ) -> HealthServer<DrainingHealth> {
+        HealthServer::new(DrainingHealth {
+            inner: HealthService::from_health_reporter(reporter),
+            draining,
+            ending,
+        })
+    }
+}
+
+/// A health Watch stream as `DrainingHealth` serves it.
+pub type HealthWatchStream =
+    Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl HealthApi for DrainingHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = HealthWatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        if *self.draining.borrow() {
+            return Err((self.ending)());
+        }
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let ending = self.ending;
+        let not_serving = HealthCheckResponse {
+            status: WireStatus::NotServing as i32,
+        };
+        // Statuses until shutdown begins (biased: one already published goes out first), then the end.
+        let until_shutdown = futures::stream::unfold(
+            Some((Box::pin(statuses), self.draining.clone())),
+            |state| async move {
+                let (mut statuses, mut draining) = state?;
+                // `None`: the node started to shut down.
+                let next = tokio::select! {
+                    biased;
+                    item = statuses.next() => Some(item),
+                    Ok(_) = draining.wait_for(|draining| *draining) => None,
+                };
+                next.flatten()
+                    .map(|item| (item, Some((statuses, draining))))
+            },
+        );
+        let mut draining = self.draining.clone();
+        let last = futures::stream::once(async move {
+            // Reached only when shutdown began (or the statuses ended, which tonic-health's never do).
+            let _ = draining.wait_for(|draining| *draining).await;
+            Ok(not_serving)
+        });
+        let end = futures::stream::once(async move { Err(ending()) });
+        Ok(Response::new(Box::pin(
+            until_shutdown.chain(last).chain(end),
+        )))
     }
 }
 

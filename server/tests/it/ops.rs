@@ -432,6 +432,60 @@ async fn health_follows_contact_with_the_majority() {
     }
 }
 
+/// A `grpc.health.v1` Watch open on a node does not hold up its shutdown: SIGTERM ends it after a last
+/// NOT_SERVING, and the node exits well within a bound below the server's drain bound (`DRAIN_TIMEOUT`, 6 s:
+/// a shutdown that waited on the stream would not make it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_health_watches_after_a_last_not_serving() {
+    const EXIT_MAX: Duration = Duration::from_secs(4);
+    let mut cluster = TestCluster::start(3, &fast_timing());
+    let (leader, _) = cluster.wait_for_leader(&[1, 2, 3], 1).await;
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    wait_health(&cluster, victim, ServingStatus::Serving).await;
+    // No request timeout on this channel: the Watch lasts until the node ends it.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(victim)))
+            .unwrap()
+            .connect_timeout(SCRAPE_TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = tokio::time::timeout(SCRAPE_TIMEOUT, watch.message())
+        .await
+        .expect("the watch sends the current status at once")
+        .expect("the watch is open")
+        .expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let status = cluster.terminate(victim, EXIT_MAX).await;
+    assert!(status.success(), "node {victim} exited with {status:?}");
+    let mut statuses = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(SCRAPE_TIMEOUT, watch.message()).await {
+            Ok(Ok(Some(response))) => statuses.push(response.status),
+            Ok(Ok(None)) => break None,
+            Ok(Err(status)) => break Some(status),
+            Err(_) => panic!("the watch did not end once its node exited: {statuses:?}"),
+        }
+        assert!(statuses.len() <= 4, "statuses after SIGTERM: {statuses:?}");
+    };
+    assert_eq!(
+        statuses.last(),
+        Some(&(ServingStatus::NotServing as i32)),
+        "the last status before the end, of {statuses:?}"
+    );
+    if let Some(status) = end {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+}
+
 /// gRPC reflection (v1 and v1alpha, as grpcurl uses) lists every service and serves the descriptor of
 /// `raftkv.v1.Kv`, so tools work without the .proto files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
