@@ -2,8 +2,10 @@
 //! by Debian's headless chromium through the DevTools protocol. The page must show three nodes and one leader;
 //! a click on "isolate" under the leader must lead to a new leader in a higher term on the majority, with the old
 //! one shown cut off; a stale read on the isolated node must answer with how stale it may be; a click on "heal"
-//! must bring back one leader that every node follows. Also: requests addressed to another host, or sent from
-//! another site's page, are refused over real HTTP.
+//! must bring back one leader that every node follows. Then the guided "split brain, step by step" buttons, in
+//! order: the write through the isolated old leader is refused, the one on the majority acknowledged, the
+//! stale read on the old leader answers (may be stale), its linearizable read is refused, heal. Also: requests
+//! addressed to another host, or sent from another site's page, are refused over real HTTP.
 //!
 //! With `RAFTKV_UI_SCREENSHOT=PATH`, the page is saved as a PNG while the leader is cut off (the README's
 //! picture: `RAFTKV_UI_SCREENSHOT=docs/playground.png cargo test -p jepsen-lite --test it ui::`).
@@ -164,6 +166,37 @@ fn serving_leaders(seen: &Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Clicks the guided scenario's button for `step` and waits for its answer in the page.
+async fn guided_step(page: &Page, step: &str) -> Value {
+    // The previous answer's verdict goes first, so the wait below sees this step's.
+    let clicked: bool = page
+        .evaluate(format!(
+            "(() => {{ document.getElementById('answer').removeAttribute('data-ok'); const b = document.querySelector(\"button[data-step='{step}']\"); if (b) b.click(); return !!b; }})()"
+        ))
+        .await
+        .expect("the page runs the script")
+        .into_value()
+        .expect("a boolean");
+    assert!(clicked, "no guided button for step {step}");
+    wait_for(page, &format!("the answer to step {step}"), |seen| {
+        !seen["answerOk"].is_null()
+    })
+    .await
+}
+
+/// Every node serving, none cut off, one leader and every node in its term.
+fn one_leader_every_node_follows(seen: &Value) -> bool {
+    let leaders = serving_leaders(seen);
+    let nodes = seen["nodes"].as_array().unwrap();
+    leaders.len() == 1
+        && nodes
+            .iter()
+            .all(|node| node["health"] == "serving" && node["cutOff"] == false)
+        && nodes
+            .iter()
+            .all(|node| node["term"].as_u64() == Some(leaders[0].1))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_browser() {
     let playground = Playground::start().await;
@@ -296,17 +329,66 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
         .click()
         .await
         .expect("the click lands");
-    wait_for(&page, "one leader that every node follows", |seen| {
-        let leaders = serving_leaders(seen);
-        let nodes = seen["nodes"].as_array().unwrap();
-        leaders.len() == 1
-            && nodes
-                .iter()
-                .all(|node| node["health"] == "serving" && node["cutOff"] == false)
-            && nodes
-                .iter()
-                .all(|node| node["term"].as_u64() == Some(leaders[0].1))
+    let seen = wait_for(
+        &page,
+        "one leader that every node follows",
+        one_leader_every_node_follows,
+    )
+    .await;
+
+    // The guided scenario, button by button.
+    let (old_leader, old_term) = serving_leaders(&seen)[0];
+    let isolated = guided_step(&page, "isolate").await;
+    assert_eq!(isolated["answerOk"], "true", "{isolated:#}");
+    wait_for(&page, "a new leader after the guided isolate", |seen| {
+        serving_leaders(seen)
+            .into_iter()
+            .any(|(id, term)| id != old_leader && term > old_term)
     })
+    .await;
+    let refused = guided_step(&page, "write-old").await;
+    assert_eq!(refused["answerOk"], "false", "{refused:#}");
+    assert!(
+        refused["answer"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("put scenario through node {old_leader}")),
+        "{refused:#}"
+    );
+    let acknowledged = guided_step(&page, "write-new").await;
+    assert_eq!(acknowledged["answerOk"], "true", "{acknowledged:#}");
+    assert!(
+        acknowledged["answer"]
+            .as_str()
+            .unwrap()
+            .contains("acknowledged at revision"),
+        "{acknowledged:#}"
+    );
+    let stale = guided_step(&page, "stale-old").await;
+    assert_eq!(stale["answerOk"], "true", "{stale:#}");
+    let answer = stale["answer"].as_str().unwrap();
+    assert!(
+        answer.contains(&format!("served by node {old_leader}")) && answer.contains("may be stale"),
+        "{answer}"
+    );
+    // The old leader has neither write: its own was refused, the majority's never reached it.
+    assert!(answer.starts_with("scenario = absent;"), "{answer}");
+    let linearizable = guided_step(&page, "linear-old").await;
+    assert_eq!(linearizable["answerOk"], "false", "{linearizable:#}");
+    assert!(
+        linearizable["answer"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("read of scenario on node {old_leader} refused")),
+        "{linearizable:#}"
+    );
+    let healed = guided_step(&page, "heal").await;
+    assert_eq!(healed["answerOk"], "true", "{healed:#}");
+    wait_for(
+        &page,
+        "one leader that every node follows after the guided heal",
+        one_leader_every_node_follows,
+    )
     .await;
 
     // Stopped with the page still open (its event stream too): the playground must not wait on it.
