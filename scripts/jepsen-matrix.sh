@@ -79,7 +79,10 @@ control() { # workload name reads arguments...
       --seed "$((SEED + attempt - 1))" --out "$dir" "$@" >"$dir.log" 2>&1 || code=$?
     [[ $code -eq 1 ]] && break
   done
-  row "$workload" 3 "$name" "$reads" "$dir" "$code"
+  # The row names the seed when the run shown is not the first (its results are in the same directory).
+  local label=$name
+  [[ $attempt -gt 1 ]] && label="$name (seed $((SEED + attempt - 1)))"
+  row "$workload" 3 "$label" "$reads" "$dir" "$code"
   [[ $code -eq 1 ]] || failures=$((failures + 1))
 }
 if [[ " $WORKLOADS " == *" register "* ]]; then
