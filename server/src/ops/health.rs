@@ -133,22 +133,43 @@ pub struct DrainingHealth {
 
 impl DrainingHealth {
     /// The service for `reporter`'s statuses; `draining` turns true when shutdown begins.
+    pub fn new(
+        reporter: HealthReporter,
+        draining: watch::Receiver<bool>,
+        ending: fn() -> Status,
+    ) -> DrainingHealth {
+        DrainingHealth {
+            inner: HealthService::from_health_reporter(reporter),
+            draining,
+            ending,
+        }
+    }
+
+    /// `new`, as a gRPC service.
     pub fn server(
         reporter: HealthReporter,
         draining: watch::Receiver<bool>,
         ending: fn() -> Status,
     ) -> HealthServer<DrainingHealth> {
-        HealthServer::new(DrainingHealth {
-            inner: HealthService::from_health_reporter(reporter),
-            draining,
-            ending,
-        })
+        HealthServer::new(DrainingHealth::new(reporter, draining, ending))
     }
 }
 
 /// A health Watch stream as `DrainingHealth` serves it.
 pub type HealthWatchStream =
     Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static>>;
+
+/// Where a health Watch stream is.
+enum WatchState<S> {
+    /// Passing on the statuses; `last` is the last one sent.
+    Open {
+        statuses: Pin<Box<S>>,
+        draining: watch::Receiver<bool>,
+        last: Option<i32>,
+    },
+    /// Shutdown began and NOT_SERVING went out: the end is next.
+    Ending,
+}
 
 #[tonic::async_trait]
 impl HealthApi for DrainingHealth {
@@ -170,40 +191,104 @@ impl HealthApi for DrainingHealth {
         }
         let statuses = self.inner.watch(request).await?.into_inner();
         let ending = self.ending;
-        let not_serving = HealthCheckResponse {
-            status: WireStatus::NotServing as i32,
+        let not_serving = WireStatus::NotServing as i32;
+        let start = WatchState::Open {
+            statuses: Box::pin(statuses),
+            draining: self.draining.clone(),
+            last: None,
         };
-        // Statuses until shutdown begins (biased: one already published goes out first), then the end.
-        let until_shutdown = futures::stream::unfold(
-            Some((Box::pin(statuses), self.draining.clone())),
-            |state| async move {
-                let (mut statuses, mut draining) = state?;
-                // `None`: the node started to shut down.
-                let next = tokio::select! {
-                    biased;
-                    item = statuses.next() => Some(item),
-                    Ok(_) = draining.wait_for(|draining| *draining) => None,
-                };
-                next.flatten()
-                    .map(|item| (item, Some((statuses, draining))))
-            },
-        );
-        let mut draining = self.draining.clone();
-        let last = futures::stream::once(async move {
-            // Reached only when shutdown began (or the statuses ended, which tonic-health's never do).
-            let _ = draining.wait_for(|draining| *draining).await;
-            Ok(not_serving)
+        let stream = futures::stream::unfold(Some(start), move |state| async move {
+            match state? {
+                WatchState::Ending => Some((Err(ending()), None)),
+                WatchState::Open {
+                    mut statuses,
+                    mut draining,
+                    last,
+                } => {
+                    // `None`: shutdown began. Biased: a status already published goes out first.
+                    let next = tokio::select! {
+                        biased;
+                        item = statuses.next() => Some(item),
+                        Ok(_) = draining.wait_for(|draining| *draining) => None,
+                    };
+                    match next {
+                        Some(Some(Ok(response))) => {
+                            let last = Some(response.status);
+                            let state = WatchState::Open {
+                                statuses,
+                                draining,
+                                last,
+                            };
+                            Some((Ok(response), Some(state)))
+                        }
+                        Some(Some(Err(status))) => Some((Err(status), None)),
+                        // tonic-health's statuses never end; if they did, so does the Watch.
+                        Some(None) => None,
+                        // NOT_SERVING once (the publisher usually sent it already), then the end.
+                        None if last == Some(not_serving) => Some((Err(ending()), None)),
+                        None => Some((
+                            Ok(HealthCheckResponse {
+                                status: not_serving,
+                            }),
+                            Some(WatchState::Ending),
+                        )),
+                    }
+                }
+            }
         });
-        let end = futures::stream::once(async move { Err(ending()) });
-        Ok(Response::new(Box::pin(
-            until_shutdown.chain(last).chain(end),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ending() -> Status {
+        Status::unavailable("shutting down")
+    }
+
+    async fn next_status(stream: &mut HealthWatchStream) -> Result<i32, Status> {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream answers")
+            .expect("the stream is open")
+            .map(|response| response.status)
+    }
+
+    /// A Watch sends the status, then at shutdown NOT_SERVING once (whether or not the publisher sent it
+    /// first) and the ending status, and ends; once shutdown began a new Watch is refused.
+    #[tokio::test]
+    async fn health_watches_end_at_shutdown_after_one_not_serving() {
+        let serving = WireStatus::Serving as i32;
+        let not_serving = WireStatus::NotServing as i32;
+        let watch_request = || {
+            Request::new(HealthCheckRequest {
+                service: String::new(),
+            })
+        };
+        for published_first in [false, true] {
+            let reporter = HealthReporter::new();
+            let (draining, draining_signal) = watch::channel(false);
+            let service = DrainingHealth::new(reporter.clone(), draining_signal, ending);
+            let mut stream = service.watch(watch_request()).await.unwrap().into_inner();
+            assert_eq!(next_status(&mut stream).await.unwrap(), serving);
+            if published_first {
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            }
+            draining.send(true).unwrap();
+            assert_eq!(next_status(&mut stream).await.unwrap(), not_serving);
+            let end = next_status(&mut stream).await.unwrap_err();
+            assert_eq!(end.code(), tonic::Code::Unavailable);
+            assert!(stream.next().await.is_none(), "nothing after the end");
+            match service.watch(watch_request()).await {
+                Err(refused) => assert_eq!(refused.message(), "shutting down"),
+                Ok(_) => panic!("a Watch opened during shutdown was served"),
+            }
+        }
+    }
 
     /// A row: who the node knows as leader, ms since it heard from it, applied and leader commit index, and
     /// whether it serves (`None`) or a piece of the reason it does not.

@@ -207,8 +207,8 @@ pub const CONSISTENCY_NONE: &str = "none";
 /// Outcome label of a successful operation; failures carry their `raftkv-error` kind.
 pub const OUTCOME_OK: &str = "ok";
 
-/// Counts one client operation and records its latency. Every label is a `&'static str`, so recording one
-/// allocates nothing (it runs for every client request).
+/// Counts one client operation and records its latency. Every label is a `&'static str`, so no label string
+/// is copied per request (it runs for every client request; the label list still is, once per metric).
 pub fn record_client_operation(
     kind: &'static str,
     consistency: &'static str,

@@ -476,14 +476,26 @@ async fn sigterm_ends_health_watches_after_a_last_not_serving() {
         }
         assert!(statuses.len() <= 4, "statuses after SIGTERM: {statuses:?}");
     };
+    let not_serving = ServingStatus::NotServing as i32;
     assert_eq!(
         statuses.last(),
-        Some(&(ServingStatus::NotServing as i32)),
+        Some(&not_serving),
         "the last status before the end, of {statuses:?}"
     );
-    if let Some(status) = end {
-        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    }
+    assert!(
+        !statuses.ends_with(&[not_serving, not_serving]),
+        "NOT_SERVING sent twice: {statuses:?}"
+    );
+    // Ended by the node with its shutting-down status, not by a broken connection.
+    let end = end.expect("the watch ended without a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert_eq!(
+        end.metadata()
+            .get(raftkv_proto::contract::ERROR_KIND_KEY)
+            .and_then(|kind| kind.to_str().ok()),
+        Some(raftkv_proto::contract::ErrorKind::ShuttingDown.as_str()),
+        "{end:?}"
+    );
 }
 
 /// gRPC reflection (v1 and v1alpha, as grpcurl uses) lists every service and serves the descriptor of
