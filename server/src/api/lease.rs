@@ -84,7 +84,12 @@ impl Api {
     pub(crate) fn lease_keep_alive(&self, id: i64) -> Result<i64, ApiError> {
         // Not refused while leadership moves: the lessor expires nothing meanwhile, and holders keep renewing.
         self.ensure_leader_and_quorum()?;
-        let Some((lease, _)) = self.lease_record(id, false)? else {
+        let lease = self
+            .reader
+            .state_machine
+            .lease_record(id)
+            .map_err(ApiError::Internal)?;
+        let Some(lease) = lease else {
             return Ok(0);
         };
         match self.lessor.renew(id, lease.ttl) {

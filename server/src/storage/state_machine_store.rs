@@ -229,6 +229,26 @@ impl StateMachineStore {
         .map_err(|error| error.to_string())?
     }
 
+    /// Lease `id` as applied, read through the changes not yet written to sled instead of writing them first
+    /// (as `lease` does): a keep-alive needs only the record, every holder sends one every few seconds, and
+    /// each would otherwise cut the leader's pending sled batch short.
+    pub fn lease_record(&self, id: i64) -> Result<Option<LeaseRecord>, String> {
+        self.read_as_is(|applied| {
+            if applied.failed {
+                return Err(UnwrittenError::ApplyFailed.to_string());
+            }
+            let pending = applied
+                .unwritten
+                .changes
+                .as_ref()
+                .and_then(|changes| changes.leases.get(&id));
+            match pending {
+                Some(record) => Ok(*record),
+                None => applied.keyspace.lease(id).map_err(|error| error.0),
+            }
+        })
+    }
+
     /// The lease and, if `with_keys`, the keys attached to it, from the applied state.
     pub fn lease(&self, id: i64, with_keys: bool) -> Result<Option<LeaseWithKeys>, String> {
         self.read(|applied| {

@@ -850,6 +850,59 @@ async fn applied_state_is_in_sled_without_a_snapshot() {
         .is_none());
 }
 
+/// A keep-alive's lookup of a lease (`lease_record`) sees grants and revokes applied but not yet in sled, and
+/// writes nothing to sled (a read through `read` would): a reopened store holds only what was written before.
+#[tokio::test]
+async fn a_lease_lookup_sees_unwritten_changes_without_writing_them() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+        state_machine
+            .apply(vec![
+                command_entry(1, Command::LeaseGrant { id: 7, ttl: 10 }),
+                command_entry(2, Command::LeaseGrant { id: 8, ttl: 20 }),
+            ])
+            .await
+            .unwrap();
+        // Written by this read.
+        assert_eq!(
+            state_machine
+                .lease(7, false)
+                .unwrap()
+                .map(|(lease, _)| lease.ttl),
+            Some(10)
+        );
+        state_machine
+            .apply(vec![
+                command_entry(3, Command::LeaseGrant { id: 9, ttl: 30 }),
+                command_entry(4, Command::LeaseRevoke { id: 8 }),
+            ])
+            .await
+            .unwrap();
+        let ttl = |id| {
+            state_machine
+                .lease_record(id)
+                .unwrap()
+                .map(|lease| lease.ttl)
+        };
+        assert_eq!(ttl(7), Some(10), "written before, unchanged since");
+        assert_eq!(ttl(9), Some(30), "granted, not yet in sled");
+        assert_eq!(ttl(8), None, "revoked, not yet in sled");
+        assert_eq!(ttl(10), None, "never granted");
+        assert_eq!(state_machine.applied_index(), 4);
+    }
+    let (_, mut state_machine) = storage::open(dir.path(), 1, CLUSTER_ID).unwrap();
+    let (applied, _) = state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 2)), "the lookups wrote nothing");
+    let ttl = |id| {
+        state_machine
+            .lease_record(id)
+            .unwrap()
+            .map(|lease| lease.ttl)
+    };
+    assert_eq!((ttl(8), ttl(9)), (Some(20), None));
+}
+
 /// Entries applied in many calls and written to sled as one batch leave exactly the keyspace that writing
 /// each entry at once leaves: values, history, deletions, and sessions, past the session table's limit (so
 /// evictions across entries that sled has not seen yet). One store is read after every entry (each read
