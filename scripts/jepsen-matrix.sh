@@ -30,7 +30,7 @@ BIN="target/$PROFILE/jepsen-lite"
 
 mkdir -p "$OUT"
 failures=0
-printf '%-9s %-6s %-18s %-13s %-9s %-12s %-6s %s\n' workload nodes nemesis reads exit verdict ops "workload check · split-brain · liveness"
+printf '%-9s %-6s %-26s %-13s %-9s %-12s %-6s %s\n' workload nodes nemesis reads exit verdict ops "workload check · split-brain · liveness"
 row() {
   local workload=$1 nodes=$2 nemesis=$3 reads=$4 dir=$5 code=$6
   python3 - "$dir/results.json" "$workload" "$nodes" "$nemesis" "$reads" "$code" <<'EOF'
@@ -39,11 +39,11 @@ path, workload, nodes, nemesis, reads, code = sys.argv[1:]
 try:
     r = json.load(open(path))
 except OSError:
-    print(f"{workload:<9} {nodes:<6} {nemesis:<18} {reads:<13} {code:<9} harness-failed")
+    print(f"{workload:<9} {nodes:<6} {nemesis:<26} {reads:<13} {code:<9} harness-failed")
     sys.exit()
 c = r["checks"]
 main = next(c[name] for name in ("linearizable", "set", "bank", "lock", "watch") if name in c)
-print(f"{workload:<9} {nodes:<6} {nemesis:<18} {reads:<13} {code:<9} {r['verdict']:<12} {c['summary']['operations']:<6} "
+print(f"{workload:<9} {nodes:<6} {nemesis:<26} {reads:<13} {code:<9} {r['verdict']:<12} {c['summary']['operations']:<6} "
       f"{main['verdict']} · {c['split_brain']['verdict']} · {r['liveness']['verdict']} ({r['liveness']['summary']})")
 EOF
 }
@@ -75,6 +75,8 @@ control() { # workload name reads arguments...
   local dir="$OUT/$workload-3-$name-control" code=0 attempt
   for attempt in $(seq 1 "$CONTROL_ATTEMPTS"); do
     code=0
+    # Each attempt's results alone: a harness failure must not leave the previous attempt's to be shown.
+    rm -f "$dir/results.json"
     "$BIN" run --workload "$workload" --nodes 3 --time-limit "$TIME" --nemesis-interval "$INTERVAL" \
       --seed "$((SEED + attempt - 1))" --out "$dir" "$@" >"$dir.log" 2>&1 || code=$?
     [[ $code -eq 1 ]] && break

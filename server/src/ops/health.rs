@@ -205,11 +205,19 @@ impl HealthApi for DrainingHealth {
                     mut draining,
                     last,
                 } => {
-                    // `None`: shutdown began. Biased: a status already published goes out first.
-                    let next = tokio::select! {
-                        biased;
-                        item = statuses.next() => Some(item),
-                        Ok(_) = draining.wait_for(|draining| *draining) => None,
+                    // `None`: shutdown began. Biased: a status already published goes out first. A status
+                    // equal to the last one sent is passed over (the publisher sets NOT_SERVING at shutdown
+                    // even on a node that was not serving).
+                    let next = loop {
+                        let next = tokio::select! {
+                            biased;
+                            item = statuses.next() => Some(item),
+                            Ok(_) = draining.wait_for(|draining| *draining) => None,
+                        };
+                        match next {
+                            Some(Some(Ok(response))) if Some(response.status) == last => continue,
+                            next => break next,
+                        }
                     };
                     match next {
                         Some(Some(Ok(response))) => {
@@ -257,7 +265,8 @@ mod tests {
     }
 
     /// A Watch sends the status, then at shutdown NOT_SERVING once (whether or not the publisher sent it
-    /// first) and the ending status, and ends; once shutdown began a new Watch is refused.
+    /// first, or the node was not serving before) and the ending status, and ends; once shutdown began a new
+    /// Watch is refused.
     #[tokio::test]
     async fn health_watches_end_at_shutdown_after_one_not_serving() {
         let serving = WireStatus::Serving as i32;
@@ -267,12 +276,28 @@ mod tests {
                 service: String::new(),
             })
         };
-        for published_first in [false, true] {
+        // (NOT_SERVING before shutdown began, published again as it begins)
+        for (not_serving_before, published_first) in [(false, false), (false, true), (true, true)] {
             let reporter = HealthReporter::new();
             let (draining, draining_signal) = watch::channel(false);
             let service = DrainingHealth::new(reporter.clone(), draining_signal, ending);
             let mut stream = service.watch(watch_request()).await.unwrap().into_inner();
             assert_eq!(next_status(&mut stream).await.unwrap(), serving);
+            if not_serving_before {
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                assert_eq!(next_status(&mut stream).await.unwrap(), not_serving);
+                let end = next_status(&mut stream);
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                draining.send(true).unwrap();
+                let end = end.await.unwrap_err();
+                assert_eq!(end.code(), tonic::Code::Unavailable);
+                assert!(stream.next().await.is_none(), "nothing after the end");
+                continue;
+            }
             if published_first {
                 reporter
                     .set_service_status("", ServingStatus::NotServing)

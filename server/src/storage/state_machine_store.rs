@@ -1,5 +1,6 @@
 //! The applied state as openraft sees it (`RaftStateMachine`): applies committed entries to the keyspace in
-//! sled, many entries to one atomic batch with the last one's log id, written before anything reads; starts
+//! sled, many entries to one atomic batch with the last one's log id, written before anything reads (a
+//! keep-alive's lease lookup reads through them instead); starts
 //! snapshot builds; installs snapshots into a new keyspace tree and switches to it atomically.
 //!
 //! Installing a snapshot: its body is loaded into a fresh tree `keyspace-<generation>`, sled is flushed
@@ -41,7 +42,8 @@ use crate::raft::types::{
 pub const SLED_BATCH_WRITES_MAX: usize = 1_024;
 
 /// The applied state. Reads see it through `StateMachineStore::read`, which first writes to sled what was
-/// applied but not yet written, so inside a read `keyspace` holds everything up to `last_applied`.
+/// applied but not yet written, so inside a read `keyspace` holds everything up to `last_applied` (only
+/// `StateMachineStore::lease_record` reads through the unwritten changes instead).
 pub struct Applied {
     pub keyspace: Keyspace,
     pub last_applied: Option<LogId>,
