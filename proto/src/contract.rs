@@ -26,89 +26,69 @@ pub const ETCD_FORWARDED_KEY: &str = "raftkv-forwarded";
 /// resolved by the node), so a client can resume the watch elsewhere from the same point.
 pub const WATCH_START_KEY: &str = "raftkv-watch-start";
 
-/// The kinds of error a node names in `raftkv-error`. The gRPC code carries the class; the kind says exactly
-/// what happened and whether a write may have been applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
+/// Declares `ErrorKind` with its variants, `ALL` and `as_str` from one list, so that no kind can be missing
+/// from `ALL` (which `from_name` searches) or lack a name.
+macro_rules! error_kinds {
+    ($($(#[$doc:meta])* $kind:ident = $name:literal,)*) => {
+        /// The kinds of error a node names in `raftkv-error`. The gRPC code carries the class; the kind says
+        /// exactly what happened and whether a write may have been applied.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl ErrorKind {
+            /// Every kind, for tests and tools that list them.
+            pub const ALL: [ErrorKind; [$($name),*].len()] = [$(ErrorKind::$kind),*];
+
+            /// The name sent in `raftkv-error`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+error_kinds! {
     /// The request is malformed or breaks a limit; nothing was written.
-    InvalidArgument,
+    InvalidArgument = "invalid_argument",
     /// The request asks for more than a limit allows; nothing was written.
-    OutOfRange,
+    OutOfRange = "out_of_range",
     /// The node is overloaded (too many proposals or reads pending); nothing was written.
-    Busy,
+    Busy = "busy",
     /// This node is not the leader; the leader, if known, is in `raftkv-leader-id` / `raftkv-leader-addr`.
-    NotLeader,
+    NotLeader = "not_leader",
     /// No leader is known to this node.
-    NoLeader,
+    NoLeader = "no_leader",
     /// A quorum could not be reached (a read could not be confirmed, or a leader has lost its quorum); a write
     /// refused so was not proposed.
-    NoQuorum,
+    NoQuorum = "no_quorum",
     /// A bounded stale read was refused: the node has not heard from a leader within the bound.
-    TooStale,
+    TooStale = "too_stale",
     /// The node did not reach the requested revision (or read index) in time.
-    RevisionTimeout,
+    RevisionTimeout = "revision_timeout",
     /// The read names a revision older than the oldest one kept (or a compaction asks for one already
     /// compacted); nothing changed.
-    Compacted,
+    Compacted = "compacted",
     /// The read (or compaction) names a revision the store has not reached; nothing changed.
-    FutureRevision,
+    FutureRevision = "future_revision",
     /// The write was proposed but its outcome is unknown: it may have been applied.
-    Indeterminate,
+    Indeterminate = "indeterminate",
     /// A session's write carries a sequence older than the last one applied.
-    SequenceTooOld,
+    SequenceTooOld = "sequence_too_old",
     /// A membership change or a leadership transfer was refused (or the transfer did not finish).
-    Membership,
+    Membership = "membership",
     /// The node is shutting down.
-    ShuttingDown,
+    ShuttingDown = "shutting_down",
     /// Something the node did not expect.
-    Internal,
+    Internal = "internal",
     /// The request names a lease that does not exist (never granted, revoked or expired); nothing changed.
-    LeaseNotFound,
+    LeaseNotFound = "lease_not_found",
 }
 
 impl ErrorKind {
-    /// Every kind, for tests and tools that list them.
-    pub const ALL: [ErrorKind; 16] = [
-        ErrorKind::InvalidArgument,
-        ErrorKind::OutOfRange,
-        ErrorKind::Busy,
-        ErrorKind::NotLeader,
-        ErrorKind::NoLeader,
-        ErrorKind::NoQuorum,
-        ErrorKind::TooStale,
-        ErrorKind::RevisionTimeout,
-        ErrorKind::Compacted,
-        ErrorKind::FutureRevision,
-        ErrorKind::Indeterminate,
-        ErrorKind::SequenceTooOld,
-        ErrorKind::Membership,
-        ErrorKind::ShuttingDown,
-        ErrorKind::Internal,
-        ErrorKind::LeaseNotFound,
-    ];
-
-    /// The name sent in `raftkv-error`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::OutOfRange => "out_of_range",
-            ErrorKind::Busy => "busy",
-            ErrorKind::NotLeader => "not_leader",
-            ErrorKind::NoLeader => "no_leader",
-            ErrorKind::NoQuorum => "no_quorum",
-            ErrorKind::TooStale => "too_stale",
-            ErrorKind::RevisionTimeout => "revision_timeout",
-            ErrorKind::Compacted => "compacted",
-            ErrorKind::FutureRevision => "future_revision",
-            ErrorKind::Indeterminate => "indeterminate",
-            ErrorKind::SequenceTooOld => "sequence_too_old",
-            ErrorKind::Membership => "membership",
-            ErrorKind::ShuttingDown => "shutting_down",
-            ErrorKind::Internal => "internal",
-            ErrorKind::LeaseNotFound => "lease_not_found",
-        }
-    }
-
     /// The kind a `raftkv-error` value names; `None` for a name this version does not know.
     pub fn from_name(name: &str) -> Option<ErrorKind> {
         ErrorKind::ALL
