@@ -184,6 +184,14 @@ async fn guided_step(page: &Page, step: &str) -> Value {
     .await
 }
 
+/// Asserts that the page's answer has verdict `ok` and contains `text`; returns the answer.
+fn expect_answer<'a>(seen: &'a Value, ok: bool, text: &str) -> &'a str {
+    assert_eq!(seen["answerOk"], ok.to_string(), "{seen:#}");
+    let answer = seen["answer"].as_str().unwrap();
+    assert!(answer.contains(text), "expected {text:?} in {seen:#}");
+    answer
+}
+
 /// Every node serving, none cut off, one leader and every node in its term.
 fn one_leader_every_node_follows(seen: &Value) -> bool {
     let leaders = serving_leaders(seen);
@@ -302,12 +310,8 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
         !seen["answerOk"].is_null()
     })
     .await;
-    assert_eq!(seen["answerOk"], "true", "{seen:#}");
-    let answer = seen["answer"].as_str().unwrap();
-    assert!(
-        answer.contains(&format!("served by node {old_leader}")) && answer.contains("may be stale"),
-        "{answer}"
-    );
+    let answer = expect_answer(&seen, true, &format!("served by node {old_leader}"));
+    assert!(answer.contains("may be stale"), "{answer}");
     assert!(
         answer.contains("since it heard from a leader")
             || answer.contains("has not heard from a leader"),
@@ -338,8 +342,7 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
 
     // The guided scenario, button by button.
     let (old_leader, old_term) = serving_leaders(&seen)[0];
-    let isolated = guided_step(&page, "isolate").await;
-    assert_eq!(isolated["answerOk"], "true", "{isolated:#}");
+    expect_answer(&guided_step(&page, "isolate").await, true, "");
     wait_for(&page, "a new leader after the guided isolate", |seen| {
         serving_leaders(seen)
             .into_iter()
@@ -347,43 +350,22 @@ async fn the_playground_shows_an_isolated_leader_replaced_and_healed_in_a_real_b
     })
     .await;
     let refused = guided_step(&page, "write-old").await;
-    assert_eq!(refused["answerOk"], "false", "{refused:#}");
-    assert!(
-        refused["answer"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("put scenario through node {old_leader}")),
-        "{refused:#}"
+    expect_answer(
+        &refused,
+        false,
+        &format!("put scenario through node {old_leader}"),
     );
     let acknowledged = guided_step(&page, "write-new").await;
-    assert_eq!(acknowledged["answerOk"], "true", "{acknowledged:#}");
-    assert!(
-        acknowledged["answer"]
-            .as_str()
-            .unwrap()
-            .contains("acknowledged at revision"),
-        "{acknowledged:#}"
-    );
+    expect_answer(&acknowledged, true, "acknowledged at revision");
     let stale = guided_step(&page, "stale-old").await;
-    assert_eq!(stale["answerOk"], "true", "{stale:#}");
-    let answer = stale["answer"].as_str().unwrap();
-    assert!(
-        answer.contains(&format!("served by node {old_leader}")) && answer.contains("may be stale"),
-        "{answer}"
-    );
+    let answer = expect_answer(&stale, true, &format!("served by node {old_leader}"));
+    assert!(answer.contains("may be stale"), "{answer}");
     // The old leader has neither write: its own was refused, the majority's never reached it.
     assert!(answer.starts_with("scenario = absent;"), "{answer}");
     let linearizable = guided_step(&page, "linear-old").await;
-    assert_eq!(linearizable["answerOk"], "false", "{linearizable:#}");
-    assert!(
-        linearizable["answer"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("read of scenario on node {old_leader} refused")),
-        "{linearizable:#}"
-    );
-    let healed = guided_step(&page, "heal").await;
-    assert_eq!(healed["answerOk"], "true", "{healed:#}");
+    let refusal = format!("read of scenario on node {old_leader} refused");
+    expect_answer(&linearizable, false, &refusal);
+    expect_answer(&guided_step(&page, "heal").await, true, "");
     wait_for(
         &page,
         "one leader that every node follows after the guided heal",
