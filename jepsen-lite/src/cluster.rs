@@ -47,12 +47,18 @@ pub struct Cluster {
     mesh: Option<Mesh>,
 }
 
+/// Refuses a node count a cluster cannot have; callers check before they touch anything (a data dir).
+pub fn check_nodes(nodes: u64) -> anyhow::Result<()> {
+    if nodes == 0 || nodes > NODES_MAX {
+        bail!("--nodes must be between 1 and {NODES_MAX}, not {nodes}");
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Starts the mesh and every node, bootstrapped together. Does not wait for a leader.
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Cluster> {
-        if config.nodes == 0 || config.nodes > NODES_MAX {
-            bail!("a cluster has 1 to {NODES_MAX} nodes, not {}", config.nodes);
-        }
+        check_nodes(config.nodes)?;
         let mut nodes = raftkv_testkit::Cluster::plan(ClusterSpec {
             args: config.extra_args,
             server_binary: Some(config.server_binary),

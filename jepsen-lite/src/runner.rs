@@ -748,13 +748,7 @@ fn merged_verdict(checks: &Report, config: &RunConfig) -> Verdict {
 
 /// Validates a configuration before anything starts.
 pub fn validate(config: &RunConfig) -> anyhow::Result<()> {
-    if config.nodes < 1 || config.nodes > crate::cluster::NODES_MAX {
-        bail!(
-            "--nodes must be between 1 and {}, not {}",
-            crate::cluster::NODES_MAX,
-            config.nodes
-        );
-    }
+    crate::cluster::check_nodes(config.nodes)?;
     if config.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }

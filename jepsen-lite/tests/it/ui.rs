@@ -184,6 +184,45 @@ async fn guided_step(page: &Page, step: &str) -> Value {
     .await
 }
 
+/// A node count the playground cannot start is refused in words before its data dir is cleared.
+#[tokio::test]
+async fn a_bad_node_count_is_refused_and_the_data_dir_kept() {
+    let dir = TempDir::new().unwrap();
+    let data_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("keep"), b"data").unwrap();
+    let port = raftkv_testkit::free_port();
+    use jepsen_lite::cluster::NODES_MAX;
+    for nodes in [0, NODES_MAX + 1] {
+        let nodes = nodes.to_string();
+        let output = tokio::time::timeout(
+            START_TIMEOUT,
+            Command::new(env!("CARGO_BIN_EXE_jepsen-lite"))
+                .args(["ui", "--nodes", &nodes, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the playground answered in time")
+        .expect("jepsen-lite runs");
+        assert!(!output.status.success(), "--nodes {nodes} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "--nodes must be between 1 and {NODES_MAX}, not {nodes}"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            data_dir.join("keep").exists(),
+            "--nodes {nodes} cleared the data dir"
+        );
+    }
+}
+
 /// Asserts that the page's answer has verdict `ok` and contains `text`; returns the answer.
 fn expect_answer<'a>(seen: &'a Value, ok: bool, text: &str) -> &'a str {
     assert_eq!(seen["answerOk"], ok.to_string(), "{seen:#}");

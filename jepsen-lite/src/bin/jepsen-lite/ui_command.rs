@@ -54,6 +54,8 @@ pub async fn run(command: UiCommand) -> anyhow::Result<ExitCode> {
     let address = listener.local_addr()?;
     let (backend, mode) = match command.nodes {
         Some(nodes) => {
+            // Before the data dir is cleared: a refused count must change nothing.
+            jepsen_lite::cluster::check_nodes(nodes)?;
             let server_binary = match command.server_bin {
                 Some(path) => path,
                 None => raftkv_testkit::server_binary()?,
