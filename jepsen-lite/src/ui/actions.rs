@@ -13,7 +13,7 @@ use super::dashboard::Dashboard;
 use crate::net::{parse_groups, Command};
 use crate::runner::parse_consistency;
 
-/// Longest any action may take, whatever it is.
+/// Longest any action may take, whatever it is (the page waits a little longer: `ACTION_WAIT_MS` in page.html).
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of a read or write against one node, retries included.
 pub const KV_TIMEOUT: Duration = Duration::from_secs(3);

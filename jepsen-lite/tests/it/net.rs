@@ -563,21 +563,7 @@ async fn net_serve_process_is_driven_by_the_client_commands_and_stops_on_sigterm
 
     let (code, _, stderr) = jepsen_lite(&["net", "heal", "--control", &control]).await;
     assert_eq!(code, 0, "{stderr}");
-    let pid = serve.id().expect("net serve is running").to_string();
-    let kill = timeout(
-        WAIT,
-        tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status(),
-    )
-    .await
-    .expect("kill finishes in time")
-    .unwrap();
-    assert!(kill.success(), "kill -TERM {pid} failed");
-    let status = timeout(WAIT, serve.wait())
-        .await
-        .expect("net serve stops in time after SIGTERM")
-        .unwrap();
+    let status = crate::terminate(&mut serve, WAIT).await;
     assert!(status.success(), "net serve exited with {status}");
 }
 

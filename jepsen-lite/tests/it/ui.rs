@@ -36,10 +36,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PAGE_WAIT: Duration = Duration::from_secs(30);
 /// Pause between two looks at the page.
 const PAGE_POLL: Duration = Duration::from_millis(200);
+/// Longest one raw HTTP exchange with the playground may take (connect, send, read to the end).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the playground may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running `jepsen-lite ui`, stopped (SIGTERM, then SIGKILL) when dropped.
+/// A running `jepsen-lite ui`: `stop` sends SIGTERM and waits for a clean exit; dropped otherwise, it is
+/// SIGKILLed (`kill_on_drop`).
 struct Playground {
     child: Child,
     url: String,
@@ -84,15 +87,10 @@ impl Playground {
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let exited = tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await;
+        let status = crate::terminate(&mut self.child, STOP_TIMEOUT).await;
         assert!(
-            matches!(exited, Ok(Ok(status)) if status.success()),
-            "the playground did not stop cleanly: {exited:?}"
+            status.success(),
+            "the playground did not stop cleanly: {status}"
         );
     }
 }
@@ -103,13 +101,17 @@ async fn http_status(url: &str, request: &str) -> String {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&address).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
         .expect("an answer in time")
-        .unwrap();
+        .expect("the playground answers over HTTP");
     let text = String::from_utf8_lossy(&response).into_owned();
     text.lines().next().unwrap_or_default().to_string()
 }
