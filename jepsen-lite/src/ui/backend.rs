@@ -118,7 +118,11 @@ impl Backend {
             .parse()
             .with_context(|| format!("{} is not a node count", dir.join("size").display()))?;
         if size == 0 || size > crate::cluster::NODES_MAX {
-            bail!("{} says {size} nodes", dir.join("size").display());
+            bail!(
+                "{} says {size} nodes, but a cluster has 1 to {}; start it again with `scripts/cluster.sh up`",
+                dir.join("size").display(),
+                crate::cluster::NODES_MAX
+            );
         }
         let base_port = match std::fs::read_to_string(dir.join("base")) {
             Ok(text) => text

@@ -1,7 +1,8 @@
 //! What the page shows, kept live: every node's status (polled), the links of the mesh, a timeline of events
-//! (elections, processes and links changed from elsewhere, all seen by the poller, and every action taken), a background probe's operations per second and
-//! latency, and the windows during which a fault was in place. One task polls and probes; the page gets the
-//! whole picture as one JSON snapshot each time it changes ([`Dashboard::subscribe`]), over server-sent events.
+//! (elections, processes and links changed from elsewhere, all seen by the poller, and every action taken), a
+//! background probe's operations per second and latency, and the windows during which a fault was in place.
+//! One task polls, another probes; the page gets the whole picture as one JSON snapshot each time it changes
+//! ([`Dashboard::subscribe`]), over server-sent events.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,8 +18,10 @@ use crate::net::{LinkState, LinkStatus};
 
 /// How often every node is asked for its status.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
-/// Deadline of one status call: a cut-off or paused node must not hold up the others.
-pub const STATUS_TIMEOUT: Duration = Duration::from_millis(400);
+/// Deadline of one status call of the poller: a cut-off or paused node must not hold up the others.
+pub const POLL_STATUS_TIMEOUT: Duration = Duration::from_millis(400);
+/// Deadline of the probe's connection to a node.
+pub const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Pause between two probe writes.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Deadline of one probe write, retries included.
@@ -185,7 +188,8 @@ impl Dashboard {
                 faults: state.faults.clone(),
             }
         };
-        let json = serde_json::to_string(&snapshot).unwrap_or_else(|_| String::from("{}"));
+        let json = serde_json::to_string(&snapshot)
+            .expect("a snapshot is plain data and always serialises");
         self.published.send_replace(json);
     }
 
@@ -201,8 +205,6 @@ impl Dashboard {
         self.publish();
     }
 
-    /// One poll: process states, every node's status, the links (when `links` is given); elections seen
-    /// since the last poll go on the timeline.
     /// The version of the links as the page last set them (see `State::links_version`).
     fn links_version(&self) -> u64 {
         self.state.lock().expect("dashboard lock").links_version
@@ -216,7 +218,8 @@ impl Dashboard {
         }
     }
 
-    /// One poll; `links` were fetched when the page's links were at `links_version`.
+    /// One poll: process states, every node's status, the links (when `links` is given, fetched when the
+    /// page's links were at `links_version`); elections seen since the last poll go on the timeline.
     async fn poll(&self, backend: &Backend, links: Option<Vec<LinkStatus>>, links_version: u64) {
         let processes = backend.process_states().await;
         let statuses = futures::future::join_all(backend.nodes().iter().map(|(&id, address)| {
@@ -255,7 +258,7 @@ impl Dashboard {
                 }
             }
             for (before, after) in state.nodes.iter().zip(&views) {
-                if before.id == after.id && before.process != after.process {
+                if before.process != after.process {
                     let word = match after.process {
                         ProcessState::Running => "is running",
                         ProcessState::Paused => "is paused",
@@ -365,9 +368,9 @@ impl State {
 
 fn status_config(backend: &Backend, address: &str) -> ClientConfig {
     let mut config = backend.client_config(vec![address.to_string()]);
-    config.connect_timeout = STATUS_TIMEOUT;
-    config.request_timeout = STATUS_TIMEOUT;
-    config.overall_timeout = STATUS_TIMEOUT;
+    config.connect_timeout = POLL_STATUS_TIMEOUT;
+    config.request_timeout = POLL_STATUS_TIMEOUT;
+    config.overall_timeout = POLL_STATUS_TIMEOUT;
     config
 }
 
@@ -450,12 +453,18 @@ pub async fn run_probe(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut config = backend.client_config(backend.nodes().values().cloned().collect());
-    config.connect_timeout = STATUS_TIMEOUT;
+    config.connect_timeout = PROBE_CONNECT_TIMEOUT;
     config.request_timeout = PROBE_TIMEOUT;
     config.overall_timeout = PROBE_TIMEOUT;
-    let Ok(client) = Client::new(config) else {
-        dashboard.event("error", "the probe could not build a client");
-        return;
+    let client = match Client::new(config) {
+        Ok(client) => client,
+        Err(error) => {
+            dashboard.event(
+                "error",
+                format!("the probe could not build a client: {error}"),
+            );
+            return;
+        }
     };
     let mut count: u64 = 0;
     loop {

@@ -90,8 +90,12 @@ pub async fn run(command: UiCommand) -> anyhow::Result<ExitCode> {
     }
     let _ = stop.send(true);
     let served = server.await.context("the playground's server panicked")?;
-    if let Ok(backend) = Arc::try_unwrap(backend) {
-        backend.shutdown().await;
+    match Arc::try_unwrap(backend) {
+        Ok(backend) => backend.shutdown().await,
+        // A task of the server still holds it: its graceful shutdown cannot run, so say so.
+        Err(_) => {
+            eprintln!("the playground's cluster is still in use at exit: not stopped gracefully")
+        }
     }
     served?;
     Ok(ExitCode::SUCCESS)
